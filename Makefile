@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make app` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PORT ?= 8501
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install install-dev app test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# A torch already in the venv (e.g. a CUDA build the user installed first) is kept;
+# otherwise torch==2.13.0 takes the CPU build.
+$(VENV)/.installed: $(PY) requirements.txt requirements-embedded.txt
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -r requirements-embedded.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
+	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+app: install
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: install-dev
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV)

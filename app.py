@@ -1,0 +1,15 @@
+"""Layer-Pruning Explorer: reproduce 'The Unreasonable Ineffectiveness of the Deeper Layers' in a browser.
+
+Pages only draw and dispatch; everything they compute lives in `explorer/`.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="Layer-Pruning Explorer", page_icon="✂️", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/similarity.py", title="Similarity heatmap", icon="🗺️", url_path="similarity"),
+]
+
+st.navigation(PAGES).run()

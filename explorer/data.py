@@ -1,0 +1,176 @@
+"""Text sources for calibration, healing and validation, and their tokenized samples.
+
+Sources: the embedded corpus (works offline), C4 streamed with `datasets` (online), or a
+local .txt (documents separated by blank lines), .jsonl (field `text`) or .parquet (column
+`text`) file. Every source is split the same deterministic way: every tenth document is
+held out for validation, so calibration/healing text never overlaps validation text.
+
+The embedded corpus is the Lee news corpus (real ABC news articles, 349 documents) that
+ships inside the `gensim` wheel as test data. It is real English prose, C4-like in register,
+and installs from PyPI with no network access at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Literal
+
+from explorer.errors import ExplorerError
+
+EMBEDDED = "embedded"
+C4 = "c4"
+EMBEDDED_FILES = ("lee_background.cor", "lee.cor")
+MIN_TOKENS = 16
+HELDOUT_EVERY = 10
+
+Split = Literal["train", "heldout"]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Token-id lists plus the key that identifies them in the cache."""
+
+    ids: list[list[int]]
+    fingerprint: str
+
+
+def embedded_corpus_dir() -> Path:
+    """Find gensim's test data without importing gensim (its import is slow and pulls scipy)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or spec.origin is None:
+        raise ExplorerError("The embedded corpus is missing: run `pip install --no-deps gensim` (or `make install`).")
+    return Path(spec.origin).parent / "test" / "test_data"
+
+
+def _embedded_documents() -> Iterable[str]:
+    folder = embedded_corpus_dir()
+    for name in EMBEDDED_FILES:
+        with open(folder / name, encoding="utf-8") as handle:
+            yield from (line.strip() for line in handle if line.strip())
+
+
+def _txt_documents(path: Path) -> Iterable[str]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return (block.strip() for block in text.split("\n\n") if block.strip())
+
+
+def _jsonl_documents(path: Path) -> Iterable[str]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ExplorerError(f"{path.name} line {number} is not valid JSON ({exc.msg}).") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ExplorerError(f"{path.name} line {number} has no string field 'text'.")
+            yield record["text"]
+
+
+def _parquet_documents(path: Path) -> Iterable[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["text"])
+    except Exception as exc:  # pyarrow raises several types for bad files and missing columns
+        raise ExplorerError(f"Could not read column 'text' from {path.name}: {exc}") from exc
+    return (str(t) for t in table.column("text").to_pylist() if t)
+
+
+def _c4_documents() -> Iterable[str]:
+    try:
+        from datasets import load_dataset
+
+        stream = load_dataset("allenai/c4", "en", split="validation", streaming=True)
+        yield from (row["text"] for row in stream)
+    except Exception as exc:  # network and hub errors come in many types
+        raise ExplorerError(
+            "Could not stream C4 from the Hugging Face hub (offline?): use the embedded corpus or a local file."
+        ) from exc
+
+
+def documents(source: str) -> Iterable[str]:
+    """All documents of a source, in a fixed order."""
+    if source == EMBEDDED:
+        return _embedded_documents()
+    if source == C4:
+        return _c4_documents()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ExplorerError(f"Text file not found: {path}.")
+    readers = {".txt": _txt_documents, ".jsonl": _jsonl_documents, ".parquet": _parquet_documents}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ExplorerError(f"Unsupported text file type '{path.suffix}': use .txt, .jsonl or .parquet.")
+    return reader(path)
+
+
+def split_documents(source: str, split: Split) -> Iterable[str]:
+    """Every tenth document is held out; the rest calibrate and heal."""
+    held = split == "heldout"
+    for index, doc in enumerate(documents(source)):
+        if (index % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held:
+            yield doc
+
+
+def source_fingerprint(source: str) -> str:
+    if source in (EMBEDDED, C4):
+        return source
+    path = Path(source).expanduser()
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def check_settings(samples: int, seq_len: int, batch_size: int = 1) -> None:
+    """Reject impossible settings before any model is loaded."""
+    if samples < 1:
+        raise ExplorerError("Number of samples must be at least 1.")
+    if seq_len < 2:
+        raise ExplorerError("Sequence length must be at least 2 tokens.")
+    if batch_size < 1:
+        raise ExplorerError("Batch size must be at least 1.")
+
+
+def make_samples(tokenizer, source: str, samples: int, seq_len: int, split: Split = "train") -> Samples:
+    """Tokenize documents (default special tokens), truncate to `seq_len`, keep those of at
+    least 16 tokens, and take the first `samples` of them: deterministic, so results cache."""
+    check_settings(samples, seq_len)
+    kept: list[list[int]] = []
+    docs = split_documents(source, split)
+    for doc in docs:
+        ids = tokenizer(doc, truncation=True, max_length=seq_len)["input_ids"]
+        if len(ids) >= min(MIN_TOKENS, seq_len):
+            kept.append(ids)
+            if len(kept) == samples:
+                break
+    if not kept:
+        raise ExplorerError(f"No usable text in {source}: need documents of at least {min(MIN_TOKENS, seq_len)} tokens.")
+    key = f"{source_fingerprint(source)}|{split}|{samples}|{seq_len}|{len(kept)}"
+    return Samples(kept, hashlib.sha1(key.encode()).hexdigest()[:16])
+
+
+def batches(items: list, size: int) -> Iterable[list]:
+    check_settings(1, 2, size)
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def pad_batch(ids: list[list[int]], pad_id: int):
+    """Right-pad to the longest sample. Right padding leaves causal attention over the real
+    tokens untouched, so a sample's hidden states equal those it has alone."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask

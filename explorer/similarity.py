@@ -1,0 +1,187 @@
+"""Angular distance between the residual stream entering layer l and entering layer l+n.
+
+d(x^l, x^(l+n)) = arccos(cos_sim(x^l, x^(l+n))) / pi on the last real token of each sample,
+averaged over samples (Gromov et al., 2403.17887, eq. 7). x^0 is the embedding output and
+x^L the output of the last decoder layer before the final norm.
+
+One forward pass per batch gives every (l, n): hooks keep only the last real token of each
+layer's input/output ([batch, hidden] per layer, not [batch, tokens, hidden]), and all pairs
+come from one Gram matrix of those L+1 vectors. Memory is independent of the sample count.
+The base model runs without the LM head, which the distances never need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from explorer.data import batches, pad_batch
+from explorer.errors import ExplorerError
+from explorer.models import LoadedModel, decoder_layers
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SimilarityResult:
+    """distances[n-1][l] = d(x^l, x^(l+n)); row n-1 holds L-n+1 entries."""
+
+    model: str
+    num_layers: int
+    distances: list[list[float]]
+    samples: int
+
+    @property
+    def optimal(self) -> list[dict]:
+        """The block [l*, l*+n) the paper prunes for each n: the argmin of its row."""
+        rows = []
+        for n, row in enumerate(self.distances, 1):
+            layer = min(range(len(row)), key=row.__getitem__)
+            rows.append({"n": n, "layer": layer, "distance": row[layer]})
+        return rows
+
+    @property
+    def simple(self) -> list[dict]:
+        """The baseline: drop the n deepest layers except the final one, i.e. [L-1-n, L-1)."""
+        last = self.num_layers - 1
+        return [{"n": n, "layer": last - n} for n in range(1, last + 1)]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "optimal": self.optimal, "simple": self.simple}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SimilarityResult":
+        return cls(data["model"], data["num_layers"], data["distances"], data["samples"])
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """arccos(cos)/pi along the last dim, clamped so rounding never leaves [-1, 1]."""
+    cos = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+    return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
+
+
+def pairwise_angular(states: torch.Tensor) -> torch.Tensor:
+    """[L+1, B, H] last-token states -> [B, L+1, L+1] angular distances between every pair."""
+    unit = torch.nn.functional.normalize(states.float(), dim=-1).transpose(0, 1)
+    cos = unit @ unit.transpose(1, 2)
+    return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
+
+
+class LastTokenRecorder:
+    """Hooks that keep the last real token of x^0 (input of layer 0) and x^(l+1) (output of layer l)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.layers = decoder_layers(model)
+        self.last_index: torch.Tensor | None = None
+        self.states: list[torch.Tensor] = []
+        self.handles = []
+
+    def _take(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, self.last_index.to(hidden.device)].float()
+
+    def __enter__(self) -> "LastTokenRecorder":
+        def pre_hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.states.append(self._take(hidden))
+
+        def post_hook(_module, _args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            self.states.append(self._take(hidden))
+
+        self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        self.handles.extend(layer.register_forward_hook(post_hook) for layer in self.layers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def collect(self, last_index: torch.Tensor) -> None:
+        self.last_index = last_index
+        self.states = []
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([s.to(self.states[0].device) for s in self.states])
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def compute_distances(
+    loaded: LoadedModel,
+    samples: list[list[int]],
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> SimilarityResult:
+    """Average d(x^l, x^(l+n)) over samples for every n in 1..L and l in 0..L-n."""
+    if not samples:
+        raise ExplorerError("No calibration samples: give some text.")
+    model = loaded.model
+    base = model.base_model
+    num_layers = loaded.num_layers
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
+    done = 0
+    device = _input_device(model)
+    with LastTokenRecorder(model) as recorder:
+        for chunk in batches(samples, batch_size):
+            input_ids, mask = pad_batch(chunk, pad_id)
+            recorder.collect(mask.sum(dim=1) - 1)
+            try:
+                base(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            except torch.OutOfMemoryError as exc:
+                raise ExplorerError(
+                    f"Out of memory with batch size {batch_size}: use a smaller batch, shorter sequences or 4-bit loading."
+                ) from exc
+            states = recorder.stacked()
+            if states.shape[0] != num_layers + 1:
+                raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
+            total += pairwise_angular(states).sum(dim=0).double().cpu()
+            done += len(chunk)
+            if progress:
+                progress(done, len(samples))
+    mean = total / done
+    distances = [
+        [float(mean[l, l + n]) for l in range(num_layers - n + 1)] for n in range(1, num_layers + 1)
+    ]
+    return SimilarityResult(loaded.name, num_layers, distances, done)
+
+
+def similarity_key(loaded: LoadedModel, samples_fingerprint: str) -> str:
+    """Batch size is not part of the key: padding does not change the distances."""
+    return f"{loaded.fingerprint}|{samples_fingerprint}"
+
+
+def cached_distances(
+    loaded: LoadedModel,
+    source: str,
+    samples: int,
+    seq_len: int,
+    batch_size: int = 8,
+    store=None,
+    progress: Progress | None = None,
+) -> tuple[int, SimilarityResult, bool]:
+    """Compute (or fetch from the store) the distances; returns (run id, result, from_cache)."""
+    from explorer.data import make_samples
+    from explorer.store import Store
+
+    store = store or Store()
+    data = make_samples(loaded.tokenizer, source, samples, seq_len)
+    key = similarity_key(loaded, data.fingerprint)
+    if cached := store.find_done("similarity", key):
+        return cached.id, SimilarityResult.from_json(cached.result), True
+    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
+    run_id = store.create_run("similarity", loaded.name, settings, cache_key=key)
+    try:
+        result = compute_distances(loaded, data.ids, batch_size, progress)
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result.to_json())
+    return run_id, result, False

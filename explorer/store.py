@@ -1,0 +1,185 @@
+"""SQLite store of every run (similarity, prune, heal, eval, sweep) and its live events.
+
+One file under `EXPLORER_HOME`, opened per operation in WAL mode so the Streamlit server,
+background jobs and the CLI read and write it at once. Rows are never rewritten by a failing
+run except its own, so a crash cannot lose saved work. The schema is versioned: each entry
+of MIGRATIONS upgrades one version, applied in order on open.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from explorer.errors import ExplorerError
+from explorer.models import explorer_home
+
+MIGRATIONS = (
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        cache_key TEXT,
+        status TEXT NOT NULL,
+        model TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        pid INTEGER,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE INDEX runs_kind_key ON runs (kind, cache_key);
+    CREATE TABLE events (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        time REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_run ON events (run_id, step);
+    """,
+)
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+
+@dataclass
+class Run:
+    id: int
+    kind: str
+    cache_key: str | None
+    status: str
+    model: str
+    settings: dict
+    result: dict | None
+    error: str | None
+    pid: int | None
+    created: float
+    updated: float
+
+
+def default_path() -> Path:
+    return explorer_home() / "explorer.sqlite"
+
+
+class Store:
+    """Runs and events; every method opens its own short transaction."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path) if path else default_path()
+        try:
+            with self._connect() as db:
+                self._migrate(db)
+        except sqlite3.DatabaseError as exc:
+            raise ExplorerError(f"The run store {self.path} is unreadable ({exc}); move it aside to start a new one.") from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+            db.commit()
+        finally:
+            db.close()
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise ExplorerError("The run store was written by a newer Layer-Pruning Explorer; upgrade to read it.")
+        for number, script in enumerate(MIGRATIONS[version:], version + 1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as db:
+            return db.execute("PRAGMA user_version").fetchone()[0]
+
+    def create_run(self, kind: str, model: str, settings: dict, cache_key: str | None = None, status: str = "running") -> int:
+        now = time.time()
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, cache_key, status, model, settings, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, cache_key, status, model, json.dumps(settings), now, now),
+            )
+            return int(cursor.lastrowid)
+
+    def update_run(self, run_id: int, **fields) -> None:
+        """Set any of status, result, error, pid (result is stored as JSON)."""
+        allowed = {"status", "result", "error", "pid"}
+        if unknown := set(fields) - allowed:
+            raise ValueError(f"Unknown run fields: {unknown}")
+        if "result" in fields:
+            fields["result"] = json.dumps(fields["result"])
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {columns}, updated = ? WHERE id = ?", (*fields.values(), time.time(), run_id))
+
+    def finish_run(self, run_id: int, result: dict) -> None:
+        self.update_run(run_id, status="done", result=result)
+
+    def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
+        self.update_run(run_id, status=status, error=error)
+
+    def get_run(self, run_id: int) -> Run:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ExplorerError(f"Run {run_id} does not exist (deleted?).")
+        return _to_run(row)
+
+    def find_done(self, kind: str, cache_key: str) -> Run | None:
+        """The newest finished run with this key: what makes a reload instant."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM runs WHERE kind = ? AND cache_key = ? AND status = 'done' ORDER BY id DESC LIMIT 1",
+                (kind, cache_key),
+            ).fetchone()
+        return _to_run(row) if row else None
+
+    def list_runs(self, kind: str | None = None, status: str | None = None) -> list[Run]:
+        query, args = "SELECT * FROM runs WHERE 1=1", []
+        if kind:
+            query, args = query + " AND kind = ?", [*args, kind]
+        if status:
+            query, args = query + " AND status = ?", [*args, status]
+        with self._connect() as db:
+            return [_to_run(row) for row in db.execute(query + " ORDER BY id DESC", args)]
+
+    def delete_run(self, run_id: int) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def add_event(self, run_id: int, step: int, data: dict) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO events (run_id, step, time, data) VALUES (?, ?, ?, ?)", (run_id, step, time.time(), json.dumps(data)))
+
+    def events(self, run_id: int) -> list[dict]:
+        """Events in order, each as its data plus 'step' and 'time'."""
+        with self._connect() as db:
+            rows = db.execute("SELECT step, time, data FROM events WHERE run_id = ? ORDER BY step, rowid", (run_id,)).fetchall()
+        return [{**json.loads(r["data"]), "step": r["step"], "time": r["time"]} for r in rows]
+
+
+def _to_run(row: sqlite3.Row) -> Run:
+    return Run(
+        id=row["id"],
+        kind=row["kind"],
+        cache_key=row["cache_key"],
+        status=row["status"],
+        model=row["model"],
+        settings=json.loads(row["settings"]),
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"],
+        pid=row["pid"],
+        created=row["created"],
+        updated=row["updated"],
+    )

