@@ -10,6 +10,7 @@ st.set_page_config(page_title="Layer-Pruning Explorer", page_icon="✂️", layo
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/similarity.py", title="Similarity heatmap", icon="🗺️", url_path="similarity"),
+    st.Page("pages/prune_heal.py", title="Prune & heal", icon="🩹", url_path="prune-heal"),
 ]
 
 st.navigation(PAGES).run()

@@ -31,6 +31,11 @@ class Block:
         return [i for i in range(self.num_layers) if not self.start <= i < self.end]
 
     @property
+    def span(self) -> str:
+        """The removed layers as people write them: '17' or '17-24' (inclusive)."""
+        return str(self.start) if self.n == 1 else f"{self.start}-{self.end - 1}"
+
+    @property
     def fraction(self) -> float:
         return self.n / self.num_layers
 
@@ -42,7 +47,7 @@ class Block:
         """e.g. 'layers 17-24 of 30 (8 layers, 27% of the model, 36M parameters)'."""
         if self.n == 0:
             return f"no layers of {self.num_layers}"
-        span = f"layer {self.start}" if self.n == 1 else f"layers {self.start}-{self.end - 1}"
+        span = f"layer {self.span}" if self.n == 1 else f"layers {self.span}"
         parts = [f"{self.n} layer{'s' if self.n > 1 else ''}", f"{self.fraction:.0%} of the model"]
         if removed_params is not None:
             parts.append(f"{removed_params / 1e6:.1f}M parameters")

@@ -52,17 +52,244 @@ def _similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _similarity(args: argparse.Namespace) -> None:
     from explorer.data import check_settings, split_documents
-    from explorer.similarity import cached_distances
 
     check_settings(args.samples, args.seq_len, args.batch_size)
-    next(iter(split_documents(args.text_file, "train")), None)  # a missing or unreadable file fails before the model loads
+    # A missing, unreadable or empty file fails in a blink, before torch is even imported.
+    if next(iter(split_documents(args.text_file, "train")), None) is None:
+        raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
+    from explorer.similarity import cached_distances
+
     loaded = _load(args)
     _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples"))
     _write_json(args.out, result.to_json())
 
 
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    _similarity_arguments(parser)  # the similarity strategy computes (or reuses) distances with these settings
+    parser.add_argument("--start", type=int, default=None, help="first layer of the block (or use --strategy)")
+    parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
+    parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
+    parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
+
+
+def _prune(args: argparse.Namespace) -> None:
+    """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
+    from explorer.blocks import check_block
+    from explorer.data import check_settings
+    from explorer.export import mergekit_yaml, save_pruned
+    from explorer.prune import STRATEGIES, prune_block, strategy_block
+    from explorer.similarity import cached_distances
+
+    if (args.start is None) == (args.strategy is None):
+        raise ExplorerError("Give either --start (the block's first layer) or --strategy (similarity, simple or top-cut).")
+    if args.strategy is not None and args.strategy not in STRATEGIES:
+        raise ExplorerError(f"Unknown strategy '{args.strategy}': choose one of {', '.join(STRATEGIES)}.")
+    use_similarity = args.strategy == "similarity" and args.n > 0
+    if use_similarity:
+        check_settings(args.samples, args.seq_len, args.batch_size)
+    loaded = _load(args)
+    num_layers = loaded.num_layers
+    similarity = None
+    if use_similarity:
+        _, similarity, _ = cached_distances(
+            loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples")
+        )
+    if args.strategy:
+        block = strategy_block(args.strategy, args.n, num_layers, similarity)
+    else:
+        block = check_block(args.start, args.n, num_layers, args.allow_final)
+    if block.includes_final:
+        print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
+    result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
+    record = {
+        "kind": "prune",
+        "model": args.model,
+        "model_name": loaded.name,
+        "fingerprint": loaded.fingerprint,
+        "strategy": args.strategy or "manual",
+        "block": {"start": block.start, "n": block.n, "num_layers": num_layers, "removed": block.removed},
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
+    }
+    out = save_pruned(result.loaded, args.out, record)
+    (out / "mergekit.yaml").write_text(mergekit_yaml(args.model, num_layers, block))
+    print(
+        f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
+        f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
+    )
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--task", default="mmlu", help="a registered task: mmlu, mmlu-cloze, a quiz, ...")
+    parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs (dev/, test/, val/); default: cais/mmlu online")
+    parser.add_argument("--subjects", default=None, help="comma-separated MMLU subjects (default: all)")
+    parser.add_argument("--shots", type=int, default=None, help="solved examples before each question")
+    parser.add_argument("--split", default=None, help="test (default), val or dev")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
+    parser.add_argument("--limit", type=int, default=None, help="score at most this many questions")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", required=True)
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    """Only the options given reach the task, so a task that takes none of them still builds."""
+    options = {key: getattr(args, key) for key in ("mmlu_dir", "subjects", "shots", "split") if getattr(args, key) is not None}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ExplorerError(f"--option takes KEY=VALUE, got '{item}'.")
+        options[key.replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
+    return options
+
+
+def _eval(args: argparse.Namespace) -> None:
+    """Score one task; the task (data, subjects, options) is checked before the model loads."""
+    from explorer.data import check_settings
+    from explorer.evaluate import check_limit, run_task
+    from explorer.tasks import get_task
+
+    check_limit(args.limit)
+    check_settings(1, 2, args.batch_size)
+    task = get_task(args.task, **_task_options(args))
+    report = run_task(_load(args), task, limit=args.limit, batch_size=args.batch_size)
+    _write_json(args.out, report.to_json())
+    print(report.summary())
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--device-map", default=None, help="'auto' spreads a large model over the devices (accelerate)")
+    parser.add_argument("--teaching", action="store_true", help="the teaching preset: stride 3, few questions, short samples")
+    parser.add_argument("--strategies", default="similarity,simple,top-cut", help="comma-separated: similarity, simple, top-cut")
+    points = parser.add_mutually_exclusive_group()
+    points.add_argument("--fractions", default=None, help="comma-separated fractions of layers to drop, each in [0, 1)")
+    points.add_argument("--stride", type=int, default=None, help="every stride-th n from 0 to L-1 (default 1)")
+    parser.add_argument("--task", default=None, help="a registered task (default: the strongest small-model quiz)")
+    parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs for the mmlu tasks")
+    parser.add_argument("--subjects", default=None, help="comma-separated MMLU subjects")
+    parser.add_argument("--shots", type=int, default=None)
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
+    parser.add_argument("--limit", type=int, default=None, help="questions per point")
+    parser.add_argument("--heal-steps", type=int, default=0, help="LoRA steps per point (0: no healing)")
+    parser.add_argument("--text-file", default="embedded", help="text for the heatmap, held-out loss and healing")
+    parser.add_argument("--samples", type=int, default=None, help="calibration samples for the heatmap")
+    parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
+    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", required=True)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    """Run a sweep in the foreground as a store run; a rerun with the same settings resumes it."""
+    from explorer.store import Store
+    from explorer.sweep import SweepSettings, execute, parse_fractions, start_sweep, teaching_preset
+
+    given = {
+        "model": args.model, "device": args.device, "device_map": args.device_map, "load_in_4bit": args.load_in_4bit,
+        "trust_remote_code": args.trust_remote_code, "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+        "fractions": parse_fractions(args.fractions) if args.fractions is not None else None,
+        "stride": args.stride, "task": args.task, "limit": args.limit, "task_options": _task_options(args),
+        "heal_steps": args.heal_steps, "text": args.text_file, "sim_samples": args.samples,
+        "val_samples": args.val_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    settings = teaching_preset(**given) if args.teaching else SweepSettings(**given)
+    settings.check()
+    store = Store()
+    run_id = start_sweep(store, settings)
+
+    def report(event: dict) -> None:
+        if event.get("kind") == "point":
+            print(f"{event['strategy']:>10} n={event['n']:<3} ({event['fraction']:.0%}){' healed' if event['healed'] else ''}: "
+                  f"accuracy {event['accuracy']:.2f} [{event['ci_low']:.2f}, {event['ci_high']:.2f}], "
+                  f"loss {event['val_loss']:.3f} (normalized {event['normalized_loss']:.3f})", file=sys.stderr, flush=True)
+        else:
+            print(event.get("phase", event), file=sys.stderr, flush=True)
+
+    result = execute(store, run_id, report)
+    _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
+    for curve, fraction in result["first_at_chance"].items():
+        print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
+
+
+def _heal_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.heal import HealConfig
+
+    d = HealConfig()
+    _model_arguments(parser)
+    parser.add_argument("--start", type=int, required=True, help="first layer of the block to remove")
+    parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
+    parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (the paper: 2)")
+    parser.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha")
+    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, then cosine decay)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--seq-len", type=int, default=d.seq_len)
+    parser.add_argument("--text-file", default=d.source, help="healing text: 'embedded', 'c4', or a .txt/.jsonl/.parquet file")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every)
+    parser.add_argument("--eval-task", default=None, help="task scored during healing (default: a knowledge quiz)")
+    parser.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per evaluation")
+    parser.add_argument("--val-samples", type=int, default=d.val_samples, help="held-out documents for the validation loss")
+    parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs, for --eval-task mmlu / mmlu-cloze")
+    parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
+    parser.add_argument("--out", required=True, help="folder for the merged model, run.json and mergekit.yaml")
+
+
+def _print_heal_event(event: dict, steps: int) -> None:
+    """One progress line per event, on stderr like the other commands' progress."""
+    if event["kind"] == "train":
+        line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
+    elif event["kind"] in ("eval", "reference"):
+        label = "before pruning" if event["kind"] == "reference" else "healed (merged)" if event.get("merged") else f"eval at step {event['step']}"
+        line = (f"{label}: val loss {event['val_loss']:.4f}, {event['task']} accuracy {event['accuracy']:.2f} "
+                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f})")
+    else:
+        line = event.get("phase", str(event))
+    print(line, file=sys.stderr, flush=True)
+
+
+def _heal(args: argparse.Namespace) -> None:
+    """Prune and heal in the foreground: the job runner's code path, printing instead of storing."""
+    from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+
+    options = {"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}
+    config = HealConfig(
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+        seq_len=args.seq_len, quantize=args.qlora, source=args.text_file, eval_every=args.eval_every,
+        eval_task=args.eval_task, eval_limit=args.eval_limit, eval_options=options, val_samples=args.val_samples,
+    )
+    config.check()
+    loaded = _load(args)
+    outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps), allow_final=args.allow_final)
+    out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
+    print(f"healed model saved to {out}")
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", type=int)
+    parser.add_argument("--store", default=None, help="the SQLite store holding the run (default: EXPLORER_HOME's)")
+
+
+def _job(args: argparse.Namespace) -> None:
+    """Internal: the background runner `explorer.jobs.submit` starts."""
+    from explorer.jobs import run_job
+    from explorer.store import Store
+
+    run_job(Store(args.store), args.run_id)
+
+
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_arguments, _similarity, "angular distances for every (l, n)"),
+    "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
+    "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95% interval"),
+    "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
+    "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
+    "job": (_job_arguments, _job, "internal: run a queued background job"),
 }
 
 
@@ -75,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command][1](args)
     except ExplorerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

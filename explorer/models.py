@@ -91,7 +91,7 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha1(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:12]
 
 
-def _embedded_folder() -> Path:
+def embedded_folder() -> Path:
     """Dequantize the embedded GGUF once into a safetensors folder; later loads are ~10x faster."""
     gguf = embedded_gguf_path()
     target = explorer_home() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
@@ -150,7 +150,7 @@ def resolve_source(source: str) -> tuple[str, str, str | None]:
     if not source:
         raise ExplorerError("No model given: use 'embedded', a Hugging Face id, a local folder or a .gguf file.")
     if source == EMBEDDED:
-        return "embedded", str(_embedded_folder()), None
+        return "embedded", str(embedded_folder()), None
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():

@@ -131,10 +131,11 @@ def compute_distances(
     device = _input_device(model)
     with LastTokenRecorder(model) as recorder:
         for chunk in batches(samples, batch_size):
-            input_ids, mask = pad_batch(chunk, pad_id)
+            input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
+            # The index lives on the device, so the per-layer hooks never copy (and sync) from the host.
             recorder.collect(mask.sum(dim=1) - 1)
             try:
-                base(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                base(input_ids=input_ids, attention_mask=mask, use_cache=False)
             except torch.OutOfMemoryError as exc:
                 raise ExplorerError(
                     f"Out of memory with batch size {batch_size}: use a smaller batch, shorter sequences or 4-bit loading."

@@ -6,6 +6,7 @@ A task module calls `register(name, factory)`; `get_task(name, **options)` build
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -15,12 +16,16 @@ from explorer.models import LoadedModel
 
 @dataclass
 class QuestionResult:
-    """One scored question: `pred` and `gold` are choice labels ("A".."D" or the label word)."""
+    """One scored question: `pred` and `gold` are choice labels ("A".."D" or the label word).
+
+    `alt_preds` holds the picks of a task's secondary metrics by name, e.g. {"acc": "B"} for a
+    cloze task whose `pred` is the length-normalized pick (acc_norm), so reports show both."""
 
     id: str
     pred: str
     gold: str
     scores: list[float] = field(default_factory=list)
+    alt_preds: dict[str, str] = field(default_factory=dict)
 
     @property
     def correct(self) -> bool:
@@ -51,7 +56,12 @@ def get_task(name: str, **options) -> Task:
     _load_builtin()
     if name not in _REGISTRY:
         raise ExplorerError(f"Unknown task '{name}': choose one of {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[name](**options)
+    factory = _REGISTRY[name]
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:  # an option this task does not take, e.g. mmlu_dir for a quiz
+        raise ExplorerError(f"Task '{name}' does not take these options ({', '.join(options)}): {exc}.") from exc
+    return factory(**options)
 
 
 def _load_builtin() -> None:

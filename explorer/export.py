@@ -1,0 +1,83 @@
+"""Keep a pruned (or healed) model: a `save_pretrained` folder that reloads with
+`AutoModelForCausalLM.from_pretrained`, a JSON record of the run, and a mergekit
+passthrough config that rebuilds the same model from the original checkpoint.
+
+The mergekit YAML matters because the saved folder holds the weights of one machine's run;
+the YAML is a few lines anyone can re-run against the hub checkpoint (`mergekit-yaml
+mergekit.yaml OUT`) to get the unhealed pruned model, as in the paper's released recipes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from torch import nn
+
+from explorer.blocks import Block
+from explorer.errors import ExplorerError
+from explorer.models import EMBEDDED, LoadedModel
+
+# The hub checkpoint the embedded GGUF was quantized from (mergekit cannot read GGUF files).
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+RECORD_FILE = "run.json"
+
+
+def _mergeable(model: nn.Module) -> nn.Module:
+    """A plain transformers model: a peft model is merged on a copy, so a live adapter keeps training."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def _drop_leftover_quantization(model: nn.Module) -> None:
+    """A `quantization_config` without a live quantizer (GGUF weights arrive dequantized) would make
+    `from_pretrained` look for quantized weights that are not there; real bitsandbytes models keep it."""
+    if getattr(model, "hf_quantizer", None) is None and hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
+    """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder."""
+    folder = Path(folder)
+    model = _mergeable(loaded.model)
+    _drop_leftover_quantization(model)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        (folder / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
+    except OSError as exc:
+        raise ExplorerError(f"Could not write the pruned model to {folder}: {exc.strerror or exc}.") from exc
+    return folder
+
+
+def kept_ranges(block: Block) -> list[tuple[int, int]]:
+    """The kept layers as half-open [a, b) ranges, mergekit's `layer_range` convention."""
+    ranges = [(0, block.start), (block.end, block.num_layers)] if block.n else [(0, block.num_layers)]
+    return [(a, b) for a, b in ranges if b > a]
+
+
+def _yaml_scalar(text: str) -> str:
+    """Plain like mergekit's examples, quoted only when a path would otherwise not parse as one string."""
+    plain = text and text == text.strip() and not set(text) & set(":#{}[],&*!|>'\"%@`") and text[0] not in "-?"
+    return text if plain else json.dumps(text)
+
+
+def mergekit_yaml(model_id: str, num_layers: int, block: Block, dtype: str = "bfloat16") -> str:
+    """A mergekit `passthrough` config that stacks the kept slices of `model_id` (layout of
+    mergekit's examples/orcamini-platy-44layer.yml). 'embedded' is written as its hub id."""
+    if block.num_layers != num_layers:
+        raise ExplorerError(f"Block is for a {block.num_layers}-layer model, not {num_layers} layers.")
+    lines = [f"# Layer-Pruning Explorer: {model_id} without {block.describe()}."]
+    if model_id == EMBEDDED:
+        model_id = EMBEDDED_HUB_ID
+        lines.append(f"# The embedded model is a GGUF of {EMBEDDED_HUB_ID}; mergekit reads the hub checkpoint.")
+    lines.append("slices:")
+    for a, b in kept_ranges(block):
+        lines += ["  - sources:", f"    - model: {_yaml_scalar(model_id)}", f"      layer_range: [{a}, {b}]"]
+    lines += ["merge_method: passthrough", f"dtype: {dtype}"]
+    return "\n".join(lines) + "\n"

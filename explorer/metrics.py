@@ -1,0 +1,263 @@
+"""Which block would each pruning metric remove, and do the metrics agree?
+
+Four scores for the block [l, l+n), lower = safer to drop, all from the same calibration text:
+
+- last-token angular distance d(x^l, x^(l+n)) on the last real token (the paper's metric,
+  `explorer.similarity`);
+- all-token angular distance: the same, averaged over every real token (padding masked),
+  pooled over the samples' tokens;
+- Block Influence (ShortGPT, Men et al. 2403.03853): BI_i = 1 - mean over all real tokens of
+  cos(x^i, x^(i+1)), the input and output of layer i. ShortGPT drops the n lowest-BI layers
+  wherever they are; to compare on the same candidates as the others we score a contiguous
+  block by the SUM of its layers' BI, BI(l, n) = BI_l + ... + BI_(l+n-1);
+- brute force (optional, costly): the measured validation-loss increase when [l, l+n) is
+  removed, one prune + loss pass per l: the ground truth the cheap metrics try to predict.
+
+The first three come from ONE forward pass per batch: hooks keep every real token of
+x^0..x^L, and one Gram matrix per token gives all (l, n) pairs and the adjacent-layer cosines.
+Memory per batch is (L+1) x real tokens x hidden floats; lower the batch size for big models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from explorer.data import batches, make_samples, pad_batch
+from explorer.errors import ExplorerError
+from explorer.models import LoadedModel
+from explorer.similarity import LastTokenRecorder, Progress, pairwise_angular, similarity_key
+
+METRICS = {
+    "last_token": "Angular distance, last token (paper)",
+    "all_tokens": "Angular distance, all tokens",
+    "block_influence": "Block Influence, summed (ShortGPT)",
+    "brute_force": "Measured loss increase (brute force)",
+}
+
+
+class TokenRecorder(LastTokenRecorder):
+    """LastTokenRecorder's hooks, keeping every real token: each state is [real tokens, hidden],
+    flattened sample after sample, so sample i's last token sits at cumsum(lengths)[i] - 1."""
+
+    def collect(self, mask: torch.Tensor) -> None:  # type: ignore[override]
+        self.mask = mask.bool()
+        self.states = []
+
+    def _take(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[self.mask.to(hidden.device)].float()
+
+
+@dataclass
+class MetricScores:
+    """Per-(l, n) scores of one calibration pass; rows are indexed like SimilarityResult.distances."""
+
+    model: str
+    num_layers: int
+    samples: int
+    tokens: int
+    last_token: list[list[float]]  # [n-1][l] = d(x^l, x^(l+n)) on last tokens
+    all_tokens: list[list[float]]  # [n-1][l], averaged over all real tokens
+    layer_influence: list[float]  # BI_i for each layer i
+    brute_force: dict | None = None  # {"n": n, "base_loss": .., "loss_increase": [per l]}
+
+    def scores(self, n: int) -> dict[str, list[float]]:
+        """Each metric's score for every start l in 0..L-n (lower = drop first)."""
+        if not 1 <= n < self.num_layers:
+            raise ExplorerError(f"Block size must be between 1 and {self.num_layers - 1} (got {n}).")
+        starts = range(self.num_layers - n + 1)
+        out = {
+            "last_token": self.last_token[n - 1],
+            "all_tokens": self.all_tokens[n - 1],
+            "block_influence": [sum(self.layer_influence[l : l + n]) for l in starts],
+        }
+        if self.brute_force and self.brute_force["n"] == n:
+            out["brute_force"] = self.brute_force["loss_increase"]
+        return out
+
+    def choices(self, n: int) -> dict[str, int]:
+        """The block start each metric would prune: the argmin of its scores."""
+        return {name: int(np.argmin(values)) for name, values in self.scores(n).items()}
+
+    def rank_correlations(self, n: int) -> dict[str, dict[str, float]]:
+        """Spearman correlation between every two metrics' rankings of l (a symmetric table)."""
+        scores = self.scores(n)
+        return {a: {b: spearman(scores[a], scores[b]) for b in scores} for a in scores}
+
+    def lowest_influence_layers(self, n: int) -> list[int]:
+        """ShortGPT's own choice: the n layers with the lowest BI, contiguous or not."""
+        return sorted(int(i) for i in np.argsort(self.layer_influence, kind="stable")[:n])
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MetricScores":
+        return cls(**data)
+
+
+def ranks(values: list[float]) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (what Spearman's rho needs)."""
+    array = np.asarray(values, dtype=float)
+    order = np.argsort(array, kind="stable")
+    sorted_values = array[order]
+    result = np.empty(len(array))
+    start = 0
+    while start < len(array):
+        end = start
+        while end + 1 < len(array) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        result[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks; NaN when either side is constant."""
+    if len(a) != len(b):
+        raise ValueError("Spearman needs two rankings of the same items.")
+    ra, rb = ranks(a) - (len(a) + 1) / 2, ranks(b) - (len(b) + 1) / 2
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+@torch.no_grad()
+def compute_scores(
+    loaded: LoadedModel,
+    samples: list[list[int]],
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> MetricScores:
+    """Last-token and all-token angular distances and per-layer Block Influence in one pass."""
+    if not samples:
+        raise ExplorerError("No calibration samples: give some text.")
+    model = loaded.model
+    num_layers = loaded.num_layers
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    last_total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
+    token_total = torch.zeros_like(last_total)
+    cos_total = torch.zeros(num_layers, dtype=torch.float64)
+    done = tokens = 0
+    device = model.get_input_embeddings().weight.device
+    with TokenRecorder(model) as recorder:
+        for chunk in batches(samples, batch_size):
+            input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
+            recorder.collect(mask)  # on the device, so the per-layer hooks never copy it from the host
+            try:
+                model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            except torch.OutOfMemoryError as exc:
+                raise ExplorerError(f"Out of memory with batch size {batch_size}: use a smaller batch or shorter sequences.") from exc
+            states = recorder.stacked()  # [L+1, real tokens, hidden]
+            if states.shape[0] != num_layers + 1:
+                raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
+            last = mask.sum(dim=1).cumsum(0) - 1
+            last_total += pairwise_angular(states[:, last.to(states.device)]).sum(dim=0).double().cpu()
+            token_total += pairwise_angular(states).sum(dim=0).double().cpu()
+            cos_total += torch.nn.functional.cosine_similarity(states[:-1], states[1:], dim=-1).sum(dim=1).double().cpu()
+            done += len(chunk)
+            tokens += states.shape[1]
+            if progress:
+                progress(done, len(samples))
+    last_mean, token_mean = last_total / done, token_total / tokens
+
+    def rows(mean: torch.Tensor) -> list[list[float]]:
+        return [[float(mean[l, l + n]) for l in range(num_layers - n + 1)] for n in range(1, num_layers + 1)]
+
+    influence = [float(1 - c / tokens) for c in cos_total]
+    return MetricScores(loaded.name, num_layers, done, tokens, rows(last_mean), rows(token_mean), influence)
+
+
+def brute_force_losses(
+    loaded: LoadedModel,
+    n: int,
+    source: str,
+    samples: int,
+    seq_len: int,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict:
+    """Held-out loss with each block [l, l+n) removed, minus the unpruned loss: L-n+1 prunes.
+
+    Blocks that include the final layer are measured too (the other metrics score them), so the
+    final-layer override is on here; the pruner works on a copy and `loaded` stays whole."""
+    from explorer.evaluate import validation_loss
+    from explorer.prune import prune_block
+
+    if not 1 <= n < loaded.num_layers:
+        raise ExplorerError(f"Block size must be between 1 and {loaded.num_layers - 1} (got {n}).")
+    base = validation_loss(loaded, source, samples, seq_len, batch_size)
+    starts = range(loaded.num_layers - n + 1)
+    increases = []
+    for start in starts:
+        pruned = prune_block(loaded, start, n, allow_final=True).loaded
+        increases.append(validation_loss(pruned, source, samples, seq_len, batch_size) - base)
+        del pruned
+        if progress:
+            progress(start + 1, len(starts))
+    return {"n": n, "base_loss": base, "loss_increase": increases}
+
+
+def _cached(store, kind: str, key: str, model: str, settings: dict, compute: Callable[[], dict]) -> tuple[int, dict, bool]:
+    """Return a finished run's result for this key, or compute it as a new run (failures recorded)."""
+    if cached := store.find_done(kind, key):
+        return cached.id, cached.result, True
+    run_id = store.create_run(kind, model, settings, cache_key=key)
+    try:
+        result = compute()
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result)
+    return run_id, result, False
+
+
+def cached_scores(
+    loaded: LoadedModel,
+    source: str,
+    samples: int,
+    seq_len: int,
+    batch_size: int = 8,
+    store=None,
+    progress: Progress | None = None,
+) -> tuple[int, MetricScores, bool]:
+    """The one-pass metrics for these settings, as a 'metrics' run; returns (run id, scores, from_cache)."""
+    from explorer.store import Store
+
+    store = store or Store()
+    data = make_samples(loaded.tokenizer, source, samples, seq_len)
+    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
+    run_id, result, hit = _cached(
+        store, "metrics", similarity_key(loaded, data.fingerprint), loaded.name, settings,
+        lambda: compute_scores(loaded, data.ids, batch_size, progress).to_json(),
+    )
+    return run_id, MetricScores.from_json(result), hit
+
+
+def cached_brute_force(
+    loaded: LoadedModel,
+    n: int,
+    source: str,
+    samples: int,
+    seq_len: int,
+    batch_size: int = 8,
+    store=None,
+    progress: Progress | None = None,
+) -> tuple[int, dict, bool]:
+    """brute_force_losses as a 'brute-force' run keyed by model, held-out text and n."""
+    from explorer.store import Store
+
+    store = store or Store()
+    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size, "n": n}
+    return _cached(
+        store, "brute-force", brute_force_key(loaded, n, source, samples, seq_len), loaded.name, settings,
+        lambda: brute_force_losses(loaded, n, source, samples, seq_len, batch_size, progress),
+    )
+
+
+def brute_force_key(loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int) -> str:
+    """Model weights, held-out samples and n: what a brute-force measurement depends on."""
+    heldout = make_samples(loaded.tokenizer, source, samples, seq_len, "heldout")
+    return f"{similarity_key(loaded, heldout.fingerprint)}|n={n}"

@@ -1,0 +1,113 @@
+"""What the Runs page shows and exports for any run in the store, whatever its kind.
+
+Pure functions of a `Run` and its events, so the page only draws them and tests check them
+without Streamlit: a one-line summary of the key settings and the headline result, the CSV of
+its metrics (distances for a similarity run, points for a sweep, scores for a metric run,
+events for training-like runs), the full JSON, and the saved model folder / mergekit YAML.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from explorer.store import Run
+
+SETTINGS_SHOWN = 5
+FOLDER_KEYS = ("folder", "out", "output", "path", "model_dir", "saved_to")
+
+
+def settings_summary(run: Run) -> str:
+    """The first few settings as 'key=value', skipping empty ones."""
+    shown = [(k, v) for k, v in run.settings.items() if v not in (None, "", [], {}, False)]
+    text = ", ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in shown[:SETTINGS_SHOWN])
+    return text + (", …" if len(shown) > SETTINGS_SHOWN else "")
+
+
+def _accuracy(data: dict) -> str:
+    return f"accuracy {data['accuracy']:.2f} [{data['ci_low']:.2f}, {data['ci_high']:.2f}]"
+
+
+def headline(run: Run) -> str:
+    """The one number a user looks for first, by kind; the error for failed runs."""
+    if run.status in ("failed", "cancelled"):
+        return f"{run.status}: {run.error or ''}".strip()
+    result = run.result or {}
+    if not result:
+        return run.status
+    if run.kind == "similarity" and result.get("optimal"):
+        quarter = result["optimal"][max(0, result["num_layers"] // 4 - 1)]
+        return f"n={quarter['n']}: best block from layer {quarter['layer']} (d={quarter['distance']:.3f})"
+    if run.kind == "sweep" and "first_at_chance" in result:
+        parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in result["first_at_chance"].items()]
+        return f"{len(result['points'])} points; at chance from: " + ", ".join(parts)
+    if run.kind == "metrics":
+        return f"{result['num_layers']} layers, {result['tokens']} tokens scored"
+    if run.kind == "brute-force":
+        increase = result["loss_increase"]
+        best = min(range(len(increase)), key=increase.__getitem__)
+        return f"n={result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
+    if "accuracy" in result:
+        return _accuracy(result)
+    healed = (result.get("metrics") or {}).get("healed")
+    if healed and "accuracy" in healed:
+        return "healed " + _accuracy(healed)
+    if block := result.get("block"):
+        return f"removed layers {block['start']}-{block['start'] + block['n'] - 1} of {block['num_layers']}"
+    return ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, (int, float, str)))[:120] or "done"
+
+
+def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
+    """The run's numbers as one table: what the CSV export writes."""
+    from explorer.figures import distances_frame
+    from explorer.metrics import MetricScores
+    from explorer.similarity import SimilarityResult
+    from explorer.sweep_figures import metrics_frame as scores_frame
+    from explorer.sweep_figures import points_frame
+
+    result = run.result or {}
+    if run.kind == "similarity" and result.get("distances"):
+        return distances_frame(SimilarityResult.from_json(result))
+    if run.kind == "sweep":
+        return points_frame([e for e in events if e.get("kind") == "point"])
+    if run.kind == "metrics" and result:
+        scores = MetricScores.from_json(result)
+        return pd.concat([scores_frame(scores, n) for n in range(1, scores.num_layers)], ignore_index=True)
+    if run.kind == "brute-force" and result:
+        return pd.DataFrame({"l": range(len(result["loss_increase"])), "n": result["n"], "loss_increase": result["loss_increase"]})
+    if events:
+        return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list)} for e in events])
+    return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
+
+
+def run_json(run: Run, events: list[dict]) -> str:
+    """Everything the store holds about the run, as one JSON document."""
+    return json.dumps({**asdict(run), "events": events}, indent=1, default=str)
+
+
+def model_folder(run: Run) -> Path | None:
+    """The saved model folder of a prune/heal run, when it still exists on disk."""
+    for source in (run.result or {}, run.settings):
+        for key in FOLDER_KEYS:
+            value = source.get(key)
+            if isinstance(value, str) and (Path(value) / "config.json").is_file():
+                return Path(value)
+    return None
+
+
+def mergekit_text(run: Run) -> str | None:
+    """The mergekit YAML saved beside the model, or rebuilt from the run's block and model id."""
+    from explorer.blocks import Block
+    from explorer.export import mergekit_yaml
+
+    folder = model_folder(run)
+    if folder and (folder / "mergekit.yaml").is_file():
+        return (folder / "mergekit.yaml").read_text()
+    result = run.result or {}
+    block, model_id = result.get("block"), result.get("model") or run.settings.get("model") or run.settings.get("source")
+    if isinstance(block, dict) and isinstance(model_id, str) and {"start", "n", "num_layers"} <= set(block):
+        return mergekit_yaml(model_id, block["num_layers"], Block(block["start"], block["n"], block["num_layers"]))
+    return None

@@ -1,0 +1,315 @@
+"""Phase-transition sweep: accuracy and loss against the fraction of layers dropped.
+
+For each strategy ("similarity", "simple", "top-cut") and each block size n, the block the
+strategy picks is removed from a COPY of the model (one model load per sweep), and the task
+accuracy (with its 95% Wilson interval) and the held-out loss are measured; optionally each
+pruned model is healed for a short fixed budget and measured again. This reproduces the
+paper's Figures 1-2: accuracy holds, then collapses to chance at a sharp fraction, while the
+normalized loss rises smoothly (Gromov et al., 2403.17887).
+
+Every point is an event of a "sweep" run in the store, so pages plot points live. A point is
+keyed by (strategy, n, healed): a sweep with the same settings and model weights reuses the
+points any earlier sweep run finished (a restart after a crash or cancel resumes where it
+stopped; a finished sweep becomes a cache hit). Two strategies that pick the same block for
+an n (n = 0 for all of them, and often "similarity" and "simple") share one measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+from explorer.blocks import Block
+from explorer.data import check_settings, split_documents
+from explorer.errors import ExplorerError
+from explorer.models import LoadedModel, load_model
+from explorer.prune import STRATEGIES, prune_block, strategy_block
+
+Key = tuple[str, int, bool]  # (strategy, n, healed)
+OnEvent = Callable[[dict], None]
+
+
+class SweepCancelled(ExplorerError):
+    """The user stopped the sweep; its finished points stay and a restart resumes from them."""
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything that determines a sweep's points; equal settings (and weights) resume each other."""
+
+    model: str = "embedded"
+    strategies: tuple[str, ...] = STRATEGIES
+    fractions: tuple[float, ...] | None = None  # fractions n / L to drop; None = every `stride`-th n
+    stride: int = 1
+    task: str = ""  # "" = default_task()
+    limit: int = 32  # questions per point
+    task_options: dict = field(default_factory=dict)
+    heal_steps: int = 0  # 0 = no healing; else LoRA steps per point (HealConfig's other defaults)
+    text: str = "embedded"  # text for the heatmap, the held-out loss and healing
+    val_samples: int = 16
+    sim_samples: int = 32
+    seq_len: int = 128
+    batch_size: int = 8
+    device: str | None = None
+    device_map: str | None = None  # "auto": accelerate spreads a large model over the devices
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategies", tuple(self.strategies))
+        if self.fractions is not None:
+            object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        object.__setattr__(self, "task", self.task or default_task())
+
+    def check(self) -> None:
+        """Reject impossible settings before any model loads."""
+        from explorer.evaluate import check_limit
+        from explorer.tasks import get_task
+
+        if not self.strategies:
+            raise ExplorerError("Choose at least one strategy.")
+        if unknown := [s for s in self.strategies if s not in STRATEGIES]:
+            raise ExplorerError(f"Unknown strategy '{unknown[0]}': choose from {', '.join(STRATEGIES)}.")
+        if self.fractions is not None:
+            if not self.fractions:
+                raise ExplorerError("Give at least one fraction of layers to drop.")
+            if bad := [f for f in self.fractions if not 0 <= f < 1]:
+                raise ExplorerError(f"Fractions of layers dropped must be in [0, 1): got {bad[0]:g}.")
+        if self.stride < 1:
+            raise ExplorerError(f"The stride must be at least 1 (got {self.stride}).")
+        if self.heal_steps < 0:
+            raise ExplorerError(f"Healing steps must be 0 (no healing) or more (got {self.heal_steps}).")
+        check_limit(self.limit)
+        check_settings(self.val_samples, self.seq_len, self.batch_size)
+        check_settings(self.sim_samples, self.seq_len, self.batch_size)
+        get_task(self.task, **self.task_options)  # unknown task or options fail here
+        next(iter(split_documents(self.text, "train")), None)  # a missing text file fails here
+
+    def block_sizes(self, num_layers: int) -> list[int]:
+        """The n values: f * L rounded half up for each fraction (at most L - 1), or 0, stride, 2*stride, ...
+        below L. n = 0 is always included: it is the baseline every other point is normalized by."""
+        if self.fractions is None:
+            sizes = set(range(0, num_layers, self.stride))
+        else:
+            sizes = {min(math.floor(f * num_layers + 0.5), num_layers - 1) for f in self.fractions}
+        return sorted(sizes | {0})
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["strategies"] = list(self.strategies)
+        data["fractions"] = list(self.fractions) if self.fractions is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SweepSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def default_task() -> str:
+    """The task with the strongest signal on small models (a knowledge quiz; see heal.default_eval_task)."""
+    from explorer.heal import default_eval_task
+
+    return default_eval_task()
+
+
+def teaching_preset(**overrides) -> SweepSettings:
+    """The embedded model on CPU in a few minutes: every third n, all strategies, a few dozen quiz
+    questions per point, short samples, no healing."""
+    preset = dict(model="embedded", stride=3, limit=24, val_samples=8, sim_samples=16, seq_len=64, heal_steps=0)
+    return SweepSettings(**{**preset, **overrides})
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """'0, 0.1, 0.25' -> (0.0, 0.1, 0.25); the range is checked by SweepSettings.check."""
+    try:
+        return tuple(float(item) for item in text.replace(";", ",").split(",") if item.strip())
+    except ValueError as exc:
+        raise ExplorerError(f"Fractions must be comma-separated numbers such as 0, 0.1, 0.25 (got '{text}').") from exc
+
+
+def cached_heatmap(loaded: LoadedModel, settings: SweepSettings, store):
+    """The finished similarity run the sweep's "similarity" strategy would reuse, or None
+    (then the sweep computes it first)."""
+    from explorer.data import make_samples
+    from explorer.similarity import similarity_key
+
+    data = make_samples(loaded.tokenizer, settings.text, settings.sim_samples, settings.seq_len)
+    return store.find_done("similarity", similarity_key(loaded, data.fingerprint))
+
+
+def point_key(point: dict) -> Key:
+    return point["strategy"], int(point["n"]), bool(point["healed"])
+
+
+def first_at_chance(points: list[dict], strategy: str, healed: bool = False) -> dict | None:
+    """The smallest-n point of a curve whose 95% interval reaches chance (contains it or lies below):
+    where accuracy has fallen to random guessing."""
+    curve = sorted((p for p in points if p["strategy"] == strategy and p["healed"] == healed), key=lambda p: p["n"])
+    return next((p for p in curve if p["ci_low"] <= p["chance"]), None)
+
+
+def summary(points: list[dict]) -> dict:
+    """The run's result: points and, per curve, the fraction where accuracy first reaches chance."""
+    curves = sorted({(p["strategy"], p["healed"]) for p in points})
+    chance = {}
+    for strategy, healed in curves:
+        hit = first_at_chance(points, strategy, healed)
+        chance[f"{strategy}{' healed' if healed else ''}"] = hit["fraction"] if hit else None
+    return {"points": sorted(points, key=lambda p: (p["strategy"], p["healed"], p["n"])), "first_at_chance": chance}
+
+
+def sweep_points(store, run_id: int) -> list[dict]:
+    """The point events of a sweep run (what the page plots while it runs)."""
+    return [e for e in store.events(run_id) if e.get("kind") == "point"]
+
+
+def planned_points(store, run_id: int) -> int | None:
+    """How many points the sweep will have in all, once it has started (for a progress bar)."""
+    plans = [e["points"] for e in store.events(run_id) if e.get("kind") == "plan"]
+    return plans[-1] if plans else None
+
+
+def _reusable_points(store, run_id: int, settings: SweepSettings, fingerprint: str) -> dict[Key, dict]:
+    """Points of this run and of every sweep run with the same settings, for the same weights."""
+    wanted = settings.to_json()
+    found: dict[Key, dict] = {}
+    for run in store.list_runs(kind="sweep"):
+        if run.id != run_id and SweepSettings.from_json(run.settings).to_json() != wanted:
+            continue
+        for point in sweep_points(store, run.id):
+            if point.get("fingerprint") == fingerprint:
+                found.setdefault(point_key(point), {**point, "run_id": run.id})
+    return found
+
+
+def _heal_config(settings: SweepSettings):
+    """Healing and evaluation settings: the sweep's task, limit and held-out text; evaluations
+    only before and after healing (eval_every = steps)."""
+    from explorer.heal import HealConfig
+
+    steps = max(1, settings.heal_steps)
+    return HealConfig(
+        steps=steps, eval_every=steps, source=settings.text, seq_len=settings.seq_len,
+        eval_task=settings.task, eval_limit=settings.limit, eval_options=dict(settings.task_options),
+        val_samples=settings.val_samples, eval_batch_size=settings.batch_size,
+    )
+
+
+def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool]) -> dict[bool, dict]:
+    """Metrics of the pruned copy ({False: ...}), and of the healed copy ({True: ...}) when healing.
+    With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points."""
+    from explorer.heal import heal, quick_eval
+
+    config = _heal_config(settings)
+    pruned = prune_block(loaded, block.start, block.n, allow_final=block.includes_final).loaded
+    if not settings.heal_steps:
+        return {False: quick_eval(pruned, config)}
+    evals: dict[bool, dict] = {}
+
+    def keep(event: dict) -> None:
+        if event["kind"] == "eval" and (event["step"] == 0 or event.get("merged")):
+            evals[bool(event.get("merged"))] = event
+
+    heal(pruned, config, keep, should_stop)
+    return evals
+
+
+def run_sweep(
+    loaded: LoadedModel,
+    settings: SweepSettings,
+    store,
+    run_id: int,
+    on_event: OnEvent = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict:
+    """Measure every (strategy, n[, healed]) point not already finished, as events of `run_id`.
+
+    Points go out in order of n, all strategies at each n, so every curve grows together."""
+    from explorer.evaluate import normalized_loss
+    from explorer.similarity import cached_distances
+
+    settings.check()
+    num_layers = loaded.num_layers
+    sizes = settings.block_sizes(num_layers)
+    done = _reusable_points(store, run_id, settings, loaded.fingerprint)
+    step = len(sweep_points(store, run_id))
+    for key, point in sorted(done.items()):
+        if point.pop("run_id") != run_id:  # resumed from an earlier run: copy it into this one
+            store.add_event(run_id, step, {**point, "resumed": True})
+            step += 1
+    if done:
+        on_event({"kind": "phase", "phase": f"resuming: {len(done)} points already measured"})
+    similarity = None
+    if "similarity" in settings.strategies and max(sizes) > 0:
+        sim_id, similarity, cached = cached_distances(
+            loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store
+        )
+        on_event({"kind": "phase", "phase": f"similarity heatmap: {'cached' if cached else 'computed'} (run {sim_id})"})
+    healed_states = (False, True) if settings.heal_steps else (False,)
+    total = len(sizes) * len(settings.strategies) * len(healed_states)
+    store.add_event(run_id, step, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    base_loss = next((p["val_loss"] for (_, n, healed), p in done.items() if n == 0 and not healed), None)
+    shared: dict[tuple[int, int], dict[bool, dict]] = {}
+    for n in sizes:
+        for strategy in settings.strategies:
+            block = strategy_block(strategy, n, num_layers, similarity)
+            for healed in healed_states:
+                if (strategy, n, healed) in done:
+                    continue
+                if should_stop():
+                    raise SweepCancelled(f"The sweep was cancelled; {step} points are saved and a restart resumes.")
+                started = time.perf_counter()
+                reused = (block.start, block.n) in shared
+                if not reused:
+                    shared[(block.start, block.n)] = measure_block(loaded, block, settings, should_stop)
+                metrics = {k: v for k, v in shared[(block.start, block.n)][healed].items() if k not in ("kind", "step", "merged")}
+                base_loss = base_loss if base_loss is not None else metrics["val_loss"]  # n = 0 comes first
+                point = {
+                    "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": healed,
+                    "start": block.start, "num_layers": num_layers, **metrics,
+                    "normalized_loss": normalized_loss(metrics["val_loss"], base_loss, vocab),
+                    "seconds": time.perf_counter() - started, "shared": reused, "fingerprint": loaded.fingerprint,
+                }
+                store.add_event(run_id, step, point)
+                step += 1
+                done[(strategy, n, healed)] = point
+                on_event(point)
+    return summary(sweep_points(store, run_id))
+
+
+def start_sweep(store, settings: SweepSettings, model_name: str | None = None) -> int:
+    """A new queued-or-running sweep run row for these settings (the job or CLI then runs it)."""
+    return store.create_run("sweep", model_name or settings.model, settings.to_json())
+
+
+def load_for_sweep(settings: SweepSettings) -> LoadedModel:
+    """The one model load of a sweep: device, device_map ("auto" across devices) and 4-bit as set."""
+    return load_model(
+        settings.model, device=settings.device, load_in_4bit=settings.load_in_4bit,
+        trust_remote_code=settings.trust_remote_code, device_map=settings.device_map,
+    )
+
+
+def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Run the sweep stored as `run_id` to completion and record its result (job and CLI entry)."""
+    from explorer.heal import HealCancelled
+
+    run = store.get_run(run_id)
+    settings = SweepSettings.from_json(run.settings)
+    settings.check()
+    store.update_run(run_id, status="running")
+    try:
+        loaded = load_for_sweep(settings)
+        result = run_sweep(loaded, settings, store, run_id, on_event, should_stop)
+    except (SweepCancelled, HealCancelled, KeyboardInterrupt) as exc:
+        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
+        raise
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result)
+    return result

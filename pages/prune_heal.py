@@ -1,0 +1,278 @@
+"""Prune & heal: remove the picked block, see what it cost, heal it with (Q)LoRA and watch it live.
+
+The block comes from the heatmap page (st.session_state["selected_block"]), a strategy, or the
+number inputs. Pruning here is an in-memory copy for a quick look (parameters, a completion,
+loss and accuracy against the unpruned model) and export. Healing runs as a background job
+(explorer.jobs): the live section reads only the store, so a reload, another tab or a
+restarted server shows the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from explorer import jobs
+from explorer.blocks import check_block
+from explorer.data import C4, EMBEDDED
+from explorer.errors import ExplorerError
+from explorer.export import mergekit_yaml, save_pruned
+from explorer.heal import HealConfig, complete, default_eval_task, progress, quick_eval
+from explorer.models import LoadedModel, explorer_home, pick_device
+from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
+from explorer.similarity import SimilarityResult, similarity_key
+from explorer.store import Run
+from explorer.tasks import task_names
+from pages.common import current_model, get_store, model_picker, user_errors
+
+BLOCK_KEY = "selected_block"  # written by the heatmap page
+PRUNED_KEY = "ph_pruned"  # {"key", "result": PruneResult, "eval", "reference", "sample", "reference_sample", "saved"}
+RUN_KEY = "ph_run"
+START_KEY, SIZE_KEY = "ph_start", "ph_n"
+ACTIVE = ("queued", "running")
+MANUAL = "manual (numbers below)"
+
+
+def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
+    """Start and size of the block: the heatmap's pick when it was made on this model, or a strategy."""
+    num_layers = loaded.num_layers
+    picked = st.session_state.get(BLOCK_KEY)
+    from_heatmap = picked if picked and picked["model"] == model and picked["num_layers"] == num_layers else None
+    if from_heatmap and st.session_state.get("ph_from") != (from_heatmap["start"], from_heatmap["n"]):
+        st.session_state["ph_from"] = (from_heatmap["start"], from_heatmap["n"])
+        st.session_state[START_KEY], st.session_state[SIZE_KEY] = from_heatmap["start"], from_heatmap["n"]
+    st.session_state.setdefault(SIZE_KEY, max(1, num_layers // 4))
+    st.session_state.setdefault(START_KEY, num_layers - 1 - st.session_state[SIZE_KEY])
+    strategy = st.selectbox("Choose the block by", [MANUAL, *STRATEGIES], key="ph_strategy",
+                            help="similarity: the paper's argmin of the angular distance (needs a heatmap run); "
+                                 "simple: the deepest n layers before the last; top-cut: the last n layers.")
+    left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
+    n = int(middle.number_input("Block size n", min_value=0, max_value=num_layers - 1, step=1, key=SIZE_KEY))
+    if strategy != MANUAL:
+        with user_errors():
+            block = strategy_block(strategy, n, num_layers, latest_similarity(loaded) if strategy == "similarity" else None)
+            st.session_state[START_KEY] = block.start
+    start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1, step=1, key=START_KEY,
+                                  disabled=strategy != MANUAL))
+    allow_final = right.checkbox("Allow removing the final layer", key="ph_allow_final",
+                                 help="The paper shows the final layer must be kept; top-cut removes it by design.")
+    if from_heatmap and (start, n) == (from_heatmap["start"], from_heatmap["n"]):
+        st.caption(f"Block picked on the heatmap (similarity run #{from_heatmap['similarity_run']}).")
+    return start, n, allow_final or strategy == "top-cut"
+
+
+def latest_similarity(loaded: LoadedModel) -> SimilarityResult | None:
+    prefix = similarity_key(loaded, "")
+    runs = [r for r in get_store().list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
+    return SimilarityResult.from_json(runs[0].result) if runs else None
+
+
+def heal_settings() -> HealConfig:
+    """The healing and evaluation settings; the quick evaluation after pruning uses the same ones."""
+    d = HealConfig()
+    with st.expander("Healing and evaluation settings", expanded=False):
+        st.caption("Defaults are a few-minute CPU demo. The paper: QLoRA on C4, LoRA rank 2, lr 3e-4, 5000 steps of batch 16.")
+        c = st.columns(4)
+        steps = c[0].number_input("Steps", min_value=1, value=d.steps, key="ph_steps")
+        rank = c[1].number_input("LoRA rank", min_value=1, value=d.rank, key="ph_rank")
+        alpha = c[2].number_input("LoRA alpha", min_value=1, value=d.alpha, key="ph_alpha")
+        lr = c[3].number_input("Learning rate", min_value=1e-6, value=d.lr, format="%.0e", key="ph_lr")
+        c = st.columns(4)
+        batch = c[0].number_input("Batch size", min_value=1, value=d.batch_size, key="ph_batch")
+        seq_len = c[1].number_input("Tokens per sample", min_value=8, value=d.seq_len, step=32, key="ph_seq")
+        every = c[2].number_input("Evaluate every (steps)", min_value=1, value=d.eval_every, key="ph_every")
+        quantize = c[3].checkbox("QLoRA (nf4 base)", value=pick_device() == "cuda", key="ph_qlora",
+                                 help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
+        c = st.columns(4)
+        tasks = task_names()
+        default_task = default_eval_task()
+        task = c[0].selectbox("Accuracy task", tasks, index=tasks.index(default_task), key="ph_task")
+        limit = c[1].number_input("Questions per evaluation", min_value=1, value=d.eval_limit, key="ph_limit")
+        val_samples = c[2].number_input("Held-out samples (loss)", min_value=1, value=d.val_samples, key="ph_val")
+        source = c[3].selectbox("Healing text", [EMBEDDED, C4], key="ph_source",
+                                help="Training split of the source; the loss uses its held-out documents.")
+    return HealConfig(rank=int(rank), alpha=int(alpha), lr=float(lr), steps=int(steps), batch_size=int(batch),
+                      seq_len=int(seq_len), eval_every=int(every), quantize=quantize, eval_task=task,
+                      eval_limit=int(limit), val_samples=int(val_samples), source=source)
+
+
+def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str) -> None:
+    """Prune a copy, evaluate both models and keep everything in the session."""
+    key = (loaded.fingerprint, start, n, config.key(), prompt)
+    with st.spinner("Pruning and evaluating…"):
+        result = prune_block(loaded, start, n, allow_final=allow_final)
+        reference = st.session_state.get("ph_reference")
+        if not reference or reference["key"] != (loaded.fingerprint, config.key(), prompt):
+            reference = {"key": (loaded.fingerprint, config.key(), prompt), "eval": quick_eval(loaded, config),
+                         "sample": complete(loaded, prompt)}
+            st.session_state["ph_reference"] = reference
+        st.session_state[PRUNED_KEY] = {
+            "key": key, "result": result, "eval": quick_eval(result.loaded, config),
+            "sample": complete(result.loaded, prompt), "reference": reference, "saved": None,
+        }
+
+
+def show_pruned(model: dict, pruned: dict) -> None:
+    result: PruneResult = pruned["result"]
+    block = result.block
+    st.success(f"Removed {block.describe(result.removed_params)}.")
+    before, after, ref = pruned["reference"]["eval"], pruned["eval"], pruned["reference"]
+    c = st.columns(4)
+    c[0].metric("Parameters", f"{result.params_after / 1e6:.1f}M", f"{-result.removed_params / 1e6:.1f}M", delta_color="off")
+    c[1].metric("Held-out loss", f"{after['val_loss']:.3f}", f"{after['val_loss'] - before['val_loss']:+.3f}", delta_color="inverse")
+    c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
+    c[3].metric("Unpruned accuracy", f"{before['accuracy']:.0%}", help="Same questions, the model before pruning.")
+    st.caption(f"Accuracy 95% intervals: pruned [{after['ci_low']:.0%}, {after['ci_high']:.0%}], "
+               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}.")
+    left, right = st.columns(2)
+    left.markdown("**Unpruned completes**")
+    left.code(ref["sample"], language=None, wrap_lines=True)
+    right.markdown("**Pruned completes**")
+    right.code(pruned["sample"], language=None, wrap_lines=True)
+    yaml = mergekit_yaml(model["source"], block.num_layers, block)
+    with st.container(horizontal=True):
+        st.download_button("mergekit YAML", yaml, f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore",
+                           key="ph_yaml")
+        if st.button("Save pruned model", key="ph_save"):
+            folder = explorer_home() / "pruned" / f"{result.loaded.fingerprint.replace(':', '-').replace('|', '_')}"
+            record = {"kind": "prune", "model": model["source"], "model_name": result.loaded.name,
+                      "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
+                      "params_before": result.params_before, "params_after": result.params_after,
+                      "quick_eval": {"unpruned": before, "pruned": after}}
+            out = save_pruned(result.loaded, folder, record)
+            (out / "mergekit.yaml").write_text(yaml)
+            pruned["saved"] = str(out)
+    if pruned["saved"]:
+        st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
+
+
+def heal_figure(events: list[dict], steps: int) -> go.Figure:
+    """Train/val loss and accuracy (Wilson band, chance) against step, with the unpruned
+    ("before pruning") and step-0 ("after pruning") levels as reference lines."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    train = [e for e in events if e.get("kind") == "train"]
+    evals = [e for e in events if e.get("kind") == "eval"]
+    reference = next((e for e in events if e.get("kind") == "reference"), None)
+    after = next((e for e in evals if e["step"] == 0 and not e.get("merged")), None)
+    fig.add_scatter(x=[e["step"] for e in train], y=[e["train_loss"] for e in train], mode="lines+markers",
+                    name="train loss", marker_size=4, row=1, col=1)
+    fig.add_scatter(x=[e["step"] for e in evals], y=[e["val_loss"] for e in evals], mode="lines+markers",
+                    name="held-out loss", marker_size=8, row=1, col=1)
+    if evals:
+        steps_x = [e["step"] for e in evals]
+        fig.add_scatter(x=steps_x + steps_x[::-1], y=[e["ci_high"] for e in evals] + [e["ci_low"] for e in evals][::-1],
+                        fill="toself", fillcolor="rgba(44,160,44,0.15)", line_width=0, hoverinfo="skip",
+                        name="95% Wilson interval", row=1, col=2)
+        fig.add_scatter(x=steps_x, y=[e["accuracy"] for e in evals], mode="lines+markers", name="accuracy",
+                        marker_size=8, line_color="rgb(44,160,44)", row=1, col=2)
+        fig.add_hline(y=evals[0]["chance"], line_dash="dot", line_color="gray", annotation_text="chance", row=1, col=2)
+    for label, point, color in (("before pruning", reference, "black"), ("after pruning", after, "crimson")):
+        if point:
+            fig.add_hline(y=point["val_loss"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=1)
+            fig.add_hline(y=point["accuracy"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=2)
+    fig.update_xaxes(title_text="step", range=[-0.5, steps + 0.5])
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
+    fig.update_layout(height=420, margin=dict(t=40, b=40, l=40, r=20), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def run_summary(run: Run, events: list[dict]) -> None:
+    """Status line, progress bar with ETA, cancel, and the outcome of a finished run."""
+    steps = run.settings["heal"]["steps"]
+    state = progress(events, steps, time.time())
+    where = f"layers {run.settings['start']}-{run.settings['start'] + run.settings['n'] - 1} removed"
+    status = f"Heal run #{run.id} · {run.status} · {where} · step {state['step']} / {steps}"
+    if run.status in ACTIVE:
+        eta = "" if state["eta_s"] is None else f" · ETA {state['eta_s'] // 60:.0f} min {state['eta_s'] % 60:.0f} s"
+        phase = f" · {state['phase']}" if state["phase"] else ""
+        st.progress(state["fraction"], text=f"{status}{eta}{phase}")
+        if st.button("Cancel", key="ph_cancel"):
+            jobs.cancel(get_store(), run.id)
+    elif run.status == "failed":
+        st.error(f"{status}: {run.error}", icon="🚫")
+    elif run.status == "cancelled":
+        st.info(f"{status}: cancelled.")
+    else:
+        st.success(status)
+        result = run.result or {}
+        metrics = result.get("metrics", {})
+        rows = {name: metrics[name] for name in ("before_pruning", "after_pruning", "healed") if name in metrics}
+        st.table({name.replace("_", " "): {"held-out loss": f"{m['val_loss']:.3f}",
+                                            "accuracy": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]"}
+                  for name, m in rows.items()})
+        if result.get("folder"):
+            st.info(f"Healed, merged model saved to `{result['folder']}`.")
+
+
+def live_view(run_id: int, was_active: bool) -> None:
+    store = get_store()
+    try:
+        jobs.reap(store)
+        run = store.get_run(run_id)
+    except ExplorerError as exc:
+        st.warning(str(exc))
+        st.session_state.pop(RUN_KEY, None)
+        return
+    if was_active and run.status not in ACTIVE:
+        st.rerun()  # stop polling: the page redraws the finished run once
+    events = store.events(run_id)
+    run_summary(run, events)
+    st.plotly_chart(heal_figure(events, run.settings["heal"]["steps"]), key="ph_live_plot", theme=None)
+
+
+@st.fragment(run_every=2)
+def live_polling(run_id: int) -> None:
+    """live_view every 2 s while the job runs, without re-running the rest of the page."""
+    live_view(run_id, True)
+
+
+def main() -> None:
+    st.title("🩹 Prune & heal")
+    st.markdown("Remove a block of layers, see what it costs, then heal the pruned model with (Q)LoRA "
+                "(Gromov et al., Sec. 4) and watch the loss and accuracy recover.")
+    model = model_picker()
+    loaded = current_model(model)
+    if loaded is None:
+        return
+    st.subheader("Block")
+    start, n, allow_final = block_picker(loaded, model)
+    config = heal_settings()
+    prompt = st.text_input("Prompt for the completion sample", "The capital of France is", key="ph_prompt")
+    with st.container(horizontal=True):
+        prune_clicked = st.button("Prune", type="primary", key="ph_prune")
+        heal_clicked = st.button("Start healing", key="ph_heal", help="A background job: it survives reloads and can be cancelled.")
+    with user_errors():
+        config.check()
+        if prune_clicked:
+            prune_now(loaded, start, n, allow_final, config, prompt)
+        if heal_clicked:
+            check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
+            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json()}
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "heal", loaded.name, settings)
+        pruned = st.session_state.get(PRUNED_KEY)
+        if pruned and pruned["key"][0] == loaded.fingerprint:
+            st.subheader("Pruned model")
+            show_pruned(model, pruned)
+    st.subheader("Healing")
+    if RUN_KEY not in st.session_state:
+        latest = jobs.latest_job(get_store(), "heal", loaded.name)
+        if latest is None:
+            st.caption("No healing run for this model yet.")
+            return
+        st.session_state[RUN_KEY] = latest.id
+    run_id = st.session_state[RUN_KEY]
+    try:
+        active = get_store().get_run(run_id).status in ACTIVE
+    except ExplorerError:
+        st.session_state.pop(RUN_KEY)
+        return
+    if active:
+        live_polling(run_id)
+    else:
+        live_view(run_id, False)
+
+
+main()

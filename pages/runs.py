@@ -1,0 +1,163 @@
+"""Runs: every similarity, metric, prune, heal, eval and sweep run in the store; compare two,
+export one (CSV, JSON, figures, model folder, mergekit YAML), delete one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import streamlit as st
+
+from explorer import jobs
+from explorer.errors import ExplorerError
+from explorer.figures import heatmap_figure
+from explorer.metrics import MetricScores
+from explorer.runs import headline, mergekit_text, metrics_frame, model_folder, run_json, settings_summary
+from explorer.similarity import SimilarityResult
+from explorer.store import Run
+from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
+from pages.common import get_store, user_errors
+
+SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
+ACTIVE = ("queued", "running")
+
+
+def when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def label(run: Run) -> str:
+    return f"#{run.id} · {run.kind} · {run.model} · {run.status} · {when(run.created)}"
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"id": r.id, "kind": r.kind, "model": r.model, "status": r.status, "created": when(r.created),
+         "settings": settings_summary(r), "result": headline(r)}
+        for r in runs
+    ])
+
+
+def figures(run: Run, events: list[dict], key: str) -> None:
+    """The run's figures, for the kinds that have them."""
+    if run.kind == "similarity" and run.result:
+        st.plotly_chart(heatmap_figure(SimilarityResult.from_json(run.result)), width="content", key=f"{key}_heat")
+    elif run.kind == "sweep":
+        points = [e for e in events if e.get("kind") == "point"]
+        if points:
+            st.plotly_chart(accuracy_figure(points), key=f"{key}_acc")
+            st.plotly_chart(loss_figure(points), key=f"{key}_loss")
+    elif run.kind == "metrics" and run.result:
+        scores = MetricScores.from_json(run.result)
+        st.plotly_chart(metrics_figure(scores, max(1, scores.num_layers // 4)), key=f"{key}_met")
+
+
+def exports(run: Run, events: list[dict]) -> None:
+    stem = f"run-{run.id}-{run.kind}"
+    with st.container(horizontal=True):
+        st.download_button("Metrics (CSV)", metrics_frame(run, events).to_csv(index=False), f"{stem}.csv", "text/csv",
+                           key="runs_csv", on_click="ignore")
+        st.download_button("Run (JSON)", run_json(run, events), f"{stem}.json", "application/json",
+                           key="runs_json", on_click="ignore")
+        if yaml := mergekit_text(run):
+            st.download_button("mergekit YAML", yaml, f"{stem}-mergekit.yaml", "text/yaml", key="runs_yaml", on_click="ignore")
+    if folder := model_folder(run):
+        st.markdown("Saved model folder (loads with `AutoModelForCausalLM.from_pretrained`):")
+        st.code(str(folder), language=None)
+
+
+def delete(run: Run) -> None:
+    """Delete with a confirmation step; a running job must be cancelled first."""
+    store = get_store()
+    if run.status in ACTIVE:
+        if st.button(f"Cancel run #{run.id}", key="runs_cancel"):
+            jobs.cancel(store, run.id)
+            st.rerun()
+        st.caption("A queued or running job is cancelled before it can be deleted.")
+        return
+    if st.session_state.get(CONFIRM_KEY) != run.id:
+        if st.button(f"Delete run #{run.id}…", key="runs_delete"):
+            st.session_state[CONFIRM_KEY] = run.id
+            st.rerun()
+        return
+    st.warning(f"Delete run #{run.id} ({run.kind}) and its events? Saved model folders on disk are kept.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, delete", type="primary", key="runs_delete_yes"):
+        store.delete_run(run.id)
+        st.session_state.pop(CONFIRM_KEY, None)
+        st.session_state.pop(SELECTED_KEY, None)
+        st.toast(f"Run #{run.id} deleted.")
+        st.rerun()
+    if no.button("Keep it", key="runs_delete_no"):
+        st.session_state.pop(CONFIRM_KEY, None)
+        st.rerun()
+
+
+def details(run: Run, events: list[dict], key: str) -> None:
+    st.markdown(f"**#{run.id} · {run.kind}** · {run.model} · *{run.status}* · created {when(run.created)}, "
+                f"updated {when(run.updated)} ({run.updated - run.created:.0f} s)")
+    st.markdown(f"Result: {headline(run)}")
+    st.dataframe(pd.DataFrame({"setting": list(run.settings), "value": [str(v) for v in run.settings.values()]}),
+                 hide_index=True, key=f"{key}_settings")
+    figures(run, events, key)
+
+
+def settings_diff(a: Run, b: Run) -> pd.DataFrame:
+    keys = list(dict.fromkeys([*a.settings, *b.settings]))
+    rows = [{"setting": k, f"#{a.id}": str(a.settings.get(k, "—")), f"#{b.id}": str(b.settings.get(k, "—"))} for k in keys]
+    frame = pd.DataFrame(rows)
+    frame["differs"] = frame[f"#{a.id}"] != frame[f"#{b.id}"]
+    return frame
+
+
+def pick(runs: list[Run], key: str, text: str, allow_none: bool = False) -> Run | None:
+    """A run chooser that survives deletion: a vanished choice says so and falls back."""
+    by_id = {r.id: r for r in runs}
+    chosen = st.session_state.get(key)
+    if chosen is not None and chosen not in by_id:
+        st.warning(f"Run #{chosen} no longer exists (it was deleted); showing another run.")
+        del st.session_state[key]
+    options = ([None] if allow_none else []) + list(by_id)
+    run_id = st.selectbox(text, options, key=key, format_func=lambda i: "—" if i is None else label(by_id[i]))
+    return by_id.get(run_id)
+
+
+def main() -> None:
+    st.title("🗂️ Runs")
+    store = get_store()
+    with user_errors():
+        jobs.reap(store)
+    runs = store.list_runs()
+    if not runs:
+        st.info("No runs yet: compute a heatmap, prune, heal or sweep and it appears here.")
+        return
+    kinds = st.multiselect("Kinds", sorted({r.kind for r in runs}), key="runs_kinds", placeholder="all kinds")
+    runs = [r for r in runs if not kinds or r.kind in kinds]
+    st.dataframe(runs_table(runs), hide_index=True, key="runs_list",
+                 column_config={"settings": st.column_config.TextColumn(width="large"),
+                                "result": st.column_config.TextColumn(width="large")})
+    if not runs:
+        return
+    run = pick(runs, SELECTED_KEY, "Run")
+    other = pick([r for r in runs if r.id != run.id], OTHER_KEY, "Compare with", allow_none=True)
+    try:
+        events = store.events(run.id)
+        if other is None:
+            details(run, events, "a")
+        else:
+            left, right = st.columns(2)
+            with left:
+                details(run, events, "a")
+            with right:
+                details(other, store.events(other.id), "b")
+            st.markdown("**Settings side by side**")
+            st.dataframe(settings_diff(run, other), hide_index=True, key="runs_diff")
+        st.subheader("Export")
+        exports(run, events)
+        st.subheader("Delete")
+        delete(run)
+    except ExplorerError as exc:  # e.g. the run was deleted by another session meanwhile
+        st.error(str(exc), icon="🚫")
+
+
+main()

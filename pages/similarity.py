@@ -1,0 +1,236 @@
+"""Similarity heatmap: run calibration text through a model, explore d(x^l, x^(l+n)), pick a block.
+
+The picked block lands in st.session_state["selected_block"] for the prune page. Results come
+from the SQLite store whenever the same model + text + settings ran before, and a fresh session
+shows the newest saved run for the model, so a reload or restart is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+
+import streamlit as st
+
+from explorer.blocks import Block, check_block
+from explorer.data import C4, EMBEDDED
+from explorer.figures import (
+    distances_frame,
+    figure_png,
+    heatmap_figure,
+    min_distance_figure,
+    png_export_available,
+)
+from explorer.models import LoadedModel, decoder_layers, explorer_home, parameter_count
+from explorer.similarity import SimilarityResult, cached_distances, similarity_key
+from explorer.store import Run
+from pages.common import MODEL_KEY, current_model, get_store, model_picker, user_errors
+
+RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
+BLOCK_KEY = "selected_block"  # read by the prune page
+CHART_KEY = "similarity_chart"
+START_KEY, SIZE_KEY = "block_start", "block_n"
+SOURCES = {
+    "Embedded corpus (offline)": EMBEDDED,
+    "C4 (online, streamed)": C4,
+    "Upload a file": "upload",
+    "Local file path": "path",
+}
+
+
+def uploaded_path(upload) -> Path:
+    """Save an upload under EXPLORER_HOME/uploads, named by content hash so reruns reuse the file
+    (an unchanged mtime keeps the similarity cache key stable)."""
+    data = upload.getvalue()
+    folder = explorer_home() / "uploads"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{hashlib.sha1(data).hexdigest()[:12]}-{Path(upload.name).name}"
+    if not path.exists():
+        path.write_bytes(data)
+    return path
+
+
+def data_source() -> str | None:
+    """The calibration source: 'embedded', 'c4' or a file path; None until a file is given."""
+    choice = SOURCES[st.radio("Calibration text", list(SOURCES), horizontal=True, key="sim_source")]
+    if choice == "upload":
+        upload = st.file_uploader("Text file (.txt: blank-line separated documents; .jsonl / .parquet: field `text`)",
+                                  type=["txt", "jsonl", "parquet"], key="sim_upload")
+        return str(uploaded_path(upload)) if upload else None
+    if choice == "path":
+        return st.text_input("Path to a .txt, .jsonl or .parquet file", key="sim_path").strip() or None
+    return choice
+
+
+def calibration_settings() -> dict:
+    """Samples, sequence length and batch size; validated by the backend so messages agree with the CLI."""
+    left, middle, right = st.columns(3)
+    return {
+        "samples": left.number_input("Samples", value=32, step=8, key="sim_samples",
+                                     help="Documents from the text, in order; the paper averages over many."),
+        "seq_len": middle.number_input("Tokens per sample", value=256, step=64, key="sim_seq_len"),
+        "batch_size": right.number_input("Batch size", value=8, step=1, key="sim_batch",
+                                         help="Only speed and memory; the distances do not depend on it."),
+    }
+
+
+def run_calibration(loaded: LoadedModel, source: str, settings: dict) -> None:
+    """Compute (or fetch) the distances with a progress bar, and keep them in the session."""
+    bar = st.progress(0.0, text="Preparing samples…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Forward passes: {done} / {total} samples")
+
+    try:
+        run_id, result, from_cache = cached_distances(
+            loaded, source, int(settings["samples"]), int(settings["seq_len"]), int(settings["batch_size"]),
+            store=get_store(), progress=progress,
+        )
+    finally:
+        bar.empty()
+    keep_result(loaded, run_id, result, from_cache)
+
+
+def keep_result(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool) -> None:
+    st.session_state[RESULT_KEY] = {
+        "run_id": run_id, "result": result.to_json(), "fingerprint": loaded.fingerprint, "from_cache": from_cache,
+    }
+
+
+def saved_runs(loaded: LoadedModel) -> list[Run]:
+    """Finished similarity runs of this exact model (same fingerprint), newest first."""
+    prefix = similarity_key(loaded, "")
+    return [r for r in get_store().list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
+
+
+def run_label(run: Run) -> str:
+    s = run.settings
+    source = Path(s["source"]).name if s["source"] not in (EMBEDDED, C4) else s["source"]
+    when = datetime.fromtimestamp(run.updated).strftime("%Y-%m-%d %H:%M")
+    return f"#{run.id} · {source} · {s['samples']} × {s['seq_len']} tokens · {when}"
+
+
+def saved_run_picker(loaded: LoadedModel, runs: list[Run]) -> None:
+    """Show the newest saved run on a fresh session; let the user switch to an older one."""
+    session = st.session_state.get(RESULT_KEY)
+    if session is None or session["fingerprint"] != loaded.fingerprint:
+        keep_result(loaded, runs[0].id, SimilarityResult.from_json(runs[0].result), True)
+    with st.expander(f"Saved runs for this model ({len(runs)})"):
+        by_id = {r.id: r for r in runs}
+        chosen = st.selectbox("Saved run", list(by_id), format_func=lambda i: run_label(by_id[i]), key="sim_saved")
+        if st.button("Show this run", key="sim_load"):
+            keep_result(loaded, chosen, SimilarityResult.from_json(by_id[chosen].result), True)
+
+
+def current_result(loaded: LoadedModel) -> tuple[int, SimilarityResult, bool] | None:
+    session = st.session_state.get(RESULT_KEY)
+    if session is None or session["fingerprint"] != loaded.fingerprint:
+        return None
+    return session["run_id"], SimilarityResult.from_json(session["result"]), session["from_cache"]
+
+
+def on_chart_select() -> None:
+    """A click on a cell (or a marker on it) sets the block inputs; an empty selection keeps them."""
+    points = st.session_state[CHART_KEY].selection.points
+    if points and "customdata" in points[0]:
+        start, n = points[0]["customdata"][:2]
+        st.session_state[START_KEY], st.session_state[SIZE_KEY] = int(start), int(n)
+
+
+def default_block(result: SimilarityResult) -> None:
+    """Until the user picks, select the optimal block for n = L/4 (the paper's regime of little loss)."""
+    if START_KEY not in st.session_state:
+        best = result.optimal[max(0, result.num_layers // 4 - 1)]
+        st.session_state[START_KEY], st.session_state[SIZE_KEY] = best["layer"], best["n"]
+
+
+def block_inputs() -> tuple[int, int]:
+    left, right = st.columns(2)
+    start = left.number_input("First layer l", min_value=0, step=1, key=START_KEY)
+    n = right.number_input("Block size n", min_value=1, step=1, key=SIZE_KEY)
+    return int(start), int(n)
+
+
+def removed_parameters(loaded: LoadedModel, block: Block) -> int:
+    layers = decoder_layers(loaded.model)
+    return sum(parameter_count(layers[i]) for i in block.removed)
+
+
+def show_block(loaded: LoadedModel, result: SimilarityResult, run_id: int, start: int, n: int) -> None:
+    """Validate the picked block, say what it removes, and hand it to the prune page."""
+    st.session_state.pop(BLOCK_KEY, None)
+    block = check_block(start, n, result.num_layers, allow_final=True)
+    distance = result.distances[n - 1][start]
+    st.success(f"Selected: remove {block.describe(removed_parameters(loaded, block))} · angular distance {distance:.4f}")
+    if block.includes_final:
+        st.warning(f"This block removes the final layer {result.num_layers - 1}; the paper keeps it, "
+                   "and pruning it needs the explicit override.")
+    st.session_state[BLOCK_KEY] = {
+        "start": start, "n": n, "num_layers": result.num_layers, "similarity_run": run_id,
+        "model": st.session_state[MODEL_KEY],
+    }
+
+
+def heatmap(result: SimilarityResult, selected: tuple[int, int], y_axis: str):
+    fig = heatmap_figure(result, selected, y_axis)
+    st.plotly_chart(fig, width="content", theme=None, key=CHART_KEY, on_select=on_chart_select,
+                    selection_mode="points", config={"displaylogo": False})
+    return fig
+
+
+def downloads(result: SimilarityResult, fig) -> None:
+    """CSV and HTML always; PNG when kaleido finds a Chrome/Chromium. Files are built on click."""
+    stem = f"similarity-{result.num_layers}-layers-{result.samples}-samples"
+    with st.container(horizontal=True):
+        st.download_button("Matrix (CSV)", distances_frame(result).to_csv(index=False), f"{stem}.csv", "text/csv",
+                           on_click="ignore")
+        st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"{stem}.html",
+                           "text/html", on_click="ignore")
+        if png_export_available():
+            st.download_button("Figure (PNG)", lambda: figure_png(fig), f"{stem}.png", "image/png", on_click="ignore")
+        else:
+            st.caption("PNG export needs Chrome/Chromium for kaleido; use the camera button on the chart.")
+
+
+def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool) -> None:
+    """Block panel above the heatmap (so a click's effect is in view), the min-distance plot beside it
+    (it wraps below on narrow screens), then the downloads."""
+    origin = f"loaded from cache (run #{run_id})" if from_cache else f"computed now (run #{run_id})"
+    st.caption(f"{result.model} · {result.num_layers} layers · {result.samples} samples · {origin}")
+    default_block(result)
+    st.subheader("Block to prune")
+    inputs, summary = st.columns([1, 3], vertical_alignment="bottom")
+    with inputs:
+        start, n = block_inputs()
+    with summary, user_errors():
+        show_block(loaded, result, run_id, start, n)
+    st.caption("Click a cell to select the block [l, l+n). ☆ row minimum (the block the paper drops), "
+               "✕ the simple strategy (deepest n layers, keeping the last).")
+    y_axis = "fraction" if st.toggle("Y axis as fraction n / L", key="sim_fraction") else "n"
+    with st.container(horizontal=True, gap="medium"):
+        fig = heatmap(result, (start, n), y_axis)
+        st.plotly_chart(min_distance_figure(result), width=480, key="similarity_min")
+    downloads(result, fig)
+
+
+def main() -> None:
+    st.title("🗺️ Similarity heatmap")
+    st.markdown("Angular distance d(x<sup>l</sup>, x<sup>l+n</sup>) between the residual stream entering layer *l* "
+                "and layer *l+n*: where it is small, the block [l, l+n) barely changes the representation.",
+                unsafe_allow_html=True)
+    loaded = current_model(model_picker())
+    if loaded is None:
+        return
+    source = data_source()
+    settings = calibration_settings()
+    if st.button("Run", type="primary", disabled=source is None, key="sim_run"):
+        with user_errors():
+            run_calibration(loaded, source, settings)
+    if runs := saved_runs(loaded):
+        saved_run_picker(loaded, runs)
+    if shown := current_result(loaded):
+        results(loaded, *shown)
+
+
+main()

@@ -1,0 +1,223 @@
+"""Phase-transition sweep: accuracy and loss against the fraction of layers dropped, for every
+strategy, live while the background job measures each point."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer import jobs
+from explorer.errors import ExplorerError
+from explorer.models import LoadedModel
+from explorer.prune import STRATEGIES
+from explorer.similarity import cached_distances
+from explorer.store import Run
+from explorer.sweep import (
+    SweepSettings,
+    cached_heatmap,
+    default_task,
+    first_at_chance,
+    parse_fractions,
+    planned_points,
+    sweep_points,
+    teaching_preset,
+)
+from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
+from explorer.tasks import task_names
+from pages.common import current_model, get_store, model_picker, user_errors
+
+RUN_KEY = "sweep_run"
+ACTIVE = ("queued", "running")
+DEFAULTS = SweepSettings()
+WIDGETS = {  # widget key -> SweepSettings field, for the preset button
+    "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
+    "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
+    "sw_seq": "seq_len", "sw_batch": "batch_size",
+}
+
+ACCURACY_TEXT = """
+**What to look for.** Each point removes *n* layers with one strategy and asks the quiz again.
+Accuracy holds near the unpruned model's, then falls to the dotted **random-guess** line over a
+narrow range of *n*: the paper's *phase transition* (for Llama-2-70B on MMLU it sits near half the
+layers). The shaded band is the 95% Wilson interval: with a few dozen questions per point,
+differences inside it are noise. The ring marks the first point whose interval reaches chance.
+"""
+LOSS_TEXT = """
+**Loss moves differently.** The held-out loss is normalized so 0 is the unpruned model and 1 is
+uniform guessing over the vocabulary. It rises smoothly from the first removed layer, with no
+sharp transition: the paper's contrast between gradual loss degradation and abrupt collapse of
+knowledge QA. Compare the strategies: *similarity* removes the block whose input and output
+agree most; *simple* removes the deepest layers but keeps the last; *top-cut* also drops the last
+layer. Dashed lines are the same points after a short LoRA healing run.
+"""
+
+
+def apply_preset() -> None:
+    """Fill the widgets with the teaching preset (a few minutes on the embedded model on CPU)."""
+    preset = teaching_preset()
+    for key, name in WIDGETS.items():
+        value = getattr(preset, name)
+        st.session_state[key] = list(value) if name == "strategies" else value
+    st.session_state["sw_mode"] = "Every n with a stride"
+
+
+def settings_form(model: dict) -> SweepSettings:
+    with st.container(border=True):
+        st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
+                  help="Embedded model on CPU in a few minutes: every 3rd n, all strategies, 24 quiz questions per point.")
+        strategies = st.multiselect("Strategies", STRATEGIES, default=list(STRATEGIES), key="sw_strategies")
+        left, right = st.columns(2)
+        mode = left.radio("Block sizes", ["Every n with a stride", "Chosen fractions"], key="sw_mode", horizontal=True)
+        if mode == "Every n with a stride":
+            stride, fractions = int(right.number_input("Stride", 1, 64, DEFAULTS.stride, key="sw_stride")), None
+        else:
+            stride = 1
+            fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)", "0, 0.1, 0.2, 0.3, 0.4, 0.5",
+                                                         key="sw_fractions"))
+        a, b, c = st.columns(3)
+        names = task_names()
+        task = a.selectbox("Task", names, index=names.index(default_task()), key="sw_task",
+                           help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
+        limit = int(b.number_input("Questions per point", 1, 100_000, DEFAULTS.limit, key="sw_limit"))
+        heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, 0, key="sw_heal"))
+        with st.expander("Text and samples"):
+            text = st.text_input("Text for heatmap, held-out loss and healing", DEFAULTS.text, key="sw_text",
+                                 help="'embedded', 'c4' or a .txt/.jsonl/.parquet path")
+            d, e, f, g = st.columns(4)
+            val = int(d.number_input("Held-out samples", 1, 4096, DEFAULTS.val_samples, key="sw_val"))
+            sim = int(e.number_input("Heatmap samples", 1, 4096, DEFAULTS.sim_samples, key="sw_sim"))
+            seq = int(f.number_input("Tokens per sample", 2, 8192, DEFAULTS.seq_len, key="sw_seq"))
+            batch = int(g.number_input("Batch size", 1, 512, DEFAULTS.batch_size, key="sw_batch"))
+    return SweepSettings(
+        model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
+        trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
+        task=task, limit=limit, heal_steps=heal_steps, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
+        batch_size=batch,
+    )
+
+
+def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
+    """The similarity strategy needs a heatmap: say whether one is cached, offer to compute it now."""
+    if "similarity" not in settings.strategies or cached_heatmap(loaded, settings, get_store()):
+        return
+    st.info("No similarity heatmap is cached for these text settings: the sweep computes it first "
+            "(one forward pass per batch), or compute it now.")
+    if st.button("Compute the heatmap now", key="sw_heatmap"):
+        bar = st.progress(0.0, text="Forward passes…")
+        try:
+            cached_distances(loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size,
+                             store=get_store(), progress=lambda done, total: bar.progress(done / total, f"{done} / {total} samples"))
+        finally:
+            bar.empty()
+        st.rerun()
+
+
+def curve_captions(points: list[dict]) -> None:
+    curves = sorted({(p["strategy"], p["healed"]) for p in points})
+    lines = []
+    for strategy, healed in curves:
+        hit = first_at_chance(points, strategy, healed)
+        name = f"{strategy}{' (healed)' if healed else ''}"
+        lines.append(f"**{name}**: at chance from {hit['fraction']:.0%} of layers dropped (n = {hit['n']})" if hit
+                     else f"**{name}**: above chance at every point measured")
+    st.caption("Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
+               + "; ".join(lines))
+
+
+def plots(run: Run, points: list[dict]) -> None:
+    acc, loss = accuracy_figure(points), loss_figure(points)
+    left, right = st.columns([3, 1])
+    left.plotly_chart(acc, key="sw_acc")
+    right.markdown(ACCURACY_TEXT)
+    curve_captions(points)
+    left, right = st.columns([3, 1])
+    left.plotly_chart(loss, key="sw_loss")
+    right.markdown(LOSS_TEXT)
+    stem = f"sweep-{run.id}"
+    with st.container(horizontal=True):
+        st.download_button("Points (CSV)", points_frame(points).to_csv(index=False), f"{stem}.csv", "text/csv",
+                           key="sw_csv", on_click="ignore")
+        st.download_button("Accuracy plot (HTML)", lambda: acc.to_html(include_plotlyjs=True), f"{stem}-accuracy.html",
+                           "text/html", key="sw_acc_html", on_click="ignore")
+        st.download_button("Loss plot (HTML)", lambda: loss.to_html(include_plotlyjs=True), f"{stem}-loss.html",
+                           "text/html", key="sw_loss_html", on_click="ignore")
+
+
+def live_view(run_id: int, was_active: bool) -> None:
+    """Status, progress and plots of one sweep run; re-runs the whole page when a polled run ends."""
+    store = get_store()
+    try:
+        jobs.reap(store)
+        run = store.get_run(run_id)
+    except ExplorerError as exc:
+        st.warning(f"{exc} Start a new sweep or pick another run.")
+        st.session_state.pop(RUN_KEY, None)
+        return
+    if was_active and run.status not in ACTIVE:
+        st.rerun()
+    points = sweep_points(store, run_id)
+    total = planned_points(store, run_id)
+    status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
+    if run.status in ACTIVE:
+        st.progress(len(points) / total if total else 0.0, text=status + " (points appear as they are measured)")
+        if st.button("Cancel", key="sw_cancel"):
+            jobs.cancel(store, run_id)
+    elif run.status == "failed":
+        st.error(f"{status}: {run.error}", icon="🚫")
+    elif run.status == "cancelled":
+        st.info(f"{status}: cancelled. Start the sweep again with the same settings to resume from these points.")
+    else:
+        st.success(status)
+    if points:
+        plots(run, points)
+
+
+@st.fragment(run_every=2)
+def live_polling(run_id: int) -> None:
+    """live_view re-run every 2 s while the job runs, without re-running the page around it."""
+    live_view(run_id, True)
+
+
+def run_picker(model_name: str) -> int | None:
+    """The session's sweep, or the newest saved sweep of this model; older ones in an expander."""
+    runs = [r for r in get_store().list_runs("sweep") if r.model == model_name]
+    if RUN_KEY not in st.session_state and runs:
+        st.session_state[RUN_KEY] = runs[0].id
+    if runs:
+        with st.expander(f"Saved sweeps of this model ({len(runs)})"):
+            by_id = {r.id: r for r in runs}
+            chosen = st.selectbox("Sweep", list(by_id), key="sw_saved",
+                                  format_func=lambda i: f"#{i} · {by_id[i].status} · {by_id[i].settings.get('task')}")
+            if st.button("Show this sweep", key="sw_show"):
+                st.session_state[RUN_KEY] = chosen
+    return st.session_state.get(RUN_KEY)
+
+
+def main() -> None:
+    st.title("📉 Phase-transition sweep")
+    st.markdown("Drop more and more layers with each strategy and watch accuracy hold, then collapse to chance, "
+                "while the loss rises smoothly (Gromov et al., Figures 1–2).")
+    model = model_picker()
+    loaded = current_model(model)
+    if loaded is None:
+        return
+    with user_errors():
+        settings = settings_form(model)
+        settings.check()
+        heatmap_notice(loaded, settings)
+        if st.button("Start sweep", type="primary", key="sw_start",
+                     help="Runs as a background job; a sweep with the same settings resumes from finished points."):
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, settings.to_json())
+    run_id = run_picker(loaded.name)
+    if run_id is None:
+        return
+    try:
+        active = get_store().get_run(run_id).status in ACTIVE
+    except ExplorerError:
+        active = False
+    if active:
+        live_polling(run_id)
+    else:
+        live_view(run_id, False)
+
+
+main()

@@ -1,0 +1,160 @@
+"""Healing on CPU: LoRA and QLoRA learn, leave the base weights alone, merge correctly, and
+bad settings fail with one clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from explorer.errors import ExplorerError
+from explorer.heal import (
+    HealConfig,
+    heal,
+    is_quantized,
+    lora_targets,
+    merge,
+    progress,
+    train_step,
+    training_batches,
+    training_model,
+)
+from explorer.prune import prune_block
+
+# One fixed batch, repeated: the loss on it must fall if the adapters learn anything.
+TINY = dict(steps=6, batch_size=2, seq_len=32, train_samples=2, lr=2e-3, warmup_steps=0, eval_limit=2, val_samples=2)
+
+
+def batch_loss(model, batch) -> float:
+    input_ids, mask, labels = batch
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss.item()
+    model.train(was_training)
+    return loss
+
+
+def logits(model, batch) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch[0], attention_mask=batch[1], use_cache=False).logits
+
+
+def train(peft_model, config: HealConfig, data) -> None:
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
+    peft_model.train()
+    for step, batch in enumerate(data, 1):
+        train_step(peft_model, optimizer, batch, config.lr, step, torch.device("cpu"))
+
+
+def base_weights(peft_model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in peft_model.named_parameters() if "lora_" not in name}
+
+
+def test_lora_targets_are_every_linear_projection_in_the_layers(embedded):
+    assert lora_targets(embedded.model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_lora_learns_leaves_base_untouched_and_merges_exactly(embedded):
+    pruned = prune_block(embedded, 20, 4).loaded
+    pruned_snapshot = {k: v.clone() for k, v in pruned.model.state_dict().items()}
+    config = HealConfig(**TINY, quantize=False).resolved("cpu")
+    data = training_batches(pruned, config)
+    peft_model = training_model(pruned, config)
+    before = base_weights(peft_model)
+    loss_before = batch_loss(peft_model, data[0])
+    train(peft_model, config, data)
+    loss_after = batch_loss(peft_model, data[0])
+    assert loss_after < loss_before - 0.05, (loss_before, loss_after)
+    after = base_weights(peft_model)
+    assert before.keys() == after.keys() and len(before) > 0
+    assert all(torch.equal(before[k], after[k]) for k in before), "a base weight changed during LoRA training"
+    assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+    adapter_logits = logits(peft_model, data[0])
+    merged = merge(peft_model, pruned)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    merged_logits = logits(merged, data[0])
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=2e-3, rtol=1e-3)
+    assert (merged_logits - logits(pruned.model, data[0])).abs().max() > 1e-2
+    assert all(torch.equal(v, pruned_snapshot[k]) for k, v in pruned.model.state_dict().items()), "heal changed its input"
+
+
+def test_qlora_on_cpu_trains_an_nf4_base(tiny_llama):
+    import bitsandbytes as bnb
+
+    pruned = prune_block(tiny_llama, 1, 1).loaded
+    config = HealConfig(**TINY, quantize=True).resolved("cpu")
+    data = training_batches(pruned, config)
+    peft_model = training_model(pruned, config)
+    assert is_quantized(peft_model.get_base_model())
+    quantized = [m for m in peft_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 7 * 3 and all(m.weight.quant_state.quant_type == "nf4" for m in quantized)
+    loss_before = batch_loss(peft_model, data[0])
+    train(peft_model, config, data)
+    assert batch_loss(peft_model, data[0]) < loss_before - 0.05
+    merged = merge(peft_model, pruned)
+    assert not is_quantized(merged) and merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    assert (logits(merged, data[0]) - logits(pruned.model, data[0])).abs().max() > 1e-3
+
+
+def test_heal_reports_every_step_and_evaluations(tiny_llama):
+    pruned = prune_block(tiny_llama, 1, 1).loaded
+    events = []
+    healed = heal(pruned, HealConfig(**{**TINY, "steps": 3, "eval_every": 2}), events.append)
+    kinds = [(e["kind"], e["step"]) for e in events if e["kind"] != "phase"]
+    assert kinds == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("eval", 3)]
+    assert events[-1]["merged"] is True and events[-1]["task"].startswith("quiz-")
+    train_events = [e for e in events if e["kind"] == "train"]
+    assert [e["tokens"] for e in train_events] == sorted({e["tokens"] for e in train_events})  # cumulative, growing
+    assert all(0 <= e["ci_low"] <= e["accuracy"] <= e["ci_high"] <= 1 for e in events if e["kind"] == "eval")
+    assert healed.num_layers == 3
+    stamped = [{**e, "time": i * 1.0} for i, e in enumerate(train_events)]
+    assert progress(stamped[:2], 3) == {"step": 2, "fraction": 2 / 3, "eta_s": 1.0, "phase": None}
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"rank": 0}, "rank"),
+        ({"lr": float("nan")}, "Learning rate"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"eval_task": "no-such-task"}, "Unknown task"),
+    ],
+)
+def test_bad_settings_fail_with_one_message(settings, message):
+    with pytest.raises(ExplorerError, match=message):
+        HealConfig(**settings).check()
+
+
+def test_nan_loss_and_empty_data_are_explained(tiny_llama, tmp_path):
+    pruned = prune_block(tiny_llama, 1, 1).loaded
+    with pytest.raises(ExplorerError, match="lower the learning rate"):
+        heal(pruned, HealConfig(**{**TINY, "lr": 1e12, "eval_every": 100}))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("too short\n\nalso short\n")
+    with pytest.raises(ExplorerError, match="No usable text"):
+        heal(pruned, HealConfig(**{**TINY, "source": str(empty)}))
+
+
+def test_cli_heal_writes_a_reloadable_model(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "healed"
+    command = [sys.executable, "-m", "explorer", "heal", "--model", str(tiny_llama_dir), "--device", "cpu",
+               "--start", "1", "--n", "2", "--steps", "2", "--batch-size", "2", "--seq-len", "32",
+               "--eval-every", "1", "--eval-limit", "2", "--val-samples", "2", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "step 2/2: train loss" in done.stderr and "before pruning: val loss" in done.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["block"]["removed"] == [1, 2] and set(record["metrics"]) == {"before_pruning", "after_pruning", "healed"}
+    assert "layer_range: [0, 1]" in (out / "mergekit.yaml").read_text()
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+    bad = subprocess.run(command[:-2] + ["--n", "9", "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in bad.stderr

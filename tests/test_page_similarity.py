@@ -1,0 +1,93 @@
+"""The Similarity page driven in-process by Streamlit's AppTest: a real calibration on the
+embedded model, block selection by hand, and bad input reaching the user as st.error."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.models import parameter_count
+
+PAGE = "pages/similarity.py"
+TIMEOUT = 180  # the first run loads the embedded model into the page's cache
+
+
+@pytest.fixture()
+def app() -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    return at
+
+
+def calibrate(at: AppTest, samples: int, seq_len: int) -> AppTest:
+    at.number_input(key="sim_samples").set_value(samples)
+    at.number_input(key="sim_seq_len").set_value(seq_len)
+    return at.button(key="sim_run").click().run()
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_calibration_draws_heatmap_and_selects_block(app, embedded):
+    at = calibrate(app, 4, 32)
+    assert not at.exception
+    assert not errors(at)
+    assert len(at.get("plotly_chart")) == 2  # heatmap and min distance vs n
+    assert any("· 4 samples ·" in c.value and "(run #" in c.value for c in at.caption)
+
+    at.number_input(key="block_start").set_value(3)
+    at.number_input(key="block_n").set_value(3).run()
+    layers = embedded.model.model.layers
+    params = sum(parameter_count(layers[i]) for i in (3, 4, 5))
+    summary = at.success[0].value
+    assert f"layers 3-5 of {embedded.num_layers}" in summary
+    assert f"{params / 1e6:.1f}M parameters" in summary
+    block = at.session_state["selected_block"]
+    assert (block["start"], block["n"], block["num_layers"]) == (3, 3, embedded.num_layers)
+    assert block["model"]["source"] == "embedded"
+
+    at.number_input(key="block_n").set_value(embedded.num_layers - 3).run()
+    assert any("final layer" in w.value for w in at.warning)
+
+
+def test_zero_samples_is_a_message_not_a_traceback(app):
+    at = calibrate(app, 0, 32)
+    assert not at.exception
+    assert any("at least 1" in e for e in errors(at))
+
+
+def test_empty_upload_is_a_message_not_a_traceback(app):
+    app.radio(key="sim_source").set_value("Upload a file").run()
+    app.get("file_uploader")[0].set_value(("empty.txt", b"\n\n", "text/plain")).run()
+    at = calibrate(app, 4, 32)
+    assert not at.exception
+    assert any("No usable text" in e for e in errors(at))
+
+
+def test_figure_points_carry_their_own_block(tiny_llama):
+    """Every clickable point's customdata (l, n) is the cell it is drawn on, and the CSV rows
+    agree with the distance matrix and an independent argmin per row."""
+    import numpy as np
+
+    from explorer.figures import distances_frame, heatmap_figure
+    from explorer.similarity import compute_distances
+
+    ids = tiny_llama.tokenizer(["The cat sat on the mat while the dog slept by the door."] * 2)["input_ids"]
+    result = compute_distances(tiny_llama, ids, batch_size=2)
+    L = result.num_layers
+    frame = distances_frame(result)
+    assert len(frame) == sum(L - n + 1 for n in range(1, L + 1))
+    for n, row in enumerate(result.distances, 1):
+        rows = frame[frame.n == n].sort_values("l")
+        assert np.allclose(rows.distance, row)
+        assert rows.l[rows.is_optimal].tolist() == [int(np.argmin(row))]
+        assert rows.l[rows.is_simple].tolist() == ([L - 1 - n] if n < L else [])
+    for y_axis, scale in (("n", 1), ("fraction", L)):
+        fig = heatmap_figure(result, selected=(1, 2), y_axis=y_axis)
+        for trace in fig.data:
+            l, n = np.asarray(trace.customdata)[:, :2].astype(int).T
+            assert np.array_equal(trace.x, l) and np.allclose(np.asarray(trace.y) * scale, n)
+        assert [tuple(t.customdata[0][:2]) for t in fig.data if t.name == "selected block"] == [(1, 2)]

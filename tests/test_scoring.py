@@ -1,0 +1,110 @@
+"""Batched scoring against independent computations: one unbatched forward per request, with the
+tokens split by lm-evaluation-harness itself (HFLM._encode_pair on the same in-memory model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from explorer.data import split_documents
+from explorer.errors import ExplorerError
+from explorer.scoring import encode_pair, loglikelihoods, next_token_logprobs
+
+
+@pytest.fixture(scope="module")
+def hflm(embedded):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=embedded.model, tokenizer=embedded.tokenizer, batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[str]:
+    docs = split_documents("embedded", "heldout")
+    return [next(docs) for _ in range(4)]
+
+
+def _forward_logprobs(loaded, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(loaded.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def _greedy_continuation(loaded, text: str) -> str:
+    """The model's own most likely next token after `text`, as a string."""
+    token = int(_forward_logprobs(loaded, loaded.tokenizer.encode(text))[-1].argmax())
+    return loaded.tokenizer.decode([token])
+
+
+@pytest.fixture(scope="module")
+def requests(embedded, documents) -> list[tuple[str, str]]:
+    """Real news prose cut into (context, continuation) of different lengths, including a context
+    with a trailing space, an empty context and the model's own greedy continuation."""
+    pairs = []
+    for k, doc in enumerate(documents):
+        words = doc.split()
+        pairs.append((" ".join(words[: 6 + 5 * k]), " " + " ".join(words[6 + 5 * k : 8 + 7 * k])))
+    words = documents[0].split()
+    pairs.append((" ".join(words[:10]) + " ", words[10]))
+    pairs.append(("", " ".join(words[:5])))
+    context = " ".join(documents[1].split()[:8])
+    pairs.append((context, _greedy_continuation(embedded, context)))
+    return pairs
+
+
+def _reference(loaded, hflm, context: str, continuation: str) -> tuple[float, int, bool]:
+    """Plain loop: lm-eval's token split, one forward on context + continuation, gather."""
+    if context:
+        ctx, cont = hflm._encode_pair(context, continuation)
+    else:
+        ctx, cont = [hflm.prefix_token_id], loaded.tokenizer.encode(continuation, add_special_tokens=False)
+    logprobs = _forward_logprobs(loaded, ctx + cont)[len(ctx) - 1 : -1]
+    target = torch.tensor(cont)
+    return logprobs.gather(1, target[:, None]).sum().item(), len(cont), bool((logprobs.argmax(-1) == target).all())
+
+
+def test_token_split_matches_lm_eval(embedded, hflm, requests):
+    for context, continuation in requests:
+        if context:
+            assert encode_pair(embedded.tokenizer, context, continuation) == hflm._encode_pair(context, continuation)
+    prefixed = embedded.tokenizer.bos_token + "Answer:"  # text that already starts with the prefix token
+    assert encode_pair(embedded.tokenizer, prefixed, " A") == hflm._encode_pair(prefixed, " A")
+
+
+def test_loglikelihoods_match_unbatched_reference(embedded, hflm, requests):
+    """Batches of 3 mix lengths, so right padding is exercised against unpadded single forwards."""
+    ours = loglikelihoods(embedded, requests, batch_size=3)
+    for (context, continuation), (logprob, count, greedy) in zip(requests, ours):
+        ref_logprob, ref_count, ref_greedy = _reference(embedded, hflm, context, continuation)
+        assert count == ref_count
+        assert logprob == pytest.approx(ref_logprob, abs=1e-3)
+        assert greedy == ref_greedy
+    assert ours[-1][2], "the model's own greedy token must count as greedy"
+    assert not all(greedy for _, _, greedy in ours)
+    assert len({count for _, count, _ in ours}) > 2
+
+
+def test_next_token_logprobs_match_reference(embedded, documents):
+    prompts = [" ".join(doc.split()[: 4 + 5 * k]) for k, doc in enumerate(documents[:3])]
+    candidates = [" A", " B", " the", "."]
+    ours = next_token_logprobs(embedded, prompts, candidates, batch_size=3)
+    ids = [embedded.tokenizer.encode(c, add_special_tokens=False)[0] for c in candidates]
+    for row, prompt in zip(ours, prompts):
+        reference = _forward_logprobs(embedded, embedded.tokenizer.encode(prompt))[-1, ids]
+        assert torch.allclose(row, reference, atol=1e-3)
+    # the shortcut equals the continuation log-likelihood of each single-token candidate
+    full = torch.tensor([lp for lp, _, _ in loglikelihoods(embedded, [(prompts[0], c) for c in candidates])])
+    assert torch.allclose(ours[0], full, atol=1e-3)
+
+
+def test_scoring_restores_training_mode(embedded, documents):
+    embedded.model.train()
+    try:
+        next_token_logprobs(embedded, [documents[0][:40]], [" A"])
+        assert embedded.model.training
+    finally:
+        embedded.model.eval()
+
+
+def test_multi_token_candidate_is_rejected(embedded):
+    with pytest.raises(ExplorerError, match="not one"):
+        next_token_logprobs(embedded, ["Answer:"], [" A", " Antananarivo"])

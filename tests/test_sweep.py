@@ -1,0 +1,179 @@
+"""The phase-transition sweep on the embedded model with a tiny task subset, its resume, the
+CLI, and the scale path (device_map="auto") on the tiny llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from explorer.cli import main
+from explorer.errors import ExplorerError
+from explorer.evaluate import run_task, validation_loss
+from explorer.similarity import cached_distances
+from explorer.store import Store
+from explorer.sweep import (
+    SweepCancelled,
+    SweepSettings,
+    first_at_chance,
+    load_for_sweep,
+    parse_fractions,
+    point_key,
+    run_sweep,
+    start_sweep,
+    summary,
+    sweep_points,
+)
+
+TINY = dict(fractions=(0.0, 0.2), limit=8, val_samples=4, sim_samples=4, seq_len=32, batch_size=8)
+
+
+class Counter:
+    """should_stop is asked once before each point is measured: counting calls counts measurements."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.calls, self.stop_after = 0, stop_after
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.stop_after is not None and self.calls > self.stop_after
+
+
+@pytest.fixture(scope="module")
+def sweep(embedded, tmp_path_factory):
+    """A sweep cancelled after 3 points, then restarted (a new run, same settings) to the end."""
+    store = Store(tmp_path_factory.mktemp("sweep") / "runs.sqlite")
+    settings = SweepSettings(**TINY)
+    first = start_sweep(store, settings)
+    with pytest.raises(SweepCancelled):
+        run_sweep(embedded, settings, store, first, should_stop=Counter(stop_after=3))
+    second = start_sweep(store, settings)
+    counter = Counter()
+    result = run_sweep(embedded, settings, store, second, should_stop=counter)
+    return {"store": store, "settings": settings, "first": first, "second": second, "result": result, "measured": counter.calls}
+
+
+def test_every_strategy_gives_points(sweep):
+    points = sweep_points(sweep["store"], sweep["second"])
+    assert sorted(point_key(p) for p in points) == sorted(
+        (s, n, False) for s in ("similarity", "simple", "top-cut") for n in (0, 6)
+    )
+    by_key = {point_key(p): p for p in points}
+    assert by_key[("simple", 6, False)]["start"] == 23  # [L-1-n, L-1)
+    assert by_key[("top-cut", 6, False)]["start"] == 24  # the top n, final layer included
+    for p in points:
+        assert 0 <= p["ci_low"] <= p["accuracy"] <= p["ci_high"] <= 1
+        assert p["fraction"] == pytest.approx(p["n"] / 30)
+    assert sweep["result"]["points"] == sorted(points, key=lambda p: (p["strategy"], p["healed"], p["n"]))
+
+
+def test_similarity_point_uses_the_heatmap_minimum(embedded, sweep):
+    settings = sweep["settings"]
+    _, heatmap, cached = cached_distances(embedded, settings.text, settings.sim_samples, settings.seq_len, store=sweep["store"])
+    assert cached  # the sweep computed and saved it
+    row = heatmap.distances[5][: 30 - 6]  # n = 6, blocks that keep the final layer
+    point = next(p for p in sweep_points(sweep["store"], sweep["second"]) if point_key(p) == ("similarity", 6, False))
+    assert point["start"] == row.index(min(row))
+
+
+def test_unpruned_point_equals_the_unpruned_model(embedded, sweep):
+    settings = sweep["settings"]
+    report = run_task(embedded, settings.task, settings.limit, settings.batch_size)
+    loss = validation_loss(embedded, settings.text, settings.val_samples, settings.seq_len, settings.batch_size)
+    zeros = [p for p in sweep_points(sweep["store"], sweep["second"]) if p["n"] == 0]
+    assert len(zeros) == 3
+    for p in zeros:
+        assert p["accuracy"] == report.accuracy and (p["ci_low"], p["ci_high"]) == (report.ci_low, report.ci_high)
+        assert p["val_loss"] == pytest.approx(loss, rel=1e-6)
+        assert p["normalized_loss"] == pytest.approx(0.0, abs=1e-9)
+    assert embedded.num_layers == 30  # every point pruned a copy
+
+
+def test_restart_resumes_and_a_finished_sweep_is_reused(embedded, sweep):
+    store, settings = sweep["store"], sweep["settings"]
+    cancelled, resumed = sweep_points(store, sweep["first"]), sweep_points(store, sweep["second"])
+    assert len(cancelled) == 3
+    assert sweep["measured"] == 6 - 3  # only the missing points were measured
+    assert sum(p.get("resumed", False) for p in resumed) == 3
+    assert len({point_key(p) for p in resumed}) == len(resumed) == 6  # no duplicates
+    third = start_sweep(store, settings)
+    counter = Counter()
+    again = run_sweep(embedded, settings, store, third, should_stop=counter)
+    assert counter.calls == 0
+    strip = lambda p: {k: v for k, v in p.items() if k not in ("step", "time", "resumed", "seconds")}  # noqa: E731
+    assert [strip(p) for p in again["points"]] == [strip(p) for p in sweep["result"]["points"]]
+
+
+def test_healed_points(embedded, tmp_path):
+    """Healing one step per point adds a healed twin of each point; before healing, the heal
+    run's own step-0 evaluation (zero-initialized adapters) equals the plain measurement."""
+    store = Store(tmp_path / "runs.sqlite")
+    settings = SweepSettings(**{**TINY, "strategies": ("simple",), "fractions": (0.1,), "heal_steps": 1})
+    run_id = start_sweep(store, settings)
+    result = run_sweep(embedded, settings, store, run_id)
+    keys = sorted(point_key(p) for p in result["points"])
+    assert keys == [("simple", 0, False), ("simple", 0, True), ("simple", 3, False), ("simple", 3, True)]
+    unhealed = next(p for p in result["points"] if point_key(p) == ("simple", 0, False))
+    loss = validation_loss(embedded, settings.text, settings.val_samples, settings.seq_len, settings.batch_size)
+    assert unhealed["val_loss"] == pytest.approx(loss, rel=1e-5)
+    healed = next(p for p in result["points"] if point_key(p) == ("simple", 3, True))
+    assert healed["val_loss"] != next(p for p in result["points"] if point_key(p) == ("simple", 3, False))["val_loss"]
+
+
+def test_block_sizes_and_fraction_checks():
+    settings = SweepSettings(fractions=(0.1, 0.5, 0.99))
+    assert settings.block_sizes(30) == [0, 3, 15, 29]
+    assert SweepSettings(stride=7).block_sizes(30) == [0, 7, 14, 21, 28]
+    for bad in ((1.0,), (-0.1,), (0.2, 1.5)):
+        with pytest.raises(ExplorerError, match=r"in \[0, 1\)"):
+            SweepSettings(fractions=bad).check()
+    with pytest.raises(ExplorerError, match="comma-separated"):
+        parse_fractions("0, half")
+    assert parse_fractions("0, 0.1;0.25") == (0.0, 0.1, 0.25)
+    with pytest.raises(ExplorerError, match="strategy"):
+        SweepSettings(strategies=("deepest",)).check()
+    with pytest.raises(ExplorerError, match="stride"):
+        SweepSettings(stride=0).check()
+    assert SweepSettings.from_json(SweepSettings(fractions=(0.5,)).to_json()) == SweepSettings(fractions=(0.5,))
+
+
+def test_first_at_chance():
+    def point(n, low, high):
+        return {"strategy": "simple", "healed": False, "n": n, "fraction": n / 10, "accuracy": (low + high) / 2,
+                "ci_low": low, "ci_high": high, "chance": 0.25}
+
+    points = [point(0, 0.6, 0.9), point(2, 0.3, 0.6), point(4, 0.2, 0.5), point(6, 0.1, 0.3)]
+    assert first_at_chance(points, "simple")["n"] == 4
+    assert first_at_chance(points[:2], "simple") is None
+    assert summary(points)["first_at_chance"] == {"simple": 0.4}
+
+
+def test_cli_sweep_and_resume(tiny_llama_dir, tmp_path, capsys):
+    args = ["sweep", "--model", str(tiny_llama_dir), "--device", "cpu", "--strategies", "simple,top-cut",
+            "--fractions", "0,0.5", "--limit", "4", "--samples", "2", "--val-samples", "2", "--seq-len", "16"]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert sorted(point_key(p) for p in first["points"]) == [("simple", 0, False), ("simple", 2, False),
+                                                             ("top-cut", 0, False), ("top-cut", 2, False)]
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    second = json.loads((tmp_path / "b.json").read_text())
+    assert all(p["resumed"] for p in second["points"])
+    assert [p["accuracy"] for p in second["points"]] == [p["accuracy"] for p in first["points"]]
+    assert main(["sweep", "--fractions", "0,1", "--out", str(tmp_path / "c.json")]) == 2
+    assert "in [0, 1)" in capsys.readouterr().err
+
+
+def test_device_map_auto_needs_no_code_change(tiny_llama, tiny_llama_dir, tmp_path):
+    """accelerate's device_map="auto" (one device here) loads the model; the similarity pass and
+    the sweep run on it unchanged and agree with the plainly loaded model."""
+    settings = SweepSettings(model=str(tiny_llama_dir), device_map="auto", strategies=("similarity", "simple"),
+                             fractions=(0.0, 0.5), limit=4, val_samples=2, sim_samples=2, seq_len=16)
+    spread = load_for_sweep(settings)
+    assert getattr(spread.model, "hf_device_map", None)  # placed by accelerate
+    results = []
+    for loaded in (spread, tiny_llama):
+        store = Store(tmp_path / f"{len(results)}.sqlite")
+        results.append(run_sweep(loaded, settings, store, start_sweep(store, settings))["points"])
+    for auto, plain in zip(*results, strict=True):
+        assert point_key(auto) == point_key(plain)
+        assert auto["accuracy"] == plain["accuracy"] and auto["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-5)
