@@ -7,4 +7,5 @@ benchmarks/results/NAME.json and a markdown table on stdout.
 BENCHMARKS = {
     "similarity": "benchmarks.similarity",
     "gpu": "benchmarks.gpu",
+    "scoring": "benchmarks.scoring",
 }

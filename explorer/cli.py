@@ -54,7 +54,7 @@ def _similarity(args: argparse.Namespace) -> None:
     from explorer.data import check_settings, split_documents
 
     check_settings(args.samples, args.seq_len, args.batch_size)
-    # A missing, unreadable or empty file fails in a blink, before torch is even imported.
+    # A missing, unreadable or empty file fails in seconds, before the model loads.
     if next(iter(split_documents(args.text_file, "train")), None) is None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     from explorer.similarity import cached_distances
@@ -183,9 +183,12 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    """Run a sweep in the foreground as a store run; a rerun with the same settings resumes it."""
+    """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
+    page's job reaper leaves it alone); a rerun with the same settings resumes it."""
     from explorer.store import Store
-    from explorer.sweep import SweepSettings, execute, parse_fractions, start_sweep, teaching_preset
+    from explorer.sweep import (
+        SweepCancelled, SweepSettings, describe_point, execute, parse_fractions, start_sweep, teaching_preset,
+    )
 
     given = {
         "model": args.model, "device": args.device, "device_map": args.device_map, "load_in_4bit": args.load_in_4bit,
@@ -202,14 +205,17 @@ def _sweep(args: argparse.Namespace) -> None:
     run_id = start_sweep(store, settings)
 
     def report(event: dict) -> None:
-        if event.get("kind") == "point":
-            print(f"{event['strategy']:>10} n={event['n']:<3} ({event['fraction']:.0%}){' healed' if event['healed'] else ''}: "
-                  f"accuracy {event['accuracy']:.2f} [{event['ci_low']:.2f}, {event['ci_high']:.2f}], "
-                  f"loss {event['val_loss']:.3f} (normalized {event['normalized_loss']:.3f})", file=sys.stderr, flush=True)
-        else:
-            print(event.get("phase", event), file=sys.stderr, flush=True)
+        print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
 
-    result = execute(store, run_id, report)
+    try:
+        result = execute(store, run_id, report)
+    except (SweepCancelled, KeyboardInterrupt) as exc:
+        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
+        raise
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result)
     _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")

@@ -5,7 +5,7 @@ local .txt (documents separated by blank lines), .jsonl (field `text`) or .parqu
 `text`) file. Every source is split the same deterministic way: every tenth document is
 held out for validation, so calibration/healing text never overlaps validation text.
 
-The embedded corpus is the Lee news corpus (real ABC news articles, 349 documents) that
+The embedded corpus is the Lee news corpus (real ABC news articles, 343 distinct documents) that
 ships inside the `gensim` wheel as test data. It is real English prose, C4-like in register,
 and installs from PyPI with no network access at run time.
 """

@@ -81,6 +81,15 @@ class TaskReport:
         }
         return cls(task, source, n, main.accuracy, main.ci_low, main.ci_high, chance, results, seconds, metric, alt)
 
+    @classmethod
+    def from_json(cls, data: dict) -> "TaskReport":
+        """The inverse of `to_json`, for reports kept in the run store."""
+        return cls(
+            data["task"], data["source"], data["n_questions"], data["accuracy"], data["ci_low"], data["ci_high"],
+            data["chance"], [QuestionResult(**q) for q in data["per_question"]], data["seconds"], data["metric"],
+            {name: Accuracy(**acc) for name, acc in data["alt_metrics"].items()},
+        )
+
     def summary(self) -> str:
         """One line for the CLI and logs, e.g. 'accuracy 0.43 [0.38, 0.48] on 300 questions (chance 0.25)'."""
         line = (

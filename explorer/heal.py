@@ -177,6 +177,21 @@ def _nf4_copy(loaded: LoadedModel) -> nn.Module:
         return load_model(folder, device=loaded.device.type, load_in_4bit=True).model
 
 
+def _keep_4bit_differentiable(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weights in place the first time it runs in eval
+    mode without gradients (our periodic evaluations), and from then on uses a kernel that has
+    no backward: training after an evaluation would silently drop the gradient through every
+    base projection (torch only warns that no autograd kernel is registered). Opting out keeps
+    the differentiable path; evaluation uses the plain 4-bit kernel instead."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def training_model(loaded: LoadedModel, config: HealConfig):
     """A peft model with fresh adapters on a copy of the pruned model (nf4 when quantizing)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -189,6 +204,7 @@ def training_model(loaded: LoadedModel, config: HealConfig):
         base = copy.deepcopy(loaded.model)
     if is_quantized(base):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing)
+        _keep_4bit_differentiable(base)
     elif config.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
@@ -205,8 +221,10 @@ def merge(peft_model, loaded: LoadedModel) -> nn.Module:
     if not is_quantized(peft_model.get_base_model()) or is_quantized(loaded.model):
         merged = peft_model.merge_and_unload()
     else:
-        fresh = get_peft_model(copy.deepcopy(loaded.model), peft_model.peft_config["default"])
-        set_peft_model_state_dict(fresh, get_peft_model_state_dict(peft_model))
+        target = copy.deepcopy(loaded.model)
+        adapter = replace(peft_model.peft_config["default"], base_model_name_or_path=target.config.name_or_path)
+        fresh = get_peft_model(target, adapter)
+        set_peft_model_state_dict(fresh, get_peft_model_state_dict(peft_model, save_embedding_layers=False))
         merged = fresh.merge_and_unload()
     merged.config.use_cache = True
     return merged.eval()

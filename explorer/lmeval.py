@@ -71,13 +71,17 @@ def write_quiz_task(name: str, seed: int = 0, shots: int = 0, folder: Path | Non
         raise ExplorerError(f"Unknown quiz '{name}': choose one of {', '.join(sorted(QUIZZES))}.")
     folder = folder or lmeval_folder()
     task = quiz_task_name(name)
-    demonstrations, questions = split(name, seed, shots)
+    demonstrations, questions = split(QUIZZES[name], seed, shots)
     files = {}
     for part, items in (("test", questions), ("train", demonstrations)):
         path = folder / task / f"{task}_{part}.jsonl"
-        _write_jsonl(path, [{"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.answer} for q in items])
-        files[part] = str(path)
+        path.unlink(missing_ok=True)  # no stale demonstrations from an earlier few-shot config
+        if items:  # `datasets` rejects an empty file
+            _write_jsonl(path, [{"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.answer} for q in items])
+            files[part] = str(path)
     config = {"task": task, **_template("quiz.yaml"), "dataset_kwargs": {"data_files": files}, "num_fewshot": shots}
+    if not shots:
+        del config["fewshot_split"], config["fewshot_config"]
     return _write_config(folder, config)
 
 
@@ -158,6 +162,22 @@ def write_boolq_task(path: str | Path, folder: Path | None = None) -> str:
     _write_jsonl(data, read_boolq(path))
     config = {"task": task, **_template("boolq_local.yaml"), "dataset_kwargs": {"data_files": {"validation": str(data)}}}
     return _write_config(folder, config)
+
+
+def check_hub_dataset(repo_id: str, alternative: str) -> None:
+    """Fail in seconds when the hub is unreachable, instead of after `datasets`' minute of
+    retries. With HF_HUB_OFFLINE=1 the check is skipped and lm-eval reads the local cache."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(repo_id, timeout=10)
+    except Exception as exc:  # connection errors come from several HTTP libraries
+        raise ExplorerError(
+            f"Cannot reach {repo_id} on the Hugging Face hub ({type(exc).__name__}): {alternative}, "
+            "or set HF_HUB_OFFLINE=1 if it is in your datasets cache."
+        ) from exc
 
 
 def _task_manager(tasks: list[str], include_path: str | Path | None):

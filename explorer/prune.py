@@ -67,7 +67,8 @@ def prune_config(config, kept: list[int], num_layers: int) -> None:
             setattr(config, key, type(value)(value[i] for i in kept))
         elif key in LAYER_COUNTS and isinstance(value, int):
             setattr(config, key, sum(1 for i in kept if i < value))
-    config.num_hidden_layers = len(kept)
+    if hasattr(config, "num_hidden_layers"):  # a multimodal wrapper's own config has none; its text config does
+        config.num_hidden_layers = len(kept)
 
 
 def _configs(model: nn.Module) -> list:

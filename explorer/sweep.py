@@ -53,7 +53,7 @@ class SweepSettings:
     seq_len: int = 128
     batch_size: int = 8
     device: str | None = None
-    device_map: str | None = None  # "auto": accelerate spreads a large model over the devices
+    device_map: str | dict | None = None  # "auto": accelerate spreads a large model over the devices
     load_in_4bit: bool = False
     trust_remote_code: bool = False
 
@@ -144,6 +144,16 @@ def point_key(point: dict) -> Key:
     return point["strategy"], int(point["n"]), bool(point["healed"])
 
 
+def describe_point(point: dict) -> str:
+    """One line per point, e.g. 'simple n=6 (20%): accuracy 0.50 [0.22, 0.78], loss 4.357 (normalized 0.081)'."""
+    normalized = point.get("normalized_loss")
+    return (
+        f"{point['strategy']} n={point['n']} ({point['fraction']:.0%}){' healed' if point['healed'] else ''}: "
+        f"accuracy {point['accuracy']:.2f} [{point['ci_low']:.2f}, {point['ci_high']:.2f}], loss {point['val_loss']:.3f}"
+        + (f" (normalized {normalized:.3f})" if normalized is not None else "")
+    )
+
+
 def first_at_chance(points: list[dict], strategy: str, healed: bool = False) -> dict | None:
     """The smallest-n point of a curve whose 95% interval reaches chance (contains it or lies below):
     where accuracy has fallen to random guessing."""
@@ -166,6 +176,12 @@ def sweep_points(store, run_id: int) -> list[dict]:
     return [e for e in store.events(run_id) if e.get("kind") == "point"]
 
 
+def latest_phase(store, run_id: int) -> str | None:
+    """What the sweep is doing now (loading, computing the heatmap, resuming), for the page."""
+    phases = [e["phase"] for e in store.events(run_id) if e.get("kind") == "phase"]
+    return phases[-1] if phases else None
+
+
 def planned_points(store, run_id: int) -> int | None:
     """How many points the sweep will have in all, once it has started (for a progress bar)."""
     plans = [e["points"] for e in store.events(run_id) if e.get("kind") == "plan"]
@@ -183,6 +199,26 @@ def _reusable_points(store, run_id: int, settings: SweepSettings, fingerprint: s
             if point.get("fingerprint") == fingerprint:
                 found.setdefault(point_key(point), {**point, "run_id": run.id})
     return found
+
+
+def _normalized(loss: float, base_loss: float, vocab_size: int) -> float | None:
+    """evaluate.normalized_loss, or None when the unpruned model is no better than uniform guessing
+    (a random-weight model): the scale is undefined then, but accuracy and raw loss still are."""
+    from explorer.evaluate import normalized_loss
+
+    return normalized_loss(loss, base_loss, vocab_size) if base_loss < math.log(vocab_size) else None
+
+
+def _phase(store, run_id: int, on_event: OnEvent, text: str) -> None:
+    """A progress line, stored (the page shows the latest) and passed on (the CLI prints it)."""
+    event = {"kind": "phase", "phase": text}
+    _add(store, run_id, event)
+    on_event(event)
+
+
+def _add(store, run_id: int, event: dict) -> None:
+    """Append an event; steps number all of a run's events in order."""
+    store.add_event(run_id, len(store.events(run_id)), {k: v for k, v in event.items() if k not in ("step", "time")})
 
 
 def _heal_config(settings: SweepSettings):
@@ -228,29 +264,29 @@ def run_sweep(
     """Measure every (strategy, n[, healed]) point not already finished, as events of `run_id`.
 
     Points go out in order of n, all strategies at each n, so every curve grows together."""
-    from explorer.evaluate import normalized_loss
     from explorer.similarity import cached_distances
 
     settings.check()
     num_layers = loaded.num_layers
     sizes = settings.block_sizes(num_layers)
     done = _reusable_points(store, run_id, settings, loaded.fingerprint)
-    step = len(sweep_points(store, run_id))
     for key, point in sorted(done.items()):
         if point.pop("run_id") != run_id:  # resumed from an earlier run: copy it into this one
-            store.add_event(run_id, step, {**point, "resumed": True})
-            step += 1
+            _add(store, run_id, {**point, "resumed": True})
     if done:
-        on_event({"kind": "phase", "phase": f"resuming: {len(done)} points already measured"})
+        _phase(store, run_id, on_event, f"resuming: {len(done)} points already measured")
     similarity = None
     if "similarity" in settings.strategies and max(sizes) > 0:
-        sim_id, similarity, cached = cached_distances(
+        if not cached_heatmap(loaded, settings, store):
+            _phase(store, run_id, on_event, "no similarity heatmap cached for these settings: computing it first")
+        sim_id, similarity, _ = cached_distances(
             loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store
         )
-        on_event({"kind": "phase", "phase": f"similarity heatmap: {'cached' if cached else 'computed'} (run {sim_id})"})
+        _phase(store, run_id, on_event, f"using the similarity heatmap of run {sim_id}")
     healed_states = (False, True) if settings.heal_steps else (False,)
     total = len(sizes) * len(settings.strategies) * len(healed_states)
-    store.add_event(run_id, step, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
+    _add(store, run_id, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
+    _phase(store, run_id, on_event, f"measuring {total - len(done)} points")
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     base_loss = next((p["val_loss"] for (_, n, healed), p in done.items() if n == 0 and not healed), None)
     shared: dict[tuple[int, int], dict[bool, dict]] = {}
@@ -261,7 +297,7 @@ def run_sweep(
                 if (strategy, n, healed) in done:
                     continue
                 if should_stop():
-                    raise SweepCancelled(f"The sweep was cancelled; {step} points are saved and a restart resumes.")
+                    raise SweepCancelled(f"The sweep was cancelled; {len(done)} points are saved and a restart resumes.")
                 started = time.perf_counter()
                 reused = (block.start, block.n) in shared
                 if not reused:
@@ -271,11 +307,10 @@ def run_sweep(
                 point = {
                     "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": healed,
                     "start": block.start, "num_layers": num_layers, **metrics,
-                    "normalized_loss": normalized_loss(metrics["val_loss"], base_loss, vocab),
+                    "normalized_loss": _normalized(metrics["val_loss"], base_loss, vocab),
                     "seconds": time.perf_counter() - started, "shared": reused, "fingerprint": loaded.fingerprint,
                 }
-                store.add_event(run_id, step, point)
-                step += 1
+                _add(store, run_id, point)
                 done[(strategy, n, healed)] = point
                 on_event(point)
     return summary(sweep_points(store, run_id))
@@ -295,21 +330,11 @@ def load_for_sweep(settings: SweepSettings) -> LoadedModel:
 
 
 def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Run the sweep stored as `run_id` to completion and record its result (job and CLI entry)."""
-    from explorer.heal import HealCancelled
+    """Load the model once and run the sweep stored as `run_id`; returns its result.
 
-    run = store.get_run(run_id)
-    settings = SweepSettings.from_json(run.settings)
+    The caller owns the run's status (jobs.run_job for the page, the CLI in the foreground):
+    a failure or cancellation raises, and the points measured so far stay in the store."""
+    settings = SweepSettings.from_json(store.get_run(run_id).settings)
     settings.check()
-    store.update_run(run_id, status="running")
-    try:
-        loaded = load_for_sweep(settings)
-        result = run_sweep(loaded, settings, store, run_id, on_event, should_stop)
-    except (SweepCancelled, HealCancelled, KeyboardInterrupt) as exc:
-        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
-        raise
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
-    return result
+    _phase(store, run_id, on_event, "loading the model")
+    return run_sweep(load_for_sweep(settings), settings, store, run_id, on_event, should_stop)

@@ -17,6 +17,7 @@ from explorer.sweep import (
     default_task,
     first_at_chance,
     parse_fractions,
+    latest_phase,
     planned_points,
     sweep_points,
     teaching_preset,
@@ -158,7 +159,8 @@ def live_view(run_id: int, was_active: bool) -> None:
     total = planned_points(store, run_id)
     status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
     if run.status in ACTIVE:
-        st.progress(len(points) / total if total else 0.0, text=status + " (points appear as they are measured)")
+        phase = latest_phase(store, run_id)
+        st.progress(len(points) / total if total else 0.0, text=f"{status} · {phase or 'waiting for the job to start'}")
         if st.button("Cancel", key="sw_cancel"):
             jobs.cancel(store, run_id)
     elif run.status == "failed":
@@ -177,9 +179,9 @@ def live_polling(run_id: int) -> None:
     live_view(run_id, True)
 
 
-def run_picker(model_name: str) -> int | None:
-    """The session's sweep, or the newest saved sweep of this model; older ones in an expander."""
-    runs = [r for r in get_store().list_runs("sweep") if r.model == model_name]
+def run_picker(source: str) -> int | None:
+    """The session's sweep, or the newest saved sweep of this model (from the page or the CLI)."""
+    runs = [r for r in get_store().list_runs("sweep") if r.settings.get("model") == source]
     if RUN_KEY not in st.session_state and runs:
         st.session_state[RUN_KEY] = runs[0].id
     if runs:
@@ -207,7 +209,7 @@ def main() -> None:
         if st.button("Start sweep", type="primary", key="sw_start",
                      help="Runs as a background job; a sweep with the same settings resumes from finished points."):
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, settings.to_json())
-    run_id = run_picker(loaded.name)
+    run_id = run_picker(model["source"])
     if run_id is None:
         return
     try:

@@ -86,7 +86,7 @@ def error_runs(text_file, tmp_path_factory) -> dict[str, tuple[int, str, str]]:
     }
     results = {}
     for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=300)
         results[name] = (proc.returncode, stdout, stderr)
     assert not (folder / "out.json").exists()
     return results

@@ -56,6 +56,7 @@ def test_report_holds_both_metrics_and_the_json_contract():
     assert data["alt_metrics"]["acc"]["accuracy"] == pytest.approx(2 / 3)
     assert data["metric"] == "acc_norm" and data["n_questions"] == 3 and data["chance"] == 0.25
     assert [(q["id"], q["pred"], q["gold"]) for q in data["per_question"]] == [(r.id, r.pred, r.gold) for r in results]
+    assert TaskReport.from_json(data) == report
     assert report.summary().startswith("accuracy 0.67 [0.21, 0.94] on 3 questions (chance 0.25) by acc_norm; acc 0.67")
 
 

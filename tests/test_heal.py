@@ -3,6 +3,7 @@ bad settings fail with one clear message."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -102,6 +103,43 @@ def test_qlora_on_cpu_trains_an_nf4_base(tiny_llama):
     assert (logits(merged, data[0]) - logits(pruned.model, data[0])).abs().max() > 1e-3
 
 
+def lora_grads(peft_model, batch) -> dict[str, torch.Tensor]:
+    peft_model.train()
+    peft_model.zero_grad()
+    input_ids, mask, labels = batch
+    peft_model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
+    return {n: p.grad.detach().float().clone() for n, p in peft_model.named_parameters() if p.grad is not None}
+
+
+def test_qlora_gradients_match_the_dequantized_model_after_an_evaluation(tiny_llama):
+    """QLoRA's adapter gradients equal those of an fp32 model holding the dequantized nf4 weights,
+    also after an evaluation pass (which, unguarded, makes bitsandbytes switch to a CPU kernel
+    without a backward)."""
+    import bitsandbytes as bnb
+    from peft import get_peft_model
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    pruned = prune_block(tiny_llama, 1, 1).loaded
+    config = HealConfig(**{**TINY, "dropout": 0.0, "steps": 2}, quantize=True).resolved("cpu")
+    data = training_batches(pruned, config)
+    peft_model = training_model(pruned, config)
+    train(peft_model, config, data)  # B != 0, so every adapter matrix gets a gradient
+    batch_loss(peft_model, data[0])  # an evaluation: eval mode, no gradients
+    quantized = lora_grads(peft_model, data[0])
+
+    reference = get_peft_model(copy.deepcopy(pruned.model), peft_model.peft_config["default"])
+    set_peft_model_state_dict(reference, get_peft_model_state_dict(peft_model, save_embedding_layers=False))
+    modules = dict(reference.named_modules())
+    for name, module in peft_model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            modules[name].weight.data = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+    expected = lora_grads(reference, data[0])
+    assert quantized.keys() == expected.keys() and len(quantized) == 2 * 7 * 3
+    for name, grad in expected.items():
+        cosine = torch.nn.functional.cosine_similarity(quantized[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.98, f"{name}: gradient cosine {cosine:.3f} against the dequantized fp32 model"
+
+
 def test_heal_reports_every_step_and_evaluations(tiny_llama):
     pruned = prune_block(tiny_llama, 1, 1).loaded
     events = []
@@ -134,7 +172,7 @@ def test_bad_settings_fail_with_one_message(settings, message):
 def test_nan_loss_and_empty_data_are_explained(tiny_llama, tmp_path):
     pruned = prune_block(tiny_llama, 1, 1).loaded
     with pytest.raises(ExplorerError, match="lower the learning rate"):
-        heal(pruned, HealConfig(**{**TINY, "lr": 1e12, "eval_every": 100}))
+        heal(pruned, HealConfig(**{**TINY, "lr": 1e30, "eval_every": 100}))
     empty = tmp_path / "empty.txt"
     empty.write_text("too short\n\nalso short\n")
     with pytest.raises(ExplorerError, match="No usable text"):

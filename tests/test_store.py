@@ -4,6 +4,7 @@ cascading deletes, and clear errors for files it cannot read."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -14,7 +15,7 @@ from explorer.store import MIGRATIONS, Store
 
 def test_new_store_is_fully_migrated(store):
     assert store.schema_version == len(MIGRATIONS) >= 1
-    with sqlite3.connect(store.path) as db:
+    with closing(sqlite3.connect(store.path)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"runs", "events"} <= tables
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -42,14 +43,14 @@ def test_new_migration_upgrades_without_losing_runs(tmp_path, monkeypatch):
     upgraded = Store(path)
     assert upgraded.schema_version == len(MIGRATIONS) + 1
     assert upgraded.get_run(run_id).settings == {"steps": 10}
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         assert "note" in [row[1] for row in db.execute("PRAGMA table_info(runs)")]
 
 
 def test_store_from_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "runs.sqlite"
     Store(path)
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
     with pytest.raises(ExplorerError, match="newer"):
         Store(path)
@@ -90,7 +91,7 @@ def test_delete_cascades_events(store):
     store.delete_run(gone)
     with pytest.raises(ExplorerError, match="does not exist"):
         store.get_run(gone)
-    with sqlite3.connect(store.path) as db:
+    with closing(sqlite3.connect(store.path)) as db:
         assert db.execute("SELECT run_id, COUNT(*) FROM events GROUP BY run_id").fetchall() == [(keep, 1)]
     assert store.events(keep)[0]["loss"] == 1.0
 

@@ -10,7 +10,8 @@ import pytest
 from explorer.cli import main
 from explorer.errors import ExplorerError
 from explorer.evaluate import run_task, validation_loss
-from explorer.similarity import cached_distances
+from explorer.data import make_samples
+from explorer.similarity import cached_distances, compute_distances
 from explorer.store import Store
 from explorer.sweep import (
     SweepCancelled,
@@ -104,20 +105,20 @@ def test_restart_resumes_and_a_finished_sweep_is_reused(embedded, sweep):
     assert [strip(p) for p in again["points"]] == [strip(p) for p in sweep["result"]["points"]]
 
 
-def test_healed_points(embedded, tmp_path):
+def test_healed_points(tiny_llama, tmp_path):
     """Healing one step per point adds a healed twin of each point; before healing, the heal
     run's own step-0 evaluation (zero-initialized adapters) equals the plain measurement."""
     store = Store(tmp_path / "runs.sqlite")
-    settings = SweepSettings(**{**TINY, "strategies": ("simple",), "fractions": (0.1,), "heal_steps": 1})
+    settings = SweepSettings(**{**TINY, "model": "tiny", "strategies": ("simple",), "fractions": (0.5,), "heal_steps": 1,
+                                "limit": 4, "seq_len": 16})
     run_id = start_sweep(store, settings)
-    result = run_sweep(embedded, settings, store, run_id)
-    keys = sorted(point_key(p) for p in result["points"])
-    assert keys == [("simple", 0, False), ("simple", 0, True), ("simple", 3, False), ("simple", 3, True)]
-    unhealed = next(p for p in result["points"] if point_key(p) == ("simple", 0, False))
-    loss = validation_loss(embedded, settings.text, settings.val_samples, settings.seq_len, settings.batch_size)
-    assert unhealed["val_loss"] == pytest.approx(loss, rel=1e-5)
-    healed = next(p for p in result["points"] if point_key(p) == ("simple", 3, True))
-    assert healed["val_loss"] != next(p for p in result["points"] if point_key(p) == ("simple", 3, False))["val_loss"]
+    result = run_sweep(tiny_llama, settings, store, run_id)
+    by_key = {point_key(p): p for p in result["points"]}
+    assert sorted(by_key) == [("simple", 0, False), ("simple", 0, True), ("simple", 2, False), ("simple", 2, True)]
+    loss = validation_loss(tiny_llama, settings.text, settings.val_samples, settings.seq_len, settings.batch_size)
+    assert by_key[("simple", 0, False)]["val_loss"] == pytest.approx(loss, rel=1e-5)
+    assert by_key[("simple", 2, True)]["val_loss"] != by_key[("simple", 2, False)]["val_loss"]
+    assert by_key[("simple", 2, True)]["normalized_loss"] is None  # random weights: no better than uniform
 
 
 def test_block_sizes_and_fraction_checks():
@@ -163,15 +164,27 @@ def test_cli_sweep_and_resume(tiny_llama_dir, tmp_path, capsys):
     assert "in [0, 1)" in capsys.readouterr().err
 
 
-def test_device_map_auto_needs_no_code_change(tiny_llama, tiny_llama_dir, tmp_path):
-    """accelerate's device_map="auto" (one device here) loads the model; the similarity pass and
-    the sweep run on it unchanged and agree with the plainly loaded model."""
-    settings = SweepSettings(model=str(tiny_llama_dir), device_map="auto", strategies=("similarity", "simple"),
+# Half the layers on "disk": accelerate dispatches the model with the same per-module hooks
+# (AlignDevicesHook) it uses to spread a large model over several GPUs, on one CPU.
+SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk",
+         "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+
+
+@pytest.mark.parametrize("device_map", ["auto", SPLIT], ids=["auto", "cpu+disk"])
+def test_device_map_needs_no_code_change(tiny_llama, tiny_llama_dir, tmp_path, device_map):
+    """A model placed by accelerate (device_map="auto", one device here; or split across devices
+    with dispatch hooks) runs the similarity pass and the sweep unchanged, with the plainly
+    loaded model's numbers."""
+    settings = SweepSettings(model=str(tiny_llama_dir), device="cpu", device_map=device_map, strategies=("similarity", "simple"),
                              fractions=(0.0, 0.5), limit=4, val_samples=2, sim_samples=2, seq_len=16)
-    spread = load_for_sweep(settings)
-    assert getattr(spread.model, "hf_device_map", None)  # placed by accelerate
+    placed = load_for_sweep(settings)
+    if isinstance(device_map, dict):
+        assert hasattr(placed.model.model.layers[3], "_hf_hook")  # dispatched by accelerate
+    samples = make_samples(tiny_llama.tokenizer, "embedded", 3, 16).ids
+    for ours, plain in zip(compute_distances(placed, samples, 2).distances, compute_distances(tiny_llama, samples, 2).distances):
+        assert ours == pytest.approx(plain, abs=1e-6)
     results = []
-    for loaded in (spread, tiny_llama):
+    for loaded in (placed, tiny_llama):
         store = Store(tmp_path / f"{len(results)}.sqlite")
         results.append(run_sweep(loaded, settings, store, start_sweep(store, settings))["points"])
     for auto, plain in zip(*results, strict=True):

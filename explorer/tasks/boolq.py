@@ -15,6 +15,7 @@ from explorer.models import LoadedModel
 from explorer.tasks import QuestionResult, register
 
 LABELS = ("no", "yes")
+HUB_DATASET = "aps/super_glue"  # what lm-eval's boolq task loads
 
 
 class BoolQTask:
@@ -23,12 +24,13 @@ class BoolQTask:
     metric = "acc"
 
     def __init__(self, boolq_file: str | Path | None = None):
-        from explorer.lmeval import read_boolq
+        from explorer.lmeval import check_hub_dataset, read_boolq
 
         self.boolq_file = boolq_file
         version = importlib.metadata.version("lm_eval")
         if boolq_file is None:
-            self.source = f"BoolQ validation (aps/super_glue via lm-eval {version}, online)"
+            check_hub_dataset(HUB_DATASET, "pass a local BoolQ JSONL with question, passage and answer per line (boolq_file)")
+            self.source = f"BoolQ validation ({HUB_DATASET} via lm-eval {version}, online)"
         else:
             rows = read_boolq(boolq_file)  # fail on a bad file now, before any model work
             self.source = f"BoolQ from {Path(boolq_file).expanduser()} ({len(rows)} questions, lm-eval {version})"

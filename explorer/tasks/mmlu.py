@@ -8,7 +8,7 @@
   answers) about {subject}.\\n\\nQuestion: {question}\\nAnswer:") with each answer's text as the
   continuation, scored by its log-likelihood. `pred` is the length-normalized pick (acc_norm:
   log-likelihood per character, as lm-eval computes it) and the raw pick is kept as `acc`.
-  Small models that answer the letter format at chance do better here.
+  Small models that answer nearly every letter-format question "A" still show a signal here.
 
 k-shot prompts prepend the first k questions of the subject's dev split, solved (lm-eval's
 `first_n` sampler). A local folder uses the original Hendrycks layout: `dev/`, `val/`,
@@ -126,7 +126,8 @@ def choose_subjects(requested: list[str] | str | None, available: list[str] | tu
     for subject in chosen:
         if subject not in available:
             close = difflib.get_close_matches(subject, available, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"choose among {len(available)} subjects such as {', '.join(sorted(available)[:3])}."
+            examples = ", ".join(sorted(available)[:3])
+            hint = f"did you mean {', '.join(close)}?" if close else f"choose among {len(available)} subjects such as {examples}."
             raise ExplorerError(f"Unknown MMLU subject '{subject}': {hint}")
     return sorted(set(chosen))
 
@@ -193,7 +194,7 @@ class MMLUTask:
             if len(examples) < shots:
                 raise ExplorerError(f"The dev split of {subject} has {len(examples)} questions, fewer than {shots} shots.")
         self.source = (
-            f"MMLU {self.format} ({where}, {len(self.subjects)} subjects, {len(self.questions)} {split} questions, "
+            f"MMLU {self.prompt_format} ({where}, {len(self.subjects)} subjects, {len(self.questions)} {split} questions, "
             f"{shots}-shot)"
         )
 
@@ -211,7 +212,7 @@ def subject_title(subject: str) -> str:
 class MMLULetter(MMLUTask):
     name = "mmlu"
     metric = "acc"
-    format = "letter format"
+    prompt_format = "letter format"
 
     @staticmethod
     def question_text(q: MMLUQuestion) -> str:
@@ -238,7 +239,7 @@ class MMLULetter(MMLUTask):
 class MMLUCloze(MMLUTask):
     name = "mmlu-cloze"
     metric = "acc_norm"
-    format = "cloze format"
+    prompt_format = "cloze format"
 
     @staticmethod
     def question_text(q: MMLUQuestion) -> str:

@@ -133,16 +133,15 @@ def load_facts(quiz: Quiz) -> list[tuple[str, str]]:
 
 
 @functools.lru_cache(maxsize=32)
-def generate(name: str, seed: int = 0) -> tuple[QuizQuestion, ...]:
+def generate(quiz: Quiz, seed: int = 0) -> tuple[QuizQuestion, ...]:
     """All questions of a quiz in a seeded random order.
 
     Distractors are other answers of the same quiz (other capitals, other element names), so
     every choice is a plausible answer of the right kind; the gold position is drawn uniformly.
     """
-    quiz = QUIZZES[name]
     facts = load_facts(quiz)
     pool = sorted({answer for _, answer in facts})
-    rng = random.Random(f"{name}:{seed}")
+    rng = random.Random(f"{quiz.name}:{seed}")
     order = list(range(len(facts)))
     rng.shuffle(order)
     questions = []
@@ -151,7 +150,7 @@ def generate(name: str, seed: int = 0) -> tuple[QuizQuestion, ...]:
         choices = rng.sample([a for a in pool if a != gold], CHOICES - 1)
         position = rng.randrange(CHOICES)
         choices.insert(position, gold)
-        questions.append(QuizQuestion(f"{name}/{index}", quiz.template.format(subject), tuple(choices), position))
+        questions.append(QuizQuestion(f"{quiz.name}/{index}", quiz.template.format(subject), tuple(choices), position))
     return tuple(questions)
 
 
@@ -159,12 +158,12 @@ def fewshot_prefix(demonstrations: list[QuizQuestion]) -> str:
     return "".join(f"{q.demonstration()}\n\n" for q in demonstrations)
 
 
-def split(name: str, seed: int, shots: int) -> tuple[list[QuizQuestion], list[QuizQuestion]]:
+def split(quiz: Quiz, seed: int, shots: int) -> tuple[list[QuizQuestion], list[QuizQuestion]]:
     """(demonstrations, scored questions): the last `shots` questions are held out as examples,
     so the scored questions under a limit are the same whatever the number of shots."""
-    questions = list(generate(name, seed))
+    questions = list(generate(quiz, seed))
     if not 0 <= shots < len(questions):
-        raise ExplorerError(f"shots must be between 0 and {len(questions) - 1} for '{name}', got {shots}.")
+        raise ExplorerError(f"shots must be between 0 and {len(questions) - 1} for '{quiz.name}', got {shots}.")
     return questions[len(questions) - shots:], questions[: len(questions) - shots]
 
 
@@ -185,7 +184,7 @@ class QuizTask:
         self.name = quiz.name
         self.seed = seed
         self.shots = shots
-        self.demonstrations, self.questions = split(quiz.name, seed, shots)
+        self.demonstrations, self.questions = split(quiz, seed, shots)
         self.source = (
             f"{quiz.package} {package_version(quiz)}: {quiz.description} "
             f"({len(self.questions)} questions, seed {seed}, {shots}-shot)"

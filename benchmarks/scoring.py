@@ -1,0 +1,164 @@
+"""Questions per second of our scorers against lm-eval on the same questions, same model object.
+
+Two pairs, in one process, each pass timed end to end as a user runs it (lm-eval's time
+includes building its task and requests from our offline config; ours includes building the
+prompts):
+  quiz: our cloze scorer (`run_task(..., "quiz-capitals")`) vs lm-eval on `explorer_quiz_capitals`
+        (goal from issue 5: >= 2x, same predictions);
+  mmlu: our letter-format MMLU scorer (`run_task(..., "mmlu")`, one forward per question) vs
+        lm-eval on the same local CSVs (`explorer_mmlu_<subject>`) (goal from issue 3: >= 3x).
+Each pass is warmed up once, then timed `--repeats` times, interleaved so that load from other
+processes hits both alike; medians are reported. Per-question predictions must be identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from explorer.evaluate import run_task
+from explorer.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
+from explorer.models import load_model
+
+RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
+LETTERS = "ABCD"
+GOALS = {"quiz": 2.0, "mmlu": 3.0}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks scoring", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--quiz", default="quiz-capitals")
+    parser.add_argument("--quiz-questions", type=int, default=100)
+    parser.add_argument("--mmlu-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu"))
+    parser.add_argument("--subject", default="high_school_geography")
+    parser.add_argument("--mmlu-questions", type=int, default=60)
+    parser.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples (both scorers)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=str(RESULTS))
+    return parser.parse_args(argv)
+
+
+def _timed(run: Callable[[], list[str]]) -> tuple[float, list[str]]:
+    start = time.perf_counter()
+    picks = run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, picks
+
+
+def _pair(name: str, ours: Callable[[], list[str]], theirs: Callable[[], list[str]], questions: int, repeats: int) -> dict:
+    """Warm up both, then alternate who goes first; returns medians, ratio and the agreement."""
+    _timed(ours), _timed(theirs)
+    times: dict[str, list[float]] = {"ours": [], "lm_eval": []}
+    picks: dict[str, list[str]] = {}
+    for repeat in range(repeats):
+        order = [("ours", ours), ("lm_eval", theirs)]
+        for key, run in order if repeat % 2 == 0 else order[::-1]:
+            seconds, picks[key] = _timed(run)
+            times[key].append(seconds)
+            print(f"  {name} {key} run {len(times[key])}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    median = {key: statistics.median(t) for key, t in times.items()}
+    return {
+        "questions": questions,
+        "times_s": times,
+        "median_s": median,
+        "questions_per_s": {key: questions / s for key, s in median.items()},
+        "speedup": median["lm_eval"] / median["ours"],
+        "goal": GOALS[name],
+        "same_predictions": picks["ours"] == picks["lm_eval"],
+        "disagreements": sum(a != b for a, b in zip(picks["ours"], picks["lm_eval"])),
+    }
+
+
+def measure(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, device=args.device)
+    folder = Path(tempfile.mkdtemp(prefix="lmeval-bench-"))
+    size = args.batch_size
+
+    quiz_task = write_quiz_task(args.quiz, folder=folder)
+    quiz = _pair(
+        "quiz",
+        lambda: [r.pred for r in run_task(loaded, args.quiz, limit=args.quiz_questions, batch_size=size).per_question],
+        lambda: [
+            LETTERS[p["pred_norm"]]
+            for p in run_lmeval(loaded, [quiz_task], limit=args.quiz_questions, include_path=folder, batch_size=size)["predictions"][quiz_task]
+        ],
+        args.quiz_questions,
+        args.repeats,
+    )
+    [mmlu_task] = write_mmlu_tasks(args.mmlu_dir, [args.subject], folder=folder)
+    mmlu = _pair(
+        "mmlu",
+        lambda: [
+            r.pred
+            for r in run_task(
+                loaded, "mmlu", limit=args.mmlu_questions, batch_size=size,
+                mmlu_dir=args.mmlu_dir, subjects=[args.subject], shots=args.shots,
+            ).per_question
+        ],
+        lambda: [
+            LETTERS[p["pred"]]
+            for p in run_lmeval(
+                loaded, [mmlu_task], limit=args.mmlu_questions, num_fewshot=args.shots, include_path=folder, batch_size=size
+            )["predictions"][mmlu_task]
+        ],
+        args.mmlu_questions,
+        args.repeats,
+    )
+    return {
+        "model": loaded.name,
+        "device": str(loaded.device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_after": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batch_size": size,
+        "quiz": {"task": args.quiz, **quiz},
+        "mmlu": {"subject": args.subject, "shots": args.shots, **mmlu},
+    }
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"{result['model']}, batch {result['batch_size']}, {result['device']} ({result['torch_threads']} threads, "
+        f"load average after {result['load_average_after'][0]:.1f} on {result['cpu_count']} CPUs)",
+        "",
+        "| pair | questions | ours q/s | lm-eval q/s | speedup | goal | same predictions |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in ("quiz", "mmlu"):
+        r = result[name]
+        label = f"{name} ({r['task']})" if name == "quiz" else f"mmlu letter ({r['subject']}, {r['shots']}-shot)"
+        lines.append(
+            f"| {label} | {r['questions']} | {r['questions_per_s']['ours']:.2f} | {r['questions_per_s']['lm_eval']:.2f} "
+            f"| {r['speedup']:.2f}x | {r['goal']:.0f}x | {'yes' if r['same_predictions'] else f'no ({r['disagreements']} differ)'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    result = measure(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(table(result))
+    print(f"\nwritten to {out}")
+    return 0
