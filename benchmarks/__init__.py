@@ -8,4 +8,6 @@ BENCHMARKS = {
     "similarity": "benchmarks.similarity",
     "gpu": "benchmarks.gpu",
     "scoring": "benchmarks.scoring",
+    "heal": "benchmarks.heal",
+    "sweep": "benchmarks.sweep",
 }

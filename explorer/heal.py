@@ -301,6 +301,34 @@ def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch
     return value
 
 
+def train_adapter(
+    peft_model,
+    data: list,
+    config: HealConfig,
+    on_event: OnEvent = lambda event: None,
+    should_stop: ShouldStop = lambda: False,
+    evaluate: Callable[[int], None] | None = None,
+) -> None:
+    """AdamW over `data` with the warm-up/cosine schedule, one "train" event per step, and
+    `evaluate(step)` every `eval_every` steps before the last (the merged model is evaluated
+    instead). `tokens_per_s` counts real (unpadded) tokens over training time only."""
+    device = peft_model.get_input_embeddings().weight.device
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+    peft_model.train()
+    tokens, training_s = 0, 0.0
+    for step, batch in enumerate(data, 1):
+        if should_stop():
+            raise HealCancelled(f"Healing was cancelled after {step - 1} of {config.steps} steps.")
+        lr = lr_at(step - 1, config)
+        started = time.perf_counter()
+        loss = train_step(peft_model, optimizer, batch, lr, step, device)
+        training_s += time.perf_counter() - started
+        tokens += int(batch[1].sum())
+        on_event({"kind": "train", "step": step, "train_loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / training_s})
+        if evaluate and step % config.eval_every == 0 and step < config.steps:
+            evaluate(step)
+
+
 def heal(
     loaded_pruned: LoadedModel,
     config: HealConfig,
@@ -319,24 +347,14 @@ def heal(
     data = training_batches(loaded_pruned, config)  # empty or unreadable text fails before the model copy
     on_event({"kind": "phase", "step": 0, "phase": "preparing adapters" + (" on the nf4 base (QLoRA)" if config.quantize else "")})
     peft_model = training_model(loaded_pruned, config)
-    device = loaded_pruned.device
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    on_event({"kind": "eval", "step": 0, **_evaluate_adapter(peft_model, loaded_pruned, config)})
-    on_event({"kind": "phase", "step": 0, "phase": "training", "trainable_params": sum(p.numel() for p in trainable)})
-    peft_model.train()
-    tokens = 0
-    started = time.perf_counter()
-    for step, batch in enumerate(data, 1):
-        if should_stop():
-            raise HealCancelled(f"Healing was cancelled after {step - 1} of {config.steps} steps.")
-        lr = lr_at(step - 1, config)
-        loss = train_step(peft_model, optimizer, batch, lr, step, device)
-        tokens += int(batch[1].sum())
-        elapsed = time.perf_counter() - started
-        on_event({"kind": "train", "step": step, "train_loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / elapsed})
-        if step % config.eval_every == 0 and step < config.steps:
-            on_event({"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)})
+
+    def evaluate(step: int) -> None:
+        on_event({"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)})
+
+    evaluate(0)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    on_event({"kind": "phase", "step": 0, "phase": "training", "trainable_params": trainable})
+    train_adapter(peft_model, data, config, on_event, should_stop, evaluate)
     on_event({"kind": "phase", "step": config.steps, "phase": "merging the adapter"})
     healed = LoadedModel(
         merge(peft_model, loaded_pruned),

@@ -221,7 +221,7 @@ def _add(store, run_id: int, event: dict) -> None:
     store.add_event(run_id, len(store.events(run_id)), {k: v for k, v in event.items() if k not in ("step", "time")})
 
 
-def _heal_config(settings: SweepSettings):
+def eval_config(settings: SweepSettings):
     """Healing and evaluation settings: the sweep's task, limit and held-out text; evaluations
     only before and after healing (eval_every = steps)."""
     from explorer.heal import HealConfig
@@ -239,7 +239,7 @@ def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, sh
     With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points."""
     from explorer.heal import heal, quick_eval
 
-    config = _heal_config(settings)
+    config = eval_config(settings)
     pruned = prune_block(loaded, block.start, block.n, allow_final=block.includes_final).loaded
     if not settings.heal_steps:
         return {False: quick_eval(pruned, config)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
@@ -20,7 +21,7 @@ from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.errors import ExplorerError
 from explorer.export import mergekit_yaml, save_pruned
-from explorer.heal import HealConfig, complete, default_eval_task, progress, quick_eval
+from explorer.heal import PAPER_RECIPE, HealConfig, complete, default_eval_task, progress, quick_eval
 from explorer.models import LoadedModel, explorer_home, pick_device
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
@@ -44,8 +45,9 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
     if from_heatmap and st.session_state.get("ph_from") != (from_heatmap["start"], from_heatmap["n"]):
         st.session_state["ph_from"] = (from_heatmap["start"], from_heatmap["n"])
         st.session_state[START_KEY], st.session_state[SIZE_KEY] = from_heatmap["start"], from_heatmap["n"]
-    st.session_state.setdefault(SIZE_KEY, max(1, num_layers // 4))
-    st.session_state.setdefault(START_KEY, num_layers - 1 - st.session_state[SIZE_KEY])
+    if st.session_state.get(SIZE_KEY, num_layers) >= num_layers or st.session_state.get(START_KEY, num_layers) >= num_layers:
+        st.session_state[SIZE_KEY] = max(1, num_layers // 4)  # first visit, or a model with fewer layers
+        st.session_state[START_KEY] = num_layers - 1 - st.session_state[SIZE_KEY]
     strategy = st.selectbox("Choose the block by", [MANUAL, *STRATEGIES], key="ph_strategy",
                             help="similarity: the paper's argmin of the angular distance (needs a heatmap run); "
                                  "simple: the deepest n layers before the last; top-cut: the last n layers.")
@@ -74,7 +76,9 @@ def heal_settings() -> HealConfig:
     """The healing and evaluation settings; the quick evaluation after pruning uses the same ones."""
     d = HealConfig()
     with st.expander("Healing and evaluation settings", expanded=False):
-        st.caption("Defaults are a few-minute CPU demo. The paper: QLoRA on C4, LoRA rank 2, lr 3e-4, 5000 steps of batch 16.")
+        p = PAPER_RECIPE
+        st.caption(f"Defaults are a few-minute CPU demo. The paper: {p['method']} on {p['data']}, LoRA rank {p['rank']}, "
+                   f"lr {p['lr']:g}, {p['steps']} steps of batch {p['batch_size']}.")
         c = st.columns(4)
         steps = c[0].number_input("Steps", min_value=1, value=d.steps, key="ph_steps")
         rank = c[1].number_input("LoRA rank", min_value=1, value=d.rank, key="ph_rank")
@@ -164,7 +168,7 @@ def heal_figure(events: list[dict], steps: int) -> go.Figure:
     if evals:
         steps_x = [e["step"] for e in evals]
         fig.add_scatter(x=steps_x + steps_x[::-1], y=[e["ci_high"] for e in evals] + [e["ci_low"] for e in evals][::-1],
-                        fill="toself", fillcolor="rgba(44,160,44,0.15)", line_width=0, hoverinfo="skip",
+                        mode="lines", fill="toself", fillcolor="rgba(44,160,44,0.15)", line_width=0, hoverinfo="skip",
                         name="95% Wilson interval", row=1, col=2)
         fig.add_scatter(x=steps_x, y=[e["accuracy"] for e in evals], mode="lines+markers", name="accuracy",
                         marker_size=8, line_color="rgb(44,160,44)", row=1, col=2)
@@ -199,10 +203,11 @@ def run_summary(run: Run, events: list[dict]) -> None:
         st.success(status)
         result = run.result or {}
         metrics = result.get("metrics", {})
-        rows = {name: metrics[name] for name in ("before_pruning", "after_pruning", "healed") if name in metrics}
-        st.table({name.replace("_", " "): {"held-out loss": f"{m['val_loss']:.3f}",
-                                            "accuracy": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]"}
-                  for name, m in rows.items()})
+        rows = [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
+                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]"}
+                for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
+        if rows:
+            st.dataframe(pd.DataFrame(rows), hide_index=True)
         if result.get("folder"):
             st.info(f"Healed, merged model saved to `{result['folder']}`.")
 

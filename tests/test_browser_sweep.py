@@ -25,15 +25,15 @@ def idle(page) -> None:
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
+COUNT_POINTS = (
+    "el => (el && el._fullData && el.calcdata) ? el._fullData.reduce("
+    "(s, t, i) => s + (t.mode === 'lines+markers' ? el.calcdata[i].length : 0), 0) : 0"
+)
+
+
 def plotted_points(page) -> int:
-    """Points on the accuracy chart's curves (band and ring traces excluded)."""
-    if not page.locator(ACCURACY).count():
-        return 0
-    return page.eval_on_selector(
-        ACCURACY,
-        "el => (el._fullData && el.calcdata) ? el._fullData.reduce("
-        "(s, t, i) => s + (t.mode === 'lines+markers' ? el.calcdata[i].length : 0), 0) : 0",
-    )
+    """Points on the accuracy chart's curves (band and ring traces excluded); 0 while it redraws."""
+    return page.evaluate(f"({COUNT_POINTS})(document.querySelector('{ACCURACY}'))")
 
 
 def watch(page, timeout: float = 240) -> list[tuple[str, int, int, int]]:
@@ -52,7 +52,8 @@ def watch(page, timeout: float = 240) -> list[tuple[str, int, int, int]]:
 
 @pytest.mark.browser
 def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embedded):
-    page.goto(f"{app_url}/sweep")
+    page.goto(app_url)  # through the app's navigation: a page URL opened cold bypasses st.navigation
+    page.get_by_role("link", name=re.compile("Phase-transition sweep")).click()
     page.get_by_role("button", name="Start sweep").wait_for(timeout=180_000)  # the page loads the model first
     page.get_by_text("Chosen fractions").click()
     set_value(page, "Fractions of layers dropped, each in [0, 1)", FRACTIONS)
@@ -67,18 +68,17 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     seen = watch(page)
     status, points, total, plotted = seen[-1]
     assert (status, points, total) == ("done", 9, 9)
-    page.wait_for_function(
-        f"() => {{ const el = document.querySelector('{ACCURACY}'); return el && el.calcdata && el._fullData; }}"
-    )
-    assert plotted_points(page) == 9
+    page.wait_for_function(f"() => ({COUNT_POINTS})(document.querySelector('{ACCURACY}')) === 9")  # after the last redraw
     live = [s for s in seen if s[0] == "running" and 0 < s[1] < s[2]]
     assert live, f"no partial state seen while running: {seen}"
     assert any(p > 0 for *_, p in live)  # the chart drew points before the sweep ended
     assert "Accuracy first reaches chance" in page.locator(MAIN).inner_text()
-    page.screenshot(path="/tmp/sweep.png", full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 2400})  # the main pane scrolls inside the page
+    page.locator(ACCURACY).scroll_into_view_if_needed()
+    page.screenshot(path="/tmp/sweep.png")
 
-    page.goto(f"{app_url}/runs")
-    page.locator(".st-key-runs_selected").click()
+    page.get_by_role("link", name=re.compile("Runs")).click()
+    page.get_by_role("combobox", name="Run", exact=True).click()
     page.get_by_role("option", name=re.compile(r"· sweep ·")).first.click()
     idle(page)
     with page.expect_download() as download:

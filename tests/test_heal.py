@@ -19,7 +19,7 @@ from explorer.heal import (
     lora_targets,
     merge,
     progress,
-    train_step,
+    train_adapter,
     training_batches,
     training_model,
 )
@@ -45,13 +45,6 @@ def logits(model, batch) -> torch.Tensor:
         return model(input_ids=batch[0], attention_mask=batch[1], use_cache=False).logits
 
 
-def train(peft_model, config: HealConfig, data) -> None:
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
-    peft_model.train()
-    for step, batch in enumerate(data, 1):
-        train_step(peft_model, optimizer, batch, config.lr, step, torch.device("cpu"))
-
-
 def base_weights(peft_model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in peft_model.named_parameters() if "lora_" not in name}
 
@@ -68,7 +61,7 @@ def test_lora_learns_leaves_base_untouched_and_merges_exactly(embedded):
     peft_model = training_model(pruned, config)
     before = base_weights(peft_model)
     loss_before = batch_loss(peft_model, data[0])
-    train(peft_model, config, data)
+    train_adapter(peft_model, data, config)
     loss_after = batch_loss(peft_model, data[0])
     assert loss_after < loss_before - 0.05, (loss_before, loss_after)
     after = base_weights(peft_model)
@@ -96,7 +89,7 @@ def test_qlora_on_cpu_trains_an_nf4_base(tiny_llama):
     quantized = [m for m in peft_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 7 * 3 and all(m.weight.quant_state.quant_type == "nf4" for m in quantized)
     loss_before = batch_loss(peft_model, data[0])
-    train(peft_model, config, data)
+    train_adapter(peft_model, data, config)
     assert batch_loss(peft_model, data[0]) < loss_before - 0.05
     merged = merge(peft_model, pruned)
     assert not is_quantized(merged) and merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
@@ -123,7 +116,7 @@ def test_qlora_gradients_match_the_dequantized_model_after_an_evaluation(tiny_ll
     config = HealConfig(**{**TINY, "dropout": 0.0, "steps": 2}, quantize=True).resolved("cpu")
     data = training_batches(pruned, config)
     peft_model = training_model(pruned, config)
-    train(peft_model, config, data)  # B != 0, so every adapter matrix gets a gradient
+    train_adapter(peft_model, data, config)  # B != 0, so every adapter matrix gets a gradient
     batch_loss(peft_model, data[0])  # an evaluation: eval mode, no gradients
     quantized = lora_grads(peft_model, data[0])
 

@@ -183,3 +183,32 @@ def test_brute_force_matches_skipping_layers(tiny_llama, store):
     assert scores.choices(2)["brute_force"] == int(np.argmin(expected))
     assert set(scores.rank_correlations(2)) == {"last_token", "all_tokens", "block_influence", "brute_force"}
     assert cached_brute_force(tiny_llama, 2, "embedded", 4, 24, batch_size=3, store=store)[2]
+
+
+def test_metrics_page(tiny_llama_dir):
+    """The page computes the one-pass metrics, shows each metric's block and the rank table for
+    the chosen n, and adds the brute force on request."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file("../app.py", default_timeout=120)
+    at.run()
+    at.switch_page("pages/metrics.py").run()
+    at.radio(key="model_kind").set_value("Hugging Face id / local path").run()
+    at.text_input(key="model_path").set_value(str(tiny_llama_dir)).run()
+    at.number_input(key="met_samples").set_value(3)
+    at.number_input(key="met_seq_len").set_value(16)
+    at.button(key="met_run").click().run()
+    at.slider(key="met_n").set_value(2).run()
+    assert not at.exception and not at.error
+
+    def tables():
+        choices = next(d.value for d in at.dataframe if "prunes" in d.value.columns)
+        return choices, next(d.value for d in at.dataframe if "prunes" not in d.value.columns)
+
+    choices, correlations = tables()
+    assert len(choices) == 3 and correlations.shape == (3, 3)
+    assert all(p.startswith("layers ") for p in choices.prunes)
+    at.button(key="met_brute").click().run()
+    choices, correlations = tables()
+    assert not at.exception and len(choices) == 4 and correlations.shape == (4, 4)
+    assert len(at.get("plotly_chart")) == 2

