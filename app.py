@@ -1,19 +1,34 @@
 """Layer-Pruning Explorer: reproduce 'The Unreasonable Ineffectiveness of the Deeper Layers' in a browser.
 
-Pages only draw and dispatch; everything they compute lives in `explorer/`.
+This is the home page; Streamlit finds the other pages in `pages/`. Pages only draw and
+dispatch; everything they compute lives in `explorer/`.
 """
 
 import streamlit as st
 
-st.set_page_config(page_title="Layer-Pruning Explorer", page_icon="✂️", layout="wide")
+from pages import page_setup
 
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/similarity.py", title="Similarity heatmap", icon="🗺️", url_path="similarity"),
-    st.Page("pages/prune_heal.py", title="Prune & heal", icon="🩹", url_path="prune-heal"),
-    st.Page("pages/sweep.py", title="Phase-transition sweep", icon="📉", url_path="sweep"),
-    st.Page("pages/metrics.py", title="Metric comparison", icon="⚖️", url_path="metrics"),
-    st.Page("pages/runs.py", title="Runs", icon="🗂️", url_path="runs"),
-]
+page_setup("Home")
+st.title("✂️ Layer-Pruning Explorer")
+st.markdown(
+    """
+Reproduce and explore *The Unreasonable Ineffectiveness of the Deeper Layers*
+(Gromov, Tirumala, Shapourian, Glorioso, Roberts — arXiv 2403.17887, ICLR 2025) on any causal LM.
 
-st.navigation(PAGES).run()
+1. **Similarity heatmap**: run calibration text through a model and see the angular distance
+   d(x<sup>l</sup>, x<sup>l+n</sup>) = arccos(cos-sim)/π between the residual stream entering layer *l*
+   and entering layer *l+n* (last token, averaged over samples) for every *l* and block size *n*.
+   The minimum of each row is the block the paper prunes; click a cell to pick a block.
+2. **Prune & heal**: remove the block, check what it did (loss, QA accuracy, a generation), then heal
+   with LoRA/QLoRA in the background while validation loss and accuracy are plotted live.
+3. **Phase-transition sweep**: drop more and more layers with each strategy (similarity, simple,
+   top-cut) and watch QA accuracy collapse sharply while the loss rises smoothly.
+4. **Metric comparison**: last-token vs all-token angular distance, ShortGPT's Block Influence and
+   the measured loss increase: which block would each prune, and do they agree?
+5. **Runs**: every run is kept in SQLite; compare, delete and export them.
+
+Start with the embedded default model (SmolLM2-135M-Instruct, works offline) or enter a
+Hugging Face id, a local folder or a `.gguf` file in the sidebar of any page.
+""",
+    unsafe_allow_html=True,
+)

@@ -29,6 +29,7 @@ import torch
 from explorer.evaluate import run_task
 from explorer.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
 from explorer.models import load_model
+from explorer.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 LETTERS = "ABCD"
@@ -41,6 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quiz", default="quiz-capitals")
     parser.add_argument("--quiz-questions", type=int, default=100)
+    parser.add_argument("--quiz-shots", type=int, default=None, help="solved quiz examples (default: the quiz's default)")
     parser.add_argument("--mmlu-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu"))
     parser.add_argument("--subject", default="high_school_geography")
     parser.add_argument("--mmlu-questions", type=int, default=60)
@@ -91,10 +93,13 @@ def measure(args: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="lmeval-bench-"))
     size = args.batch_size
 
-    quiz_task = write_quiz_task(args.quiz, folder=folder)
+    quiz_task = write_quiz_task(args.quiz, shots=args.quiz_shots, folder=folder)
+    quiz_options = {} if args.quiz_shots is None else {"shots": args.quiz_shots}
     quiz = _pair(
         "quiz",
-        lambda: [r.pred for r in run_task(loaded, args.quiz, limit=args.quiz_questions, batch_size=size).per_question],
+        lambda: [
+            r.pred for r in run_task(loaded, args.quiz, limit=args.quiz_questions, batch_size=size, **quiz_options).per_question
+        ],
         lambda: [
             LETTERS[p["pred_norm"]]
             for p in run_lmeval(loaded, [quiz_task], limit=args.quiz_questions, include_path=folder, batch_size=size)["predictions"][quiz_task]
@@ -130,7 +135,7 @@ def measure(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "batch_size": size,
-        "quiz": {"task": args.quiz, **quiz},
+        "quiz": {"task": args.quiz, "shots": get_task(args.quiz, **quiz_options).shots, **quiz},
         "mmlu": {"subject": args.subject, "shots": args.shots, **mmlu},
     }
 
@@ -145,10 +150,11 @@ def table(result: dict) -> str:
     ]
     for name in ("quiz", "mmlu"):
         r = result[name]
-        label = f"{name} ({r['task']})" if name == "quiz" else f"mmlu letter ({r['subject']}, {r['shots']}-shot)"
+        agreement = "yes" if r["same_predictions"] else f"no ({r['disagreements']} differ)"
+        label = f"quiz ({r['task']}, {r['shots']}-shot)" if name == "quiz" else f"mmlu letter ({r['subject']}, {r['shots']}-shot)"
         lines.append(
             f"| {label} | {r['questions']} | {r['questions_per_s']['ours']:.2f} | {r['questions_per_s']['lm_eval']:.2f} "
-            f"| {r['speedup']:.2f}x | {r['goal']:.0f}x | {'yes' if r['same_predictions'] else f'no ({r['disagreements']} differ)'} |"
+            f"| {r['speedup']:.2f}x | {r['goal']:.0f}x | {agreement} |"
         )
     return "\n".join(lines)
 

@@ -1,12 +1,12 @@
-"""Background jobs: heavy runs (healing) in their own process, with all state in the store.
+"""Background jobs: heavy runs (healing, sweeps) in their own process, all state in the store.
 
-`submit` inserts a "queued" run and starts `python -m explorer job RUN_ID` detached from
-the caller (its own session, output to logs/RUN_ID.log beside the store, EXPLORER_HOME), so a Streamlit
-rerun, a browser reload or a closed tab neither stops nor loses it; any page or tab sees the
-same job because the page reads only the store. The runner waits its turn (one heavy job at
-a time per machine, FIFO by run id), records every step as an event, and ends as "done"
-(result holds the final metrics and the saved folder), "failed" (error = one line) or
-"cancelled". A runner killed without a chance to record anything (SIGKILL, OOM killer,
+`submit` inserts a "queued" run and starts `python -m explorer job RUN_ID` detached from the
+caller (its own session; output to logs/RUN_ID.log beside the store, i.e. EXPLORER_HOME), so
+a Streamlit rerun, a browser reload or a closed tab neither stops nor loses it, and any page
+or tab sees the same job because pages read only the store. The runner waits its turn (one
+heavy job at a time per machine, FIFO by run id), records every step as an event, and ends
+"done" (result: final metrics and the saved folder), "failed" (error: one line) or
+"cancelled". A runner killed before it could record anything (SIGKILL, the OOM killer, a
 reboot) is found by `reap`, which every listing calls, and marked failed.
 """
 
@@ -143,11 +143,11 @@ def _my_turn(store: Store, run_id: int) -> bool:
     job still queued (FIFO)."""
     reap(store)
     others = [run for status in (*ACTIVE, "cancelled") for run in store.list_runs(status=status)
-              if run.kind in JOBS and run.id != run_id]
+              if run.kind in JOBS and run.id != run_id and run.pid]  # pid: a job, not a foreground CLI run
     return not any(
         run.status == "running"
         or (run.status == "queued" and run.id < run_id)
-        or (run.status == "cancelled" and run.pid and is_alive(run.pid, run.id))
+        or (run.status == "cancelled" and is_alive(run.pid, run.id))
         for run in others
     )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import difflib
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -61,14 +60,16 @@ def quiz_task_name(name: str) -> str:
     return "explorer_" + name.replace("-", "_")
 
 
-def write_quiz_task(name: str, seed: int = 0, shots: int = 0, folder: Path | None = None) -> str:
+def write_quiz_task(name: str, seed: int = 0, shots: int | None = None, folder: Path | None = None) -> str:
     """Write a quiz's questions (test split, in our scoring order) and its few-shot
     demonstrations (train split, taken in order by lm-eval's first_n sampler) as JSONL, and its
-    config; returns the lm-eval task name. Prompts and demonstrations equal our scorer's."""
-    from explorer.tasks.quiz import QUIZZES, split
+    config; returns the lm-eval task name. Prompts and demonstrations equal our scorer's, with
+    the same default number of shots."""
+    from explorer.tasks.quiz import DEFAULT_SHOTS, QUIZZES, split
 
     if name not in QUIZZES:
         raise ExplorerError(f"Unknown quiz '{name}': choose one of {', '.join(sorted(QUIZZES))}.")
+    shots = DEFAULT_SHOTS if shots is None else shots
     folder = folder or lmeval_folder()
     task = quiz_task_name(name)
     demonstrations, questions = split(QUIZZES[name], seed, shots)
@@ -206,11 +207,18 @@ def _load_tasks(manager, tasks: list[str]) -> list:
         try:
             loaded = manager.load(name)
         except Exception as exc:  # offline hub, missing files and bad configs arrive as many types
+            reason = str(exc).splitlines()[0] if str(exc) else ""
             raise ExplorerError(
-                f"lm-eval could not load task '{name}' ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
-                "offline? Use a local source (MMLU CSV folder, BoolQ JSONL) instead."
+                f"lm-eval could not load task '{name}' ({type(exc).__name__}: {reason}): offline? "
+                "Use a local source (MMLU CSV folder, BoolQ JSONL), or check the files its config names."
             ) from exc
-        built.append(loaded.get("groups", {}).get(name) or loaded["tasks"][name])
+        groups, leaves = loaded.get("groups", {}), loaded["tasks"]
+        if name in groups:
+            built.append(groups[name])
+        elif name in leaves:
+            built.append(leaves[name])
+        else:  # a tag: every task it names
+            built.extend(leaves.values())
     return built
 
 
@@ -245,7 +253,6 @@ def run_lmeval(
     check_limit(limit)
     if not tasks:
         raise ExplorerError("No lm-eval task given.")
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 

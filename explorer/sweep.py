@@ -1,7 +1,8 @@
 """Phase-transition sweep: accuracy and loss against the fraction of layers dropped.
 
 For each strategy ("similarity", "simple", "top-cut") and each block size n, the block the
-strategy picks is removed from a COPY of the model (one model load per sweep), and the task
+strategy picks is removed from a copy of the model that shares its weights (one model load
+per sweep, no weight copies), and the task
 accuracy (with its 95% Wilson interval) and the held-out loss are measured; optionally each
 pruned model is healed for a short fixed budget and measured again. This reproduces the
 paper's Figures 1-2: accuracy holds, then collapses to chance at a sharp fraction, while the
@@ -16,6 +17,8 @@ an n (n = 0 for all of them, and often "similarity" and "simple") share one meas
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -234,13 +237,25 @@ def eval_config(settings: SweepSettings):
     )
 
 
+def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
+    """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
+    edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
+    buffers are not. A point then costs no weight copy and no extra memory, which is what lets
+    a sweep over a model that fills the GPU keep one load. Safe because evaluation never
+    writes weights and healing trains on its own copy (heal.training_model)."""
+    model = loaded.model
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
+    return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
+
+
 def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool]) -> dict[bool, dict]:
     """Metrics of the pruned copy ({False: ...}), and of the healed copy ({True: ...}) when healing.
     With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points."""
     from explorer.heal import heal, quick_eval
 
     config = eval_config(settings)
-    pruned = prune_block(loaded, block.start, block.n, allow_final=block.includes_final).loaded
+    pruned = pruned_view(loaded, block)
     if not settings.heal_steps:
         return {False: quick_eval(pruned, config)}
     evals: dict[bool, dict] = {}

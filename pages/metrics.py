@@ -9,7 +9,7 @@ import streamlit as st
 from explorer.metrics import METRICS, MetricScores, brute_force_key, cached_brute_force, cached_scores
 from explorer.models import LoadedModel
 from explorer.sweep_figures import influence_figure, metrics_figure, metrics_frame
-from pages.common import current_model, get_store, model_picker, user_errors
+from pages import current_model, get_store, model_picker, page_setup, user_errors
 
 SCORES_KEY = "metric_scores"  # {"fingerprint", "run_id", "scores" (json), "settings"}
 
@@ -113,4 +113,5 @@ def main() -> None:
     show(loaded, MetricScores.from_json(session["scores"]), session["settings"])
 
 
+page_setup("Metric comparison")
 main()

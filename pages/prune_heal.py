@@ -27,10 +27,10 @@ from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
 from explorer.tasks import task_names
-from pages.common import current_model, get_store, model_picker, user_errors
+from pages import current_model, get_store, model_picker, page_setup, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
-PRUNED_KEY = "ph_pruned"  # {"key", "result": PruneResult, "eval", "reference", "sample", "reference_sample", "saved"}
+PRUNED_KEY = "ph_pruned"  # {"key", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 ACTIVE = ("queued", "running")
@@ -280,4 +280,5 @@ def main() -> None:
         live_view(run_id, False)
 
 
+page_setup("Prune & heal")
 main()

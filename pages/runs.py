@@ -16,7 +16,7 @@ from explorer.runs import headline, mergekit_text, metrics_frame, model_folder, 
 from explorer.similarity import SimilarityResult
 from explorer.store import Run
 from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
-from pages.common import get_store, user_errors
+from pages import get_store, page_setup, user_errors
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
 ACTIVE = ("queued", "running")
@@ -160,4 +160,5 @@ def main() -> None:
         st.error(str(exc), icon="🚫")
 
 
+page_setup("Runs")
 main()

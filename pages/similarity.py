@@ -25,7 +25,7 @@ from explorer.figures import (
 from explorer.models import LoadedModel, decoder_layers, explorer_home, parameter_count
 from explorer.similarity import SimilarityResult, cached_distances, similarity_key
 from explorer.store import Run
-from pages.common import MODEL_KEY, current_model, get_store, model_picker, user_errors
+from pages import MODEL_KEY, current_model, get_store, model_picker, page_setup, user_errors
 
 RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
 BLOCK_KEY = "selected_block"  # read by the prune page
@@ -233,4 +233,5 @@ def main() -> None:
         results(loaded, *shown)
 
 
+page_setup("Similarity heatmap")
 main()

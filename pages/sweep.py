@@ -14,7 +14,6 @@ from explorer.store import Run
 from explorer.sweep import (
     SweepSettings,
     cached_heatmap,
-    default_task,
     first_at_chance,
     parse_fractions,
     latest_phase,
@@ -24,7 +23,7 @@ from explorer.sweep import (
 )
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages.common import current_model, get_store, model_picker, user_errors
+from pages import current_model, get_store, model_picker, page_setup, user_errors
 
 RUN_KEY = "sweep_run"
 ACTIVE = ("queued", "running")
@@ -52,42 +51,50 @@ layer. Dashed lines are the same points after a short LoRA healing run.
 """
 
 
+MODES = ["Every n with a stride", "Chosen fractions"]
+
+
+def widget_values(settings: SweepSettings) -> dict:
+    """Session-state values of the form's widgets for these settings."""
+    values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
+    values["sw_strategies"] = list(settings.strategies)
+    return {**values, "sw_mode": MODES[0], "sw_fractions": "0, 0.1, 0.2, 0.3, 0.4, 0.5"}
+
+
 def apply_preset() -> None:
     """Fill the widgets with the teaching preset (a few minutes on the embedded model on CPU)."""
-    preset = teaching_preset()
-    for key, name in WIDGETS.items():
-        value = getattr(preset, name)
-        st.session_state[key] = list(value) if name == "strategies" else value
-    st.session_state["sw_mode"] = "Every n with a stride"
+    st.session_state.update(widget_values(teaching_preset()))
 
 
 def settings_form(model: dict) -> SweepSettings:
+    """The widgets read their values from session state only (defaults set once here), so the
+    preset button can fill them without Streamlit's default-versus-state warning."""
+    for key, value in widget_values(DEFAULTS).items():
+        st.session_state.setdefault(key, value)
     with st.container(border=True):
         st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
                   help="Embedded model on CPU in a few minutes: every 3rd n, all strategies, 24 quiz questions per point.")
-        strategies = st.multiselect("Strategies", STRATEGIES, default=list(STRATEGIES), key="sw_strategies")
+        strategies = st.multiselect("Strategies", STRATEGIES, key="sw_strategies")
         left, right = st.columns(2)
-        mode = left.radio("Block sizes", ["Every n with a stride", "Chosen fractions"], key="sw_mode", horizontal=True)
-        if mode == "Every n with a stride":
-            stride, fractions = int(right.number_input("Stride", 1, 64, DEFAULTS.stride, key="sw_stride")), None
+        mode = left.radio("Block sizes", MODES, key="sw_mode", horizontal=True)
+        if mode == MODES[0]:
+            stride, fractions = int(right.number_input("Stride", 1, 64, key="sw_stride")), None
         else:
             stride = 1
-            fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)", "0, 0.1, 0.2, 0.3, 0.4, 0.5",
-                                                         key="sw_fractions"))
+            fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)", key="sw_fractions"))
         a, b, c = st.columns(3)
-        names = task_names()
-        task = a.selectbox("Task", names, index=names.index(default_task()), key="sw_task",
+        task = a.selectbox("Task", task_names(), key="sw_task",
                            help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
-        limit = int(b.number_input("Questions per point", 1, 100_000, DEFAULTS.limit, key="sw_limit"))
-        heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, 0, key="sw_heal"))
+        limit = int(b.number_input("Questions per point", 1, 100_000, key="sw_limit"))
+        heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, key="sw_heal"))
         with st.expander("Text and samples"):
-            text = st.text_input("Text for heatmap, held-out loss and healing", DEFAULTS.text, key="sw_text",
+            text = st.text_input("Text for heatmap, held-out loss and healing", key="sw_text",
                                  help="'embedded', 'c4' or a .txt/.jsonl/.parquet path")
             d, e, f, g = st.columns(4)
-            val = int(d.number_input("Held-out samples", 1, 4096, DEFAULTS.val_samples, key="sw_val"))
-            sim = int(e.number_input("Heatmap samples", 1, 4096, DEFAULTS.sim_samples, key="sw_sim"))
-            seq = int(f.number_input("Tokens per sample", 2, 8192, DEFAULTS.seq_len, key="sw_seq"))
-            batch = int(g.number_input("Batch size", 1, 512, DEFAULTS.batch_size, key="sw_batch"))
+            val = int(d.number_input("Held-out samples", 1, 4096, key="sw_val"))
+            sim = int(e.number_input("Heatmap samples", 1, 4096, key="sw_sim"))
+            seq = int(f.number_input("Tokens per sample", 2, 8192, key="sw_seq"))
+            batch = int(g.number_input("Batch size", 1, 512, key="sw_batch"))
     return SweepSettings(
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
@@ -222,4 +229,5 @@ def main() -> None:
         live_view(run_id, False)
 
 
+page_setup("Phase-transition sweep")
 main()

@@ -4,6 +4,7 @@ bad settings fail with one clear message."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -120,7 +121,9 @@ def test_qlora_gradients_match_the_dequantized_model_after_an_evaluation(tiny_ll
     batch_loss(peft_model, data[0])  # an evaluation: eval mode, no gradients
     quantized = lora_grads(peft_model, data[0])
 
-    reference = get_peft_model(copy.deepcopy(pruned.model), peft_model.peft_config["default"])
+    reference_base = copy.deepcopy(pruned.model)
+    adapter = dataclasses.replace(peft_model.peft_config["default"], base_model_name_or_path=reference_base.name_or_path)
+    reference = get_peft_model(reference_base, adapter)
     set_peft_model_state_dict(reference, get_peft_model_state_dict(peft_model, save_embedding_layers=False))
     modules = dict(reference.named_modules())
     for name, module in peft_model.named_modules():

@@ -58,11 +58,12 @@ def test_local_mmlu_csv_without_header_and_letter_answers(mmlu_dir, tmp_path):
     assert [d["answer"] for d in docs] == [LETTERS[q.answer] for q in source]
 
 
-@pytest.mark.parametrize(("quiz", "shots", "limit"), [("quiz-capitals", 0, 20), ("quiz-cities", 2, 6)])
+@pytest.mark.parametrize(("quiz", "shots", "limit"), [("quiz-capitals", 0, 20), ("quiz-cities", None, 6)])
 def test_quiz_matches_lm_eval(embedded, tmp_path, quiz, shots, limit):
+    """None: the quiz's default few-shot setting on both sides."""
     name = write_quiz_task(quiz, shots=shots, folder=tmp_path)
     theirs = run_lmeval(embedded, [name], limit=limit, include_path=tmp_path)
-    task = get_task(quiz, shots=shots)
+    task = get_task(quiz) if shots is None else get_task(quiz, shots=shots)
     ours = run_task(embedded, task, limit=limit).per_question
     samples, predictions = theirs["samples"][name], theirs["predictions"][name]
     assert len(predictions) == len(ours) == limit

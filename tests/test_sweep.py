@@ -87,7 +87,8 @@ def test_unpruned_point_equals_the_unpruned_model(embedded, sweep):
         assert p["accuracy"] == report.accuracy and (p["ci_low"], p["ci_high"]) == (report.ci_low, report.ci_high)
         assert p["val_loss"] == pytest.approx(loss, rel=1e-6)
         assert p["normalized_loss"] == pytest.approx(0.0, abs=1e-9)
-    assert embedded.num_layers == 30  # every point pruned a copy
+    assert embedded.num_layers == 30 and embedded.model.config.num_hidden_layers == 30  # points prune views
+    assert [layer.self_attn.layer_idx for layer in embedded.model.model.layers] == list(range(30))
 
 
 def test_restart_resumes_and_a_finished_sweep_is_reused(embedded, sweep):

@@ -28,6 +28,10 @@ from explorer.tasks import QuestionResult, register
 
 CHOICES = 4
 LETTERS = "ABCD"
+# Three solved questions before each one teach the answer format: measured on the embedded
+# SmolLM2-135M-Instruct (acc_norm, 95% Wilson interval), capitals go from 0.64 [0.58, 0.70]
+# 0-shot to 0.85 [0.80, 0.89] 3-shot and elements from 0.41 [0.32, 0.50] to 0.87 [0.80, 0.92].
+DEFAULT_SHOTS = 3
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ class QuizTask:
     chance = 1 / CHOICES
     metric = "acc_norm"
 
-    def __init__(self, quiz: Quiz, seed: int = 0, shots: int = 0):
+    def __init__(self, quiz: Quiz, seed: int = 0, shots: int = DEFAULT_SHOTS):
         self.quiz = quiz
         self.name = quiz.name
         self.seed = seed

@@ -1,6 +1,11 @@
-"""What every page shares: the model picker, cached model and store, and error display.
+"""What every page shares: navigation, the model picker, cached model and store, error display.
 
-Kept here (not in `explorer/`) because it is Streamlit glue; it computes nothing itself.
+Kept here (not in `explorer/`) because it is Streamlit glue; it computes nothing itself. It is
+the package's `__init__` so Streamlit's discovery of `pages/*.py` does not list it as a page.
+
+Navigation: Streamlit discovers the scripts in `pages/` itself (so a bookmarked page URL works
+even right after a server restart, which `st.navigation` with a `pages/` folder does not), its
+own file-name list is hidden in `.streamlit/config.toml`, and `page_setup` draws this one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,24 @@ from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
 from explorer.store import Store
 
 MODEL_KEY = "model_source"
+
+NAVIGATION = (
+    ("app.py", "Home", "🏠"),
+    ("pages/similarity.py", "Similarity heatmap", "🗺️"),
+    ("pages/prune_heal.py", "Prune & heal", "🩹"),
+    ("pages/sweep.py", "Phase-transition sweep", "📉"),
+    ("pages/metrics.py", "Metric comparison", "⚖️"),
+    ("pages/runs.py", "Runs", "🗂️"),
+)
+
+
+def page_setup(title: str) -> None:
+    """Wide layout, the tab title and the sidebar navigation; every page calls it first."""
+    st.set_page_config(page_title=f"{title} · Layer-Pruning Explorer", page_icon="✂️", layout="wide")
+    with st.sidebar:
+        for path, label, icon in NAVIGATION:
+            st.page_link(path, label=label, icon=icon)
+        st.divider()
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=2)
