@@ -262,6 +262,7 @@ def _print_heal_event(event: dict, steps: int) -> None:
 def _heal(args: argparse.Namespace) -> None:
     """Prune and heal in the foreground: the job runner's code path, printing instead of storing."""
     from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+    from explorer.store import Store
 
     options = {"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}
     config = HealConfig(
@@ -271,7 +272,8 @@ def _heal(args: argparse.Namespace) -> None:
     )
     config.check()
     loaded = _load(args)
-    outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps), allow_final=args.allow_final)
+    outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
+                             allow_final=args.allow_final, store=Store())
     out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
     print(f"healed model saved to {out}")
 

@@ -275,6 +275,33 @@ def quick_eval(loaded: LoadedModel, config: HealConfig) -> dict:
     }
 
 
+EVAL_FIELDS = ("source", "val_samples", "seq_len", "eval_task", "eval_limit", "eval_options", "eval_batch_size")
+
+
+def cached_quick_eval(loaded: LoadedModel, config: HealConfig, store=None) -> dict:
+    """quick_eval stored as a "quick-eval" run keyed by the model's fingerprint and the evaluation
+    settings, so the unpruned model's "before pruning" numbers are computed once and shared by
+    the page, every heal job and the CLI (evaluation is deterministic). No store: just compute."""
+    from explorer.data import source_fingerprint
+
+    config = config.resolved(loaded.device)
+    if store is None:
+        return quick_eval(loaded, config)
+    settings = {name: getattr(config, name) for name in EVAL_FIELDS}
+    digest = json.dumps({**settings, "source": source_fingerprint(config.source)}, sort_keys=True, default=str)
+    key = f"{loaded.fingerprint}|{hashlib.sha1(digest.encode()).hexdigest()[:16]}"
+    if done := store.find_done("quick-eval", key):
+        return done.result
+    run_id = store.create_run("quick-eval", loaded.name, settings, cache_key=key)
+    try:
+        result = quick_eval(loaded, config)
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result)
+    return result
+
+
 def _evaluate_adapter(peft_model, loaded: LoadedModel, config: HealConfig) -> dict:
     """quick_eval of the model with its live adapter; the scorers switch dropout off and back."""
     return quick_eval(LoadedModel(peft_model.get_base_model(), loaded.tokenizer, loaded.name, loaded.fingerprint), config)
@@ -386,10 +413,11 @@ def prune_and_heal(
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
     allow_final: bool = False,
+    store=None,
 ) -> HealOutcome:
-    """The whole run behind the job and the CLI: evaluate the unpruned model once (the
-    "before pruning" reference event), prune [start, start+n) IN PLACE (the caller's own
-    copy; saves a model's worth of memory), heal, and collect the metrics."""
+    """The whole run behind the job and the CLI: evaluate the unpruned model (the "before
+    pruning" reference event; cached in `store`), prune [start, start+n) IN PLACE (the
+    caller's own copy; saves a model's worth of memory), heal, and collect the metrics."""
     from explorer.blocks import check_block
     from explorer.prune import prune_block
 
@@ -403,7 +431,7 @@ def prune_and_heal(
         on_event(event)
 
     on_event({"kind": "phase", "step": 0, "phase": "evaluating the unpruned model"})
-    metrics["before_pruning"] = {"kind": "reference", "step": 0, **quick_eval(loaded, config)}
+    metrics["before_pruning"] = {"kind": "reference", "step": 0, **cached_quick_eval(loaded, config, store)}
     on_event(metrics["before_pruning"])
     if should_stop():
         raise HealCancelled("Healing was cancelled before pruning.")

@@ -203,7 +203,7 @@ def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
     )
     config = HealConfig(**settings.get("heal", {}))
     outcome = prune_and_heal(
-        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False)
+        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store
     )
     on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
     record = outcome_record(outcome, model["source"], loaded.name)

@@ -92,7 +92,9 @@ def write_mmlu_tasks(mmlu_dir: str | Path, subjects: list[str] | str | None = No
 
     Columns are named explicitly and a header row, when present, skipped, so both the original
     header-less files and exports with a header load; pandas' NA parsing is off so a choice
-    such as "None" stays text."""
+    such as "None" stays text. pandas still types an all-numeric column as numbers, so a choice
+    "2.50" in such a column would read back as 2.5: every field of all 57 subjects in
+    ../shared/data/mmlu reads back identical to our CSV reader (checked when this was written)."""
     from explorer.tasks.mmlu import _is_header, choose_subjects, local_subjects, subject_title
 
     root = Path(mmlu_dir).expanduser()

@@ -83,6 +83,29 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
 
 
+def run_figures(run: Run, events: list[dict]) -> list:
+    """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
+    from explorer.figures import heatmap_figure
+    from explorer.metrics import MetricScores
+    from explorer.similarity import SimilarityResult
+    from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
+
+    if run.kind == "similarity" and run.result:
+        return [heatmap_figure(SimilarityResult.from_json(run.result))]
+    if run.kind == "sweep" and (points := [e for e in events if e.get("kind") == "point"]):
+        return [accuracy_figure(points), loss_figure(points)]
+    if run.kind == "metrics" and run.result:
+        scores = MetricScores.from_json(run.result)
+        return [metrics_figure(scores, max(1, scores.num_layers // 4))]
+    return []
+
+
+def figures_html(figures: list) -> str:
+    """All figures in one self-contained HTML page (plotly.js inlined once, works offline)."""
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    return "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
+
+
 def run_json(run: Run, events: list[dict]) -> str:
     """Everything the store holds about the run, as one JSON document."""
     return json.dumps({**asdict(run), "events": events}, indent=1, default=str)

@@ -21,7 +21,7 @@ from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.errors import ExplorerError
 from explorer.export import mergekit_yaml, save_pruned
-from explorer.heal import PAPER_RECIPE, HealConfig, complete, default_eval_task, progress, quick_eval
+from explorer.heal import PAPER_RECIPE, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
 from explorer.models import LoadedModel, explorer_home, pick_device
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
@@ -30,7 +30,7 @@ from explorer.tasks import task_names
 from pages import current_model, get_store, model_picker, page_setup, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
-PRUNED_KEY = "ph_pruned"  # {"key", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
+PRUNED_KEY = "ph_pruned"  # {"fingerprint", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 ACTIVE = ("queued", "running")
@@ -104,17 +104,13 @@ def heal_settings() -> HealConfig:
 
 
 def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str) -> None:
-    """Prune a copy, evaluate both models and keep everything in the session."""
-    key = (loaded.fingerprint, start, n, config.key(), prompt)
+    """Prune a copy, evaluate it against the unpruned model (whose numbers are cached in the
+    store and shared with the heal jobs) and keep everything in the session."""
     with st.spinner("Pruning and evaluating…"):
         result = prune_block(loaded, start, n, allow_final=allow_final)
-        reference = st.session_state.get("ph_reference")
-        if not reference or reference["key"] != (loaded.fingerprint, config.key(), prompt):
-            reference = {"key": (loaded.fingerprint, config.key(), prompt), "eval": quick_eval(loaded, config),
-                         "sample": complete(loaded, prompt)}
-            st.session_state["ph_reference"] = reference
+        reference = {"eval": cached_quick_eval(loaded, config, get_store()), "sample": complete(loaded, prompt)}
         st.session_state[PRUNED_KEY] = {
-            "key": key, "result": result, "eval": quick_eval(result.loaded, config),
+            "fingerprint": loaded.fingerprint, "result": result, "eval": quick_eval(result.loaded, config),
             "sample": complete(result.loaded, prompt), "reference": reference, "saved": None,
         }
 
@@ -258,7 +254,7 @@ def main() -> None:
             settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json()}
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "heal", loaded.name, settings)
         pruned = st.session_state.get(PRUNED_KEY)
-        if pruned and pruned["key"][0] == loaded.fingerprint:
+        if pruned and pruned["fingerprint"] == loaded.fingerprint:
             st.subheader("Pruned model")
             show_pruned(model, pruned)
     st.subheader("Healing")

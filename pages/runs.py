@@ -10,12 +10,18 @@ import streamlit as st
 
 from explorer import jobs
 from explorer.errors import ExplorerError
-from explorer.figures import heatmap_figure
-from explorer.metrics import MetricScores
-from explorer.runs import headline, mergekit_text, metrics_frame, model_folder, run_json, settings_summary
-from explorer.similarity import SimilarityResult
+from explorer.figures import figure_png, png_export_available
+from explorer.runs import (
+    figures_html,
+    headline,
+    mergekit_text,
+    metrics_frame,
+    model_folder,
+    run_figures,
+    run_json,
+    settings_summary,
+)
 from explorer.store import Run
-from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
 from pages import get_store, page_setup, user_errors
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
@@ -39,17 +45,8 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def figures(run: Run, events: list[dict], key: str) -> None:
-    """The run's figures, for the kinds that have them."""
-    if run.kind == "similarity" and run.result:
-        st.plotly_chart(heatmap_figure(SimilarityResult.from_json(run.result)), width="content", key=f"{key}_heat")
-    elif run.kind == "sweep":
-        points = [e for e in events if e.get("kind") == "point"]
-        if points:
-            st.plotly_chart(accuracy_figure(points), key=f"{key}_acc")
-            st.plotly_chart(loss_figure(points), key=f"{key}_loss")
-    elif run.kind == "metrics" and run.result:
-        scores = MetricScores.from_json(run.result)
-        st.plotly_chart(metrics_figure(scores, max(1, scores.num_layers // 4)), key=f"{key}_met")
+    for i, fig in enumerate(run_figures(run, events)):
+        st.plotly_chart(fig, width="content", key=f"{key}_fig{i}")
 
 
 def exports(run: Run, events: list[dict]) -> None:
@@ -59,6 +56,12 @@ def exports(run: Run, events: list[dict]) -> None:
                            key="runs_csv", on_click="ignore")
         st.download_button("Run (JSON)", run_json(run, events), f"{stem}.json", "application/json",
                            key="runs_json", on_click="ignore")
+        if charts := run_figures(run, events):
+            st.download_button("Figures (HTML)", lambda: figures_html(charts), f"{stem}.html", "text/html",
+                               key="runs_html", on_click="ignore")
+            if png_export_available():
+                st.download_button("First figure (PNG)", lambda: figure_png(charts[0]), f"{stem}.png", "image/png",
+                                   key="runs_png", on_click="ignore")
         if yaml := mergekit_text(run):
             st.download_button("mergekit YAML", yaml, f"{stem}-mergekit.yaml", "text/yaml", key="runs_yaml", on_click="ignore")
     if folder := model_folder(run):

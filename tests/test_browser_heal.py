@@ -10,7 +10,7 @@ import time
 import pytest
 
 PLOT = ".st-key-ph_live_plot .js-plotly-plot"
-STEPS = 6
+STEPS = 4
 SCREENSHOT = "/tmp/heal.png"
 
 

@@ -15,11 +15,13 @@ import torch
 from explorer.errors import ExplorerError
 from explorer.heal import (
     HealConfig,
+    cached_quick_eval,
     heal,
     is_quantized,
     lora_targets,
     merge,
     progress,
+    quick_eval,
     train_adapter,
     training_batches,
     training_model,
@@ -149,6 +151,16 @@ def test_heal_reports_every_step_and_evaluations(tiny_llama):
     assert healed.num_layers == 3
     stamped = [{**e, "time": i * 1.0} for i, e in enumerate(train_events)]
     assert progress(stamped[:2], 3) == {"step": 2, "fraction": 2 / 3, "eta_s": 1.0, "phase": None}
+
+
+def test_the_reference_evaluation_is_computed_once_per_model_and_settings(tiny_llama, store):
+    config = HealConfig(**TINY)
+    first = cached_quick_eval(tiny_llama, config, store)
+    assert cached_quick_eval(tiny_llama, config, store) == first
+    assert len(store.list_runs("quick-eval", "done")) == 1
+    assert first == quick_eval(tiny_llama, config)  # the cache holds what a fresh evaluation gives
+    cached_quick_eval(tiny_llama, dataclasses.replace(config, eval_limit=3), store)
+    assert len(store.list_runs("quick-eval", "done")) == 2
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,8 @@ def test_job_runs_in_a_subprocess_and_records_every_step(store, tiny_llama_dir):
     assert (jobs.run_folder(store, run_id) / "config.json").is_file()
     assert (jobs.run_folder(store, run_id) / "mergekit.yaml").is_file()
     assert set(run.result["metrics"]) == {"before_pruning", "after_pruning", "healed"}
+    reference = store.list_runs("quick-eval", "done")  # the unpruned model's numbers, cached for the next heal
+    assert len(reference) == 1 and reference[0].result["val_loss"] == run.result["metrics"]["before_pruning"]["val_loss"]
 
 
 def test_a_killed_job_is_reaped_as_failed_and_keeps_its_events(store, tiny_llama_dir):
