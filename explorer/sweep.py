@@ -2,9 +2,9 @@
 
 For each strategy ("similarity", "simple", "top-cut") and each block size n, the block the
 strategy picks is removed from a copy of the model that shares its weights (one model load
-per sweep, no weight copies), and the task
-accuracy (with its 95% Wilson interval) and the held-out loss are measured; optionally each
-pruned model is healed for a short fixed budget and measured again. This reproduces the
+per sweep, no weight copies), and the task accuracy (with its 95% Wilson interval) and the
+held-out loss are measured; optionally each pruned model is healed for a short fixed budget
+and measured again. This reproduces the
 paper's Figures 1-2: accuracy holds, then collapses to chance at a sharp fraction, while the
 normalized loss rises smoothly (Gromov et al., 2403.17887).
 

@@ -36,7 +36,7 @@ def plotted_points(page) -> int:
     return page.evaluate(f"({COUNT_POINTS})(document.querySelector('{ACCURACY}'))")
 
 
-def watch(page, timeout: float = 240) -> list[tuple[str, int, int, int]]:
+def watch(page, timeout: float = 480) -> list[tuple[str, int, int, int]]:
     """Poll the page until the run is done: (status, points reported, total, points plotted) each time."""
     seen = []
     deadline = time.time() + timeout

@@ -15,7 +15,16 @@ from streamlit.testing.v1 import AppTest
 from explorer.export import mergekit_yaml, save_pruned
 from explorer.metrics import cached_scores
 from explorer.prune import prune_block
-from explorer.runs import headline, mergekit_text, metrics_frame, model_folder, run_json, settings_summary
+from explorer.runs import (
+    figures_html,
+    headline,
+    mergekit_text,
+    metrics_frame,
+    model_folder,
+    run_figures,
+    run_json,
+    settings_summary,
+)
 from explorer.similarity import cached_distances
 from explorer.store import Store
 from explorer.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
@@ -95,7 +104,13 @@ def test_run_json_and_model_exports(runs, tiny_llama_dir):
     assert document["id"] == sweep.id and document["settings"] == sweep.settings
     assert [e for e in document["events"] if e.get("kind") == "point"] == sweep_points(store, sweep.id)
 
+    figures = run_figures(sweep, store.events(sweep.id))
+    assert len(figures) == 2  # accuracy and normalized loss
+    html = figures_html(figures)
+    assert html.count('class="plotly-graph-div"') == 2 and html.count("plotly.js v") == 1  # plotly.js inlined once
+
     prune = store.get_run(runs["prune"])
+    assert run_figures(prune, []) == []
     folder = model_folder(prune)
     assert folder is not None and (folder / "config.json").is_file()
     yaml = mergekit_text(prune)
