@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ import torch
 from explorer.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
 from explorer.models import LoadedModel, load_model
 from explorer.prune import prune_block, strategy_block
+from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "heal.json"
 ARMS = {"a": "ours (training_model + train_adapter)", "b": "plain peft loop", "q": "ours, QLoRA (nf4 base)"}
@@ -153,9 +153,4 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = measure(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(table(result))
-    print(f"\nwritten to {out}")
-    return 0
+    return report(result, args.out, table)

@@ -16,7 +16,6 @@ CPU time is reported beside it because on a shared machine it moves far less wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from explorer.evaluate import run_task
 from explorer.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
 from explorer.models import load_model
 from explorer.tasks import get_task
+from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 LETTERS = "ABCD"
@@ -171,9 +171,4 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = measure(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(table(result))
-    print(f"\nwritten to {out}")
-    return 0
+    return report(result, args.out, table)

@@ -14,7 +14,6 @@ run, so it is timed `--pruneme-repeats` times (default 1). Goal from issue 2: (a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import torch
 from explorer.data import batches, make_samples, pad_batch
 from explorer.models import LoadedModel, load_model
 from explorer.similarity import angular_distance, compute_distances
+from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "similarity.json"
 PASSES = {
@@ -170,9 +170,4 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = measure(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(table(result))
-    print(f"\nwritten to {out}")
-    return 0
+    return report(result, args.out, table)

@@ -17,7 +17,6 @@ the model's load time, which for a hub or GGUF model is far larger than here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from explorer.heal import quick_eval
 from explorer.models import LoadedModel, load_model, parameter_count
 from explorer.prune import prune_block, strategy_block
 from explorer.sweep import SweepSettings, eval_config, parse_fractions, pruned_view
+from benchmarks import report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
 ARMS = {
@@ -164,9 +164,4 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = measure(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(table(result))
-    print(f"\nwritten to {out}")
-    return 0
+    return report(result, args.out, table)
