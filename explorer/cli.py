@@ -216,9 +216,13 @@ def _sweep(args: argparse.Namespace) -> None:
         store.fail_run(run_id, str(exc) or type(exc).__name__)
         raise
     store.finish_run(run_id, result)
-    _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
+    try:
+        _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
+    except OSError as exc:  # a full disk or a read-only folder: the points are safe in the store
+        raise ExplorerError(f"Could not write {args.out} ({exc.strerror or exc}); the sweep is saved as run {run_id}: "
+                            "export it from the Runs page or rerun with another --out (it resumes at once).") from exc
 
 
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:

@@ -161,7 +161,11 @@ def test_cli_sweep_and_resume(tiny_llama_dir, tmp_path, capsys):
     second = json.loads((tmp_path / "b.json").read_text())
     assert all(p["resumed"] for p in second["points"])
     assert [p["accuracy"] for p in second["points"]] == [p["accuracy"] for p in first["points"]]
-    assert main(["sweep", "--fractions", "0,1", "--out", str(tmp_path / "c.json")]) == 2
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")
+    assert main([*args, "--out", str(tmp_path / "file" / "c.json")]) == 2  # unwritable --out: the run is kept
+    assert "the sweep is saved as run" in capsys.readouterr().err
+    assert main(["sweep", "--fractions", "0,1", "--out", str(tmp_path / "d.json")]) == 2
     assert "in [0, 1)" in capsys.readouterr().err
 
 
