@@ -26,7 +26,7 @@ from typing import Iterator
 
 import torch
 
-from explorer.data import batches, pad_batch
+from explorer.data import check_settings, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 
@@ -85,57 +85,130 @@ def inference(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
+    """Keyword arguments the underlying model's forward takes (through a peft wrapper, whose own
+    forward only passes **kwargs on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
 
 
-def _batch_logprobs(loaded: LoadedModel, rows: list[list[int]], first: list[int]) -> list[torch.Tensor]:
-    """One forward over right-padded `rows`; for row i, float32 log-probs [len_i - first[i], V]
-    of the positions first[i] .. len_i - 1 (position t predicts token t + 1)."""
-    input_ids, mask = pad_batch(rows, loaded.tokenizer.pad_token_id or 0)
-    width = input_ids.shape[1]
-    offset = min(first)  # the leftmost position any row needs
-    kwargs = {"logits_to_keep": width - offset} if _accepts_logits_to_keep(loaded.model) else {}
-    logits = loaded.model(
-        input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=False, **kwargs
+def _mixes_prefix_lengths(loaded: LoadedModel) -> bool:
+    """Whether prefixes of different lengths may share a batch before their tails run on the cache.
+
+    Right-padded prefixes leave padding slots inside the cache; the tails skip them through the
+    attention mask and take their true positions from `position_ids`. That holds for a plain
+    attention cache (transformers' DynamicLayer) in a model taking position_ids; a recurrent or
+    sliding-window cache would carry the padding along, so such a model batches equal lengths only."""
+    from transformers.cache_utils import DynamicLayer
+
+    if "position_ids" not in _forward_parameters(loaded.model):
+        return False
+    probe = torch.tensor([[prefix_token_id(loaded.tokenizer)]], device=loaded.device)
+    cache = loaded.model(input_ids=probe, use_cache=True).past_key_values
+    return cache is not None and all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+def _prefix_batches(groups: list[tuple[list[int], list[int]]], batch_size: int, mix_lengths: bool) -> Iterator[list[int]]:
+    """Indices into `groups` (prefix, request indices), longest prefix first (lm-eval's order: an
+    out-of-memory error shows on the first batch), at most `batch_size` requests a batch (at
+    least one group), equal prefix lengths only unless `mix_lengths`."""
+    check_settings(1, 2, batch_size)
+    batch: list[int] = []
+    for g in sorted(range(len(groups)), key=lambda g: -len(groups[g][0])):
+        full = sum(len(groups[i][1]) for i in batch) + len(groups[g][1]) > batch_size
+        if batch and (full or not mix_lengths and len(groups[g][0]) != len(groups[batch[0]][0])):
+            yield batch
+            batch = []
+        batch.append(g)
+    if batch:
+        yield batch
+
+
+def _shared_prefix_logprobs(loaded: LoadedModel, prefixes: list[list[int]], tails: list[list[list[int]]]) -> list[list[torch.Tensor]]:
+    """For each prefix and each of its tails: float32 log-probs [1 + len(tail), V] of the positions
+    from the prefix's last token to the tail's last token (position t predicts token t + 1).
+
+    The prefixes run once, right-padded, keeping their KV cache and only the logits of their last
+    token; the cache is then repeated per tail and the tails run on it in one batch. Scoring k
+    answers to one question thus costs one pass over the question, not k."""
+    model, pad_id = loaded.model, loaded.tokenizer.pad_token_id or 0
+    input_ids, mask = pad_batch(prefixes, pad_id)
+    lengths = mask.sum(dim=1)
+    flat = [tail for group in tails for tail in group]
+    keep = {"logits_to_keep": lengths - 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    out = model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=any(flat), **keep)
+    columns = torch.arange(len(prefixes)) if keep else lengths - 1
+    last = torch.log_softmax(out.logits[torch.arange(len(prefixes)), columns.to(out.logits.device)].float(), dim=-1)
+    result = [[last[b, None]] * len(group) for b, group in enumerate(tails)]
+    if not any(flat):
+        return result
+    owner = torch.tensor([b for b, group in enumerate(tails) for _ in group])
+    cache = out.past_key_values
+    cache.batch_select_indices(owner.to(loaded.device))
+    tail_ids, tail_mask = pad_batch(flat, pad_id)
+    positions = {}  # without position_ids the prefixes have one length (_mixes_prefix_lengths): default positions
+    if "position_ids" in _forward_parameters(model):
+        positions = {"position_ids": (lengths[owner, None] + torch.arange(tail_ids.shape[1])).to(loaded.device)}
+    logits = model(
+        input_ids=tail_ids.to(loaded.device), attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(loaded.device),
+        past_key_values=cache, use_cache=False, **positions,
     ).logits
-    start = width - logits.shape[1]  # 0 without logits_to_keep, `offset` with it
-    return [
-        torch.log_softmax(logits[i, f - start : len(row) - start].float(), dim=-1)
-        for i, (row, f) in enumerate(zip(rows, first))
-    ]
+    row = 0
+    for b, group in enumerate(tails):
+        for k, tail in enumerate(group):
+            result[b][k] = torch.cat([last[b, None], torch.log_softmax(logits[row, : len(tail)].float(), dim=-1)])
+            row += 1
+    return result
 
 
-def _longest_first(lengths: list[int]) -> list[int]:
-    """Indices ordered by decreasing length (lm-eval's order): batches of similar lengths, and
-    the first batch is the largest, so an out-of-memory error shows at once."""
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+def _score_groups(
+    loaded: LoadedModel, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(request index, log-probs from its prefix's last token on) for every request, where
+    `groups` pairs each distinct prefix with its requests and `tails[i]` follows request i's prefix."""
+    mix = not any(tails) or _mixes_prefix_lengths(loaded)  # without tails, padding is harmless (causal attention)
+    for batch in _prefix_batches(groups, batch_size, mix):
+        logprobs = _shared_prefix_logprobs(
+            loaded, [groups[g][0] for g in batch], [[tails[i] for i in groups[g][1]] for g in batch]
+        )
+        for g, group_logprobs in zip(batch, logprobs):
+            yield from zip(groups[g][1], group_logprobs)
+
+
+def _group_by_prefix(prefixes: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """(prefix, indices of the requests that start with it), in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prefix in enumerate(prefixes):
+        groups.setdefault(tuple(prefix), []).append(i)
+    return [(list(prefix), members) for prefix, members in groups.items()]
 
 
 def loglikelihoods(
     loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int = 8
 ) -> list[tuple[float, int, bool]]:
     """For each (context, continuation): the summed log-prob of the continuation tokens, their
-    number, and whether greedy decoding from the context produces exactly those tokens."""
+    number, and whether greedy decoding from the context produces exactly those tokens.
+
+    Requests with the same context (a question's answer choices) share one pass over it."""
     limit = max_length(loaded)
-    inputs, conts = [], []
+    prefixes, tails, conts = [], [], []
     for context, continuation in requests:
         context_enc, cont = encode_pair(loaded.tokenizer, context, continuation)
         if not cont:
             raise ExplorerError(f"The continuation {continuation!r} adds no tokens to its context.")
         if len(cont) > limit:
             raise ExplorerError(f"A continuation of {len(cont)} tokens exceeds the model's context of {limit}.")
-        inputs.append((context_enc + cont)[-(limit + 1):][:-1])
+        row = (context_enc + cont)[-(limit + 1):][:-1]  # what lm-eval feeds the model
+        split = len(row) - len(cont) + 1  # row[split - 1] predicts the first continuation token
+        prefixes.append(row[:split])
+        tails.append(row[split:])
         conts.append(cont)
     results: list[tuple[float, int, bool]] = [(0.0, 0, False)] * len(requests)
     with inference(loaded.model):
-        for chunk in batches(_longest_first([len(x) for x in inputs]), batch_size):
-            rows = [inputs[i] for i in chunk]
-            logprobs = _batch_logprobs(loaded, rows, [len(inputs[i]) - len(conts[i]) for i in chunk])
-            for i, lp in zip(chunk, logprobs):
-                target = torch.tensor(conts[i], device=lp.device)
-                total = lp.gather(1, target[:, None]).sum().item()
-                results[i] = (total, len(conts[i]), bool((lp.argmax(dim=-1) == target).all()))
+        for i, lp in _score_groups(loaded, _group_by_prefix(prefixes), tails, batch_size):
+            target = torch.tensor(conts[i], device=lp.device)
+            total = lp.gather(1, target[:, None]).sum().item()
+            results[i] = (total, len(conts[i]), bool((lp.argmax(dim=-1) == target).all()))
     return results
 
 
@@ -165,11 +238,8 @@ def next_token_logprobs(
     inputs = [(encode(loaded.tokenizer, p) if p else [prefix])[-limit:] for p in prompts]
     out = torch.empty(len(prompts), len(candidates))
     with inference(loaded.model):
-        for chunk in batches(_longest_first([len(x) for x in inputs]), batch_size):
-            rows = [inputs[i] for i in chunk]
-            logprobs = _batch_logprobs(loaded, rows, [len(r) - 1 for r in rows])
-            for i, lp in zip(chunk, logprobs):
-                out[i] = lp[0, ids.to(lp.device)].cpu()
+        for i, lp in _score_groups(loaded, _group_by_prefix(inputs), [[] for _ in inputs], batch_size):
+            out[i] = lp[0, ids.to(lp.device)].cpu()
     return out
 
 

@@ -3,12 +3,17 @@ tokens split by lm-evaluation-harness itself (HFLM._encode_pair on the same in-m
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import pytest
 import torch
 
 from explorer.data import split_documents
 from explorer.errors import ExplorerError
+from explorer.models import LoadedModel
 from explorer.scoring import encode_pair, loglikelihoods, next_token_logprobs
+from tests.families import tiny_family_model
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +113,51 @@ def test_scoring_restores_training_mode(embedded, documents):
 def test_multi_token_candidate_is_rejected(embedded):
     with pytest.raises(ExplorerError, match="not one"):
         next_token_logprobs(embedded, ["Answer:"], [" A", " Antananarivo"])
+
+
+def _choice_requests(documents: list[str]) -> list[tuple[str, str]]:
+    """Questions of different lengths, each with answers of 1 to 6 tokens sharing its context
+    (the cloze layout), interleaved so a batch mixes contexts."""
+    contexts = [" ".join(doc.split()[: 30 + 9 * k]) for k, doc in enumerate(documents[:3])]
+    answers = [" Paris", " the United Nations", " 42", " a long and winding answer of many words"]
+    return [(context, answer) for answer in answers for context in contexts]
+
+
+@contextmanager
+def _positions_counted(model: torch.nn.Module) -> Iterator[list[int]]:
+    """[number of token positions (padding included) the model's embedding layer processes inside the block]."""
+    count = [0]
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: count.__setitem__(0, count[0] + args[0].numel()))
+    try:
+        yield count
+    finally:
+        hook.remove()
+
+
+def test_shared_contexts_match_reference_and_run_once(embedded, hflm, documents):
+    """Answers sharing a context agree with one unbatched forward per answer, while each context
+    runs once: the processed positions are the padded contexts plus the padded answer tails,
+    far fewer than one full row per answer."""
+    requests = _choice_requests(documents)
+    with _positions_counted(embedded.model) as count:
+        ours = loglikelihoods(embedded, requests, batch_size=8)
+    for (context, continuation), (logprob, n_tokens, greedy) in zip(requests, ours):
+        ref_logprob, ref_count, ref_greedy = _reference(embedded, hflm, context, continuation)
+        assert (n_tokens, greedy) == (ref_count, ref_greedy)
+        assert logprob == pytest.approx(ref_logprob, abs=1e-3)
+    full_rows = sum(len(ctx) + len(cont) for ctx, cont in (encode_pair(embedded.tokenizer, *r) for r in requests))
+    assert count[0] < full_rows / 2
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "opt", "gpt_neox", "phi"])
+def test_shared_contexts_across_families(family, embedded, documents):
+    """Padded prefixes + cached tails against one plain forward per request, on families whose
+    caches and position handling differ (gemma2's sliding-window cache batches equal lengths only)."""
+    model = tiny_family_model(family, len(embedded.tokenizer))
+    loaded = LoadedModel(model, embedded.tokenizer, family, f"test:{family}")
+    requests = _choice_requests(documents)
+    ours = loglikelihoods(loaded, requests, batch_size=8)
+    for (context, continuation), (logprob, _, _) in zip(requests, ours):
+        ctx, cont = encode_pair(embedded.tokenizer, context, continuation)
+        reference = _forward_logprobs(loaded, ctx + cont)[len(ctx) - 1 : -1].gather(1, torch.tensor(cont)[:, None]).sum()
+        assert logprob == pytest.approx(reference.item(), abs=1e-4)

@@ -18,6 +18,7 @@ from explorer.data import make_samples
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers, final_norm
 from explorer.similarity import SimilarityResult, cached_distances, compute_distances
+from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-4
 
@@ -166,30 +167,10 @@ def test_unusable_text_leaves_no_run(tiny_llama, store, tmp_path):
     assert store.list_runs(kind="similarity") == []  # failed before a run was created: nothing half-written
 
 
-# Tiny random models of each family the layer adapter supports: the engine must find the
-# residual stream in each and agree with the reference.
-FAMILIES = {
-    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "qwen3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "gemma": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "gemma2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "gemma3_text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "phi": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4),
-    "gpt2": dict(n_embd=32, n_layer=3, n_head=4, n_positions=128),
-    "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=128),
-    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=128),
-}
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_engine_matches_reference_across_families(family, embedded):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(family, vocab_size=len(embedded.tokenizer), **FAMILIES[family])
-    model = AutoModelForCausalLM.from_config(config).eval()
+    """The engine must find the residual stream in each family and agree with the reference."""
+    model = tiny_family_model(family, len(embedded.tokenizer))
     assert len(decoder_layers(model)) == 3 and final_norm(model) is not None
     loaded = LoadedModel(model, embedded.tokenizer, family, f"test:{family}")
     samples = ragged_samples(embedded.tokenizer, [20, 12, 17])
