@@ -161,8 +161,8 @@ def _eval(args: argparse.Namespace) -> None:
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--device-map", default=None, help="'auto' spreads a large model over the devices (accelerate)")
-    parser.add_argument("--teaching", action="store_true", help="the teaching preset: stride 3, few questions, short samples")
-    parser.add_argument("--strategies", default="similarity,simple,top-cut", help="comma-separated: similarity, simple, top-cut")
+    parser.add_argument("--teaching", action="store_true", help="the teaching preset: the embedded model on CPU in a few minutes (explorer.sweep.teaching_preset)")
+    parser.add_argument("--strategies", default=None, help="comma-separated: similarity, simple, top-cut (default: all three)")
     points = parser.add_mutually_exclusive_group()
     points.add_argument("--fractions", default=None, help="comma-separated fractions of layers to drop, each in [0, 1)")
     points.add_argument("--stride", type=int, default=None, help="every stride-th n from 0 to L-1 (default 1)")
@@ -173,8 +173,8 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
     parser.add_argument("--limit", type=int, default=None, help="questions per point")
-    parser.add_argument("--heal-steps", type=int, default=0, help="LoRA steps per point (0: no healing)")
-    parser.add_argument("--text-file", default="embedded", help="text for the heatmap, held-out loss and healing")
+    parser.add_argument("--heal-steps", type=int, default=None, help="LoRA steps per point (0, the default: no healing)")
+    parser.add_argument("--text-file", default=None, help="text for the heatmap, held-out loss and healing (default: embedded)")
     parser.add_argument("--samples", type=int, default=None, help="calibration samples for the heatmap")
     parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
     parser.add_argument("--seq-len", type=int, default=None)
@@ -182,24 +182,31 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True)
 
 
-def _sweep(args: argparse.Namespace) -> None:
-    """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
-    page's job reaper leaves it alone); a rerun with the same settings resumes it."""
-    from explorer.store import Store
-    from explorer.sweep import (
-        SweepCancelled, SweepSettings, describe_point, execute, parse_fractions, start_sweep, teaching_preset,
-    )
+def _sweep_settings(args: argparse.Namespace):
+    """The sweep's settings: the options given on the command line over the defaults, or over
+    the teaching preset with --teaching (so an option left out never overrides the preset)."""
+    from explorer.sweep import SweepSettings, parse_fractions, teaching_preset
 
     given = {
         "model": args.model, "device": args.device, "device_map": args.device_map, "load_in_4bit": args.load_in_4bit,
-        "trust_remote_code": args.trust_remote_code, "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+        "trust_remote_code": args.trust_remote_code,
+        "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip()) if args.strategies is not None else None,
         "fractions": parse_fractions(args.fractions) if args.fractions is not None else None,
         "stride": args.stride, "task": args.task, "limit": args.limit, "task_options": _task_options(args),
         "heal_steps": args.heal_steps, "text": args.text_file, "sim_samples": args.samples,
         "val_samples": args.val_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
-    settings = teaching_preset(**given) if args.teaching else SweepSettings(**given)
+    return teaching_preset(**given) if args.teaching else SweepSettings(**given)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
+    page's job reaper leaves it alone); a rerun with the same settings resumes it."""
+    from explorer.store import Store
+    from explorer.sweep import SweepCancelled, describe_point, execute, start_sweep
+
+    settings = _sweep_settings(args)
     settings.check()
     store = Store()
     run_id = start_sweep(store, settings)

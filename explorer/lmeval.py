@@ -95,7 +95,7 @@ def write_mmlu_tasks(mmlu_dir: str | Path, subjects: list[str] | str | None = No
     such as "None" stays text. pandas still types an all-numeric column as numbers, so a choice
     "2.50" in such a column would read back as 2.5: every field of all 57 subjects in
     ../shared/data/mmlu reads back identical to our CSV reader (checked when this was written)."""
-    from explorer.tasks.mmlu import _is_header, choose_subjects, local_subjects, subject_title
+    from explorer.tasks.mmlu import choose_subjects, is_header, local_subjects, subject_title
 
     root = Path(mmlu_dir).expanduser()
     if not root.is_dir():
@@ -106,7 +106,7 @@ def write_mmlu_tasks(mmlu_dir: str | Path, subjects: list[str] | str | None = No
         files = {part: root / part / f"{subject}_{part}.csv" for part in ("test", "dev")}
         files = {part: path for part, path in files.items() if path.is_file()}
         with open(files["test"], encoding="utf-8", newline="") as handle:
-            header = _is_header(next(csv.reader(handle), []))
+            header = is_header(next(csv.reader(handle), []))
         config = {
             "task": f"explorer_mmlu_{subject}",
             **_template("mmlu_local.yaml"),

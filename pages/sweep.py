@@ -72,8 +72,10 @@ def settings_form(model: dict) -> SweepSettings:
     for key, value in widget_values(DEFAULTS).items():
         st.session_state.setdefault(key, value)
     with st.container(border=True):
+        preset = teaching_preset()
         st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
-                  help="Embedded model on CPU in a few minutes: every 3rd n, all strategies, 24 quiz questions per point.")
+                  help=f"Embedded model on CPU in a few minutes: n = 0, {preset.stride}, {2 * preset.stride}, …, "
+                       f"{' and '.join(preset.strategies)}, {preset.limit} quiz questions per point.")
         strategies = st.multiselect("Strategies", STRATEGIES, key="sw_strategies")
         left, right = st.columns(2)
         mode = left.radio("Block sizes", MODES, key="sw_mode", horizontal=True)

@@ -3,11 +3,12 @@ CLI, and the scale path (device_map="auto") on the tiny llama."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from explorer.cli import main
+from explorer.cli import _sweep_arguments, _sweep_settings, main
 from explorer.errors import ExplorerError
 from explorer.evaluate import run_task, validation_loss
 from explorer.data import make_samples
@@ -24,6 +25,7 @@ from explorer.sweep import (
     start_sweep,
     summary,
     sweep_points,
+    teaching_preset,
 )
 
 TINY = dict(fractions=(0.0, 0.2), limit=8, val_samples=4, sim_samples=4, seq_len=32, batch_size=8)
@@ -195,3 +197,17 @@ def test_device_map_needs_no_code_change(tiny_llama, tiny_llama_dir, tmp_path, d
     for auto, plain in zip(*results, strict=True):
         assert point_key(auto) == point_key(plain)
         assert auto["accuracy"] == plain["accuracy"] and auto["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-5)
+
+
+def _parsed_sweep_settings(argv: list[str]) -> SweepSettings:
+    parser = argparse.ArgumentParser()
+    _sweep_arguments(parser)
+    return _sweep_settings(parser.parse_args([*argv, "--out", "unused.json"]))
+
+
+def test_cli_teaching_preset_keeps_what_is_not_given():
+    """--teaching is the preset itself; only options actually given override it."""
+    assert _parsed_sweep_settings(["--teaching"]) == teaching_preset()
+    chosen = _parsed_sweep_settings(["--teaching", "--strategies", "top-cut", "--limit", "5"])
+    assert (chosen.strategies, chosen.limit, chosen.stride) == (("top-cut",), 5, teaching_preset().stride)
+    assert _parsed_sweep_settings([]) == SweepSettings()

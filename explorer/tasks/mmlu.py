@@ -73,7 +73,8 @@ def parse_answer(text: str) -> int | None:
     return None
 
 
-def _is_header(row: list[str]) -> bool:
+def is_header(row: list[str]) -> bool:
+    """Hendrycks' CSVs have no header row, but re-exported ones often do (…,answer)."""
     return bool(row) and row[-1].strip().lower() in ("answer", "target", "label")
 
 
@@ -84,7 +85,7 @@ def read_csv(path: Path, subject: str, split: str) -> list[MMLUQuestion]:
         with open(path, encoding="utf-8", newline="") as handle:
             reader = csv.reader(handle)
             for row in reader:
-                if not row or (reader.line_num == 1 and _is_header(row)):
+                if not row or (reader.line_num == 1 and is_header(row)):
                     continue
                 where = f"{path} line {reader.line_num}"
                 if len(row) != 6:
