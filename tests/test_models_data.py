@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,8 @@ from explorer.data import (
 )
 from explorer.errors import ExplorerError
 from explorer.models import embedded_gguf_path, layers_path, load_model, parameter_count, resolve_source
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ---- model sources -------------------------------------------------------------------------
@@ -102,6 +108,19 @@ def test_embedded_gguf_file_equals_cached_embedded_model(embedded):
     assert direct.tokenizer("The capital of France is", return_tensors="pt")["input_ids"].tolist() == prompt.tolist()
     with torch.no_grad():
         torch.testing.assert_close(direct.model(prompt).logits, embedded.model(prompt).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_embedded_source_reads_the_gguf_when_its_copy_cannot_be_written(embedded, tmp_path, full_disk):
+    """On a full disk the dequantized copy fails to save: the embedded source falls back to the
+    shipped GGUF (slower, same model) and leaves no partial copy behind."""
+    script = "from explorer.models import resolve_source; print(resolve_source('embedded'))"
+    env = {**os.environ, "EXPLORER_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=full_disk)
+    assert done.returncode == 0, done.stderr
+    gguf = embedded_gguf_path()
+    assert done.stdout.strip().splitlines()[-1] == str(("embedded", str(gguf.parent), gguf.name))
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 # ---- text sources --------------------------------------------------------------------------
