@@ -38,14 +38,16 @@ ACCURACY_TEXT = """
 **What to look for.** Each point removes *n* layers with one strategy and asks the quiz again.
 Accuracy holds near the unpruned model's, then falls to the dotted **random-guess** line over a
 narrow range of *n*: the paper's *phase transition* (for Llama-2-70B on MMLU it sits near half the
-layers). The shaded band is the 95% Wilson interval: with a few dozen questions per point,
-differences inside it are noise. The ring marks the first point whose interval reaches chance.
+layers). A small model has less to spare: the embedded 135M model is at chance by 20–30%. The
+shaded band is the 95% Wilson interval: with a few dozen questions per point, differences inside
+it are noise. The ring marks the first point whose interval reaches chance.
 """
 LOSS_TEXT = """
 **Loss moves differently.** The held-out loss is normalized so 0 is the unpruned model and 1 is
-uniform guessing over the vocabulary. It rises smoothly from the first removed layer, with no
-sharp transition: the paper's contrast between gradual loss degradation and abrupt collapse of
-knowledge QA. Compare the strategies: *similarity* removes the block whose input and output
+uniform guessing over the vocabulary. With the similarity strategy it rises gradually from the
+first removed layer, with no sharp transition: the paper's contrast between gradual loss
+degradation and abrupt collapse of knowledge QA. Above 1 the pruned model is worse than guessing
+uniformly: it is confidently wrong. Compare the strategies: *similarity* removes the block whose input and output
 agree most; *simple* removes the deepest layers but keeps the last; *top-cut* also drops the last
 layer. Dashed lines are the same points after a short LoRA healing run.
 """
