@@ -146,7 +146,7 @@ def _shared_prefix_logprobs(loaded: LoadedModel, prefixes: list[list[int]], tail
         return result
     owner = torch.tensor([b for b, group in enumerate(tails) for _ in group])
     cache = out.past_key_values
-    cache.batch_select_indices(owner.to(loaded.device))
+    cache.batch_select_indices(owner)  # a CPU index works for every device the layers sit on (device_map="auto")
     tail_ids, tail_mask = pad_batch(flat, pad_id)
     positions = {}  # without position_ids the prefixes have one length (_mixes_prefix_lengths): default positions
     if "position_ids" in _forward_parameters(model):
