@@ -306,7 +306,7 @@ def _job(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
-    "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95% interval"),
+    "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from explorer.cli import COMMANDS, main
 from explorer.data import make_samples, split_documents
 from explorer.similarity import compute_distances
 
@@ -110,3 +111,12 @@ def test_bad_input_gives_one_error_line(error_runs, case, words):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ") and words in lines[0]
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS)])
+def test_help_prints_for_every_command(command, capsys):
+    """argparse %-formats help strings: a bare % in one (a "95% interval") made --help crash."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    assert stop.value.code == 0
+    assert "usage: python -m explorer" in capsys.readouterr().out
