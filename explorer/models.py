@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,12 @@ def load_model(
         raise ExplorerError(f"Could not read model files at {location}: {exc}") from exc
     except ValueError as exc:
         raise ExplorerError(f"Could not load '{source}': {str(exc).splitlines()[0]}") from exc
+    except (struct.error, SafetensorError) as exc:  # how the gguf and safetensors readers meet a damaged file
+        where = Path(location) / gguf_file if gguf_file else location
+        raise ExplorerError(
+            f"The model file(s) at {where} are damaged or incomplete ({str(exc).splitlines()[0]}): "
+            "download or export them again."
+        ) from exc
     except torch.OutOfMemoryError as exc:
         raise ExplorerError(f"Out of memory loading '{source}': try 4-bit loading or a smaller model.") from exc
     if gguf_file:

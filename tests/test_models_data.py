@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +49,28 @@ def test_folder_without_config_is_rejected(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ExplorerError, match="no config.json"):
         resolve_source(str(tmp_path))
+
+
+def _damaged_gguf(tmp_path: Path, tiny_llama_dir: Path) -> str:
+    """The first 300 kB of the real embedded GGUF: a download cut short."""
+    path = tmp_path / "cut.gguf"
+    with open(embedded_gguf_path(), "rb") as source:
+        path.write_bytes(source.read(300_000))
+    return str(path)
+
+
+def _damaged_folder(tmp_path: Path, tiny_llama_dir: Path) -> str:
+    """A save_pretrained folder whose weights file holds garbage."""
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_llama_dir, folder)
+    (folder / "model.safetensors").write_bytes(os.urandom(1000))
+    return str(folder)
+
+
+@pytest.mark.parametrize("damage", [_damaged_gguf, _damaged_folder], ids=["gguf", "safetensors"])
+def test_damaged_model_files_give_a_clear_error(damage, tmp_path, tiny_llama_dir):
+    with pytest.raises(ExplorerError, match="damaged or incomplete"):
+        load_model(damage(tmp_path, tiny_llama_dir), device="cpu")
 
 
 def test_resolve_source_kinds(tiny_llama_dir, tmp_path):
