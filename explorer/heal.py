@@ -290,16 +290,7 @@ def cached_quick_eval(loaded: LoadedModel, config: HealConfig, store=None) -> di
     settings = {name: getattr(config, name) for name in EVAL_FIELDS}
     digest = json.dumps({**settings, "source": source_fingerprint(config.source)}, sort_keys=True, default=str)
     key = f"{loaded.fingerprint}|{hashlib.sha1(digest.encode()).hexdigest()[:16]}"
-    if done := store.find_done("quick-eval", key):
-        return done.result
-    run_id = store.create_run("quick-eval", loaded.name, settings, cache_key=key)
-    try:
-        result = quick_eval(loaded, config)
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
-    return result
+    return store.cached("quick-eval", key, loaded.name, settings, lambda: quick_eval(loaded, config))[1]
 
 
 def _evaluate_adapter(peft_model, loaded: LoadedModel, config: HealConfig) -> dict:

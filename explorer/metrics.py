@@ -21,7 +21,6 @@ Memory per batch is (L+1) x real tokens x hidden floats; lower the batch size fo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -200,20 +199,6 @@ def brute_force_losses(
     return {"n": n, "base_loss": base, "loss_increase": increases}
 
 
-def _cached(store, kind: str, key: str, model: str, settings: dict, compute: Callable[[], dict]) -> tuple[int, dict, bool]:
-    """Return a finished run's result for this key, or compute it as a new run (failures recorded)."""
-    if cached := store.find_done(kind, key):
-        return cached.id, cached.result, True
-    run_id = store.create_run(kind, model, settings, cache_key=key)
-    try:
-        result = compute()
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
-    return run_id, result, False
-
-
 def cached_scores(
     loaded: LoadedModel,
     source: str,
@@ -229,8 +214,8 @@ def cached_scores(
     store = store or Store()
     data = make_samples(loaded.tokenizer, source, samples, seq_len)
     settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
-    run_id, result, hit = _cached(
-        store, "metrics", similarity_key(loaded, data.fingerprint), loaded.name, settings,
+    run_id, result, hit = store.cached(
+        "metrics", similarity_key(loaded, data.fingerprint), loaded.name, settings,
         lambda: compute_scores(loaded, data.ids, batch_size, progress).to_json(),
     )
     return run_id, MetricScores.from_json(result), hit
@@ -251,8 +236,8 @@ def cached_brute_force(
 
     store = store or Store()
     settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size, "n": n}
-    return _cached(
-        store, "brute-force", brute_force_key(loaded, n, source, samples, seq_len), loaded.name, settings,
+    return store.cached(
+        "brute-force", brute_force_key(loaded, n, source, samples, seq_len), loaded.name, settings,
         lambda: brute_force_losses(loaded, n, source, samples, seq_len, batch_size, progress),
     )
 

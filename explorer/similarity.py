@@ -174,15 +174,9 @@ def cached_distances(
 
     store = store or Store()
     data = make_samples(loaded.tokenizer, source, samples, seq_len)
-    key = similarity_key(loaded, data.fingerprint)
-    if cached := store.find_done("similarity", key):
-        return cached.id, SimilarityResult.from_json(cached.result), True
     settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
-    run_id = store.create_run("similarity", loaded.name, settings, cache_key=key)
-    try:
-        result = compute_distances(loaded, data.ids, batch_size, progress)
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result.to_json())
-    return run_id, result, False
+    run_id, result, hit = store.cached(
+        "similarity", similarity_key(loaded, data.fingerprint), loaded.name, settings,
+        lambda: compute_distances(loaded, data.ids, batch_size, progress).to_json(),
+    )
+    return run_id, SimilarityResult.from_json(result), hit

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from explorer.errors import ExplorerError
 from explorer.models import explorer_home
@@ -128,6 +128,20 @@ class Store:
 
     def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
         self.update_run(run_id, status=status, error=error)
+
+    def cached(self, kind: str, cache_key: str, model: str, settings: dict, compute: Callable[[], dict]) -> tuple[int, dict, bool]:
+        """(run id, result, from cache): a finished run's result for this key, or `compute()` run as a
+        new run, its failure recorded on the run before it propagates."""
+        if done := self.find_done(kind, cache_key):
+            return done.id, done.result, True
+        run_id = self.create_run(kind, model, settings, cache_key=cache_key)
+        try:
+            result = compute()
+        except BaseException as exc:
+            self.fail_run(run_id, str(exc) or type(exc).__name__)
+            raise
+        self.finish_run(run_id, result)
+        return run_id, result, False
 
     def get_run(self, run_id: int) -> Run:
         with self._connect() as db:
