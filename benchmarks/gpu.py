@@ -15,10 +15,10 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks import RESULTS, report
 from explorer.data import make_samples, pad_batch
 from explorer.heal import HealConfig, merge, train_step, training_batches, training_model
 from explorer.models import LoadedModel, parameter_count
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--out", default="benchmarks/results/gpu.json")
+    parser.add_argument("--out", default=str(RESULTS / "gpu.json"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu: skipped, no CUDA device")
@@ -113,14 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or embedded_folder())
     loaded = random_llama(tokenizer)
     ids = make_samples(tokenizer, args.text, args.samples, args.seq_len).ids
-    report = {
+    result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": loaded.name,
         "params": parameter_count(loaded.model), "similarity": similarity_throughput(loaded, ids, batch_size=16),
     }
     heal_config = dict(source=args.text, steps=args.steps, batch_size=8, seq_len=256, lr=1e-3, rank=16, alpha=32)
-    report["lora_bf16"] = lora_run(loaded, HealConfig(quantize=False, **heal_config))
-    report["qlora_nf4"] = lora_run(loaded, HealConfig(quantize=True, **heal_config))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
-    return 0
+    result["lora_bf16"] = lora_run(loaded, HealConfig(quantize=False, **heal_config))
+    result["qlora_nf4"] = lora_run(loaded, HealConfig(quantize=True, **heal_config))
+    return report(result, args.out, lambda data: json.dumps(data, indent=1))

@@ -22,23 +22,19 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from explorer.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
 from explorer.models import LoadedModel, load_model
 from explorer.prune import prune_block, strategy_block
-from benchmarks import report
+from benchmarks import arguments, report
 
-RESULTS = Path(__file__).resolve().parent / "results" / "heal.json"
 ARMS = {"a": "ours (training_model + train_adapter)", "b": "plain peft loop", "q": "ours, QLoRA (nf4 base)"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks heal", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser = arguments("heal", __doc__)
     parser.add_argument("--n", type=int, default=None, help="layers pruned first (default: a quarter, simple strategy)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -46,8 +42,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--qlora-repeats", type=int, default=1, help="timed QLoRA runs; 0 skips it")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=str(RESULTS))
     return parser.parse_args(argv)
 
 

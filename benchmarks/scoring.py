@@ -31,17 +31,14 @@ from explorer.evaluate import run_task
 from explorer.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
 from explorer.models import load_model
 from explorer.tasks import get_task
-from benchmarks import report
+from benchmarks import arguments, report
 
-RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 LETTERS = "ABCD"
 GOALS = {"quiz": 2.0, "mmlu": 3.0}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks scoring", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser = arguments("scoring", __doc__)
     parser.add_argument("--quiz", default="quiz-capitals")
     parser.add_argument("--quiz-questions", type=int, default=100)
     parser.add_argument("--quiz-shots", type=int, default=None, help="solved quiz examples (default: the quiz's default)")
@@ -51,8 +48,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples (both scorers)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=str(RESULTS))
     return parser.parse_args(argv)
 
 

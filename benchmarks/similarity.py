@@ -19,7 +19,6 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,9 +26,8 @@ import torch
 from explorer.data import batches, make_samples, pad_batch
 from explorer.models import LoadedModel, load_model
 from explorer.similarity import angular_distance, compute_distances
-from benchmarks import report
+from benchmarks import arguments, report
 
-RESULTS = Path(__file__).resolve().parent / "results" / "similarity.json"
 PASSES = {
     "a": "similarity pass (compute_distances)",
     "b": "bare forward, full CausalLM",
@@ -39,17 +37,13 @@ PASSES = {
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks similarity", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser = arguments("similarity", __doc__)
     parser.add_argument("--source", default="embedded", help="calibration text: 'embedded' or a .txt/.jsonl/.parquet file")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pruneme-repeats", type=int, default=1, help="timed runs of (d); 0 skips it")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=str(RESULTS))
     return parser.parse_args(argv)
 
 

@@ -22,7 +22,6 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -31,9 +30,8 @@ from explorer.heal import quick_eval
 from explorer.models import LoadedModel, load_model, parameter_count
 from explorer.prune import prune_block, strategy_block
 from explorer.sweep import SweepSettings, eval_config, parse_fractions, pruned_view
-from benchmarks import report
+from benchmarks import arguments, report
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
 ARMS = {
     "a": "pruned view of the model loaded once (ours)",
     "b": "load the model again + prune in place",
@@ -42,9 +40,7 @@ ARMS = {
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser = arguments("sweep", __doc__)
     parser.add_argument("--fractions", default="0,0.1,0.2,0.3", help="fractions of layers dropped, one point each")
     parser.add_argument("--task", default="", help="default: the sweep's default task")
     parser.add_argument("--limit", type=int, default=16, help="questions per point")
@@ -52,8 +48,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the preparation arms")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=str(RESULTS))
     return parser.parse_args(argv)
 
 
