@@ -11,13 +11,14 @@ own file-name list is hidden in `.streamlit/config.toml`, and `page_setup` draws
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import streamlit as st
 
+from explorer import jobs
 from explorer.errors import ExplorerError
 from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
-from explorer.store import Store
+from explorer.store import Run, Store
 
 MODEL_KEY = "model_source"
 
@@ -88,3 +89,35 @@ def current_model(settings: dict) -> LoadedModel | None:
     except ExplorerError as exc:
         st.error(str(exc), icon="🚫")
         return None
+
+
+def _reaped_run(run_id: int, run_key: str, missing: str) -> Run | None:
+    """The run after marking dead jobs failed, or None (with a warning, and the page forgets the
+    run) when it was deleted meanwhile."""
+    store = get_store()
+    try:
+        jobs.reap(store)
+        return store.get_run(run_id)
+    except ExplorerError as exc:
+        st.warning(f"{exc} {missing}".strip())
+        st.session_state.pop(run_key, None)
+        return None
+
+
+@st.fragment(run_every=2)
+def _poll_job(run_id: int, run_key: str, draw: Callable[[Run], None], missing: str) -> None:
+    """Redraws every 2 s without re-running the page around it; re-runs the whole page once when the
+    job ends, so the finished run is drawn by the page itself."""
+    if run := _reaped_run(run_id, run_key, missing):
+        if run.status not in jobs.ACTIVE:
+            st.rerun()
+        draw(run)
+
+
+def job_view(run_id: int, run_key: str, draw: Callable[[Run], None], missing: str = "") -> None:
+    """`draw(run)` for a background job's run (heal, sweep): live while it is queued or running."""
+    if run := _reaped_run(run_id, run_key, missing):
+        if run.status in jobs.ACTIVE:
+            _poll_job(run_id, run_key, draw, missing)
+        else:
+            draw(run)

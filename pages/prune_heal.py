@@ -19,7 +19,6 @@ from plotly.subplots import make_subplots
 from explorer import jobs
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
-from explorer.errors import ExplorerError
 from explorer.export import mergekit_yaml, save_pruned
 from explorer.heal import PAPER_RECIPE, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
 from explorer.models import LoadedModel, explorer_home, pick_device
@@ -27,13 +26,12 @@ from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
 from explorer.tasks import task_names
-from pages import current_model, get_store, model_picker, page_setup, user_errors
+from pages import current_model, get_store, job_view, model_picker, page_setup, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
-ACTIVE = ("queued", "running")
 MANUAL = "manual (numbers below)"
 
 
@@ -185,7 +183,7 @@ def run_summary(run: Run, events: list[dict]) -> None:
     state = progress(events, steps, time.time())
     where = f"layers {run.settings['start']}-{run.settings['start'] + run.settings['n'] - 1} removed"
     status = f"Heal run #{run.id} · {run.status} · {where} · step {state['step']} / {steps}"
-    if run.status in ACTIVE:
+    if run.status in jobs.ACTIVE:
         eta = "" if state["eta_s"] is None else f" · ETA {state['eta_s'] // 60:.0f} min {state['eta_s'] % 60:.0f} s"
         phase = f" · {state['phase']}" if state["phase"] else ""
         st.progress(state["fraction"], text=f"{status}{eta}{phase}")
@@ -208,26 +206,10 @@ def run_summary(run: Run, events: list[dict]) -> None:
             st.info(f"Healed, merged model saved to `{result['folder']}`.")
 
 
-def live_view(run_id: int, was_active: bool) -> None:
-    store = get_store()
-    try:
-        jobs.reap(store)
-        run = store.get_run(run_id)
-    except ExplorerError as exc:
-        st.warning(str(exc))
-        st.session_state.pop(RUN_KEY, None)
-        return
-    if was_active and run.status not in ACTIVE:
-        st.rerun()  # stop polling: the page redraws the finished run once
-    events = store.events(run_id)
+def heal_view(run: Run) -> None:
+    events = get_store().events(run.id)
     run_summary(run, events)
     st.plotly_chart(heal_figure(events, run.settings["heal"]["steps"]), key="ph_live_plot", theme=None)
-
-
-@st.fragment(run_every=2)
-def live_polling(run_id: int) -> None:
-    """live_view every 2 s while the job runs, without re-running the rest of the page."""
-    live_view(run_id, True)
 
 
 def main() -> None:
@@ -264,16 +246,7 @@ def main() -> None:
             st.caption("No healing run for this model yet.")
             return
         st.session_state[RUN_KEY] = latest.id
-    run_id = st.session_state[RUN_KEY]
-    try:
-        active = get_store().get_run(run_id).status in ACTIVE
-    except ExplorerError:
-        st.session_state.pop(RUN_KEY)
-        return
-    if active:
-        live_polling(run_id)
-    else:
-        live_view(run_id, False)
+    job_view(st.session_state[RUN_KEY], RUN_KEY, heal_view)
 
 
 page_setup("Prune & heal")

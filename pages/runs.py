@@ -25,7 +25,6 @@ from explorer.store import Run
 from pages import get_store, page_setup, user_errors
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
-ACTIVE = ("queued", "running")
 
 
 def when(timestamp: float) -> str:
@@ -72,7 +71,7 @@ def exports(run: Run, events: list[dict]) -> None:
 def delete(run: Run) -> None:
     """Delete with a confirmation step; a running job must be cancelled first."""
     store = get_store()
-    if run.status in ACTIVE:
+    if run.status in jobs.ACTIVE:
         if st.button(f"Cancel run #{run.id}", key="runs_cancel"):
             jobs.cancel(store, run.id)
             st.rerun()

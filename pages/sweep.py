@@ -6,7 +6,6 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import jobs
-from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.prune import STRATEGIES
 from explorer.similarity import cached_distances
@@ -23,10 +22,9 @@ from explorer.sweep import (
 )
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages import current_model, get_store, model_picker, page_setup, user_errors
+from pages import current_model, get_store, job_view, model_picker, page_setup, user_errors
 
 RUN_KEY = "sweep_run"
-ACTIVE = ("queued", "running")
 DEFAULTS = SweepSettings()
 WIDGETS = {  # widget key -> SweepSettings field, for the preset button
     "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
@@ -154,26 +152,17 @@ def plots(run: Run, points: list[dict]) -> None:
                            "text/html", key="sw_loss_html", on_click="ignore")
 
 
-def live_view(run_id: int, was_active: bool) -> None:
-    """Status, progress and plots of one sweep run; re-runs the whole page when a polled run ends."""
+def sweep_view(run: Run) -> None:
+    """Status, progress and plots of one sweep run."""
     store = get_store()
-    try:
-        jobs.reap(store)
-        run = store.get_run(run_id)
-    except ExplorerError as exc:
-        st.warning(f"{exc} Start a new sweep or pick another run.")
-        st.session_state.pop(RUN_KEY, None)
-        return
-    if was_active and run.status not in ACTIVE:
-        st.rerun()
-    points = sweep_points(store, run_id)
-    total = planned_points(store, run_id)
+    points = sweep_points(store, run.id)
+    total = planned_points(store, run.id)
     status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
-    if run.status in ACTIVE:
-        phase = latest_phase(store, run_id)
+    if run.status in jobs.ACTIVE:
+        phase = latest_phase(store, run.id)
         st.progress(len(points) / total if total else 0.0, text=f"{status} · {phase or 'waiting for the job to start'}")
         if st.button("Cancel", key="sw_cancel"):
-            jobs.cancel(store, run_id)
+            jobs.cancel(store, run.id)
     elif run.status == "failed":
         st.error(f"{status}: {run.error}", icon="🚫")
     elif run.status == "cancelled":
@@ -182,12 +171,6 @@ def live_view(run_id: int, was_active: bool) -> None:
         st.success(status)
     if points:
         plots(run, points)
-
-
-@st.fragment(run_every=2)
-def live_polling(run_id: int) -> None:
-    """live_view re-run every 2 s while the job runs, without re-running the page around it."""
-    live_view(run_id, True)
 
 
 def run_picker(source: str) -> int | None:
@@ -221,16 +204,8 @@ def main() -> None:
                      help="Runs as a background job; a sweep with the same settings resumes from finished points."):
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, settings.to_json())
     run_id = run_picker(model["source"])
-    if run_id is None:
-        return
-    try:
-        active = get_store().get_run(run_id).status in ACTIVE
-    except ExplorerError:
-        active = False
-    if active:
-        live_polling(run_id)
-    else:
-        live_view(run_id, False)
+    if run_id is not None:
+        job_view(run_id, RUN_KEY, sweep_view, "Start a new sweep or pick another run.")
 
 
 page_setup("Phase-transition sweep")
