@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 from explorer.errors import ExplorerError
 
@@ -62,18 +62,24 @@ def _txt_documents(path: Path) -> Iterable[str]:
     return (block.strip() for block in re.split(r"\n[ \t]*\n", text) if block.strip())
 
 
-def _jsonl_documents(path: Path) -> Iterable[str]:
+def jsonl_values(path: Path, name: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line of a JSON Lines file; a line that is not
+    JSON fails with its number, the file shown as `name`."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ExplorerError(f"{path.name} line {number} is not valid JSON ({exc.msg}).") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ExplorerError(f"{path.name} line {number} has no string field 'text'.")
-            yield record["text"]
+                raise ExplorerError(f"{name} line {number} is not valid JSON ({exc.msg}).") from exc
+
+
+def _jsonl_documents(path: Path) -> Iterable[str]:
+    for number, record in jsonl_values(path, path.name):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ExplorerError(f"{path.name} line {number} has no string field 'text'.")
+        yield record["text"]
 
 
 def _parquet_documents(path: Path) -> Iterable[str]:

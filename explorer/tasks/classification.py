@@ -33,11 +33,11 @@ from __future__ import annotations
 import csv
 import functools
 import importlib.metadata
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from explorer.data import jsonl_values
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import loglikelihoods
@@ -114,17 +114,10 @@ def _rows_csv(path: Path) -> list[tuple[int, object, object]]:
 
 def _rows_jsonl(path: Path) -> list[tuple[int, object, object]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExplorerError(f"{path} line {number} is not valid JSON ({exc.msg}).") from exc
-            if not isinstance(record, dict):
-                raise ExplorerError(f"{path} line {number} is not an object with 'text' and 'label'.")
-            rows.append((number, record.get("text"), record.get("label")))
+    for number, record in jsonl_values(path, str(path)):
+        if not isinstance(record, dict):
+            raise ExplorerError(f"{path} line {number} is not an object with 'text' and 'label'.")
+        rows.append((number, record.get("text"), record.get("label")))
     return rows
 
 
