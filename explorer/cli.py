@@ -148,8 +148,8 @@ def _task_options(args: argparse.Namespace) -> dict:
 def _eval(args: argparse.Namespace) -> None:
     """Score one task; the task (data, subjects, options) is checked before the model loads."""
     from explorer.data import check_settings
-    from explorer.evaluate import check_limit, run_task
-    from explorer.tasks import get_task
+    from explorer.evaluate import run_task
+    from explorer.tasks import check_limit, get_task
 
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)

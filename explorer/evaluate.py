@@ -18,7 +18,7 @@ from explorer.data import batches, check_settings, make_samples, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import inference
-from explorer.tasks import QuestionResult, Task, get_task
+from explorer.tasks import QuestionResult, Task, check_limit, get_task
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -116,12 +116,6 @@ class TaskReport:
             "alt_metrics": {name: asdict(acc) for name, acc in self.alt_metrics.items()},
             "per_question": [asdict(r) for r in self.per_question],
         }
-
-
-def check_limit(limit: int | None) -> None:
-    """Reject a question cap below 1 before any model loads (None means every question)."""
-    if limit is not None and limit < 1:
-        raise ExplorerError(f"The question limit must be at least 1 (got {limit}); leave it out to use every question.")
 
 
 def run_task(loaded: LoadedModel, task: str | Task, limit: int | None = None, batch_size: int = 8, **options) -> TaskReport:

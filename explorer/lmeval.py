@@ -24,6 +24,7 @@ import yaml
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, explorer_home
 from explorer.scoring import cloze_picks, inference
+from explorer.tasks import check_limit
 
 TEMPLATES = Path(__file__).parent / "lmeval_tasks"
 MMLU_COLUMNS = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
@@ -250,8 +251,6 @@ def run_lmeval(
     {task: [predictions(sample) per question, in document order]}. `limit` takes the first
     questions of each task; `num_fewshot` None keeps each task's own setting.
     """
-    from explorer.evaluate import check_limit
-
     check_limit(limit)
     if not tasks:
         raise ExplorerError("No lm-eval task given.")

@@ -68,8 +68,7 @@ class SweepSettings:
 
     def check(self) -> None:
         """Reject impossible settings before any model loads."""
-        from explorer.evaluate import check_limit
-        from explorer.tasks import get_task
+        from explorer.tasks import check_limit, get_task
 
         if not self.strategies:
             raise ExplorerError("Choose at least one strategy.")

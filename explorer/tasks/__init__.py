@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
@@ -30,6 +30,21 @@ class QuestionResult:
     @property
     def correct(self) -> bool:
         return self.pred == self.gold
+
+
+T = TypeVar("T")
+
+
+def check_limit(limit: int | None) -> None:
+    """Reject a question cap below 1 before any model loads (None means every question)."""
+    if limit is not None and limit < 1:
+        raise ExplorerError(f"The question limit must be at least 1 (got {limit}); leave it out to use every question.")
+
+
+def limited(items: list[T], limit: int | None) -> list[T]:
+    """The first `limit` questions a task scores (all of them for None)."""
+    check_limit(limit)
+    return items[:limit]
 
 
 class Task(Protocol):

@@ -41,7 +41,7 @@ from explorer.data import jsonl_values
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import loglikelihoods
-from explorer.tasks import QuestionResult, register
+from explorer.tasks import QuestionResult, limited, register
 
 MAX_SHOTS = 32
 DEMO_EVERY = 10  # local files: rows 9, 19, 29, ... form the demonstration pool
@@ -257,12 +257,9 @@ class ClassificationTask:
         return solved + self.prompt(example.text)
 
     def score(self, loaded: LoadedModel, limit: int | None = None, batch_size: int = 8) -> list[QuestionResult]:
-        from explorer.evaluate import check_limit  # evaluate imports the registry, which imports this module
-
-        check_limit(limit)
+        examples = limited(self.examples, limit)
         if loaded.model.get_output_embeddings() is None:
             raise ExplorerError(f"{loaded.name} has no LM head to score label words with.")
-        examples = self.examples[:limit]
         requests = [(self.context(e), f" {word}") for e in examples for word in self.words]
         scores = [logprob for logprob, _, _ in loglikelihoods(loaded, requests, batch_size)]
         size = len(self.words)

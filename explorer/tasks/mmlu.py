@@ -30,7 +30,7 @@ from pathlib import Path
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import cloze_picks, loglikelihoods, next_token_logprobs
-from explorer.tasks import QuestionResult, register
+from explorer.tasks import QuestionResult, limited, register
 
 LETTERS = "ABCD"
 SPLITS = ("test", "val", "dev")
@@ -200,10 +200,7 @@ class MMLUTask:
         )
 
     def selected(self, limit: int | None) -> list[MMLUQuestion]:
-        from explorer.evaluate import check_limit  # evaluate imports the registry, which imports this module
-
-        check_limit(limit)
-        return self.questions[:limit]
+        return limited(self.questions, limit)
 
 
 def subject_title(subject: str) -> str:

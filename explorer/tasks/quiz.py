@@ -24,7 +24,7 @@ from typing import Callable
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import cloze_picks, loglikelihoods
-from explorer.tasks import QuestionResult, register
+from explorer.tasks import QuestionResult, limited, register
 
 CHOICES = 4
 LETTERS = "ABCD"
@@ -195,10 +195,7 @@ class QuizTask:
         )
 
     def selected(self, limit: int | None) -> list[QuizQuestion]:
-        from explorer.evaluate import check_limit  # evaluate imports the registry, which imports this module
-
-        check_limit(limit)
-        return self.questions[:limit]
+        return limited(self.questions, limit)
 
     def score(self, loaded: LoadedModel, limit: int | None = None, batch_size: int = 8) -> list[QuestionResult]:
         questions = self.selected(limit)
