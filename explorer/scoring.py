@@ -94,7 +94,7 @@ def _forward_parameters(model: torch.nn.Module) -> set[str]:
     return set(inspect.signature(base.forward).parameters)
 
 
-def _mixes_prefix_lengths(loaded: LoadedModel) -> bool:
+def _mixes_prefix_lengths(loaded: LoadedModel, parameters: set[str]) -> bool:
     """Whether prefixes of different lengths may share a batch before their tails run on the cache.
 
     Right-padded prefixes leave padding slots inside the cache; the tails skip them through the
@@ -103,7 +103,7 @@ def _mixes_prefix_lengths(loaded: LoadedModel) -> bool:
     sliding-window cache would carry the padding along, so such a model batches equal lengths only."""
     from transformers.cache_utils import DynamicLayer
 
-    if "position_ids" not in _forward_parameters(loaded.model):
+    if "position_ids" not in parameters:
         return False
     probe = torch.tensor([[prefix_token_id(loaded.tokenizer)]], device=loaded.device)
     cache = loaded.model(input_ids=probe, use_cache=True).past_key_values
@@ -126,18 +126,21 @@ def _prefix_batches(groups: list[tuple[list[int], list[int]]], batch_size: int, 
         yield batch
 
 
-def _shared_prefix_logprobs(loaded: LoadedModel, prefixes: list[list[int]], tails: list[list[list[int]]]) -> list[list[torch.Tensor]]:
+def _shared_prefix_logprobs(
+    loaded: LoadedModel, parameters: set[str], prefixes: list[list[int]], tails: list[list[list[int]]]
+) -> list[list[torch.Tensor]]:
     """For each prefix and each of its tails: float32 log-probs [1 + len(tail), V] of the positions
     from the prefix's last token to the tail's last token (position t predicts token t + 1).
 
     The prefixes run once, right-padded, keeping their KV cache and only the logits of their last
     token; the cache is then repeated per tail and the tails run on it in one batch. Scoring k
-    answers to one question thus costs one pass over the question, not k."""
+    answers to one question thus costs one pass over the question, not k. `parameters`: what the
+    model's forward accepts (`_forward_parameters`)."""
     model, pad_id = loaded.model, loaded.tokenizer.pad_token_id or 0
     input_ids, mask = pad_batch(prefixes, pad_id)
     lengths = mask.sum(dim=1)
     flat = [tail for group in tails for tail in group]
-    keep = {"logits_to_keep": lengths - 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    keep = {"logits_to_keep": lengths - 1} if "logits_to_keep" in parameters else {}
     out = model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=any(flat), **keep)
     columns = torch.arange(len(prefixes)) if keep else lengths - 1
     last = torch.log_softmax(out.logits[torch.arange(len(prefixes)), columns.to(out.logits.device)].float(), dim=-1)
@@ -149,7 +152,7 @@ def _shared_prefix_logprobs(loaded: LoadedModel, prefixes: list[list[int]], tail
     cache.batch_select_indices(owner)  # a CPU index works for every device the layers sit on (device_map="auto")
     tail_ids, tail_mask = pad_batch(flat, pad_id)
     positions = {}  # without position_ids the prefixes have one length (_mixes_prefix_lengths): default positions
-    if "position_ids" in _forward_parameters(model):
+    if "position_ids" in parameters:
         positions = {"position_ids": (lengths[owner, None] + torch.arange(tail_ids.shape[1])).to(loaded.device)}
     logits = model(
         input_ids=tail_ids.to(loaded.device), attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(loaded.device),
@@ -168,10 +171,11 @@ def _score_groups(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(request index, log-probs from its prefix's last token on) for every request, where
     `groups` pairs each distinct prefix with its requests and `tails[i]` follows request i's prefix."""
-    mix = not any(tails) or _mixes_prefix_lengths(loaded)  # without tails, padding is harmless (causal attention)
+    parameters = _forward_parameters(loaded.model)
+    mix = not any(tails) or _mixes_prefix_lengths(loaded, parameters)  # without tails, padding is harmless (causal attention)
     for batch in _prefix_batches(groups, batch_size, mix):
         logprobs = _shared_prefix_logprobs(
-            loaded, [groups[g][0] for g in batch], [[tails[i] for i in groups[g][1]] for g in batch]
+            loaded, parameters, [groups[g][0] for g in batch], [[tails[i] for i in groups[g][1]] for g in batch]
         )
         for g, group_logprobs in zip(batch, logprobs):
             yield from zip(groups[g][1], group_logprobs)
