@@ -69,6 +69,7 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     status, points, total, plotted = seen[-1]
     assert (status, points, total) == ("done", 9, 9)
     page.wait_for_function(f"() => ({COUNT_POINTS})(document.querySelector('{ACCURACY}')) === 9")  # after the last redraw
+    idle(page)  # the page's own redraw of the finished run replaces the polled chart when its script run ends
     live = [s for s in seen if s[0] == "running" and 0 < s[1] < s[2]]
     assert live, f"no partial state seen while running: {seen}"
     assert any(p > 0 for *_, p in live)  # the chart drew points before the sweep ended
