@@ -50,7 +50,7 @@ def test_prune_then_heal_live(app_url, page, embedded):
 
     page.get_by_role("button", name="Prune", exact=True).click()
     page.get_by_text(re.compile(f"Removed layers 20-23 of {embedded.num_layers}")).wait_for(timeout=180_000)
-    assert page.get_by_text("Pruned completes", exact=True).is_visible()
+    page.get_by_text("Pruned completes", exact=True).wait_for(timeout=30_000)  # streamed after the summary
     wait_idle(page)
 
     page.get_by_role("button", name="Start healing").click()
@@ -68,4 +68,4 @@ def test_prune_then_heal_live(app_url, page, embedded):
     assert max(points) > points[0], f"the plot never gained points: {seen}"
     assert len(set(steps)) >= 3, f"the step counter did not advance while polling: {seen}"
     assert page.get_by_text(re.compile(r"Heal run #\d+ · done")).count(), f"the job did not finish: {seen}"
-    assert page.get_by_text("Healed, merged model saved to").is_visible()
+    page.get_by_text("Healed, merged model saved to").wait_for(timeout=30_000)
