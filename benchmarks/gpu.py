@@ -97,7 +97,7 @@ def lora_run(loaded: LoadedModel, config: HealConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
-    from explorer.models import embedded_folder
+    from explorer.models import EMBEDDED, resolve_source
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks gpu")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded model's)")
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu: skipped, no CUDA device")
         return 0
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or embedded_folder())
+    _, location, gguf_file = resolve_source(args.tokenizer or EMBEDDED)  # the GGUF itself if no copy could be written
+    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
     loaded = random_llama(tokenizer)
     ids = make_samples(tokenizer, args.text, args.samples, args.seq_len).ids
     result = {

@@ -36,13 +36,6 @@ def _mergeable(model: nn.Module) -> nn.Module:
     return model
 
 
-def _drop_leftover_quantization(model: nn.Module) -> None:
-    """A `quantization_config` without a live quantizer (GGUF weights arrive dequantized) would make
-    `from_pretrained` look for quantized weights that are not there; real bitsandbytes models keep it."""
-    if getattr(model, "hf_quantizer", None) is None and hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-
 def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
     """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder.
 
@@ -51,7 +44,6 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
     later, and keeps whatever `folder` already held."""
     folder = Path(folder)
     model = _mergeable(loaded.model)
-    _drop_leftover_quantization(model)
     scratch = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
