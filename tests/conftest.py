@@ -156,10 +156,27 @@ def browser():
         chromium.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so `page` can tell whether its test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture()
-def page(browser):
+def page(browser, request):
+    """A fresh browser tab; when its test fails, a screenshot and the page's text are saved
+    beside the app's log and the text is printed, so a CI failure shows what the user saw."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
     yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        stem = Path(os.environ["EXPLORER_HOME"]) / f"failed-{request.node.name}"
+        page.screenshot(path=f"{stem}.png", full_page=True)
+        text = page.locator("body").inner_text()
+        Path(f"{stem}.txt").write_text(text)
+        print(f"Page text at failure (screenshot {stem}.png):\n{text}")
     context.close()
