@@ -50,13 +50,14 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
                             help="similarity: the paper's argmin of the angular distance (needs a heatmap run); "
                                  "simple: the deepest n layers before the last; top-cut: the last n layers.")
     left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
-    n = int(middle.number_input("Block size n", min_value=0, max_value=num_layers - 1, step=1, key=SIZE_KEY))
+    n = int(middle.number_input("Block size n", min_value=0, max_value=num_layers - 1,
+                                value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY))
     if strategy != MANUAL:
         with user_errors():
             block = strategy_block(strategy, n, num_layers, latest_similarity(loaded) if strategy == "similarity" else None)
             st.session_state[START_KEY] = block.start
-    start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1, step=1, key=START_KEY,
-                                  disabled=strategy != MANUAL))
+    start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1,
+                                  value=st.session_state[START_KEY], step=1, key=START_KEY, disabled=strategy != MANUAL))
     allow_final = right.checkbox("Allow removing the final layer", key="ph_allow_final",
                                  help="The paper shows the final layer must be kept; top-cut removes it by design.")
     if from_heatmap and (start, n) == (from_heatmap["start"], from_heatmap["n"]):

@@ -146,9 +146,11 @@ def default_block(result: SimilarityResult) -> None:
 
 
 def block_inputs() -> tuple[int, int]:
+    """The block's numbers, set by clicks and by `default_block` through session state; passed as
+    defaults too, so inputs the browser mounts late start there (see pages/sweep.settings_form)."""
     left, right = st.columns(2)
-    start = left.number_input("First layer l", min_value=0, step=1, key=START_KEY)
-    n = right.number_input("Block size n", min_value=1, step=1, key=SIZE_KEY)
+    start = left.number_input("First layer l", min_value=0, value=st.session_state[START_KEY], step=1, key=START_KEY)
+    n = right.number_input("Block size n", min_value=1, value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY)
     return int(start), int(n)
 
 

@@ -67,36 +67,40 @@ def apply_preset() -> None:
 
 
 def settings_form(model: dict) -> SweepSettings:
-    """The widgets read their values from session state only (defaults set once here), so the
-    preset button can fill them without Streamlit's default-versus-state warning."""
-    for key, value in widget_values(DEFAULTS).items():
-        st.session_state.setdefault(key, value)
+    """The form's values live in session state (the preset button writes them there). Each widget
+    also gets its value as its default: the browser mounts a widget it has not drawn yet from its
+    default, so a click while the page is still loading would otherwise reset the form to each
+    widget's first option or minimum (and send that back as the user's choice)."""
+    state = {key: st.session_state.setdefault(key, value) for key, value in widget_values(DEFAULTS).items()}
     with st.container(border=True):
         preset = teaching_preset()
         st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
                   help=f"Embedded model on CPU in a few minutes: n = 0, {preset.stride}, {2 * preset.stride}, …, "
                        f"{' and '.join(preset.strategies)}, {preset.limit} quiz questions per point.")
-        strategies = st.multiselect("Strategies", STRATEGIES, key="sw_strategies")
+        strategies = st.multiselect("Strategies", STRATEGIES, default=state["sw_strategies"], key="sw_strategies")
         left, right = st.columns(2)
-        mode = left.radio("Block sizes", MODES, key="sw_mode", horizontal=True)
+        mode = left.radio("Block sizes", MODES, index=MODES.index(state["sw_mode"]), key="sw_mode", horizontal=True)
         if mode == MODES[0]:
-            stride, fractions = int(right.number_input("Stride", 1, 64, key="sw_stride")), None
+            stride, fractions = int(right.number_input("Stride", 1, 64, state["sw_stride"], key="sw_stride")), None
         else:
             stride = 1
-            fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)", key="sw_fractions"))
+            fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)",
+                                                         state["sw_fractions"], key="sw_fractions"))
         a, b, c = st.columns(3)
-        task = a.selectbox("Task", task_names(), key="sw_task",
+        tasks = task_names()
+        task = a.selectbox("Task", tasks, index=tasks.index(state["sw_task"]) if state["sw_task"] in tasks else 0,
+                           key="sw_task",
                            help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
-        limit = int(b.number_input("Questions per point", 1, 100_000, key="sw_limit"))
-        heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, key="sw_heal"))
+        limit = int(b.number_input("Questions per point", 1, 100_000, state["sw_limit"], key="sw_limit"))
+        heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, state["sw_heal"], key="sw_heal"))
         with st.expander("Text and samples"):
-            text = st.text_input("Text for heatmap, held-out loss and healing", key="sw_text",
+            text = st.text_input("Text for heatmap, held-out loss and healing", state["sw_text"], key="sw_text",
                                  help="'embedded', 'c4' or a .txt/.jsonl/.parquet path")
             d, e, f, g = st.columns(4)
-            val = int(d.number_input("Held-out samples", 1, 4096, key="sw_val"))
-            sim = int(e.number_input("Heatmap samples", 1, 4096, key="sw_sim"))
-            seq = int(f.number_input("Tokens per sample", 2, 8192, key="sw_seq"))
-            batch = int(g.number_input("Batch size", 1, 512, key="sw_batch"))
+            val = int(d.number_input("Held-out samples", 1, 4096, state["sw_val"], key="sw_val"))
+            sim = int(e.number_input("Heatmap samples", 1, 4096, state["sw_sim"], key="sw_sim"))
+            seq = int(f.number_input("Tokens per sample", 2, 8192, state["sw_seq"], key="sw_seq"))
+            batch = int(g.number_input("Batch size", 1, 512, state["sw_batch"], key="sw_batch"))
     return SweepSettings(
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from explorer.sweep import SweepSettings
+
 MAIN = '[data-testid="stMain"]'
 ACCURACY = ".st-key-sw_acc .js-plotly-plot"
 PROGRESS = re.compile(r"Run #(\d+) · (\w+) · (\d+) / (\d+) points")
@@ -63,6 +65,9 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     set_value(page, "Heatmap samples", 2)
     set_value(page, "Tokens per sample", 32)
     idle(page)
+    defaults = SweepSettings()  # what the page starts from; fields this test leaves alone must keep it
+    assert page.get_by_role("combobox", name="Task").input_value() == defaults.task
+    assert page.get_by_label("Batch size", exact=True).input_value() == str(defaults.batch_size)
     page.get_by_role("button", name="Start sweep").click()
 
     seen = watch(page)
