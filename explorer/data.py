@@ -12,6 +12,7 @@ and installs from PyPI with no network access at run time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -92,16 +93,42 @@ def _parquet_documents(path: Path) -> Iterable[str]:
     return (str(t) for t in table.column("text").to_pylist() if t)
 
 
-def _c4_documents() -> Iterable[str]:
+@functools.cache  # a success only: MMLU loads 57 subjects from one repo
+def check_hub_dataset(repo_id: str, alternative: str) -> None:
+    """Fail in a second or two when the hub is unreachable, instead of after `datasets`' half
+    minute of retries (which a page re-running on every click would repeat). With
+    HF_HUB_OFFLINE=1 the check is skipped and `datasets` reads its local cache."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(repo_id, timeout=10)
+    except Exception as exc:  # connection errors come from several HTTP libraries
+        raise ExplorerError(
+            f"Cannot reach {repo_id} on the Hugging Face hub ({type(exc).__name__}): {alternative}, "
+            "or set HF_HUB_OFFLINE=1 if it is in your datasets cache."
+        ) from exc
+
+
+def load_hub_dataset(repo_id: str, alternative: str, *args, **kwargs):
+    """`datasets.load_dataset(repo_id, ...)` with one sentence naming `alternative` on any failure."""
+    check_hub_dataset(repo_id, alternative)
     try:
         from datasets import load_dataset
 
-        stream = load_dataset("allenai/c4", "en", split="validation", streaming=True)
+        return load_dataset(repo_id, *args, **kwargs)
+    except Exception as exc:  # network, hub and cache errors come in many types
+        raise ExplorerError(f"Could not load {repo_id} from the Hugging Face hub ({type(exc).__name__}): {alternative}.") from exc
+
+
+def _c4_documents() -> Iterable[str]:
+    stream = load_hub_dataset("allenai/c4", "use the embedded corpus or a local file", "en", split="validation",
+                              streaming=True)
+    try:
         yield from (row["text"] for row in stream)
-    except Exception as exc:  # network and hub errors come in many types
-        raise ExplorerError(
-            "Could not stream C4 from the Hugging Face hub (offline?): use the embedded corpus or a local file."
-        ) from exc
+    except Exception as exc:  # the stream fetches as it goes
+        raise ExplorerError(f"C4 stopped streaming ({type(exc).__name__}): use the embedded corpus or a local file.") from exc
 
 
 def documents(source: str) -> Iterable[str]:

@@ -168,22 +168,6 @@ def write_boolq_task(path: str | Path, folder: Path | None = None) -> str:
     return _write_config(folder, config)
 
 
-def check_hub_dataset(repo_id: str, alternative: str) -> None:
-    """Fail in seconds when the hub is unreachable, instead of after `datasets`' minute of
-    retries. With HF_HUB_OFFLINE=1 the check is skipped and lm-eval reads the local cache."""
-    from huggingface_hub import HfApi, constants
-
-    if constants.HF_HUB_OFFLINE:
-        return
-    try:
-        HfApi().dataset_info(repo_id, timeout=10)
-    except Exception as exc:  # connection errors come from several HTTP libraries
-        raise ExplorerError(
-            f"Cannot reach {repo_id} on the Hugging Face hub ({type(exc).__name__}): {alternative}, "
-            "or set HF_HUB_OFFLINE=1 if it is in your datasets cache."
-        ) from exc
-
-
 def _task_manager(tasks: list[str], include_path: str | Path | None):
     """Index only our generated folder when it has every task (0.05 s); lm-eval's full index of
     ~15k built-in configs takes seconds, so it is built only for tasks such as `mmlu`."""

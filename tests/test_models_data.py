@@ -24,6 +24,7 @@ from explorer.data import (
 )
 from explorer.errors import ExplorerError
 from explorer.models import embedded_gguf_path, layers_path, load_model, parameter_count, resolve_source
+from explorer.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,6 +106,29 @@ def test_unknown_hub_id_fails_fast():
     assert time.monotonic() - start < 10
     message = str(info.value)
     assert "no-such-org-lpe/no-such-model-lpe" in message and "\n" not in message
+
+
+HUB_DATA = {  # what reads a Hugging Face dataset, and the offline alternative its message must name
+    "agnews": (lambda: get_task("agnews"), "data_file"),
+    "sst2": (lambda: get_task("sst2"), "data_file=embedded"),
+    "mmlu": (lambda: get_task("mmlu"), "--mmlu-dir"),
+    "boolq": (lambda: get_task("boolq"), "boolq_file"),
+    "c4": (lambda: next(iter(documents("c4"))), "embedded corpus"),
+}
+
+
+@pytest.mark.parametrize("name", HUB_DATA)
+def test_hub_datasets_fail_fast_offline(name):
+    """Pages re-run on every click: a hub data set must not cost `datasets`' half minute of retries each time."""
+    load, alternative = HUB_DATA[name]
+    start = time.monotonic()
+    try:
+        load()
+    except ExplorerError as exc:
+        assert alternative in str(exc) and "\n" not in str(exc)
+    else:
+        pytest.skip("the Hugging Face hub is reachable here: the offline error cannot show")
+    assert time.monotonic() - start < 10
 
 
 def test_unsupported_architecture_names_what_it_found(tmp_path):

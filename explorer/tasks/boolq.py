@@ -24,7 +24,8 @@ class BoolQTask:
     metric = "acc"
 
     def __init__(self, boolq_file: str | Path | None = None):
-        from explorer.lmeval import check_hub_dataset, read_boolq
+        from explorer.data import check_hub_dataset
+        from explorer.lmeval import read_boolq
 
         self.boolq_file = boolq_file
         version = importlib.metadata.version("lm_eval")

@@ -37,7 +37,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.data import jsonl_values
+from explorer.data import jsonl_values, load_hub_dataset
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import loglikelihoods
@@ -164,15 +164,8 @@ def read_pang_lee() -> list[Example]:
 
 
 def load_hub(spec: ClassificationSpec, split: str) -> list[Example]:
-    try:
-        from datasets import load_dataset
-
-        rows = load_dataset(spec.hub_id, split=split)
-    except Exception as exc:  # network, hub and cache errors come in many types
-        raise ExplorerError(
-            f"Could not load {spec.hub_id} from the Hugging Face hub (offline?): pass a local .csv/.jsonl file "
-            f"with text and label (data_file){' or data_file=embedded' if spec.name == 'sst2' else ''}."
-        ) from exc
+    alternative = f"pass a local .csv/.jsonl file with text and label (data_file){' or data_file=embedded' if spec.name == 'sst2' else ''}"
+    rows = load_hub_dataset(spec.hub_id, alternative, split=split)
     return [Example(f"{spec.name}/{split}/{i}", clean(row[spec.text_field]), int(row["label"])) for i, row in enumerate(rows)]
 
 

@@ -27,6 +27,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
+from explorer.data import load_hub_dataset
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import cloze_picks, loglikelihoods, next_token_logprobs
@@ -134,15 +135,7 @@ def choose_subjects(requested: list[str] | str | None, available: list[str] | tu
 
 
 def load_hub(subject: str, split: str) -> list[MMLUQuestion]:
-    try:
-        from datasets import load_dataset
-
-        rows = load_dataset(HUB_DATASET, subject, split=HUB_SPLITS[split])
-    except Exception as exc:  # network, hub and cache errors come in many types
-        raise ExplorerError(
-            f"Could not load {HUB_DATASET} ({subject}) from the Hugging Face hub (offline?): "
-            "pass a local folder of MMLU CSVs (--mmlu-dir)."
-        ) from exc
+    rows = load_hub_dataset(HUB_DATASET, "pass a local folder of MMLU CSVs (--mmlu-dir)", subject, split=HUB_SPLITS[split])
     return [
         MMLUQuestion(f"{subject}/{split}/{i}", subject, row["question"], tuple(row["choices"]), int(row["answer"]))
         for i, row in enumerate(rows)
