@@ -88,8 +88,7 @@ def settings_form(model: dict) -> SweepSettings:
                                                          state["sw_fractions"], key="sw_fractions"))
         a, b, c = st.columns(3)
         tasks = task_names()
-        task = a.selectbox("Task", tasks, index=tasks.index(state["sw_task"]) if state["sw_task"] in tasks else 0,
-                           key="sw_task",
+        task = a.selectbox("Task", tasks, index=tasks.index(state["sw_task"]), key="sw_task",
                            help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
         limit = int(b.number_input("Questions per point", 1, 100_000, state["sw_limit"], key="sw_limit"))
         heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, state["sw_heal"], key="sw_heal"))
