@@ -13,10 +13,11 @@ $(PY):
 
 # A torch already in the venv (e.g. a CUDA build the user installed first) is kept;
 # otherwise torch==2.13.0 takes the CPU build.
-$(VENV)/.installed: $(PY) requirements.txt requirements-embedded.txt
+$(VENV)/.installed: $(PY) requirements.txt requirements-embedded.txt pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps -r requirements-embedded.txt
+	$(PIP) install --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

@@ -32,3 +32,4 @@ Hugging Face id, a local folder or a `.gguf` file in the sidebar of any page.
 """,
     unsafe_allow_html=True,
 )
+st.page_link("pages/similarity.py", label="Start with the similarity heatmap", icon="🗺️")

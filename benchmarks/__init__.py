@@ -6,8 +6,13 @@ benchmarks/results/NAME.json and a markdown table on stdout.
 
 import argparse
 import json
+import os
+import platform
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,6 +26,33 @@ def arguments(name: str, doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=str(RESULTS / f"{name}.json"))
     return parser
+
+
+def timed(run: Callable[[], T]) -> tuple[float, float, T]:
+    """(wall seconds, CPU seconds of this process, value) of one call; waits for CUDA work to finish
+    so a GPU run is timed, not just queued. CPU time next to wall time shows how much of a
+    slowdown on a shared machine is other processes' load."""
+    import torch
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    value = run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - start_cpu, value
+
+
+def environment(device: object) -> dict:
+    """What every result records about the machine, so figures from busy and idle runs are told apart."""
+    import torch
+
+    return {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_after": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def report(result: dict, out: str, table: Callable[[dict], str]) -> int:

@@ -9,15 +9,13 @@ In one process, on the same pruned model and the same padded batches, it times:
 Each arm builds fresh adapters from the same seed and runs the same `--steps` batches;
 (a) and (b) alternate for `--repeats` rounds (who goes first rotates) so load from other
 processes hits both alike, and the median tokens/s (real, unpadded tokens over the training
-steps only) is reported. Goal from issue 3: (a)/(b) >= 1.0.
+steps only) is reported. Goal: (a)/(b) >= 1.0.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +26,7 @@ import torch
 from explorer.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
 from explorer.models import LoadedModel, load_model
 from explorer.prune import prune_block, strategy_block
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report
 
 ARMS = {"a": "ours (training_model + train_adapter)", "b": "plain peft loop", "q": "ours, QLoRA (nf4 base)"}
 
@@ -109,12 +107,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "model": loaded.name,
         "pruned": block.describe(),
-        "device": str(pruned.device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **environment(pruned.device),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,

@@ -4,9 +4,9 @@ Two pairs, in one process, each pass timed end to end as a user runs it (lm-eval
 includes building its task and requests from our offline config; ours includes building the
 prompts):
   quiz: our cloze scorer (`run_task(..., "quiz-capitals")`) vs lm-eval on `explorer_quiz_capitals`
-        (goal from issue 5: >= 2x, same predictions);
+        (goal: >= 2x, same predictions);
   mmlu: our letter-format MMLU scorer (`run_task(..., "mmlu")`, one forward per question) vs
-        lm-eval on the same local CSVs (`explorer_mmlu_<subject>`) (goal from issue 3: >= 3x).
+        lm-eval on the same local CSVs (`explorer_mmlu_<subject>`) (goal: >= 3x).
 Each pass is warmed up once, then timed `--repeats` times, interleaved so that load from other
 processes hits both alike; medians are reported. Wall time is what a user waits; the process's
 CPU time is reported beside it because on a shared machine it moves far less with other load
@@ -16,12 +16,9 @@ CPU time is reported beside it because on a shared machine it moves far less wit
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +28,7 @@ from explorer.evaluate import run_task
 from explorer.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
 from explorer.models import load_model
 from explorer.tasks import get_task
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report, timed
 
 LETTERS = "ABCD"
 GOALS = {"quiz": 2.0, "mmlu": 3.0}
@@ -51,25 +48,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _timed(run: Callable[[], list[str]]) -> tuple[float, float, list[str]]:
-    """(wall seconds, CPU seconds of this process, picks)."""
-    start, start_cpu = time.perf_counter(), time.process_time()
-    picks = run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, time.process_time() - start_cpu, picks
-
-
 def _pair(name: str, ours: Callable[[], list[str]], theirs: Callable[[], list[str]], questions: int, repeats: int) -> dict:
     """Warm up both, then alternate who goes first; returns medians, ratio and the agreement."""
-    _timed(ours), _timed(theirs)
+    timed(ours), timed(theirs)
     times: dict[str, list[float]] = {"ours": [], "lm_eval": []}
     cpu: dict[str, list[float]] = {"ours": [], "lm_eval": []}
     picks: dict[str, list[str]] = {}
     for repeat in range(repeats):
         order = [("ours", ours), ("lm_eval", theirs)]
         for key, run in order if repeat % 2 == 0 else order[::-1]:
-            seconds, cpu_seconds, picks[key] = _timed(run)
+            seconds, cpu_seconds, picks[key] = timed(run)
             times[key].append(seconds)
             cpu[key].append(cpu_seconds)
             print(f"  {name} {key} run {len(times[key])}: {seconds:.2f} s ({cpu_seconds:.2f} s CPU)", file=sys.stderr, flush=True)
@@ -132,12 +120,7 @@ def measure(args: argparse.Namespace) -> dict:
     )
     return {
         "model": loaded.name,
-        "device": str(loaded.device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **environment(loaded.device),
         "batch_size": size,
         "quiz": {"task": args.quiz, "shots": get_task(args.quiz, **quiz_options).shots, **quiz},
         "mmlu": {"subject": args.subject, "shots": args.shots, **mmlu},

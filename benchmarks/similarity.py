@@ -8,25 +8,21 @@ In one process, on the same padded batches, it times:
       keeping only row n (PruneMe's script computes one block size per run).
 Each pass is warmed up once, then timed `--repeats` times, interleaved so that load from
 other processes hits all passes alike; the median is reported. (d) costs L forwards per
-run, so it is timed `--pruneme-repeats` times (default 1). Goal from issue 2: (a)/(b) <= 1.05.
+run, so it is timed `--pruneme-repeats` times (default 1). Goal: (a)/(b) <= 1.05.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import time
-from typing import Callable
 
 import torch
 
 from explorer.data import batches, make_samples, pad_batch
 from explorer.models import LoadedModel, load_model
 from explorer.similarity import angular_distance, compute_distances
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report, timed
 
 PASSES = {
     "a": "similarity pass (compute_distances)",
@@ -78,14 +74,6 @@ def pruneme_rows(loaded: LoadedModel, samples: list[list[int]], batch_size: int,
     return rows
 
 
-def _timed(run: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    start = time.perf_counter()
-    value = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, value
-
-
 def _check_pruneme(ours: list[list[float]], theirs: list[list[float]], num_layers: int) -> float:
     """Largest gap between (a) and (d) over pairs that do not involve x^L (where (d) uses the
     normed state): shows both compute the same distances."""
@@ -107,14 +95,14 @@ def measure(args: argparse.Namespace) -> dict:
         "d": lambda: pruneme_rows(loaded, samples, size, range(1, num_layers + 1)),
     }
     for key in "abc":  # warm-up; (d) warms up on one batch and one n
-        _timed(runs[key], device)
-    _timed(lambda: pruneme_rows(loaded, samples[:size], size, range(1, 2)), device)
+        timed(runs[key])
+    timed(lambda: pruneme_rows(loaded, samples[:size], size, range(1, 2)))
     times: dict[str, list[float]] = {key: [] for key in PASSES}
     values: dict[str, object] = {}
     for repeat in range(max(args.repeats, args.pruneme_repeats)):
         keys = "abc"[repeat % 3:] + "abc"[: repeat % 3] if repeat < args.repeats else ""  # rotate who goes first
         for key in keys + ("d" if repeat < args.pruneme_repeats else ""):
-            seconds, values[key] = _timed(runs[key], device)
+            seconds, _, values[key] = timed(runs[key])
             times[key].append(seconds)
             print(f"  ({key}) run {len(times[key])}: {seconds:.2f} s", file=sys.stderr, flush=True)
     median = {key: statistics.median(t) for key, t in times.items() if t}
@@ -126,12 +114,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "model": loaded.name,
         "num_layers": num_layers,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **environment(device),
         "samples": len(samples),
         "seq_len": args.seq_len,
         "batch_size": size,

@@ -10,18 +10,15 @@ obtained, so the benchmark times the two parts separately, for the "simple" bloc
   (e) the measurement itself, once per point (on (a)'s model).
 Preparation arms are interleaved (who goes first rotates) for `--repeats` rounds and their
 medians reported; (a) and (b) must give identical logits. Per-point totals are prep + (e).
-Goal from issue 4: one model load per sweep, i.e. total (b)/(a) > 1; the saving per point is
+Goal: one model load per sweep, i.e. total (b)/(a) > 1; the saving per point is
 the model's load time, which for a hub or GGUF model is far larger than here.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
 
@@ -30,7 +27,7 @@ from explorer.heal import quick_eval
 from explorer.models import LoadedModel, load_model, parameter_count
 from explorer.prune import prune_block, strategy_block
 from explorer.sweep import SweepSettings, eval_config, parse_fractions, pruned_view
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report, timed
 
 ARMS = {
     "a": "pruned view of the model loaded once (ours)",
@@ -51,14 +48,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _timed(run) -> tuple[float, object]:
-    start = time.perf_counter()
-    value = run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, value
-
-
 @torch.no_grad()
 def _logits(loaded: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     return loaded.model(input_ids=ids.to(loaded.device), use_cache=False).logits.float().cpu()
@@ -72,7 +61,7 @@ def measure(args: argparse.Namespace) -> dict:
         task=args.task, limit=args.limit, val_samples=args.val_samples, seq_len=args.seq_len, batch_size=args.batch_size,
     )
     settings.check()
-    load_s, loaded = _timed(lambda: load_model(settings.model, device=settings.device))
+    load_s, _, loaded = timed(lambda: load_model(settings.model, device=settings.device))
     num_layers = loaded.num_layers
     blocks = [strategy_block("simple", n, num_layers) for n in settings.block_sizes(num_layers)]
     probe = torch.tensor([loaded.tokenizer("The capital of France is Paris, and the capital of Spain is")["input_ids"]])
@@ -93,7 +82,7 @@ def measure(args: argparse.Namespace) -> dict:
         for block in blocks:
             models = {}
             for key in order:
-                seconds, models[key] = _timed(lambda: arms[key](block))
+                seconds, _, models[key] = timed(lambda: arms[key](block))
                 prep[key].append(seconds)
             if repeat == 0:
                 identical = identical and torch.equal(_logits(models["a"], probe), _logits(models["b"], probe))
@@ -103,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict:
     config = eval_config(settings)
     evaluation = []
     for block in blocks:
-        seconds, _ = _timed(lambda: quick_eval(pruned_view(loaded, block), config))
+        seconds, _, _ = timed(lambda: quick_eval(pruned_view(loaded, block), config))
         evaluation.append(seconds)
         print(f"  (e) n={block.n}: {seconds:.2f} s", file=sys.stderr, flush=True)
     median = {key: statistics.median(values) for key, values in prep.items()}
@@ -112,12 +101,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "model": loaded.name,
         "num_layers": num_layers,
-        "device": str(loaded.device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **environment(loaded.device),
         "task": settings.task,
         "limit": settings.limit,
         "block_sizes": [block.n for block in blocks],

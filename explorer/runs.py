@@ -17,7 +17,6 @@ import pandas as pd
 from explorer.store import Run
 
 SETTINGS_SHOWN = 5
-FOLDER_KEYS = ("folder", "out", "output", "path", "model_dir", "saved_to")
 
 
 def settings_summary(run: Run) -> str:
@@ -113,12 +112,8 @@ def run_json(run: Run, events: list[dict]) -> str:
 
 def model_folder(run: Run) -> Path | None:
     """The saved model folder of a prune/heal run, when it still exists on disk."""
-    for source in (run.result or {}, run.settings):
-        for key in FOLDER_KEYS:
-            value = source.get(key)
-            if isinstance(value, str) and (Path(value) / "config.json").is_file():
-                return Path(value)
-    return None
+    value = (run.result or {}).get("folder")
+    return Path(value) if isinstance(value, str) and (Path(value) / "config.json").is_file() else None
 
 
 def mergekit_text(run: Run) -> str | None:

@@ -1,4 +1,4 @@
-"""SQLite store of every run (similarity, prune, heal, eval, sweep) and its live events.
+"""SQLite store of every run (similarity, metrics, brute-force, quick-eval, heal, sweep) and its live events.
 
 One file under `EXPLORER_HOME`, opened per operation in WAL mode so the Streamlit server,
 background jobs and the CLI read and write it at once. Rows are never rewritten by a failing
@@ -44,9 +44,6 @@ MIGRATIONS = (
     CREATE INDEX events_run ON events (run_id, step);
     """,
 )
-
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-
 
 @dataclass
 class Run:

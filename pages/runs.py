@@ -1,4 +1,4 @@
-"""Runs: every similarity, metric, prune, heal, eval and sweep run in the store; compare two,
+"""Runs: every run in the store (similarity, metrics, brute-force, quick-eval, heal, sweep); compare two,
 export one (CSV, JSON, figures, model folder, mergekit YAML), delete one."""
 
 from __future__ import annotations

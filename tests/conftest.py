@@ -142,6 +142,7 @@ def app_url(embedded):
     yield url
     server.terminate()
     server.wait(timeout=20)
+    log.close()
 
 
 @pytest.fixture(scope="session")

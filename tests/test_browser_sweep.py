@@ -4,8 +4,10 @@ points arrive while the background job runs, then export the run's CSV from the 
 from __future__ import annotations
 
 import csv
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +83,7 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     assert "Accuracy first reaches chance" in page.locator(MAIN).inner_text()
     page.set_viewport_size({"width": 1400, "height": 2400})  # the main pane scrolls inside the page
     page.locator(ACCURACY).scroll_into_view_if_needed()
-    page.screenshot(path="/tmp/sweep.png")
+    page.screenshot(path=str(Path(os.environ["EXPLORER_HOME"]) / "sweep.png"))  # for a look by hand
 
     page.get_by_role("link", name=re.compile("Runs")).click()
     page.get_by_role("combobox", name="Run", exact=True).click()

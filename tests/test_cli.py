@@ -1,4 +1,4 @@
-"""The `python -m explorer similarity` contract from issue 2, run as real subprocesses.
+"""The `python -m explorer similarity` contract, run as real subprocesses.
 
 Subprocesses inherit this session's EXPLORER_HOME (set in conftest), so they reuse the
 converted embedded model. The error cases all fail before a model loads and run in parallel.
