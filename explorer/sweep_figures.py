@@ -130,6 +130,22 @@ def metrics_figure(scores: MetricScores, n: int) -> go.Figure:
     return fig
 
 
+def correlation_figure(scores: MetricScores, n: int) -> go.Figure:
+    """Spearman rank correlations between the metrics as a small annotated heatmap: readable at any
+    window width, where a wide table clipped its values off-screen."""
+    table = scores.rank_correlations(n)
+    names = list(table)
+    labels = [METRICS[name] for name in names]
+    values = [[table[a][b] for b in names] for a in names]
+    fig = go.Figure(go.Heatmap(
+        z=values, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu", showscale=False,
+        text=[[f"{v:.2f}" for v in row] for row in values], texttemplate="%{text}",
+        hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(autorange="reversed"))
+    return fig
+
+
 def influence_figure(scores: MetricScores) -> go.Figure:
     """ShortGPT's per-layer Block Influence: how much each layer turns the residual stream."""
     fig = go.Figure(go.Bar(x=list(range(scores.num_layers)), y=scores.layer_influence,

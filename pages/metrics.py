@@ -8,7 +8,7 @@ import streamlit as st
 
 from explorer.metrics import METRICS, MetricScores, brute_force_key, cached_brute_force, cached_scores
 from explorer.models import LoadedModel
-from explorer.sweep_figures import influence_figure, metrics_figure, metrics_frame
+from explorer.sweep_figures import correlation_figure, influence_figure, metrics_figure, metrics_frame
 from pages import current_model, get_store, model_picker, page_setup, user_errors
 
 SCORES_KEY = "metric_scores"  # {"fingerprint", "run_id", "scores" (json), "settings"}
@@ -64,11 +64,6 @@ def choices_table(scores: MetricScores, n: int) -> pd.DataFrame:
     )
 
 
-def correlation_table(scores: MetricScores, n: int) -> pd.DataFrame:
-    table = scores.rank_correlations(n)
-    return pd.DataFrame({METRICS[a]: {METRICS[b]: value for b, value in row.items()} for a, row in table.items()})
-
-
 def show(loaded: LoadedModel, scores: MetricScores, settings: dict) -> None:
     n = st.slider("Block size n (layers to drop)", 1, scores.num_layers - 1, max(1, scores.num_layers // 4), key="met_n")
     measure = st.button(f"Measure the brute force for n = {n} ({scores.num_layers - n + 1} prunes + loss passes)", key="met_brute")
@@ -81,7 +76,7 @@ def show(loaded: LoadedModel, scores: MetricScores, settings: dict) -> None:
         st.markdown(f"**Block each metric would drop (n = {n})**")
         st.dataframe(choices_table(scores, n), hide_index=True, key="met_choices")
         st.markdown("**Spearman rank correlation of the candidate blocks' scores**")
-        st.dataframe(correlation_table(scores, n).style.format("{:.2f}"), key="met_corr")
+        st.plotly_chart(correlation_figure(scores, n), key="met_corr", config={"displayModeBar": False})
         shortgpt = scores.lowest_influence_layers(n)
         st.caption(f"ShortGPT itself drops the {n} lowest-BI layers wherever they are: {shortgpt}. Here every metric "
                    "scores the same contiguous blocks [l, l+n) (BI summed over the block) so their choices compare. "

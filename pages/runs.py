@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import jobs
+from explorer.compare import comparison_figure, settings_differences
 from explorer.errors import ExplorerError
 from explorer.figures import figure_png, png_export_available
 from explorer.runs import (
@@ -104,12 +105,15 @@ def details(run: Run, events: list[dict], key: str) -> None:
     figures(run, events, key)
 
 
-def settings_diff(a: Run, b: Run) -> pd.DataFrame:
-    keys = list(dict.fromkeys([*a.settings, *b.settings]))
-    rows = [{"setting": k, f"#{a.id}": str(a.settings.get(k, "—")), f"#{b.id}": str(b.settings.get(k, "—"))} for k in keys]
-    frame = pd.DataFrame(rows)
-    frame["differs"] = frame[f"#{a.id}"] != frame[f"#{b.id}"]
-    return frame
+def comparison(run: Run, events: list[dict], other: Run) -> None:
+    """Both runs' curves on shared axes (two heals or two sweeps) and only the settings that differ."""
+    other_events = get_store().events(other.id)
+    if fig := comparison_figure(run, events, other, other_events):
+        st.plotly_chart(fig, key="runs_compare")
+    differences = settings_differences(run, other)
+    st.markdown("**Settings that differ**" if len(differences) else "**The two runs have the same settings.**")
+    if len(differences):
+        st.dataframe(differences, hide_index=True, key="runs_diff")
 
 
 def pick(runs: list[Run], key: str, text: str, allow_none: bool = False) -> Run | None:
@@ -147,13 +151,12 @@ def main() -> None:
         if other is None:
             details(run, events, "a")
         else:
+            comparison(run, events, other)
             left, right = st.columns(2)
             with left:
                 details(run, events, "a")
             with right:
                 details(other, store.events(other.id), "b")
-            st.markdown("**Settings side by side**")
-            st.dataframe(settings_diff(run, other), hide_index=True, key="runs_diff")
         st.subheader("Export")
         exports(run, events)
         st.subheader("Delete")

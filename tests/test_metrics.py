@@ -129,6 +129,18 @@ def test_rank_correlation_table(scores):
             assert table[a][b] == pytest.approx(stats.spearmanr(values[a], values[b]).statistic)
 
 
+def test_correlation_figure_shows_the_table(scores):
+    """The page's annotated heatmap carries exactly the table's values, labelled by metric."""
+    from explorer.metrics import METRICS
+    from explorer.sweep_figures import correlation_figure
+
+    table = scores.rank_correlations(2)
+    heat = correlation_figure(scores, 2).data[0]
+    assert list(heat.x) == list(heat.y) == [METRICS[name] for name in table]
+    assert [list(row) for row in heat.z] == [[table[a][b] for b in table] for a in table]
+    assert heat.text[0][1] == f"{table[list(table)[0]][list(table)[1]]:.2f}"
+
+
 def test_cached_scores_round_trip(tiny_llama, store):
     run_id, first, hit = cached_scores(tiny_llama, "embedded", 3, 24, 2, store=store)
     again_id, second, hit_again = cached_scores(tiny_llama, "embedded", 3, 24, 2, store=store)
@@ -202,13 +214,18 @@ def test_metrics_page(tiny_llama_dir):
     assert not at.exception and not at.error
 
     def tables():
+        """The choices table and the size of the rank-correlation heatmap (a plotly chart)."""
+        import json
+
         choices = next(d.value for d in at.dataframe if "prunes" in d.value.columns)
-        return choices, next(d.value for d in at.dataframe if "prunes" not in d.value.columns)
+        specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+        heatmap = next(s["data"][0] for s in specs if s["data"][0]["type"] == "heatmap")
+        return choices, (len(heatmap["z"]), len(heatmap["z"][0]))
 
     choices, correlations = tables()
-    assert len(choices) == 3 and correlations.shape == (3, 3)
+    assert len(choices) == 3 and correlations == (3, 3)
     assert all(p.startswith("layers ") for p in choices.prunes)
     at.button(key="met_brute").click().run()
     choices, correlations = tables()
-    assert not at.exception and len(choices) == 4 and correlations.shape == (4, 4)
-    assert len(at.get("plotly_chart")) == 2
+    assert not at.exception and len(choices) == 4 and correlations == (4, 4)
+    assert len(at.get("plotly_chart")) == 3  # scores per block, rank correlations, Block Influence

@@ -136,9 +136,9 @@ def test_runs_page_lists_and_compares(runs_page, runs):
     at.selectbox(key="runs_selected").set_value(runs["sweep"]).run()
     at.selectbox(key="runs_other").set_value(runs["sweep2"]).run()
     assert not at.exception
-    diff = next(d.value for d in at.dataframe if "differs" in d.value.columns).set_index("setting")
-    assert diff.loc["strategies", "differs"] and not diff.loc["limit", "differs"]
-    assert len(at.get("plotly_chart")) == 4  # accuracy and loss of each sweep
+    diff = next(d.value for d in at.dataframe if "setting" in d.value.columns).set_index("setting")
+    assert "strategies" in diff.index and "limit" not in diff.index  # only the settings that differ
+    assert len(at.get("plotly_chart")) == 5  # both sweeps on shared axes, then accuracy and loss of each
 
 
 def test_delete_asks_first_and_a_deleted_run_gives_a_message(runs_page, runs):
