@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from explorer.data import jsonl_values
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, explorer_home
 from explorer.scoring import cloze_picks, inference
@@ -142,18 +143,11 @@ def read_boolq(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise ExplorerError(f"BoolQ file not found: {path}.")
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExplorerError(f"{where} is not JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict) or not all(key in row for key in ("question", "passage", "answer")):
-                raise ExplorerError(f"{where}: each line needs the fields question, passage and answer.")
-            rows.append({"question": str(row["question"]), "passage": str(row["passage"]), "label": _boolq_label(row["answer"], where)})
+    for number, row in jsonl_values(path, str(path)):
+        where = f"{path} line {number}"
+        if not isinstance(row, dict) or not all(key in row for key in ("question", "passage", "answer")):
+            raise ExplorerError(f"{where}: each line needs the fields question, passage and answer.")
+        rows.append({"question": str(row["question"]), "passage": str(row["passage"]), "label": _boolq_label(row["answer"], where)})
     if not rows:
         raise ExplorerError(f"{path} holds no BoolQ questions.")
     return rows

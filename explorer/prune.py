@@ -109,7 +109,7 @@ def prune_block(
     pruned = LoadedModel(
         model,
         loaded.tokenizer,
-        f"{loaded.name} − layers {start}-{start + n - 1}" if n else loaded.name,
+        f"{loaded.name} − layers {block.span}" if n else loaded.name,
         f"{loaded.fingerprint}|pruned:{start}:{n}",
     )
     return PruneResult(pruned, block, params_before, parameter_count(model))

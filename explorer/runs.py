@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from explorer.blocks import default_size
 from explorer.store import Run
 
 SETTINGS_SHOWN = 5
@@ -38,7 +39,7 @@ def headline(run: Run) -> str:
     if not result:
         return run.status
     if run.kind == "similarity" and result.get("optimal"):
-        quarter = result["optimal"][max(0, result["num_layers"] // 4 - 1)]
+        quarter = result["optimal"][default_size(result["num_layers"]) - 1]
         return f"n={quarter['n']}: best block from layer {quarter['layer']} (d={quarter['distance']:.3f})"
     if run.kind == "sweep" and "first_at_chance" in result:
         parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in result["first_at_chance"].items()]
@@ -95,7 +96,7 @@ def run_figures(run: Run, events: list[dict]) -> list:
         return [accuracy_figure(points), loss_figure(points)]
     if run.kind == "metrics" and run.result:
         scores = MetricScores.from_json(run.result)
-        return [metrics_figure(scores, max(1, scores.num_layers // 4))]
+        return [metrics_figure(scores, default_size(scores.num_layers))]
     return []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explorer.blocks import Block, default_size
 from explorer.metrics import METRICS, MetricScores, brute_force_key, cached_brute_force, cached_scores
 from explorer.models import LoadedModel
 from explorer.sweep_figures import correlation_figure, influence_figure, metrics_figure, metrics_frame
@@ -53,19 +54,15 @@ def attach_brute_force(loaded: LoadedModel, scores: MetricScores, settings: dict
     scores.brute_force = result
 
 
-def span(start: int, n: int) -> str:
-    return f"layer {start}" if n == 1 else f"layers {start}–{start + n - 1}"
-
-
 def choices_table(scores: MetricScores, n: int) -> pd.DataFrame:
     values = scores.scores(n)
     return pd.DataFrame(
-        [{"metric": METRICS[name], "prunes": span(start, n), "score": values[name][start]} for name, start in scores.choices(n).items()]
+        [{"metric": METRICS[name], "prunes": f"layer{'s' if n > 1 else ''} {Block(start, n, scores.num_layers).span}", "score": values[name][start]} for name, start in scores.choices(n).items()]
     )
 
 
 def show(loaded: LoadedModel, scores: MetricScores, settings: dict) -> None:
-    n = st.slider("Block size n (layers to drop)", 1, scores.num_layers - 1, max(1, scores.num_layers // 4), key="met_n")
+    n = st.slider("Block size n (layers to drop)", 1, scores.num_layers - 1, default_size(scores.num_layers), key="met_n")
     measure = st.button(f"Measure the brute force for n = {n} ({scores.num_layers - n + 1} prunes + loss passes)", key="met_brute")
     with user_errors():
         attach_brute_force(loaded, scores, settings, n, measure)

@@ -112,7 +112,7 @@ def test_bad_boolq_files(tmp_path):
     with pytest.raises(ExplorerError, match="line 1: answer 'maybe'"):
         write_boolq_task(bad, folder=tmp_path)
     bad.write_text("not json\n")
-    with pytest.raises(ExplorerError, match="line 1 is not JSON"):
+    with pytest.raises(ExplorerError, match="line 1 is not valid JSON"):
         read_boolq(bad)
 
 

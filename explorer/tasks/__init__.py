@@ -47,6 +47,12 @@ def limited(items: list[T], limit: int | None) -> list[T]:
     return items[:limit]
 
 
+def interleave(groups: list[list[T]]) -> list[T]:
+    """One item of each group in turn (round robin), each group's own order kept: so the first N
+    questions of any limit cover every subject, or every label, evenly."""
+    return [group[i] for i in range(max(map(len, groups), default=0)) for group in groups if i < len(group)]
+
+
 class Task(Protocol):
     name: str
     source: str  # where the questions come from, with package versions: shown in the UI and results

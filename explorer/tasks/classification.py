@@ -37,15 +37,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.data import jsonl_values, load_hub_dataset
+from explorer.data import EMBEDDED, jsonl_values, load_hub_dataset
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import loglikelihoods
-from explorer.tasks import QuestionResult, limited, register
+from explorer.tasks import QuestionResult, interleave, limited, register
 
 MAX_SHOTS = 32
 DEMO_EVERY = 10  # local files: rows 9, 19, 29, ... form the demonstration pool
-EMBEDDED = "embedded"
 PANG_LEE_FILE = "pang_lee_polarity.cor"
 
 
@@ -170,9 +169,8 @@ def load_hub(spec: ClassificationSpec, split: str) -> list[Example]:
 
 
 def by_label_in_turn(examples: list[Example], num_labels: int) -> list[Example]:
-    """Round-robin over labels, source order within each label."""
-    queues = [[e for e in examples if e.label == label] for label in range(num_labels)]
-    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    """Labels in turn, source order within each label."""
+    return interleave([[e for e in examples if e.label == label] for label in range(num_labels)])
 
 
 def pick_demonstrations(pool: list[Example], shots: int, num_labels: int, seed: int) -> list[Example]:

@@ -31,7 +31,7 @@ from explorer.data import load_hub_dataset
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import cloze_picks, loglikelihoods, next_token_logprobs
-from explorer.tasks import QuestionResult, limited, register
+from explorer.tasks import QuestionResult, interleave, limited, register
 
 LETTERS = "ABCD"
 SPLITS = ("test", "val", "dev")
@@ -142,14 +142,6 @@ def load_hub(subject: str, split: str) -> list[MMLUQuestion]:
     ]
 
 
-def round_robin(per_subject: dict[str, list[MMLUQuestion]]) -> list[MMLUQuestion]:
-    order = []
-    longest = max(len(qs) for qs in per_subject.values())
-    for i in range(longest):
-        order.extend(qs[i] for _, qs in sorted(per_subject.items()) if i < len(qs))
-    return order
-
-
 class MMLUTask:
     """Questions and few-shot examples of the chosen subjects; subclasses format and score them."""
 
@@ -182,7 +174,7 @@ class MMLUTask:
                 return read_csv(path, subject, part)
 
             where = f"local CSVs at {folder}"
-        self.questions = round_robin({s: load(s, split) for s in self.subjects})
+        self.questions = interleave([load(s, split) for s in sorted(self.subjects)])
         self.examples = {s: load(s, "dev")[:shots] if shots else [] for s in self.subjects}
         for subject, examples in self.examples.items():
             if len(examples) < shots:
