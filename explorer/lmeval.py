@@ -23,7 +23,8 @@ import yaml
 
 from explorer.data import jsonl_values
 from explorer.errors import ExplorerError
-from explorer.models import LoadedModel, explorer_home
+from explorer.models import LoadedModel
+from explorer.paths import explorer_home
 from explorer.scoring import cloze_picks, inference
 from explorer.tasks import check_limit
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import shutil
 import struct
 import tempfile
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from explorer.errors import ExplorerError
+from explorer.paths import explorer_home
 
 # What a failed model write raises: safetensors reports a full disk as SafetensorError, not OSError.
 WRITE_ERRORS = (OSError, SafetensorError)
@@ -47,13 +47,6 @@ NORM_PATHS = (
     "transformer.ln_f",
     "gpt_neox.final_layer_norm",
 )
-
-
-def explorer_home() -> Path:
-    """Folder for the SQLite store, the embedded-model cache and exports."""
-    home = Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "layer-pruning-explorer"))
-    home.mkdir(parents=True, exist_ok=True)
-    return home
 
 
 def pick_device() -> str:

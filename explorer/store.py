@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from explorer.errors import ExplorerError
-from explorer.models import explorer_home
+from explorer.paths import explorer_home
 
 MIGRATIONS = (
     """

@@ -21,7 +21,8 @@ from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.export import mergekit_yaml, save_pruned
 from explorer.heal import PAPER_RECIPE, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
-from explorer.models import LoadedModel, explorer_home, pick_device
+from explorer.models import LoadedModel, pick_device
+from explorer.paths import explorer_home
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run

@@ -22,7 +22,8 @@ from explorer.figures import (
     min_distance_figure,
     png_export_available,
 )
-from explorer.models import LoadedModel, decoder_layers, explorer_home, parameter_count
+from explorer.models import LoadedModel, decoder_layers, parameter_count
+from explorer.paths import explorer_home
 from explorer.similarity import SimilarityResult, cached_distances, similarity_key
 from explorer.store import Run
 from pages import MODEL_KEY, current_model, get_store, model_picker, page_setup, user_errors

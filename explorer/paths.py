@@ -1,0 +1,18 @@
+"""Where Layer-Pruning Explorer keeps its files: one folder, `EXPLORER_HOME`.
+
+Its own module, with no torch or transformers import, so the run store, the job runner's
+bookkeeping and the pages can find the folder without loading the model stack.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def explorer_home() -> Path:
+    """Folder for the SQLite store, the embedded-model cache, uploads, logs and exports
+    (default ~/.cache/layer-pruning-explorer)."""
+    home = Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "layer-pruning-explorer"))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
