@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -143,10 +144,7 @@ def validation_loss(
     ids = make_samples(loaded.tokenizer, source, samples, seq_len, split="heldout").ids
     total, count = 0.0, 0
     with inference(loaded.model):
-        for chunk in batches(ids, batch_size):
-            input_ids, mask = pad_batch(chunk, loaded.tokenizer.pad_token_id or 0)
-            input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
-            logits = loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+        for input_ids, mask, logits in _logits(loaded, ids, batch_size):
             targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
             total += torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="sum"
@@ -156,6 +154,20 @@ def validation_loss(
     if not math.isfinite(loss):
         raise ExplorerError("The validation loss is not finite (NaN or inf): the model's weights are broken.")
     return loss
+
+
+def _logits(loaded: LoadedModel, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(input_ids, mask, logits) per padded batch: one forward each, or one streamed pass
+    (explorer.stream) over all batches for a model streamed layer by layer."""
+    from explorer.stream import StreamedModel
+
+    if isinstance(loaded, StreamedModel):
+        yield from loaded.forward(ids, batch_size).logits()
+        return
+    for chunk in batches(ids, batch_size):
+        input_ids, mask = pad_batch(chunk, loaded.tokenizer.pad_token_id or 0)
+        input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
+        yield input_ids, mask, loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
 
 def normalized_loss(loss: float, base_loss: float, vocab_size: int) -> float:

@@ -170,7 +170,13 @@ def _score_groups(
     loaded: LoadedModel, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(request index, log-probs from its prefix's last token on) for every request, where
-    `groups` pairs each distinct prefix with its requests and `tails[i]` follows request i's prefix."""
+    `groups` pairs each distinct prefix with its requests and `tails[i]` follows request i's prefix.
+    A model streamed layer by layer (explorer.stream) scores them all in one streamed pass."""
+    from explorer.stream import StreamedModel
+
+    if isinstance(loaded, StreamedModel):
+        yield from loaded.score_groups(groups, tails, batch_size)
+        return
     parameters = _forward_parameters(loaded.model)
     mix = not any(tails) or _mixes_prefix_lengths(loaded, parameters)  # without tails, padding is harmless (causal attention)
     for batch in _prefix_batches(groups, batch_size, mix):

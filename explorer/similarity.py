@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -112,6 +112,31 @@ def _input_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
+def _recorded_states(
+    loaded: LoadedModel, samples: list[list[int]], batch_size: int, progress: Progress | None
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """([L+1, B, H] last-token states, B) per batch from one in-memory forward each."""
+    model = loaded.model
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    device = _input_device(model)
+    done = 0
+    with LastTokenRecorder(model) as recorder:
+        for chunk in batches(samples, batch_size):
+            input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
+            # The index lives on the device, so the per-layer hooks never copy (and sync) from the host.
+            recorder.collect(mask.sum(dim=1) - 1)
+            try:
+                model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            except torch.OutOfMemoryError as exc:
+                raise ExplorerError(
+                    f"Out of memory with batch size {batch_size}: use a smaller batch, shorter sequences or 4-bit loading."
+                ) from exc
+            yield recorder.stacked(), len(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, len(samples))
+
+
 @torch.no_grad()
 def compute_distances(
     loaded: LoadedModel,
@@ -119,34 +144,26 @@ def compute_distances(
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> SimilarityResult:
-    """Average d(x^l, x^(l+n)) over samples for every n in 1..L and l in 0..L-n."""
+    """Average d(x^l, x^(l+n)) over samples for every n in 1..L and l in 0..L-n.
+
+    A `StreamedModel` (explorer.stream) gives the same states layer by layer, never holding
+    the whole model; the pairs are accumulated here either way."""
+    from explorer.stream import StreamedModel
+
     if not samples:
         raise ExplorerError("No calibration samples: give some text.")
-    model = loaded.model
-    base = model.base_model
     num_layers = loaded.num_layers
-    pad_id = loaded.tokenizer.pad_token_id or 0
     total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
     done = 0
-    device = _input_device(model)
-    with LastTokenRecorder(model) as recorder:
-        for chunk in batches(samples, batch_size):
-            input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
-            # The index lives on the device, so the per-layer hooks never copy (and sync) from the host.
-            recorder.collect(mask.sum(dim=1) - 1)
-            try:
-                base(input_ids=input_ids, attention_mask=mask, use_cache=False)
-            except torch.OutOfMemoryError as exc:
-                raise ExplorerError(
-                    f"Out of memory with batch size {batch_size}: use a smaller batch, shorter sequences or 4-bit loading."
-                ) from exc
-            states = recorder.stacked()
-            if states.shape[0] != num_layers + 1:
-                raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
-            total += pairwise_angular(states).sum(dim=0).double().cpu()
-            done += len(chunk)
-            if progress:
-                progress(done, len(samples))
+    if isinstance(loaded, StreamedModel):
+        states_per_batch = loaded.last_token_states(samples, batch_size)
+    else:
+        states_per_batch = _recorded_states(loaded, samples, batch_size, progress)
+    for states, count in states_per_batch:
+        if states.shape[0] != num_layers + 1:
+            raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
+        total += pairwise_angular(states).sum(dim=0).double().cpu()
+        done += count
     mean = total / done
     distances = [
         [float(mean[l, l + n]) for l in range(num_layers - n + 1)] for n in range(1, num_layers + 1)
