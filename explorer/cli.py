@@ -42,6 +42,26 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, device=args.device, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
 
 
+def _stream_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", action="store_true",
+                        help="run the checkpoint layer by layer, never holding it whole (automatic when it does not fit)")
+
+
+def _load_for_analysis(args: argparse.Namespace):
+    """The model in memory, or streamed layer by layer (explorer.stream) with a line saying why."""
+    from explorer.stream import open_for_analysis
+
+    return open_for_analysis(
+        args.model, args.stream, device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True),
+        load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _streamed_similarity_arguments(parser: argparse.ArgumentParser) -> None:
+    _similarity_arguments(parser)
+    _stream_arguments(parser)
+
+
 def _similarity_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--text-file", default="embedded", help="'embedded', 'c4', or a .txt/.jsonl/.parquet file")
@@ -60,7 +80,7 @@ def _similarity(args: argparse.Namespace) -> None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     from explorer.similarity import cached_distances
 
-    loaded = _load(args)
+    loaded = _load_for_analysis(args)
     _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples"))
     _write_json(args.out, result.to_json())
 
@@ -132,6 +152,52 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="score at most this many questions")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", required=True)
+    _stream_arguments(parser)
+    _drop_arguments(parser)
+
+
+def _drop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--drop", default=None, metavar="START:N",
+                        help="score the model with decoder layers [START, START+N) removed (streamed: skipped)")
+
+
+def _dropped(loaded, drop: str | None):
+    """The model with the --drop block removed (a pruned copy in memory, skipped layers when streamed)."""
+    from explorer.prune import prune_block
+    from explorer.stream import StreamedModel
+
+    if drop is None:
+        return loaded
+    start, sep, n = drop.partition(":")
+    if not sep or not start.isdigit() or not n.isdigit():
+        raise ExplorerError(f"--drop takes START:N (e.g. 20:8), got '{drop}'.")
+    if isinstance(loaded, StreamedModel):
+        return loaded.pruned(int(start), int(n), allow_final=True)
+    return prune_block(loaded, int(start), int(n), allow_final=True, inplace=True).loaded
+
+
+def _loss_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    _stream_arguments(parser)
+    _drop_arguments(parser)
+    parser.add_argument("--text-file", default="embedded", help="'embedded', 'c4', or a .txt/.jsonl/.parquet file (held-out split)")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", required=True)
+
+
+def _loss(args: argparse.Namespace) -> None:
+    """Validation loss (nats per token) on held-out documents, optionally with a block dropped."""
+    from explorer.data import check_settings
+    from explorer.evaluate import validation_loss
+
+    check_settings(args.samples, args.seq_len, args.batch_size)
+    loaded = _dropped(_load_for_analysis(args), args.drop)
+    loss = validation_loss(loaded, args.text_file, args.samples, args.seq_len, args.batch_size)
+    _write_json(args.out, {"model": loaded.name, "loss": loss, "source": args.text_file, "samples": args.samples,
+                           "seq_len": args.seq_len, "drop": args.drop})
+    print(f"validation loss {loss:.4f}")
 
 
 def _task_options(args: argparse.Namespace) -> dict:
@@ -154,7 +220,7 @@ def _eval(args: argparse.Namespace) -> None:
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)
     task = get_task(args.task, **_task_options(args))
-    report = run_task(_load(args), task, limit=args.limit, batch_size=args.batch_size)
+    report = run_task(_dropped(_load_for_analysis(args), args.drop), task, limit=args.limit, batch_size=args.batch_size)
     _write_json(args.out, report.to_json())
     print(report.summary())
 
@@ -304,9 +370,10 @@ def _job(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
-    "similarity": (_similarity_arguments, _similarity, "angular distances for every (l, n)"),
+    "similarity": (_streamed_similarity_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
+    "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),

@@ -130,13 +130,32 @@ class Checkpoint:
                     total += torch.Size(f.get_slice(key).get_shape()).numel()
         return total
 
+    def adopt_names(self, model: nn.Module) -> None:
+        """Map checkpoint keys to the model's parameter names with transformers' own renamings
+        for the family (GPT-NeoX saves 'embed_out', the model calls it 'lm_head'); a checkpoint
+        that needs more than renaming (fused experts, ...) is refused."""
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        transforms = get_model_conversion_mapping(model)
+        self.names = {}
+        for key in self.weight_map:
+            name = key
+            for transform in transforms:
+                renamed, matched = transform.rename_source_key(name)
+                if matched is not None and type(transform) is not WeightRenaming:
+                    raise ExplorerError(
+                        f"The checkpoint tensor '{key}' needs a weight conversion ({type(transform).__name__}) "
+                        "that streaming does not do: load the model in memory instead."
+                    )
+                name = renamed
+            self.names[name] = key
+
     def key_for(self, name: str, base_prefix: str) -> str | None:
         """The checkpoint key of parameter `name`; checkpoints saved from the bare base model
         (the original GPT-2's 'h.0...') lack the base-model prefix."""
-        if name in self.weight_map:
-            return name
-        bare = name.removeprefix(base_prefix + ".")
-        return bare if bare in self.weight_map else None
+        names = getattr(self, "names", None) or {key: key for key in self.weight_map}
+        return names.get(name) or names.get(name.removeprefix(base_prefix + "."))
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
@@ -432,6 +451,7 @@ def open_streamed(
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval()
+    checkpoint.adopt_names(model)
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     tied = head is not None and (head.weight is embed.weight or bool(getattr(config.get_text_config(), "tie_word_embeddings", False)))
     path = layers_path(model)
@@ -455,3 +475,35 @@ def open_streamed(
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
+
+
+def fits_in_memory(source: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[bool, int, int]:
+    """(fits, bytes the weights need in `dtype`, bytes free on the device): whether a local
+    checkpoint can be loaded whole, with a fifth of the free memory left for activations.
+    Hub models are not sized (it would download the index); they count as fitting."""
+    kind, location, gguf_file = resolve_source(source)
+    if kind == "hub" or gguf_file:
+        return True, 0, 0
+    target = torch.device(device or pick_device())
+    needed = Checkpoint(location, hub=False).parameter_count() * (dtype or default_dtype(target.type)).itemsize
+    free = _available_bytes(target)
+    return needed < 0.8 * free, needed, free
+
+
+def open_for_analysis(
+    source: str, stream: bool, device: str | None = None, log: Callable[[str], None] = print, **options
+):
+    """A `StreamedModel` when asked (`stream`) or when the checkpoint does not fit in memory,
+    else the usual in-memory `LoadedModel`; `log` is told which and why."""
+    from explorer.models import load_model
+
+    if not stream:
+        fits, needed, free = fits_in_memory(source, device)
+        if fits:
+            return load_model(source, device=device, **options)
+        log(f"the model needs {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free: streaming it layer by layer")
+    else:
+        log("streaming the model layer by layer (--stream)")
+    if options.get("load_in_4bit"):
+        raise ExplorerError("Streaming runs the checkpoint's own weights: drop --load-in-4bit or --stream.")
+    return open_streamed(source, device=device, trust_remote_code=options.get("trust_remote_code", False), log=log)
