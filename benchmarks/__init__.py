@@ -71,4 +71,5 @@ BENCHMARKS = {
     "scoring": "benchmarks.scoring",
     "heal": "benchmarks.heal",
     "sweep": "benchmarks.sweep",
+    "stream": "benchmarks.stream",
 }

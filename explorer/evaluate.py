@@ -162,7 +162,7 @@ def _logits(loaded: LoadedModel, ids: list[list[int]], batch_size: int) -> Itera
     from explorer.stream import StreamedModel
 
     if isinstance(loaded, StreamedModel):
-        yield from loaded.forward(ids, batch_size).logits()
+        yield from loaded.logits_batches(ids, batch_size)
         return
     for chunk in batches(ids, batch_size):
         input_ids, mask = pad_batch(chunk, loaded.tokenizer.pad_token_id or 0)

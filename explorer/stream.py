@@ -29,6 +29,8 @@ import copy
 import json
 import shutil
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -242,7 +244,7 @@ class StreamedModel:
     """A checkpoint to be run layer by layer; quacks like `LoadedModel` where the analysis
     functions need it (model config, tokenizer, name, fingerprint, num_layers)."""
 
-    model: nn.Module  # the architecture: meta parameters except what is loaded, stubs for layers
+    model: nn.Module  # the architecture: meta parameters except what is loaded (layers: `templates`)
     tokenizer: object
     name: str
     fingerprint: str
@@ -253,7 +255,9 @@ class StreamedModel:
     tied_head: bool
     spill: str = "auto"
     skip: frozenset[int] = frozenset()
-    state: dict = field(default_factory=lambda: {"mode": "record", "calls": []})
+    state: dict = field(default_factory=lambda: {"mode": "record", "calls": []})  # shared with the stubs
+    stubs: nn.ModuleList = field(default_factory=nn.ModuleList)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one pass at a time (pages share the model)
     log: Callable[[str], None] | None = None
 
     @property
@@ -300,14 +304,32 @@ class StreamedModel:
         self._load(layer, f"{layers_path(self.model)}.{index}.")
         return layer.eval()
 
+    @contextmanager
+    def _stubbed(self) -> Iterator[None]:
+        """The stubs in the decoder stack's place for the model's own forward, the (meta)
+        templates back afterwards, so the architecture reads as usual (parameter counts)."""
+        parent, _, leaf = layers_path(self.model).rpartition(".")
+        owner = self.model.get_submodule(parent)
+        setattr(owner, leaf, self.stubs)
+        try:
+            yield
+        finally:
+            setattr(owner, leaf, self.templates)
+
     def _record(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list]:
         """x^0 and each layer's call arguments for one batch, from the model's own forward."""
         self.state.update(mode="record", calls=[], x0=None)
         try:
-            self.model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            with self._stubbed():
+                self.model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         except _Stop:
             pass
         return self.state.pop("x0"), self.state["calls"]
+
+    def logits_batches(self, samples: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(input_ids, mask, logits [B, T, V]) per padded batch after one streamed pass."""
+        with self.lock:
+            yield from self.forward(samples, batch_size).logits()
 
     @torch.no_grad()
     def forward(
@@ -366,7 +388,7 @@ class StreamedModel:
                 rows.setdefault(tuple(prefix + tails[i]), []).append((i, len(prefix)))
         order = sorted(rows, key=len, reverse=True)
         done = 0
-        for _, _, logits in self.forward([list(row) for row in order], batch_size).logits():
+        for _, _, logits in self.logits_batches([list(row) for row in order], batch_size):
             for b in range(logits.shape[0]):
                 row = order[done + b]
                 for i, prefix_length in rows[row]:
@@ -387,7 +409,8 @@ class StreamedModel:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             states[b].append(hidden[rows, mask.sum(dim=1) - 1].float().cpu())
 
-        self.forward(samples, batch_size, keep).store.close()
+        with self.lock:
+            self.forward(samples, batch_size, keep).store.close()
         for batch in states:
             yield torch.stack(batch), batch[0].shape[0]
 
@@ -409,7 +432,9 @@ class StreamedPass:
         try:
             for b, (input_ids, mask) in enumerate(self.padded):
                 state.update(mode="replay", final=self.store.get(b))
-                yield input_ids, mask, model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                with self.streamed._stubbed():
+                    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                yield input_ids, mask, logits
         finally:
             state.update(mode="record", final=None)
             self.store.close()
@@ -458,15 +483,13 @@ def open_streamed(
     templates = model.get_submodule(path)
     state = {"mode": "record", "calls": []}
     stubs = nn.ModuleList(_Stub(i, i == len(templates) - 1, state) for i in range(len(templates)))
-    parent, _, leaf = path.rpartition(".")
-    setattr(model.get_submodule(parent), leaf, stubs)
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     name = EMBEDDED_NAME if kind == "embedded" else source
     streamed = StreamedModel(
         model, tokenizer, name, fingerprint_of(kind, location, None), checkpoint, device, dtype, templates, tied,
-        spill=spill, state=state, log=log,
+        spill=spill, state=state, stubs=stubs, log=log,
     )
     exclude = (path + ".",) + (() if head is None else (_module_name(model, head) + ".",))
     streamed._load(model, "", exclude=exclude)  # embeddings, rotary, final norm: everything but layers and head

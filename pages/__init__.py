@@ -46,6 +46,14 @@ def cached_model(source: str, device: str, load_in_4bit: bool, trust_remote_code
     return load_model(source, device=device, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
 
 
+@st.cache_resource(show_spinner="Reading the model's embeddings…", max_entries=2)
+def cached_streamed(source: str, device: str, trust_remote_code: bool):
+    """A model to stream layer by layer (explorer.stream); only its embeddings stay loaded."""
+    from explorer.stream import open_streamed
+
+    return open_streamed(source, device=device, trust_remote_code=trust_remote_code)
+
+
 @st.cache_resource
 def get_store() -> Store:
     return Store()
@@ -79,12 +87,16 @@ def model_picker() -> dict:
     return settings
 
 
-def current_model(settings: dict) -> LoadedModel | None:
-    """Load (cached) the picked model, or show why not and return None."""
+def current_model(settings: dict, stream: bool = False) -> LoadedModel | None:
+    """Load (cached) the picked model, or prepare it for streaming, or show why not and return None."""
     if not settings["source"]:
         st.info("Enter a model id or path in the sidebar.")
         return None
     try:
+        if stream:
+            if settings["load_in_4bit"]:
+                raise ExplorerError("Streaming runs the checkpoint's own weights: untick 4-bit loading to stream.")
+            return cached_streamed(settings["source"], settings["device"], settings["trust_remote_code"])
         return cached_model(settings["source"], settings["device"], settings["load_in_4bit"], settings["trust_remote_code"])
     except ExplorerError as exc:
         st.error(str(exc), icon="🚫")

@@ -222,7 +222,9 @@ def main() -> None:
     st.markdown("Angular distance d(x<sup>l</sup>, x<sup>l+n</sup>) between the residual stream entering layer *l* "
                 "and layer *l+n*: where it is small, the block [l, l+n) barely changes the representation.",
                 unsafe_allow_html=True)
-    loaded = current_model(model_picker())
+    stream = st.toggle("Stream layer by layer", key="sim_stream", help="For models larger than memory: one decoder "
+                       "layer at a time from the safetensors checkpoint; the same distances, never the whole model.")
+    loaded = current_model(model_picker(), stream)
     if loaded is None:
         return
     source = data_source()

@@ -25,7 +25,7 @@ from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-5
 # Sliding windows shorter than the samples, so per-layer attention types really differ.
-SLIDING = {"gemma2": {"sliding_window": 4}, "gemma3_text": {"sliding_window": 4, "sliding_window_pattern": 2}}
+SLIDING = {"gemma2": {"sliding_window": 4}, "gemma3_text": {"sliding_window": 4}}
 
 
 def max_gap(a: list[list[float]], b: list[list[float]]) -> float:
@@ -56,7 +56,26 @@ def calibration(embedded) -> list[list[int]]:
 
 
 def test_embedded_distances_and_loss_equal_in_memory(embedded, embedded_streamed, calibration):
-    ours = compute_distances(embedded_streamed, calibration, batch_size=4)
+    """Equal to the in-memory pass, with at most one decoder layer holding real weights at any
+    moment (a weak reference to each loaded layer) and the templates left on meta."""
+    alive: list[weakref.ref] = []
+    most = [0]
+    load = embedded_streamed._layer
+
+    def counted(index: int):
+        gc.collect()
+        most[0] = max(most[0], 1 + sum(ref() is not None for ref in alive))
+        layer = load(index)
+        alive.append(weakref.ref(layer))
+        return layer
+
+    embedded_streamed._layer = counted
+    try:
+        ours = compute_distances(embedded_streamed, calibration, batch_size=4)
+    finally:
+        del embedded_streamed._layer
+    assert len(alive) == 30 and most[0] == 1
+    assert all(p.device.type == "meta" for p in embedded_streamed.templates.parameters())
     reference = compute_distances(embedded, calibration, batch_size=4)
     assert ours.num_layers == 30 and ours.samples == 4
     assert max_gap(ours.distances, reference.distances) < TOL
@@ -72,7 +91,7 @@ def test_embedded_pruned_loss_and_quiz_equal_in_memory(embedded, embedded_stream
     streamed = embedded_streamed.pruned(20, 5)
     assert streamed.skip == frozenset(range(20, 25)) and streamed.name == pruned.name
     assert validation_loss(streamed, samples=3, seq_len=32) == pytest.approx(validation_loss(pruned, samples=3, seq_len=32), abs=TOL)
-    ours, reference = run_task(streamed, "quiz-capitals", limit=6), run_task(pruned, "quiz-capitals", limit=6)
+    ours, reference = run_task(streamed, "quiz-capitals", limit=4), run_task(pruned, "quiz-capitals", limit=4)
     for a, b in zip(ours.per_question, reference.per_question):
         assert (a.pred, a.alt_preds) == (b.pred, b.alt_preds)
         assert a.scores == pytest.approx(b.scores, abs=TOL)
@@ -86,28 +105,6 @@ def test_embedded_mmlu_letter_scores_equal_in_memory(embedded, embedded_streamed
     for a, b in zip(ours.per_question, reference.per_question):
         assert a.pred == b.pred
         assert a.scores == pytest.approx(b.scores, abs=TOL)
-
-
-def test_one_layer_at_a_time(embedded_streamed, calibration):
-    """At most one decoder layer holds real weights at any moment; the templates stay on meta."""
-    alive: list[weakref.ref] = []
-    most = [0]
-    load = embedded_streamed._layer
-
-    def counted(index: int):
-        gc.collect()
-        most[0] = max(most[0], 1 + sum(ref() is not None for ref in alive))
-        layer = load(index)
-        alive.append(weakref.ref(layer))
-        return layer
-
-    embedded_streamed._layer = counted
-    try:
-        compute_distances(embedded_streamed, calibration[:2], batch_size=2)
-    finally:
-        del embedded_streamed._layer
-    assert len(alive) == 30 and most[0] == 1
-    assert all(p.device.type == "meta" for p in embedded_streamed.templates.parameters())
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -160,3 +157,26 @@ def test_cli_stream_says_so_and_matches(embedded, tmp_path, capsys):
     assert streamed == pytest.approx(in_memory, abs=TOL)
     assert main(["loss", *common, "--drop", "one", "--out", str(tmp_path / "x.json")]) == 2
     assert "--drop takes START:N" in capsys.readouterr().err
+
+
+def test_similarity_page_streams(embedded):
+    """The page's toggle streams the model: the same distances as in memory and the same
+    parameter count for the picked block (the architecture is read from the meta templates)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    at.run()
+    at.switch_page("pages/similarity.py").run()
+    at.toggle(key="sim_stream").set_value(True).run()
+    at.number_input(key="sim_samples").set_value(3)
+    at.number_input(key="sim_seq_len").set_value(24)
+    at = at.button(key="sim_run").click().run()
+    assert not at.exception and not at.error
+    shown = at.session_state["similarity_result"]
+    assert not shown["from_cache"]
+    reference = compute_distances(embedded, make_samples(embedded.tokenizer, "embedded", 3, 24).ids, batch_size=8)
+    assert max_gap(shown["result"]["distances"], reference.distances) < TOL
+    at.number_input(key="block_start").set_value(3)
+    at.number_input(key="block_n").set_value(3).run()
+    params = sum(p.numel() for i in (3, 4, 5) for p in embedded.model.model.layers[i].parameters())
+    assert f"{params / 1e6:.1f}M parameters" in at.success[0].value
