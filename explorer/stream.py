@@ -500,28 +500,32 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 
 
-def fits_in_memory(source: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[bool, int, int]:
-    """(fits, bytes the weights need in `dtype`, bytes free on the device): whether a local
-    checkpoint can be loaded whole, with a fifth of the free memory left for activations.
-    Hub models are not sized (it would download the index); they count as fitting."""
+def fits_in_memory(
+    source: str, device: str | None = None, dtype: torch.dtype | None = None, free: int | None = None
+) -> tuple[bool, int, int]:
+    """(fits, bytes the weights need in `dtype`, bytes free on the device, or `free` when given):
+    whether a local checkpoint can be loaded whole, with a fifth of the free memory left for
+    activations. Hub models are not sized (it would download the index); they count as fitting."""
     kind, location, gguf_file = resolve_source(source)
     if kind == "hub" or gguf_file:
         return True, 0, 0
     target = torch.device(device or pick_device())
     needed = Checkpoint(location, hub=False).parameter_count() * (dtype or default_dtype(target.type)).itemsize
-    free = _available_bytes(target)
+    free = _available_bytes(target) if free is None else free
     return needed < 0.8 * free, needed, free
 
 
 def open_for_analysis(
-    source: str, stream: bool, device: str | None = None, log: Callable[[str], None] = print, **options
+    source: str, stream: bool, device: str | None = None, log: Callable[[str], None] = print,
+    free: int | None = None, **options,
 ):
-    """A `StreamedModel` when asked (`stream`) or when the checkpoint does not fit in memory,
-    else the usual in-memory `LoadedModel`; `log` is told which and why."""
+    """A `StreamedModel` when asked (`stream`) or when the checkpoint does not fit in memory
+    (`free` bytes, default: what the device has free), else the usual in-memory `LoadedModel`;
+    `log` is told which and why."""
     from explorer.models import load_model
 
     if not stream:
-        fits, needed, free = fits_in_memory(source, device)
+        fits, needed, free = fits_in_memory(source, device, free=free)
         if fits:
             return load_model(source, device=device, **options)
         log(f"the model needs {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free: streaming it layer by layer")

@@ -20,7 +20,7 @@ from explorer.models import embedded_folder, embedded_gguf_path, load_model
 from explorer.prune import prune_block
 from explorer.scoring import loglikelihoods
 from explorer.similarity import compute_distances
-from explorer.stream import StreamedModel, open_streamed, unsupported_reason
+from explorer.stream import StreamedModel, fits_in_memory, open_for_analysis, open_streamed, unsupported_reason
 from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-5
@@ -63,7 +63,7 @@ def test_embedded_distances_and_loss_equal_in_memory(embedded, embedded_streamed
     load = embedded_streamed._layer
 
     def counted(index: int):
-        gc.collect()
+        # no gc.collect(): a used layer must be freed by reference counting, at once
         most[0] = max(most[0], 1 + sum(ref() is not None for ref in alive))
         layer = load(index)
         alive.append(weakref.ref(layer))
@@ -155,6 +155,12 @@ def test_cli_stream_says_so_and_matches(embedded, tmp_path, capsys):
     assert main(["loss", *common, "--drop", "1:1", "--out", str(tmp_path / "lm.json")]) == 0
     streamed, in_memory = (json.loads((tmp_path / f).read_text())["loss"] for f in ("ls.json", "lm.json"))
     assert streamed == pytest.approx(in_memory, abs=TOL)
+    task = ["--device", "cpu", "--task", "quiz-capitals", "--limit", "3", "--drop", "1:1"]
+    assert main(["eval", "--model", folder, *task, "--stream", "--out", str(tmp_path / "es.json")]) == 0
+    assert main(["eval", "--model", folder, *task, "--out", str(tmp_path / "em.json")]) == 0
+    streamed, in_memory = (json.loads((tmp_path / f).read_text())["per_question"] for f in ("es.json", "em.json"))
+    for a, b in zip(streamed, in_memory):
+        assert a["pred"] == b["pred"] and a["scores"] == pytest.approx(b["scores"], abs=TOL)
     assert main(["loss", *common, "--drop", "one", "--out", str(tmp_path / "x.json")]) == 2
     assert "--drop takes START:N" in capsys.readouterr().err
 
@@ -180,3 +186,15 @@ def test_similarity_page_streams(embedded):
     at.number_input(key="block_n").set_value(3).run()
     params = sum(p.numel() for i in (3, 4, 5) for p in embedded.model.model.layers[i].parameters())
     assert f"{params / 1e6:.1f}M parameters" in at.success[0].value
+
+
+def test_streams_by_itself_when_the_weights_do_not_fit(embedded, tmp_path):
+    folder = family_folder("llama", embedded.tokenizer, tmp_path)
+    fits, needed, _ = fits_in_memory(folder, "cpu")
+    params = sum(p.numel() for p in load_model(folder, device="cpu").model.parameters())
+    assert fits and needed == params * 4
+    lines: list[str] = []
+    assert isinstance(open_for_analysis(folder, False, "cpu", lines.append, free=needed), StreamedModel)
+    assert lines and "streaming it layer by layer" in lines[0]
+    assert not isinstance(open_for_analysis(folder, False, "cpu", lines.append, free=2 * needed), StreamedModel)
+    assert len(lines) == 1
