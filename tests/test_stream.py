@@ -4,7 +4,6 @@ on tiny checkpoints of every family in tests/families.py, saved to disk and read
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import weakref
