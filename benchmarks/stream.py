@@ -110,7 +110,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {"runs": runs, "sizes": sizes(args), "max_distance_gap": gap, "loss_gap": loss_gap,
             "model": args.model, "samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "loss_batch_size": args.loss_batch_size, "threads": args.threads, "machine": platform.processor() or platform.machine(),
-            "load_before": os.getloadavg(), "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+            "load": os.getloadavg(), "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
 
 
 def table(result: dict) -> str:

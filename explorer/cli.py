@@ -45,6 +45,8 @@ def _load(args: argparse.Namespace):
 def _stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="run the checkpoint layer by layer, never holding it whole (automatic when it does not fit)")
+    parser.add_argument("--activations", default="auto", choices=("auto", "device", "cpu", "disk"),
+                        help="where a streamed pass keeps every token's hidden states between layers (auto: where they fit)")
 
 
 def _load_for_analysis(args: argparse.Namespace):
@@ -53,7 +55,7 @@ def _load_for_analysis(args: argparse.Namespace):
 
     return open_for_analysis(
         args.model, args.stream, device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True),
-        load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code,
+        spill=args.activations, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code,
     )
 
 

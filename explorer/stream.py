@@ -517,7 +517,7 @@ def fits_in_memory(
 
 def open_for_analysis(
     source: str, stream: bool, device: str | None = None, log: Callable[[str], None] = print,
-    free: int | None = None, **options,
+    free: int | None = None, spill: str = "auto", **options,
 ):
     """A `StreamedModel` when asked (`stream`) or when the checkpoint does not fit in memory
     (`free` bytes, default: what the device has free), else the usual in-memory `LoadedModel`;
@@ -533,4 +533,4 @@ def open_for_analysis(
         log("streaming the model layer by layer (--stream)")
     if options.get("load_in_4bit"):
         raise ExplorerError("Streaming runs the checkpoint's own weights: drop --load-in-4bit or --stream.")
-    return open_streamed(source, device=device, trust_remote_code=options.get("trust_remote_code", False), log=log)
+    return open_streamed(source, device=device, spill=spill, trust_remote_code=options.get("trust_remote_code", False), log=log)
