@@ -82,8 +82,11 @@ def _similarity(args: argparse.Namespace) -> None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     from explorer.similarity import cached_distances
 
+    from explorer.stream import StreamedModel
+
     loaded = _load_for_analysis(args)
-    _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples"))
+    label = "layers" if isinstance(loaded, StreamedModel) else "samples"
+    _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress(label))
     _write_json(args.out, result.to_json())
 
 

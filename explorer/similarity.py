@@ -147,7 +147,8 @@ def compute_distances(
     """Average d(x^l, x^(l+n)) over samples for every n in 1..L and l in 0..L-n.
 
     A `StreamedModel` (explorer.stream) gives the same states layer by layer, never holding
-    the whole model; the pairs are accumulated here either way."""
+    the whole model (`progress` then counts layers, not samples); the pairs are accumulated
+    here either way."""
     from explorer.stream import StreamedModel
 
     if not samples:
@@ -156,7 +157,7 @@ def compute_distances(
     total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
     done = 0
     if isinstance(loaded, StreamedModel):
-        states_per_batch = loaded.last_token_states(samples, batch_size)
+        states_per_batch = loaded.last_token_states(samples, batch_size, progress)  # progress in layers
     else:
         states_per_batch = _recorded_states(loaded, samples, batch_size, progress)
     for states, count in states_per_batch:

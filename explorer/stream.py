@@ -337,11 +337,13 @@ class StreamedModel:
         samples: list[list[int]],
         batch_size: int,
         on_hidden: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> "StreamedPass":
         """Run every sample through the kept layers, one layer at a time over all batches.
 
         `on_hidden(k, b, hidden, mask)` sees batch b's residual stream entering kept layer k
-        (k = 0: the embeddings) and, with k = number of kept layers, leaving the last one."""
+        (k = 0: the embeddings) and, with k = number of kept layers, leaving the last one;
+        `progress(k, kept layers)` is called after each layer."""
         pad_id = self.tokenizer.pad_token_id or 0
         padded = [tuple(t.to(self.device) for t in pad_batch(chunk, pad_id)) for chunk in batches(samples, batch_size)]
         needed = sum(ids.numel() for ids, _ in padded) * self.model.config.get_text_config().hidden_size * self.dtype.itemsize
@@ -368,6 +370,8 @@ class StreamedModel:
                 if on_hidden:
                     on_hidden(k, b, hidden, mask)
             del layer
+            if progress:
+                progress(k, len(kept))
         return StreamedPass(self, padded, store)
 
     def _head_loaded(self) -> None:
@@ -396,9 +400,11 @@ class StreamedModel:
             done += logits.shape[0]
 
     @torch.no_grad()
-    def last_token_states(self, samples: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
+    def last_token_states(
+        self, samples: list[list[int]], batch_size: int, progress: Callable[[int, int], None] | None = None
+    ) -> Iterator[tuple[torch.Tensor, int]]:
         """([L+1, B, H] float32 last-real-token states x^0..x^L, B) per batch, as the in-memory
-        `LastTokenRecorder` collects them (x^L before the final norm)."""
+        `LastTokenRecorder` collects them (x^L before the final norm); `progress(layers done, L)`."""
         if self.skip:
             raise ExplorerError("Distances are measured on the unpruned model: stream it without skipped layers.")
         states: list[list[torch.Tensor]] = []
@@ -410,7 +416,7 @@ class StreamedModel:
             states[b].append(hidden[rows, mask.sum(dim=1) - 1].float().cpu())
 
         with self.lock:
-            self.forward(samples, batch_size, keep).store.close()
+            self.forward(samples, batch_size, keep, progress).store.close()
         for batch in states:
             yield torch.stack(batch), batch[0].shape[0]
 

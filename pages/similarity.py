@@ -79,9 +79,11 @@ def calibration_settings() -> dict:
 def run_calibration(loaded: LoadedModel, source: str, settings: dict) -> None:
     """Compute (or fetch) the distances with a progress bar, and keep them in the session."""
     bar = st.progress(0.0, text="Preparing samples…")
+    stream = st.session_state.get("sim_stream", False)
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Forward passes: {done} / {total} samples")
+        unit = "layers (streamed)" if stream else "samples"
+        bar.progress(done / total, text=f"Forward passes: {done} / {total} {unit}")
 
     try:
         run_id, result, from_cache = cached_distances(

@@ -151,6 +151,7 @@ def test_cli_stream_says_so_and_matches(embedded, tmp_path, capsys):
     assert main(["similarity", *common, "--stream", "--activations", "disk", "--out", str(tmp_path / "s.json")]) == 0
     err = capsys.readouterr().err
     assert "streaming the model layer by layer (--stream)" in err and "kept on disk" in err
+    assert "layers: 1/3" in err and "layers: 3/3" in err
     assert main(["loss", *common, "--stream", "--drop", "1:1", "--out", str(tmp_path / "ls.json")]) == 0
     assert main(["loss", *common, "--drop", "1:1", "--out", str(tmp_path / "lm.json")]) == 0
     streamed, in_memory = (json.loads((tmp_path / f).read_text())["loss"] for f in ("ls.json", "lm.json"))
