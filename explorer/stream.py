@@ -463,7 +463,8 @@ def open_streamed(
     log: Callable[[str], None] | None = None,
 ) -> StreamedModel:
     """Prepare `source` (a local folder, a hub id, or the embedded model's safetensors copy)
-    for streaming: config, tokenizer and the meta-device architecture; no weights yet."""
+    for streaming: config, tokenizer, the meta-device architecture and the embeddings (with
+    every other module outside the decoder stack but the LM head); no decoder layer yet."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
