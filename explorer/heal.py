@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from explorer.blocks import Block
+from explorer.concurrency import exclusive
 from explorer.data import EMBEDDED, batches, make_samples, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers, load_model
@@ -461,7 +462,7 @@ def complete(loaded: LoadedModel, prompt: str, max_new_tokens: int = 24) -> str:
     if not prompt.strip():
         raise ExplorerError("Give a prompt to complete.")
     inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
-    with torch.no_grad():
+    with exclusive(loaded.model), torch.no_grad():
         output = loaded.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
         )

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from explorer.concurrency import exclusive
 from explorer.data import batches, make_samples, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
@@ -141,7 +142,7 @@ def compute_scores(
     cos_total = torch.zeros(num_layers, dtype=torch.float64)
     done = tokens = 0
     device = model.get_input_embeddings().weight.device
-    with TokenRecorder(model) as recorder:
+    with exclusive(model), TokenRecorder(model) as recorder:  # no other caller sees these hooks
         for chunk in batches(samples, batch_size):
             input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
             recorder.collect(mask)  # on the device, so the per-layer hooks never copy it from the host

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from explorer.blocks import Block, check_block
+from explorer.concurrency import exclusive
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers, layers_path, parameter_count
 from explorer.similarity import SimilarityResult
@@ -97,7 +98,8 @@ def prune_block(
     """Remove decoder layers [start, start+n). The original stays usable unless `inplace`."""
     num_layers = loaded.num_layers
     block = check_block(start, n, num_layers, allow_final)
-    model = loaded.model if inplace else copy.deepcopy(loaded.model)
+    with exclusive(loaded.model):  # a deep copy taken while another caller's hooks are on would keep them
+        model = loaded.model if inplace else copy.deepcopy(loaded.model)
     params_before = parameter_count(model)
     if n:
         layers = decoder_layers(model)

@@ -28,6 +28,7 @@ from typing import Iterator
 
 import torch
 
+from explorer.concurrency import exclusive
 from explorer.data import check_settings, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
@@ -78,13 +79,14 @@ def max_length(loaded: LoadedModel) -> int:
 def inference(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode without gradients, restoring the previous mode: a model scored in the middle
     of healing must not apply LoRA dropout to its scores, nor stay in eval mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+    with exclusive(model):  # one scorer at a time per shared model (explorer.concurrency)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            model.train(was_training)
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:

@@ -13,11 +13,13 @@ The base model runs without the LM head, which the distances never need.
 from __future__ import annotations
 
 import math
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 import torch
 
+from explorer.concurrency import exclusive
 from explorer.data import batches, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers
@@ -157,14 +159,16 @@ def compute_distances(
     total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
     done = 0
     if isinstance(loaded, StreamedModel):
-        states_per_batch = loaded.last_token_states(samples, batch_size, progress)  # progress in layers
+        states_per_batch, hold = loaded.last_token_states(samples, batch_size, progress), nullcontext()  # progress in layers
     else:
-        states_per_batch = _recorded_states(loaded, samples, batch_size, progress)
-    for states, count in states_per_batch:
-        if states.shape[0] != num_layers + 1:
-            raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
-        total += pairwise_angular(states).sum(dim=0).double().cpu()
-        done += count
+        states_per_batch, hold = _recorded_states(loaded, samples, batch_size, progress), exclusive(loaded.model)
+    # The shared model is held until its hooks are off (the generator closed), even on an error.
+    with hold, closing(states_per_batch):
+        for states, count in states_per_batch:
+            if states.shape[0] != num_layers + 1:
+                raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
+            total += pairwise_angular(states).sum(dim=0).double().cpu()
+            done += count
     mean = total / done
     distances = [
         [float(mean[l, l + n]) for l in range(num_layers - n + 1)] for n in range(1, num_layers + 1)

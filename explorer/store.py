@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from explorer.concurrency import single_flight
 from explorer.errors import ExplorerError
 from explorer.paths import explorer_home
 
@@ -128,16 +129,23 @@ class Store:
 
     def cached(self, kind: str, cache_key: str, model: str, settings: dict, compute: Callable[[], dict]) -> tuple[int, dict, bool]:
         """(run id, result, from cache): a finished run's result for this key, or `compute()` run as a
-        new run, its failure recorded on the run before it propagates."""
+        new run, its failure recorded on the run before it propagates.
+
+        Single flight: callers asking for the same key at once (sessions, threads, a CLI beside the
+        server) compute it once; the others wait and get that run, marked as from the cache. A
+        failed computation leaves the next waiter to try again."""
         if done := self.find_done(kind, cache_key):
             return done.id, done.result, True
-        run_id = self.create_run(kind, model, settings, cache_key=cache_key)
-        try:
-            result = compute()
-        except BaseException as exc:
-            self.fail_run(run_id, str(exc) or type(exc).__name__)
-            raise
-        self.finish_run(run_id, result)
+        with single_flight(self.path.parent / f"{self.path.name}.locks", f"{self.path}|{kind}|{cache_key}"):
+            if done := self.find_done(kind, cache_key):
+                return done.id, done.result, True
+            run_id = self.create_run(kind, model, settings, cache_key=cache_key)
+            try:
+                result = compute()
+            except BaseException as exc:
+                self.fail_run(run_id, str(exc) or type(exc).__name__)
+                raise
+            self.finish_run(run_id, result)
         return run_id, result, False
 
     def get_run(self, run_id: int) -> Run:
