@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PORT ?= 8501
+# Loopback only by default; `make app HOST=0.0.0.0` serves a room (see README: Serving a class).
+HOST ?= 127.0.0.1
 CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: install install-dev app test bench clean
@@ -30,7 +32,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 app: install
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 test: install-dev
 	$(PY) -m pytest tests

@@ -16,11 +16,11 @@ import functools
 import hashlib
 import importlib.util
 import json
-import re
+import shutil
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import BinaryIO, Iterable, Iterator, Literal
 
 from explorer.errors import ExplorerError
 
@@ -29,6 +29,13 @@ C4 = "c4"
 EMBEDDED_FILES = ("lee_background.cor", "lee.cor")
 MIN_TOKENS = 16
 HELDOUT_EVERY = 10
+# Documents are cut to a character budget while they are read: a sample needs seq_len tokens, and
+# no tokenizer averages 64 characters a token, so the cut never shortens a sample of ordinary text,
+# while a 50 MB single-line upload costs kilobytes instead of gigabytes in the tokenizer.
+CHARS_PER_TOKEN = 64
+MAX_DOC_CHARS = 2**20  # the cut when no sequence length is known (checking that a file has text)
+READ_PIECE = 2**16  # characters read at a time from a text file, so a single huge line never sits in memory
+UPLOAD_NAME_CHARS = 80  # an upload's file name is cut to this (file systems refuse names over 255 bytes)
 
 Split = Literal["train", "heldout"]
 
@@ -49,25 +56,47 @@ def embedded_corpus_dir() -> Path:
     return Path(spec.origin).parent / "test" / "test_data"
 
 
-def _embedded_documents() -> Iterable[str]:
+def _embedded_documents(max_chars: int) -> Iterable[str]:
     folder = embedded_corpus_dir()
     for name in EMBEDDED_FILES:
         # ASCII except one Latin-1 pound sign in lee.cor, which strict UTF-8 rejects.
         with open(folder / name, encoding="latin-1") as handle:
-            yield from (line.strip() for line in handle if line.strip())
+            yield from (line.strip()[:max_chars] for line in handle if line.strip())
 
 
-def _txt_documents(path: Path) -> Iterable[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    # A line of only spaces or tabs looks blank in an editor, so it separates documents too.
-    return (block.strip() for block in re.split(r"\n[ \t]*\n", text) if block.strip())
+def _txt_documents(path: Path, max_chars: int) -> Iterator[str]:
+    """Blank-line separated documents, each cut to `max_chars`, streamed in pieces of READ_PIECE
+    characters: memory stays at one document's budget however long a line is. A line of only
+    spaces or tabs looks blank in an editor, so it separates documents too."""
+    parts: list[str] = []
+    size, line_start = 0, True
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for piece in iter(lambda: handle.readline(READ_PIECE), ""):
+            if line_start and piece.endswith("\n") and not piece.strip(" \t\n"):
+                if text := "".join(parts).strip():
+                    yield text
+                parts, size = [], 0
+            elif size < max_chars:
+                parts.append(piece[: max_chars - size])
+                size += len(parts[-1])
+            line_start = piece.endswith("\n")
+    if text := "".join(parts).strip():
+        yield text
 
 
 def jsonl_values(path: Path, name: str) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) for each non-blank line of a JSON Lines file; a line that is not
     JSON fails with its number, the file shown as `name`."""
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+        lines = enumerate(handle, 1)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:
+                raise ExplorerError(f"{name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded): "
+                                    "save it as UTF-8 and try again.") from exc
             if not line.strip():
                 continue
             try:
@@ -76,21 +105,21 @@ def jsonl_values(path: Path, name: str) -> Iterator[tuple[int, object]]:
                 raise ExplorerError(f"{name} line {number} is not valid JSON ({exc.msg}).") from exc
 
 
-def _jsonl_documents(path: Path) -> Iterable[str]:
+def _jsonl_documents(path: Path, max_chars: int) -> Iterable[str]:
     for number, record in jsonl_values(path, path.name):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ExplorerError(f"{path.name} line {number} has no string field 'text'.")
-        yield record["text"]
+        yield record["text"][:max_chars]
 
 
-def _parquet_documents(path: Path) -> Iterable[str]:
+def _parquet_documents(path: Path, max_chars: int) -> Iterable[str]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path, columns=["text"])
     except Exception as exc:  # pyarrow raises several types for bad files and missing columns
         raise ExplorerError(f"Could not read column 'text' from {path.name}: {exc}") from exc
-    return (str(t) for t in table.column("text").to_pylist() if t)
+    return (str(t)[:max_chars] for t in table.column("text").to_pylist() if t)
 
 
 @functools.cache  # a success only: MMLU loads 57 subjects from one repo
@@ -122,21 +151,21 @@ def load_hub_dataset(repo_id: str, alternative: str, *args, **kwargs):
         raise ExplorerError(f"Could not load {repo_id} from the Hugging Face hub ({type(exc).__name__}): {alternative}.") from exc
 
 
-def _c4_documents() -> Iterable[str]:
+def _c4_documents(max_chars: int) -> Iterable[str]:
     stream = load_hub_dataset("allenai/c4", "use the embedded corpus or a local file", "en", split="validation",
                               streaming=True)
     try:
-        yield from (row["text"] for row in stream)
+        yield from (row["text"][:max_chars] for row in stream)
     except Exception as exc:  # the stream fetches as it goes
         raise ExplorerError(f"C4 stopped streaming ({type(exc).__name__}): use the embedded corpus or a local file.") from exc
 
 
-def documents(source: str) -> Iterable[str]:
-    """All documents of a source, in a fixed order."""
+def documents(source: str, max_chars: int = MAX_DOC_CHARS) -> Iterable[str]:
+    """All documents of a source, in a fixed order, each cut to `max_chars` characters."""
     if source == EMBEDDED:
-        return _embedded_documents()
+        return _embedded_documents(max_chars)
     if source == C4:
-        return _c4_documents()
+        return _c4_documents(max_chars)
     path = Path(source).expanduser()
     if not path.is_file():
         raise ExplorerError(f"Text file not found: {path}.")
@@ -144,15 +173,15 @@ def documents(source: str) -> Iterable[str]:
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise ExplorerError(f"Unsupported text file type '{path.suffix}': use .txt, .jsonl or .parquet.")
-    return reader(path)
+    return reader(path, max_chars)
 
 
-def split_documents(source: str, split: Split) -> Iterable[str]:
+def split_documents(source: str, split: Split, max_chars: int = MAX_DOC_CHARS) -> Iterable[str]:
     """Every tenth distinct document is held out; the rest calibrate and heal. Exact repeats
     are skipped (the embedded corpus has seven), else one text could land in both splits."""
     held = split == "heldout"
     seen: set[bytes] = set()
-    for doc in documents(source):
+    for doc in documents(source, max_chars):
         digest = hashlib.sha1(doc.encode()).digest()
         if digest in seen:
             continue
@@ -184,7 +213,7 @@ def make_samples(tokenizer, source: str, samples: int, seq_len: int, split: Spli
     least 16 tokens, and take the first `samples` of them: deterministic, so results cache."""
     check_settings(samples, seq_len)
     kept: list[list[int]] = []
-    docs = split_documents(source, split)
+    docs = split_documents(source, split, max(seq_len * CHARS_PER_TOKEN, 1024))
     for doc in docs:
         ids = tokenizer(doc, truncation=True, max_length=seq_len)["input_ids"]
         if len(ids) >= min(MIN_TOKENS, seq_len):
@@ -195,6 +224,32 @@ def make_samples(tokenizer, source: str, samples: int, seq_len: int, split: Spli
         raise ExplorerError(f"No usable text in {source}: need documents of at least {min(MIN_TOKENS, seq_len)} tokens.")
     key = f"{source_fingerprint(source)}|{split}|{samples}|{seq_len}|{len(kept)}"
     return Samples(kept, hashlib.sha1(key.encode()).hexdigest()[:16])
+
+
+def save_upload(name: str, stream: BinaryIO, folder: Path) -> Path:
+    """Save an uploaded file under `folder`, named by its content hash (so re-runs reuse the file
+    and its unchanged mtime keeps cache keys stable) plus its name cut to UPLOAD_NAME_CHARS with its
+    suffix kept. Copied in pieces, never as a second whole copy in memory."""
+    stem, suffix = Path(Path(name).name).stem, Path(name).suffix[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1()
+    stream.seek(0)
+    for piece in iter(lambda: stream.read(READ_PIECE), b""):
+        digest.update(piece)
+    path = folder / f"{digest.hexdigest()[:12]}-{stem[:UPLOAD_NAME_CHARS]}{suffix}"
+    if path.exists():
+        return path
+    partial = path.with_name(path.name + ".part")
+    try:
+        stream.seek(0)
+        with open(partial, "wb") as out:
+            shutil.copyfileobj(stream, out, READ_PIECE)
+        partial.rename(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ExplorerError(f"Could not save the upload {name[:60]} in {folder} ({exc.strerror or exc}): "
+                            "free some disk space or check EXPLORER_HOME.") from exc
+    return path
 
 
 def batches(items: list, size: int) -> Iterable[list]:

@@ -15,9 +15,9 @@ from typing import Callable, Iterator
 
 import streamlit as st
 
-from explorer import jobs
+from explorer import jobs, policy
 from explorer.errors import ExplorerError
-from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
+from explorer.models import EMBEDDED, LoadedModel, explorer_home, load_model, pick_device
 from explorer.store import Run, Store
 
 MODEL_KEY = "model_source"
@@ -59,6 +59,16 @@ def get_store() -> Store:
     return Store()
 
 
+def visitor_policy() -> policy.Policy:
+    """What visitors may do, from the address the server listens on and the operator's environment."""
+    return policy.server_policy(st.get_option("server.address"))
+
+
+def check_text(source: str) -> None:
+    """Refuse a text file on the server unless the operator allows paths (uploads always pass)."""
+    policy.check_text_source(visitor_policy(), source, explorer_home() / "uploads")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Show an ExplorerError as one sentence instead of a traceback."""
@@ -80,7 +90,11 @@ def model_picker() -> dict:
             source = st.text_input("Model id, folder or .gguf file", key="model_path", placeholder="Qwen/Qwen2.5-0.5B")
         device = pick_device()
         load_in_4bit = st.checkbox("Load in 4-bit (bitsandbytes nf4)", key="model_4bit")
-        trust = st.checkbox("Trust remote code", key="model_trust", help="Only for models you trust.")
+        if visitor_policy().remote_code:
+            trust = st.checkbox("Trust remote code", key="model_trust", help="Only for models you trust.")
+        else:
+            trust = False
+            st.caption(f"Remote code is off on this server (operator: {policy.ALLOW_REMOTE_CODE}=1).")
         st.caption(f"Device: **{device}**")
     settings = {"source": source.strip(), "device": device, "load_in_4bit": load_in_4bit, "trust_remote_code": trust}
     st.session_state[MODEL_KEY] = settings
@@ -93,6 +107,9 @@ def current_model(settings: dict, stream: bool = False) -> LoadedModel | None:
         st.info("Enter a model id or path in the sidebar.")
         return None
     try:
+        rules = visitor_policy()
+        policy.check_model_source(rules, settings["source"])
+        policy.check_remote_code(rules, settings["trust_remote_code"])
         if stream:
             if settings["load_in_4bit"]:
                 raise ExplorerError("Streaming runs the checkpoint's own weights: untick 4-bit loading to stream.")

@@ -10,7 +10,7 @@ from explorer.blocks import Block, default_size
 from explorer.metrics import METRICS, MetricScores, brute_force_key, cached_brute_force, cached_scores
 from explorer.models import LoadedModel
 from explorer.sweep_figures import correlation_figure, influence_figure, metrics_figure, metrics_frame
-from pages import current_model, get_store, model_picker, page_setup, user_errors
+from pages import check_text, current_model, get_store, model_picker, page_setup, user_errors
 
 SCORES_KEY = "metric_scores"  # {"fingerprint", "run_id", "scores" (json), "settings"}
 
@@ -27,6 +27,7 @@ def text_settings() -> dict:
 
 
 def compute(loaded: LoadedModel, settings: dict) -> None:
+    check_text(settings["source"])
     bar = st.progress(0.0, text="One forward pass per batch…")
     try:
         run_id, scores, _ = cached_scores(loaded, store=get_store(), **settings,

@@ -8,7 +8,7 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from explorer import jobs
+from explorer import jobs, policy
 from explorer.compare import comparison_figure, settings_differences
 from explorer.errors import ExplorerError
 from explorer.figures import figure_png, png_export_available
@@ -23,7 +23,7 @@ from explorer.runs import (
     settings_summary,
 )
 from explorer.store import Run
-from pages import get_store, page_setup, user_errors
+from pages import get_store, page_setup, user_errors, visitor_policy
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
 
@@ -77,6 +77,9 @@ def delete(run: Run) -> None:
             jobs.cancel(store, run.id)
             st.rerun()
         st.caption("A queued or running job is cancelled before it can be deleted.")
+        return
+    if not visitor_policy().delete:
+        st.caption(f"Deleting runs is off on this server (operator: {policy.ALLOW_DELETE}=1).")
         return
     if st.session_state.get(CONFIRM_KEY) != run.id:
         if st.button(f"Delete run #{run.id}…", key="runs_delete"):

@@ -7,14 +7,13 @@ shows the newest saved run for the model, so a reload or restart is instant.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from pathlib import Path
 
 import streamlit as st
 
 from explorer.blocks import Block, check_block
-from explorer.data import C4, EMBEDDED
+from explorer.data import C4, EMBEDDED, save_upload
 from explorer.figures import (
     distances_frame,
     figure_png,
@@ -26,7 +25,7 @@ from explorer.models import LoadedModel, decoder_layers, parameter_count
 from explorer.paths import explorer_home
 from explorer.similarity import SimilarityResult, cached_distances, similarity_key
 from explorer.store import Run
-from pages import MODEL_KEY, current_model, get_store, model_picker, page_setup, user_errors
+from pages import MODEL_KEY, current_model, get_store, model_picker, page_setup, user_errors, visitor_policy
 
 RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
 BLOCK_KEY = "selected_block"  # read by the prune page
@@ -40,25 +39,17 @@ SOURCES = {
 }
 
 
-def uploaded_path(upload) -> Path:
-    """Save an upload under EXPLORER_HOME/uploads, named by content hash so reruns reuse the file
-    (an unchanged mtime keeps the similarity cache key stable)."""
-    data = upload.getvalue()
-    folder = explorer_home() / "uploads"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{hashlib.sha1(data).hexdigest()[:12]}-{Path(upload.name).name}"
-    if not path.exists():
-        path.write_bytes(data)
-    return path
-
-
 def data_source() -> str | None:
-    """The calibration source: 'embedded', 'c4' or a file path; None until a file is given."""
-    choice = SOURCES[st.radio("Calibration text", list(SOURCES), horizontal=True, key="sim_source")]
+    """The calibration source: 'embedded', 'c4' or a file path; None until a file is given. A path
+    on the server is offered only where the operator allows it (explorer.policy)."""
+    choices = [label for label, value in SOURCES.items() if value != "path" or visitor_policy().server_paths]
+    choice = SOURCES[st.radio("Calibration text", choices, horizontal=True, key="sim_source")]
     if choice == "upload":
         upload = st.file_uploader("Text file (.txt: blank-line separated documents; .jsonl / .parquet: field `text`)",
-                                  type=["txt", "jsonl", "parquet"], key="sim_upload")
-        return str(uploaded_path(upload)) if upload else None
+                                  type=["txt", "jsonl", "parquet"], key="sim_upload",
+                                  help="At most 20 MB (.streamlit/config.toml); only the start of each document is read.")
+        with user_errors():
+            return str(save_upload(upload.name, upload, explorer_home() / "uploads")) if upload else None
     if choice == "path":
         return st.text_input("Path to a .txt, .jsonl or .parquet file", key="sim_path").strip() or None
     return choice

@@ -22,7 +22,7 @@ from explorer.sweep import (
 )
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages import current_model, get_store, job_view, model_picker, page_setup, user_errors
+from pages import check_text, current_model, get_store, job_view, model_picker, page_setup, user_errors
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
@@ -202,6 +202,7 @@ def main() -> None:
     with user_errors():
         settings = settings_form(model)
         settings.check()
+        check_text(settings.text)
         heatmap_notice(loaded, settings)
         if st.button("Start sweep", type="primary", key="sw_start",
                      help="Runs as a background job; a sweep with the same settings resumes from finished points."):

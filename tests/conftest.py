@@ -57,6 +57,16 @@ def full_disk():
     return limit
 
 
+@pytest.fixture(autouse=True, scope="session")
+def loopback_app_tests():
+    """AppTest runs pages in this process with no server, where Streamlit's listening address is
+    unset (every interface, so explorer.policy would lock visitors out): the tests act as the
+    operator at the machine, on loopback. Tests of a served room set the address themselves."""
+    from streamlit import config
+
+    config.set_option("server.address", "127.0.0.1")
+
+
 @pytest.fixture(scope="session")
 def mmlu_dir() -> Path:
     """Real MMLU CSVs from ../shared/data/mmlu; tests that need them skip when absent."""
