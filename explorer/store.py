@@ -8,8 +8,10 @@ of MIGRATIONS upgrades one version, applied in order on open.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,31 +72,49 @@ class Store:
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path) if path else default_path()
-        try:
-            with self._connect() as db:
-                self._migrate(db)
-        except sqlite3.DatabaseError as exc:
-            raise ExplorerError(f"The run store {self.path} is unreadable ({exc}); move it aside to start a new one.") from exc
+        with self._connect() as db:
+            self._migrate(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
+        """A connection in WAL mode; any SQLite failure, here or in the caller's statements,
+        becomes one ExplorerError saying what is wrong (store_error)."""
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            yield db
-            db.commit()
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path, timeout=30)
+            db.row_factory = sqlite3.Row
+            try:
+                _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
+                db.execute("PRAGMA foreign_keys=ON")
+                yield db
+                db.commit()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise ExplorerError("The run store was written by a newer Layer-Pruning Explorer; upgrade to read it.")
-        for number, script in enumerate(MIGRATIONS[version:], version + 1):
-            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        """Apply the missing migrations in one IMMEDIATE transaction (the write lock is taken
+        before the version is read), so processes opening a new store at once migrate it once."""
+        if db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
+            return
+        db.isolation_level = None  # transactions by hand below
+        _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise ExplorerError("The run store was written by a newer Layer-Pruning Explorer; upgrade to read it.")
+            for number, script in enumerate(MIGRATIONS[version:], version + 1):
+                for statement in script.split(";"):  # DDL only: no semicolons inside statements
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.isolation_level = ""
 
     @property
     def schema_version(self) -> int:
@@ -186,6 +206,57 @@ class Store:
         with self._connect() as db:
             rows = db.execute("SELECT step, time, data FROM events WHERE run_id = ? ORDER BY step, rowid", (run_id,)).fetchall()
         return [{**json.loads(r["data"]), "step": r["step"], "time": r["time"]} for r in rows]
+
+
+def _retry_locked(statement: Callable[[], object], attempts: int = 50) -> None:
+    """Run a statement that SQLite may refuse at once with 'database is locked' while another
+    process creates or migrates the store (switching to WAL and BEGIN IMMEDIATE can skip the
+    busy timeout), retrying for a few seconds."""
+    for attempt in range(attempts):
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """'read-only' or 'full' when a file cannot be created in the folder, else None. Trying is the
+    only honest test: os.access says yes to root even on a read-only or immutable folder."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return "full"
+        return "read-only" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else None
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> ExplorerError:
+    """One sentence for a failed store operation, naming the real cause. Only a damaged file is
+    worth moving aside; a read-only folder or a full disk says so and leaves the runs alone."""
+    name = getattr(exc, "sqlite_errorname", "")
+    problem = _folder_problem(path.parent) if path.parent.is_dir() else "missing"
+    if problem == "missing":
+        return ExplorerError(f"The run store's folder {path.parent} does not exist: create it or set EXPLORER_HOME.")
+    if name.startswith("SQLITE_READONLY") or problem == "read-only":
+        return ExplorerError(f"The run store's folder {path.parent} is read-only ({exc}): make it writable or set "
+                             "EXPLORER_HOME to a writable folder; the saved runs are untouched.")
+    if name.startswith("SQLITE_FULL") or problem == "full":
+        return ExplorerError(f"The disk holding the run store {path} is full: free some space and try again; "
+                             "the saved runs are untouched.")
+    if name.startswith("SQLITE_IOERR"):
+        return ExplorerError(f"Could not write the run store {path} ({exc}): the disk is probably full or failing; "
+                             "free some space and try again (the saved runs are untouched).")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+            exc, sqlite3.OperationalError):
+        return ExplorerError(f"The run store {path} is damaged ({exc}): rename it (for example to {path.name}.damaged) "
+                             "and the app starts a new, empty one.")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return ExplorerError(f"The run store {path} stayed locked by another process for 30 s: try again.")
+    return ExplorerError(f"The run store {path} failed ({exc}): check EXPLORER_HOME.")
 
 
 def _to_run(row: sqlite3.Row) -> Run:

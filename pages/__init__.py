@@ -59,6 +59,14 @@ def get_store() -> Store:
     return Store()
 
 
+def show_page(title: str, main: Callable[[], None]) -> None:
+    """Set the page up and draw it; an ExplorerError nothing nearer caught (a damaged or read-only
+    store, say) becomes one message instead of a traceback."""
+    page_setup(title)
+    with user_errors():
+        main()
+
+
 def visitor_policy() -> policy.Policy:
     """What visitors may do, from the address the server listens on and the operator's environment."""
     return policy.server_policy(st.get_option("server.address"))

@@ -10,7 +10,7 @@ from explorer.blocks import Block, default_size
 from explorer.metrics import METRICS, MetricScores, brute_force_key, cached_brute_force, cached_scores
 from explorer.models import LoadedModel
 from explorer.sweep_figures import correlation_figure, influence_figure, metrics_figure, metrics_frame
-from pages import check_text, current_model, get_store, model_picker, page_setup, user_errors
+from pages import check_text, current_model, get_store, model_picker, show_page, user_errors
 
 SCORES_KEY = "metric_scores"  # {"fingerprint", "run_id", "scores" (json), "settings"}
 
@@ -106,5 +106,4 @@ def main() -> None:
     show(loaded, MetricScores.from_json(session["scores"]), session["settings"])
 
 
-page_setup("Metric comparison")
-main()
+show_page("Metric comparison", main)

@@ -27,7 +27,7 @@ from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
 from explorer.tasks import task_names
-from pages import current_model, get_store, job_view, model_picker, page_setup, user_errors
+from pages import current_model, get_store, job_view, model_picker, show_page, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
@@ -251,5 +251,4 @@ def main() -> None:
     job_view(st.session_state[RUN_KEY], RUN_KEY, heal_view)
 
 
-page_setup("Prune & heal")
-main()
+show_page("Prune & heal", main)

@@ -23,7 +23,7 @@ from explorer.runs import (
     settings_summary,
 )
 from explorer.store import Run
-from pages import get_store, page_setup, user_errors, visitor_policy
+from pages import get_store, show_page, user_errors, visitor_policy
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
 
@@ -168,5 +168,4 @@ def main() -> None:
         st.error(str(exc), icon="🚫")
 
 
-page_setup("Runs")
-main()
+show_page("Runs", main)

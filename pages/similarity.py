@@ -25,7 +25,7 @@ from explorer.models import LoadedModel, decoder_layers, parameter_count
 from explorer.paths import explorer_home
 from explorer.similarity import SimilarityResult, cached_distances, similarity_key
 from explorer.store import Run
-from pages import MODEL_KEY, current_model, get_store, model_picker, page_setup, user_errors, visitor_policy
+from pages import MODEL_KEY, current_model, get_store, model_picker, show_page, user_errors, visitor_policy
 
 RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
 BLOCK_KEY = "selected_block"  # read by the prune page
@@ -231,5 +231,4 @@ def main() -> None:
         results(loaded, *shown)
 
 
-page_setup("Similarity heatmap")
-main()
+show_page("Similarity heatmap", main)

@@ -22,7 +22,7 @@ from explorer.sweep import (
 )
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages import check_text, current_model, get_store, job_view, model_picker, page_setup, user_errors
+from pages import check_text, current_model, get_store, job_view, model_picker, show_page, user_errors
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
@@ -212,5 +212,4 @@ def main() -> None:
         job_view(run_id, RUN_KEY, sweep_view, "Start a new sweep or pick another run.")
 
 
-page_setup("Phase-transition sweep")
-main()
+show_page("Phase-transition sweep", main)

@@ -117,6 +117,6 @@ def test_update_run_rejects_unknown_fields(store):
 def test_corrupt_file_is_a_user_error(tmp_path):
     path = tmp_path / "runs.sqlite"
     path.write_bytes(b"this is not a database, just some bytes that happen to be here" * 100)
-    with pytest.raises(ExplorerError, match="unreadable"):
+    with pytest.raises(ExplorerError, match="is damaged .*rename it"):
         Store(path)
     assert path.read_bytes().startswith(b"this is not a database")  # the user's file is left as it was
