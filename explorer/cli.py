@@ -7,9 +7,11 @@ with one line on stderr (no traceback); results go to --out as JSON.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +22,26 @@ def _write_json(path: str, data: dict) -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
+
+
+def _check_out(path: str, folder: bool = False) -> None:
+    """Fail before any model loads when --out cannot be written, instead of after the work.
+    A JSON file is written in its parent folder; a model folder is written beside itself (in a
+    scratch folder) and moved in, so the parent must take new files either way."""
+    out = Path(path).expanduser()
+    try:
+        if out.exists() and out.is_dir() != folder:
+            raise OSError(errno.EEXIST, f"{out} is a {'folder' if out.is_dir() else 'file'} already")
+        existing = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+        if not existing.is_dir():
+            raise OSError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        what = "a folder for the model" if folder else "a JSON file"
+        raise ExplorerError(f"Cannot write --out {path} ({exc.strerror or exc}): give {what} in a writable place; "
+                            "nothing was computed.") from exc
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -80,6 +102,7 @@ def _similarity(args: argparse.Namespace) -> None:
     # A missing, unreadable or empty file fails in seconds, before the model loads.
     if next(iter(split_documents(args.text_file, "train")), None) is None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
+    _check_out(args.out)
     from explorer.similarity import cached_distances
 
     from explorer.stream import StreamedModel
@@ -113,6 +136,7 @@ def _prune(args: argparse.Namespace) -> None:
     use_similarity = args.strategy == "similarity" and args.n > 0
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
+    _check_out(args.out, folder=True)
     loaded = _load(args)
     num_layers = loaded.num_layers
     similarity = None
@@ -225,6 +249,7 @@ def _eval(args: argparse.Namespace) -> None:
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)
     task = get_task(args.task, **_task_options(args))
+    _check_out(args.out)
     report = run_task(_dropped(_load_for_analysis(args), args.drop), task, limit=args.limit, batch_size=args.batch_size)
     _write_json(args.out, report.to_json())
     print(report.summary())
@@ -280,6 +305,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
     settings = _sweep_settings(args)
     settings.check()
+    _check_out(args.out)
     store = Store()
     run_id = start_sweep(store, settings)
 
@@ -354,6 +380,7 @@ def _heal(args: argparse.Namespace) -> None:
         eval_task=args.eval_task, eval_limit=args.eval_limit, eval_options=options, val_samples=args.val_samples,
     )
     config.check()
+    _check_out(args.out, folder=True)
     loaded = _load(args)
     outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
                              allow_final=args.allow_final, store=Store())

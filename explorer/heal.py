@@ -89,6 +89,7 @@ class HealConfig:
 
         checks = {
             "rank": self.rank >= 1,
+            "LoRA alpha": self.alpha >= 1,
             "steps": self.steps >= 1,
             "batch size": self.batch_size >= 1,
             "sequence length": self.seq_len >= 2,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import shutil
 import struct
 import tempfile
@@ -221,6 +222,8 @@ def load_model(
     kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    elif kind != "hub" and any(Path(location).glob("*.safetensors")):
+        kwargs["use_safetensors"] = True  # a pickled .bin beside the safetensors is never opened
     quantization = _quantization(load_in_4bit, dtype if dtype != torch.float32 else torch.bfloat16)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
@@ -247,6 +250,18 @@ def load_model(
         ) from exc
     except torch.OutOfMemoryError as exc:
         raise ExplorerError(f"Out of memory loading '{source}': try 4-bit loading or a smaller model.") from exc
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
+        raise ExplorerError(
+            f"The weights of '{source}' are a pickle holding Python objects, which are never loaded (they could run "
+            "code): only safetensors files or .bin files of plain tensors load; convert it to safetensors with a tool you trust."
+        ) from exc
+    except Exception as exc:
+        if not trust_remote_code:
+            raise  # a bug: keep its traceback
+        raise ExplorerError(
+            f"The model's own code (trust_remote_code) failed while loading '{source}' ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0]}): that is the model author's code; check its requirements or use another model."
+        ) from exc
     if gguf_file:
         _drop_quantization_marker(model)
     if quantization is None and "device_map" not in kwargs:
