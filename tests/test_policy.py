@@ -61,7 +61,7 @@ def test_loopback_allows_everything_a_reachable_server_nothing_by_default():
 @pytest.mark.parametrize("switch, field", [(ALLOW_REMOTE_CODE, "remote_code"), (ALLOW_SERVER_PATHS, "server_paths"),
                                            (ALLOW_DELETE, "delete")])
 def test_each_switch_enables_only_its_power(switch, field):
-    for value, on in (("1", True), ("yes", True), ("0", False), ("", False)):
+    for value, on in (("1", True), ("true", True), ("yes", True), ("on", True), ("0", False), ("", False)):
         rules = server_policy("0.0.0.0", {switch: value})
         assert getattr(rules, field) is on
         others = {"remote_code", "server_paths", "delete"} - {field}
