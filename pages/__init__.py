@@ -17,7 +17,8 @@ import streamlit as st
 
 from explorer import jobs, policy
 from explorer.errors import ExplorerError
-from explorer.models import EMBEDDED, LoadedModel, explorer_home, load_model, pick_device
+from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
+from explorer.paths import explorer_home
 from explorer.store import Run, Store
 
 MODEL_KEY = "model_source"
