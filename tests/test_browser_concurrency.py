@@ -41,9 +41,11 @@ def test_tabs_pressing_run_at_once_all_get_one_shared_run(app_url, browser, page
             tab.set_default_timeout(120_000)
             open_similarity(tab, app_url)
         buttons = [tab.get_by_role("button", name="Run", exact=True) for tab in pages]
+        for button in buttons:
+            button.wait_for()  # ready in every tab before the clock starts
         started = time.perf_counter()
         for button in buttons:
-            button.click()
+            button.dispatch_event("click")  # no actionability waits: a busy machine stays within the second
         assert time.perf_counter() - started < 1.0  # all pressed within a second
         origins = []
         for tab in pages:
