@@ -222,6 +222,7 @@ def _loss(args: argparse.Namespace) -> None:
     from explorer.evaluate import validation_loss
 
     check_settings(args.samples, args.seq_len, args.batch_size)
+    _check_out(args.out)
     loaded = _dropped(_load_for_analysis(args), args.drop)
     loss = validation_loss(loaded, args.text_file, args.samples, args.seq_len, args.batch_size)
     _write_json(args.out, {"model": loaded.name, "loss": loss, "source": args.text_file, "samples": args.samples,

@@ -13,7 +13,7 @@ The base model runs without the LM head, which the distances never need.
 from __future__ import annotations
 
 import math
-from contextlib import closing, nullcontext
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -159,11 +159,11 @@ def compute_distances(
     total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
     done = 0
     if isinstance(loaded, StreamedModel):
-        states_per_batch, hold = loaded.last_token_states(samples, batch_size, progress), nullcontext()  # progress in layers
+        states_per_batch = loaded.last_token_states(samples, batch_size, progress)  # progress in layers
     else:
-        states_per_batch, hold = _recorded_states(loaded, samples, batch_size, progress), exclusive(loaded.model)
+        states_per_batch = _recorded_states(loaded, samples, batch_size, progress)
     # The shared model is held until its hooks are off (the generator closed), even on an error.
-    with hold, closing(states_per_batch):
+    with exclusive(loaded.model), closing(states_per_batch):
         for states, count in states_per_batch:
             if states.shape[0] != num_layers + 1:
                 raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")

@@ -37,6 +37,7 @@ def cli_error(capsys, *argv: str) -> str:
     ["prune", "--start", "3", "--n", "2"],
     ["heal", "--start", "3", "--n", "2"],
     ["sweep", "--fractions", "0,0.1", "--strategies", "simple"],
+    ["loss", "--samples", "2"],
 ])
 def test_unwritable_out_fails_before_the_model_loads(command, tmp_path, capsys):
     blocker = tmp_path / "a-file"
