@@ -77,9 +77,12 @@ def _similarity(args: argparse.Namespace) -> None:
     from explorer.data import check_settings, split_documents
 
     check_settings(args.samples, args.seq_len, args.batch_size)
+    if args.bootstrap < 0:
+        raise ExplorerError(f"--bootstrap takes a number of resamples, 0 for none (got {args.bootstrap}).")
     # A missing, unreadable or empty file fails in seconds, before the model loads.
     if next(iter(split_documents(args.text_file, "train")), None) is None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
+    from explorer.bootstrap import bootstrap, result_json, summary
     from explorer.similarity import cached_distances
 
     from explorer.stream import StreamedModel
@@ -87,7 +90,18 @@ def _similarity(args: argparse.Namespace) -> None:
     loaded = _load_for_analysis(args)
     label = "layers" if isinstance(loaded, StreamedModel) else "samples"
     _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress(label))
-    _write_json(args.out, result.to_json())
+    boot = bootstrap(result, args.bootstrap, args.seed)
+    _write_json(args.out, result_json(result, boot))
+    print(summary(result, boot))
+
+
+def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.bootstrap import DRAWS, SEED
+
+    _streamed_similarity_arguments(parser)
+    parser.add_argument("--bootstrap", type=int, default=DRAWS, metavar="B",
+                        help="resamples of the calibration samples for intervals and stability (0: none); no extra forward pass")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap resampling")
 
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -375,7 +389,7 @@ def _job(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
-    "similarity": (_streamed_similarity_arguments, _similarity, "angular distances for every (l, n)"),
+    "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),

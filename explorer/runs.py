@@ -38,9 +38,12 @@ def headline(run: Run) -> str:
     result = run.result or {}
     if not result:
         return run.status
-    if run.kind == "similarity" and result.get("optimal"):
-        quarter = result["optimal"][default_size(result["num_layers"]) - 1]
-        return f"n={quarter['n']}: best block from layer {quarter['layer']} (d={quarter['distance']:.3f})"
+    if run.kind == "similarity" and result.get("distances"):
+        from explorer.similarity import SimilarityResult
+
+        similarity = SimilarityResult.from_json(result)  # older runs stored an unrestricted "optimal": recomputed
+        best = similarity.best_block(default_size(similarity.num_layers))
+        return f"n={best.n}: best block from layer {best.start} (d={similarity.distances[best.n - 1][best.start]:.3f})"
     if run.kind == "sweep" and "first_at_chance" in result:
         parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in result["first_at_chance"].items()]
         return f"{len(result['points'])} points; at chance from: " + ", ".join(parts)
@@ -62,6 +65,7 @@ def headline(run: Run) -> str:
 
 def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     """The run's numbers as one table: what the CSV export writes."""
+    from explorer.bootstrap import bootstrap
     from explorer.figures import distances_frame
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
@@ -70,7 +74,8 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
 
     result = run.result or {}
     if run.kind == "similarity" and result.get("distances"):
-        return distances_frame(SimilarityResult.from_json(result))
+        similarity = SimilarityResult.from_json(result)
+        return distances_frame(similarity, bootstrap(similarity))
     if run.kind == "sweep":
         return points_frame([e for e in events if e.get("kind") == "point"])
     if run.kind == "metrics" and result:
@@ -85,13 +90,15 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
 
 def run_figures(run: Run, events: list[dict]) -> list:
     """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
+    from explorer.bootstrap import bootstrap
     from explorer.figures import heatmap_figure
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
     from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
 
     if run.kind == "similarity" and run.result:
-        return [heatmap_figure(SimilarityResult.from_json(run.result))]
+        similarity = SimilarityResult.from_json(run.result)
+        return [heatmap_figure(similarity, boot=bootstrap(similarity))]
     if run.kind == "sweep" and (points := [e for e in events if e.get("kind") == "point"]):
         return [accuracy_figure(points), loss_figure(points)]
     if run.kind == "metrics" and run.result:

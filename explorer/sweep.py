@@ -139,10 +139,10 @@ def cached_heatmap(loaded: LoadedModel, settings: SweepSettings, store):
     """The finished similarity run the sweep's "similarity" strategy would reuse, or None
     (then the sweep computes it first)."""
     from explorer.data import make_samples
-    from explorer.similarity import similarity_key
+    from explorer.similarity import distances_key
 
     data = make_samples(loaded.tokenizer, settings.text, settings.sim_samples, settings.seq_len)
-    return store.find_done("similarity", similarity_key(loaded, data.fingerprint))
+    return store.find_done("similarity", distances_key(loaded, data.fingerprint))
 
 
 def point_key(point: dict) -> Key:
