@@ -326,14 +326,21 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=int, required=True, help="first layer of the block to remove")
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
-    parser.add_argument("--steps", type=int, default=d.steps)
-    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (the paper: 2)")
-    parser.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha")
-    parser.add_argument("--dropout", type=float, default=d.dropout)
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, then cosine decay)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--seq-len", type=int, default=d.seq_len)
-    parser.add_argument("--text-file", default=d.source, help="healing text: 'embedded', 'c4', or a .txt/.jsonl/.parquet file")
+    # Training options default to None, so those given override --recipe's values and the rest keep them.
+    parser.add_argument("--recipe", choices=["paper"], default=None,
+                        help="start from the paper's recipe for this model (explorer.recipe); options given override it")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit (no weights read)")
+    parser.add_argument("--steps", type=int, default=None, help=f"default {d.steps}")
+    parser.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank}; the paper: 2 to 64 by model)")
+    parser.add_argument("--alpha", type=int, default=None, help=f"LoRA alpha (default {d.alpha}; the paper: the rank)")
+    parser.add_argument("--dropout", type=float, default=None, help=f"default {d.dropout}")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate, warm-up then cosine decay (default {d.lr:g})")
+    parser.add_argument("--warmup-steps", type=int, default=None, help=f"default {d.warmup_steps} (the paper: 100)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    parser.add_argument("--seq-len", type=int, default=None, help=f"default {d.seq_len}")
+    parser.add_argument("--targets", choices=["all-linear", "ffn"], default=None,
+                        help=f"LoRA on every linear projection or the feed-forward ones only (the paper); default {d.targets}")
+    parser.add_argument("--text-file", default=None, help=f"healing text: 'embedded', 'c4', or a .txt/.jsonl/.parquet file (default {d.source})")
     parser.add_argument("--eval-every", type=int, default=d.eval_every)
     parser.add_argument("--eval-task", default=None, help="task scored during healing (default: a knowledge quiz)")
     parser.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per evaluation")
@@ -356,19 +363,53 @@ def _print_heal_event(event: dict, steps: int) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _heal_config(args: argparse.Namespace, model) -> tuple["HealConfig", dict]:
+    """The settings: the options given over the demo defaults, or over the paper's recipe for
+    `model` (a loaded model or a weightless skeleton); and what to report about the recipe."""
+    from dataclasses import replace
+
+    from explorer.heal import HealConfig
+    from explorer.recipe import recipe_for
+
+    given = {
+        "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "lr": args.lr, "warmup_steps": args.warmup_steps,
+        "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "quantize": args.qlora,
+        "source": args.text_file, "targets": args.targets,
+    }
+    base = HealConfig(eval_every=args.eval_every, eval_task=args.eval_task, eval_limit=args.eval_limit,
+                      eval_options={"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}, val_samples=args.val_samples)
+    about = {}
+    if args.recipe == "paper":
+        recipe = recipe_for(model, args.model)
+        base = recipe.heal_config(base)
+        about = {"recipe": "paper", "table_row": recipe.table_row, "row_reason": recipe.row_reason,
+                 "evaluation": recipe.evaluation}
+    config = replace(base, **{key: value for key, value in given.items() if value is not None})
+    config.check()
+    return config, about
+
+
 def _heal(args: argparse.Namespace) -> None:
     """Prune and heal in the foreground: the job runner's code path, printing instead of storing."""
-    from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+    from explorer.heal import outcome_record, prune_and_heal, save_healed, target_modules
     from explorer.store import Store
 
-    options = {"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}
-    config = HealConfig(
-        rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-        seq_len=args.seq_len, quantize=args.qlora, source=args.text_file, eval_every=args.eval_every,
-        eval_task=args.eval_task, eval_limit=args.eval_limit, eval_options=options, val_samples=args.val_samples,
-    )
-    config.check()
+    if args.dry_run:
+        from explorer.models import model_skeleton
+
+        skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
+        config, about = _heal_config(args, skeleton)
+        settings = {key: getattr(config, key) for key in ("rank", "alpha", "dropout", "lr", "warmup_steps", "steps",
+                                                          "batch_size", "seq_len", "quantize", "source")}
+        print(json.dumps({**settings, "target_choice": config.targets,
+                          "targets": target_modules(skeleton, config.targets), **about}, indent=1))
+        return
+    if args.recipe is None:
+        config, about = _heal_config(args, None)  # bad settings fail before the model loads
     loaded = _load(args)
+    if args.recipe:
+        config, about = _heal_config(args, loaded.model)
+        print(f"paper recipe: {about['row_reason']}", file=sys.stderr)
     outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
                              allow_final=args.allow_final, store=Store())
     out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
