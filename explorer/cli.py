@@ -170,6 +170,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many questions")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--reference", default=None,
+                        help="the unpruned model to compare answers with (default: the 'model' in a pruned folder's run.json)")
     parser.add_argument("--out", required=True)
     _stream_arguments(parser)
     _drop_arguments(parser)
@@ -219,6 +221,17 @@ def _loss(args: argparse.Namespace) -> None:
     print(f"validation loss {loss:.4f}")
 
 
+def _reference_model(args: argparse.Namespace) -> str | None:
+    """--reference, or the source model recorded in a saved pruned/healed folder's run.json."""
+    if args.reference:
+        return args.reference
+    record = Path(args.model) / "run.json"
+    try:
+        return json.loads(record.read_text()).get("model") if record.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _task_options(args: argparse.Namespace) -> dict:
     """Only the options given reach the task, so a task that takes none of them still builds."""
     options = {key: getattr(args, key) for key in ("mmlu_dir", "subjects", "shots", "split") if getattr(args, key) is not None}
@@ -238,10 +251,23 @@ def _eval(args: argparse.Namespace) -> None:
 
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)
-    task = get_task(args.task, **_task_options(args))
+    options = _task_options(args)
+    task = get_task(args.task, **options)
     report = run_task(_dropped(_load_for_analysis(args), args.drop), task, limit=args.limit, batch_size=args.batch_size)
-    _write_json(args.out, report.to_json())
-    print(report.summary())
+    data = report.to_json()
+    if reference := _reference_model(args):
+        from explorer.agreement import agreement, cached_reference, describe, predictions
+        from explorer.models import load_model
+        from explorer.store import Store
+
+        unpruned = load_model(reference, device=args.device, trust_remote_code=args.trust_remote_code)
+        same = agreement(predictions(report.per_question),
+                         cached_reference(unpruned, args.task, args.limit, args.batch_size, options, Store()))
+        data.update(same, reference=reference)
+        print(report.summary() + describe(same))
+    else:
+        print(report.summary())
+    _write_json(args.out, data)
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -352,12 +378,14 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_heal_event(event: dict, steps: int) -> None:
     """One progress line per event, on stderr like the other commands' progress."""
+    from explorer.agreement import describe
+
     if event["kind"] == "train":
         line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
     elif event["kind"] in ("eval", "reference"):
         label = "before pruning" if event["kind"] == "reference" else "healed (merged)" if event.get("merged") else f"eval at step {event['step']}"
         line = (f"{label}: val loss {event['val_loss']:.4f}, {event['task']} accuracy {event['accuracy']:.2f} "
-                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f})")
+                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f}){describe(event)}")
     else:
         line = event.get("phase", str(event))
     print(line, file=sys.stderr, flush=True)

@@ -278,18 +278,22 @@ def training_batches(loaded: LoadedModel, config: HealConfig) -> list[tuple[torc
 
 def quick_eval(loaded: LoadedModel, config: HealConfig) -> dict:
     """Held-out loss and task accuracy (with its 95% Wilson interval): the numbers every curve plots."""
-    from explorer.evaluate import run_task, validation_loss
+    from explorer.agreement import predictions
+    from explorer.evaluate import run_task, validation_loss_with_error
 
     config = config.resolved(loaded.device)
-    val_loss = validation_loss(loaded, config.source, config.val_samples, config.seq_len, config.eval_batch_size)
+    val_loss, val_loss_se = validation_loss_with_error(loaded, config.source, config.val_samples, config.seq_len,
+                                                       config.eval_batch_size)
     report = run_task(loaded, config.eval_task, config.eval_limit, config.eval_batch_size, **config.eval_options)
     return {
         "val_loss": val_loss,
+        "val_loss_se": val_loss_se,  # standard error over the held-out documents
         "task": config.eval_task,
         "accuracy": report.accuracy,
         "ci_low": report.ci_low,
         "ci_high": report.ci_high,
         "chance": report.chance,
+        "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.agreement)
     }
 
 
@@ -427,6 +431,7 @@ def prune_and_heal(
     """The whole run behind the job and the CLI: evaluate the unpruned model (the "before
     pruning" reference event; cached in `store`), prune [start, start+n) IN PLACE (the
     caller's own copy; saves a model's worth of memory), heal, and collect the metrics."""
+    from explorer.agreement import agreement
     from explorer.blocks import check_block
     from explorer.prune import prune_block
 
@@ -435,6 +440,8 @@ def prune_and_heal(
     metrics: dict = {}
 
     def record(event: Event) -> None:
+        if event["kind"] == "eval":
+            event.update(agreement(event.get("predictions"), metrics["before_pruning"].get("predictions")))
         if event["kind"] == "eval" and (event.get("merged") or event["step"] == 0):
             metrics["healed" if event.get("merged") else "after_pruning"] = event
         on_event(event)

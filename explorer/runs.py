@@ -54,10 +54,14 @@ def headline(run: Run) -> str:
         best = min(range(len(increase)), key=increase.__getitem__)
         return f"n={result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
     if "accuracy" in result:
-        return _accuracy(result)
+        from explorer.agreement import describe
+
+        return _accuracy(result) + describe(result)
     healed = (result.get("metrics") or {}).get("healed")
     if healed and "accuracy" in healed:
-        return "healed " + _accuracy(healed)
+        from explorer.agreement import describe
+
+        return "healed " + _accuracy(healed) + describe(healed)
     if block := result.get("block"):
         return f"removed layers {block['start']}-{block['start'] + block['n'] - 1} of {block['num_layers']}"
     return ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, (int, float, str)))[:120] or "done"

@@ -18,6 +18,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from explorer import jobs
+from explorer.agreement import agreement, describe
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.export import mergekit_yaml, save_pruned
@@ -150,7 +151,9 @@ def show_pruned(model: dict, pruned: dict) -> None:
     c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
     c[3].metric("Unpruned accuracy", f"{before['accuracy']:.0%}", help="Same questions, the model before pruning.")
     st.caption(f"Accuracy 95% intervals: pruned [{after['ci_low']:.0%}, {after['ci_high']:.0%}], "
-               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}.")
+               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}"
+               + describe(agreement(after.get("predictions"), before.get("predictions"))).replace(", same", "; pruned: same")
+               + ".")
     left, right = st.columns(2)
     left.markdown("**Unpruned completes**")
     left.code(ref["sample"], language=None, wrap_lines=True)
@@ -224,7 +227,8 @@ def run_summary(run: Run, events: list[dict]) -> None:
         result = run.result or {}
         metrics = result.get("metrics", {})
         rows = [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
-                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]"}
+                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
+                 "same answer as unpruned": f"{m['agreement']:.0%}" if m.get("agreement") is not None else "—"}
                 for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
         if rows:
             st.dataframe(pd.DataFrame(rows), hide_index=True)
