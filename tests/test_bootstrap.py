@@ -142,3 +142,16 @@ def test_paper_style_rescales_each_row(tiny_result):
     plain = heatmap_figure(tiny_result)
     assert np.allclose(np.asarray(plain.data[0].marker.color), distances_frame(tiny_result).distance)
     assert row_scaled(distances_frame(TOY)).between(0, 1).all()
+
+
+def test_readme_science_figures_at_the_teaching_calibration(embedded):
+    """README, 'What the embedded model shows': 16 documents x 64 tokens of the embedded corpus (the
+    teaching sweep's heatmap) leave 11 of the 29 best blocks unstable and 27 shallow."""
+    from explorer.data import make_samples
+
+    result = compute_distances(embedded, make_samples(embedded.tokenizer, "embedded", 16, 64).ids, batch_size=8)
+    boot = bootstrap(result)
+    assert summary(result, boot).startswith("27 of 29 block sizes have a shallow best block")
+    assert "; 11 are unstable" in summary(result, boot)
+    assert [result.best_block(n).start for n in (7, 9, 10, 22)] == [3, 11, 2, 2]
+    assert any(note.startswith("Unstable") for note in choice_notes(result, boot, 7))
