@@ -88,7 +88,9 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     if run.kind == "brute-force" and result:
         return pd.DataFrame({"l": range(len(result["loss_increase"])), "n": result["n"], "loss_increase": result["loss_increase"]})
     if events:
-        return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list)} for e in events])
+        # per-question predictions (explorer.agreement) would become one column per question: left to the JSON
+        return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list) and k != "predictions"}
+                                  for e in events])
     return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
 
 
