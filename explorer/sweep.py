@@ -122,9 +122,9 @@ def teaching_preset(**overrides) -> SweepSettings:
     short samples, no healing (measured: 2.4 min on 2 CPU cores). With 64 quiz questions per
     point the unpruned model's 95% interval ([0.74, 0.91]) and a collapsed model's (about
     [0.23, 0.45]) stay apart; with 24 the intervals overlap and the collapse is hard to see.
-    The loss uses 32 held-out documents (nearly all the embedded corpus holds out): each point's
-    standard error over documents is about 0.01-0.03 on the normalized scale, well below the
-    steps between points; 8 documents gave 0.015-0.044."""
+    The loss uses 32 held-out documents (of the 34 the embedded corpus holds out): each point's
+    standard error over documents is 0.012-0.078 on the normalized scale, below the smallest step
+    between successive points (0.075); 8 documents gave 0.015-0.119 (README, science section)."""
     preset = dict(model="embedded", strategies=("similarity", "simple"), stride=3, limit=64, val_samples=32,
                   sim_samples=16, seq_len=64, heal_steps=0)
     return SweepSettings(**{**preset, **overrides})

@@ -89,7 +89,8 @@ def loss_figure(points: list[dict]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.normalized_loss, mode="lines+markers", name=label,
             line=dict(color=STRATEGY_COLORS.get(strategy, "#7f7f7f"), dash="dash" if healed else "solid"),
-            error_y=dict(type="data", array=curve.normalized_loss_se.fillna(0), visible=bool(curve.normalized_loss_se.notna().any())),
+            error_y=dict(type="data", array=curve.normalized_loss_se.fillna(0),
+                         visible=bool(curve.normalized_loss_se.notna().any())),
             customdata=curve[["n", "val_loss", "val_loss_se"]].fillna(float("nan")).to_numpy(),
             hovertemplate="n = %{customdata[0]} (%{x:.0%})<br>normalized %{y:.3f} (loss %{customdata[1]:.3f} "
             "± %{customdata[2]:.3f} nats, standard error over documents)<extra>" + label + "</extra>",
