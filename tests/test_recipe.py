@@ -7,20 +7,15 @@ the dry run reads a config with no weight file beside it, which proves it loads 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.cli import main
 from explorer.heal import HealConfig, lora_config, training_model
 from explorer.models import LoadedModel
 from explorer.recipe import paper_recipe, table_row
 from tests.families import tiny_family_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 # (model id, table row, peak lr, rank, sequence length): App. A of the paper.
 PAPER = [
@@ -76,27 +71,25 @@ def test_ffn_adapters_sit_only_on_the_feed_forward_modules(tiny_llama):
         HealConfig(targets="attention").check()
 
 
-def _heal_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "explorer", "heal", *args], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300)
+def _dry_run(capsys, *args: str) -> dict:
+    assert main(["heal", *args, "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
-def test_dry_run_prints_the_recipe_without_weights(tiny_llama_dir, tmp_path):
+def test_dry_run_prints_the_recipe_without_weights(tiny_llama_dir, tmp_path, capsys):
     """A folder with only config.json (named like Llama-2-13B): the dry run must not need weights."""
     folder = tmp_path / "Llama-2-13b-hf"
     folder.mkdir()
     config = json.loads((tiny_llama_dir / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
-    done = _heal_cli("--model", str(folder), "--start", "1", "--n", "1", "--out", str(tmp_path / "out"),
-                     "--recipe", "paper", "--dry-run", "--steps", "7")
-    assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout)
+    block = ["--model", str(folder), "--start", "1", "--n", "1", "--out", str(tmp_path / "out")]
+    data = _dry_run(capsys, *block, "--recipe", "paper", "--steps", "7")
     assert data["targets"] == FFN["llama"] and data["target_choice"] == "ffn"
     assert (data["rank"], data["alpha"], data["lr"], data["seq_len"], data["table_row"]) == (64, 64, 3e-4, 4096, "Llama-2-13B")
     assert (data["dropout"], data["warmup_steps"], data["batch_size"], data["quantize"]) == (0.05, 100, 16, True)
     assert data["steps"] == 7  # an option given on the command line overrides the recipe
     assert not (tmp_path / "out").exists()
-    plain = json.loads(_heal_cli("--model", str(folder), "--start", "1", "--n", "1", "--out", "x", "--dry-run").stdout)
+    plain = _dry_run(capsys, *block)
     assert plain["rank"] == HealConfig().rank and plain["target_choice"] == "all-linear" and "table_row" not in plain
 
 
