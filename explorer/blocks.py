@@ -60,6 +60,11 @@ def default_size(num_layers: int) -> int:
     return max(1, num_layers // 4)
 
 
+def final_keeping_starts(n: int, num_layers: int) -> range:
+    """Starts l whose block [l, l+n) keeps the final layer: the candidates the paper chooses among."""
+    return range(max(0, num_layers - n))
+
+
 def check_block(start: int, n: int, num_layers: int, allow_final: bool = False) -> Block:
     """Validate a block; the final layer only goes with an explicit override (the paper keeps it)."""
     if n < 0 or start < 0:

@@ -13,9 +13,12 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from explorer.errors import ExplorerError
+
+if TYPE_CHECKING:
+    from explorer.heal import HealConfig
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -99,10 +102,13 @@ def _similarity(args: argparse.Namespace) -> None:
     from explorer.data import check_settings, split_documents
 
     check_settings(args.samples, args.seq_len, args.batch_size)
+    if args.bootstrap < 0:
+        raise ExplorerError(f"--bootstrap takes a number of resamples, 0 for none (got {args.bootstrap}).")
     # A missing, unreadable or empty file fails in seconds, before the model loads.
     if next(iter(split_documents(args.text_file, "train")), None) is None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     _check_out(args.out)
+    from explorer.bootstrap import bootstrap, result_json, summary
     from explorer.similarity import cached_distances
 
     from explorer.stream import StreamedModel
@@ -110,7 +116,18 @@ def _similarity(args: argparse.Namespace) -> None:
     loaded = _load_for_analysis(args)
     label = "layers" if isinstance(loaded, StreamedModel) else "samples"
     _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress(label))
-    _write_json(args.out, result.to_json())
+    boot = bootstrap(result, args.bootstrap, args.seed)
+    _write_json(args.out, result_json(result, boot))
+    print(summary(result, boot))
+
+
+def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.bootstrap import DRAWS, SEED
+
+    _streamed_similarity_arguments(parser)
+    parser.add_argument("--bootstrap", type=int, default=DRAWS, metavar="B",
+                        help="resamples of the calibration samples for intervals and stability (0: none); no extra forward pass")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap resampling")
 
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,6 +197,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many questions")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--reference", default=None,
+                        help="the unpruned model to compare answers with (default: the 'model' in a pruned folder's run.json)")
     parser.add_argument("--out", required=True)
     _stream_arguments(parser)
     _drop_arguments(parser)
@@ -230,6 +249,17 @@ def _loss(args: argparse.Namespace) -> None:
     print(f"validation loss {loss:.4f}")
 
 
+def _reference_model(args: argparse.Namespace) -> str | None:
+    """--reference, or the source model recorded in a saved pruned/healed folder's run.json."""
+    if args.reference:
+        return args.reference
+    record = Path(args.model) / "run.json"
+    try:
+        return json.loads(record.read_text()).get("model") if record.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _task_options(args: argparse.Namespace) -> dict:
     """Only the options given reach the task, so a task that takes none of them still builds."""
     options = {key: getattr(args, key) for key in ("mmlu_dir", "subjects", "shots", "split") if getattr(args, key) is not None}
@@ -249,11 +279,24 @@ def _eval(args: argparse.Namespace) -> None:
 
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)
-    task = get_task(args.task, **_task_options(args))
+    options = _task_options(args)
+    task = get_task(args.task, **options)
     _check_out(args.out)
     report = run_task(_dropped(_load_for_analysis(args), args.drop), task, limit=args.limit, batch_size=args.batch_size)
-    _write_json(args.out, report.to_json())
-    print(report.summary())
+    data = report.to_json()
+    if reference := _reference_model(args):
+        from explorer.agreement import agreement, cached_reference, describe, predictions
+        from explorer.models import load_model
+        from explorer.store import Store
+
+        unpruned = load_model(reference, device=args.device, trust_remote_code=args.trust_remote_code)
+        same = agreement(predictions(report.per_question),
+                         cached_reference(unpruned, args.task, args.limit, args.batch_size, options, Store()))
+        data.update(same, reference=reference)
+        print(report.summary() + describe(same))
+    else:
+        print(report.summary())
+    _write_json(args.out, data)
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -339,14 +382,21 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=int, required=True, help="first layer of the block to remove")
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
-    parser.add_argument("--steps", type=int, default=d.steps)
-    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (the paper: 2)")
-    parser.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha")
-    parser.add_argument("--dropout", type=float, default=d.dropout)
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, then cosine decay)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--seq-len", type=int, default=d.seq_len)
-    parser.add_argument("--text-file", default=d.source, help="healing text: 'embedded', 'c4', or a .txt/.jsonl/.parquet file")
+    # Training options default to None, so those given override --recipe's values and the rest keep them.
+    parser.add_argument("--recipe", choices=["paper"], default=None,
+                        help="start from the paper's recipe for this model (explorer.recipe); options given override it")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit (no weights read)")
+    parser.add_argument("--steps", type=int, default=None, help=f"default {d.steps}")
+    parser.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank}; the paper: 2 to 64 by model)")
+    parser.add_argument("--alpha", type=int, default=None, help=f"LoRA alpha (default {d.alpha}; the paper: the rank)")
+    parser.add_argument("--dropout", type=float, default=None, help=f"default {d.dropout}")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate, warm-up then cosine decay (default {d.lr:g})")
+    parser.add_argument("--warmup-steps", type=int, default=None, help=f"default {d.warmup_steps} (the paper: 100)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    parser.add_argument("--seq-len", type=int, default=None, help=f"default {d.seq_len}")
+    parser.add_argument("--targets", choices=["all-linear", "ffn"], default=None,
+                        help=f"LoRA on every linear projection or the feed-forward ones only (the paper); default {d.targets}")
+    parser.add_argument("--text-file", default=None, help=f"healing text: 'embedded', 'c4', or a .txt/.jsonl/.parquet file (default {d.source})")
     parser.add_argument("--eval-every", type=int, default=d.eval_every)
     parser.add_argument("--eval-task", default=None, help="task scored during healing (default: a knowledge quiz)")
     parser.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per evaluation")
@@ -358,31 +408,67 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_heal_event(event: dict, steps: int) -> None:
     """One progress line per event, on stderr like the other commands' progress."""
+    from explorer.agreement import describe
+
     if event["kind"] == "train":
         line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
     elif event["kind"] in ("eval", "reference"):
         label = "before pruning" if event["kind"] == "reference" else "healed (merged)" if event.get("merged") else f"eval at step {event['step']}"
         line = (f"{label}: val loss {event['val_loss']:.4f}, {event['task']} accuracy {event['accuracy']:.2f} "
-                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f})")
+                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f}){describe(event)}")
     else:
         line = event.get("phase", str(event))
     print(line, file=sys.stderr, flush=True)
 
 
+def _heal_config(args: argparse.Namespace, model) -> tuple["HealConfig", dict]:
+    """The settings: the options given over the demo defaults, or over the paper's recipe for
+    `model` (a loaded model or a weightless skeleton); and what to report about the recipe."""
+    from dataclasses import replace
+
+    from explorer.heal import HealConfig
+    from explorer.recipe import recipe_for
+
+    given = {
+        "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "lr": args.lr, "warmup_steps": args.warmup_steps,
+        "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "quantize": args.qlora,
+        "source": args.text_file, "targets": args.targets,
+    }
+    base = HealConfig(eval_every=args.eval_every, eval_task=args.eval_task, eval_limit=args.eval_limit,
+                      eval_options={"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}, val_samples=args.val_samples)
+    about = {}
+    if args.recipe == "paper":
+        recipe = recipe_for(model, args.model)
+        base = recipe.heal_config(base)
+        about = {"recipe": "paper", "table_row": recipe.table_row, "row_reason": recipe.row_reason,
+                 "evaluation": recipe.evaluation}
+    config = replace(base, **{key: value for key, value in given.items() if value is not None})
+    config.check()
+    return config, about
+
+
 def _heal(args: argparse.Namespace) -> None:
     """Prune and heal in the foreground: the job runner's code path, printing instead of storing."""
-    from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+    from explorer.heal import outcome_record, prune_and_heal, save_healed, target_modules
     from explorer.store import Store
 
-    options = {"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}
-    config = HealConfig(
-        rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-        seq_len=args.seq_len, quantize=args.qlora, source=args.text_file, eval_every=args.eval_every,
-        eval_task=args.eval_task, eval_limit=args.eval_limit, eval_options=options, val_samples=args.val_samples,
-    )
-    config.check()
+    if args.dry_run:
+        from explorer.models import model_skeleton
+
+        skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
+        config, about = _heal_config(args, skeleton)
+        settings = {key: getattr(config, key) for key in ("rank", "alpha", "dropout", "lr", "warmup_steps", "steps",
+                                                          "batch_size", "seq_len", "quantize", "source")}
+        print(json.dumps({**settings, "target_choice": config.targets,
+                          "targets": target_modules(skeleton, config.targets), **about}, indent=1))
+        return
+    if args.recipe is None:
+        config, about = _heal_config(args, None)  # bad settings fail before the model loads
     _check_out(args.out, folder=True)
     loaded = _load(args)
+    if args.recipe:
+        config, about = _heal_config(args, loaded.model)
+        print(f"paper recipe: {about['row_reason']}", file=sys.stderr)
     outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
                              allow_final=args.allow_final, store=Store())
     out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
@@ -403,7 +489,7 @@ def _job(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
-    "similarity": (_streamed_similarity_arguments, _similarity, "angular distances for every (l, n)"),
+    "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),

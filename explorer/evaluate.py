@@ -136,24 +136,48 @@ def run_task(loaded: LoadedModel, task: str | Task, limit: int | None = None, ba
 def validation_loss(
     loaded: LoadedModel, source: str = "embedded", samples: int = 32, seq_len: int = 256, batch_size: int = 8
 ) -> float:
-    """Mean next-token negative log-likelihood (nats per token) over held-out documents.
+    """Mean next-token negative log-likelihood (nats per token) over held-out documents
+    (`validation_loss_with_error` without its standard error)."""
+    return validation_loss_with_error(loaded, source, samples, seq_len, batch_size)[0]
+
+
+def validation_loss_with_error(
+    loaded: LoadedModel, source: str = "embedded", samples: int = 32, seq_len: int = 256, batch_size: int = 8
+) -> tuple[float, float]:
+    """(loss, its standard error over documents): the mean next-token NLL in nats per token.
 
     Every real token after the first of each sample is predicted once; padding is never a
-    target. Tokens, not samples, are averaged, so short samples do not weigh more."""
+    target. Tokens, not samples, are averaged, so short samples do not weigh more; the error
+    is that ratio estimator's (`ratio_standard_error`), i.e. how much the loss would move with
+    other documents of the same kind. 0 with a single document."""
     check_settings(samples, seq_len, batch_size)
     ids = make_samples(loaded.tokenizer, source, samples, seq_len, split="heldout").ids
-    total, count = 0.0, 0
+    sums: list[float] = []
+    counts: list[int] = []
     with inference(loaded.model):
         for input_ids, mask, logits in _logits(loaded, ids, batch_size):
             targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="sum"
-            ).item()
-            count += int(mask[:, 1:].sum())
-    loss = total / count
+            per_token = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            sums += per_token.sum(dim=1).tolist()
+            counts += mask[:, 1:].sum(dim=1).tolist()
+    loss = sum(sums) / sum(counts)
     if not math.isfinite(loss):
         raise ExplorerError("The validation loss is not finite (NaN or inf): the model's weights are broken.")
-    return loss
+    return loss, ratio_standard_error(sums, counts)
+
+
+def ratio_standard_error(sums: list[float], counts: list[int]) -> float:
+    """Standard error of sum(sums) / sum(counts) over the documents (the delta method for a
+    ratio of means): sqrt(sum((s_d - R c_d)^2) / (D (D - 1))) / mean(c)."""
+    docs = len(sums)
+    if docs < 2:
+        return 0.0
+    ratio = sum(sums) / sum(counts)
+    mean_count = sum(counts) / docs
+    spread = sum((s - ratio * c) ** 2 for s, c in zip(sums, counts)) / (docs * (docs - 1))
+    return math.sqrt(spread) / mean_count
 
 
 def _logits(loaded: LoadedModel, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:

@@ -1,13 +1,13 @@
 """Heal a pruned model with (Q)LoRA, reporting every step, then merge the adapter.
 
-The paper (Gromov et al. 2403.17887, Sec. 4 and App. A) heals each pruned model with QLoRA:
-the base weights quantized to 4-bit NormalFloat (nf4, bitsandbytes) with bf16 compute, LoRA
-adapters on every linear projection of attention and MLP (q, k, v, o, gate, up, down for
-llama), trained with a next-token loss on C4. Their reported recipe, as we recall it (the
-paper text was not available to re-check here): LoRA rank 2, dropout 0.05, peak learning
-rate 3e-4 with warm-up and cosine decay, 5000 steps of batch 16. `PAPER_RECIPE` records those
-values; `HealConfig`'s defaults are demo-sized instead (rank 8, 40 steps of 4 x 128 tokens)
-so one heal of the 30-layer embedded model finishes in a few minutes on a 2-core CPU.
+The paper (Gromov et al. 2403.17887, Sec. 4 and App. A) heals each pruned model with QLoRA
+(a 4-bit nf4 base, bitsandbytes) and LoRA adapters on the feed-forward modules only, trained
+with a next-token loss on C4; `explorer.recipe` holds its full recipe (alpha = rank, dropout
+0.05, 5000 steps of batch 16, 100 warm-up steps then cosine, its per-model learning rates and
+ranks) and resolves it for a given model. `HealConfig.targets` chooses the adapters' modules:
+"ffn" (the paper) or "all-linear" (every projection of attention and MLP, the demo default).
+`HealConfig`'s other defaults are demo-sized too (rank 8, 40 steps of 4 x 128 tokens) so one
+heal of the 30-layer embedded model finishes in a few minutes on a 2-core CPU.
 
 QLoRA is the default on CUDA. On CPU the default is fp32 LoRA, but `quantize=True` works
 there too (bitsandbytes >= 0.49 trains nf4 on CPU), which is how the tests check that path.
@@ -46,22 +46,14 @@ Event = dict
 OnEvent = Callable[[Event], None]
 ShouldStop = Callable[[], bool]
 
-PAPER_RECIPE = {
-    "method": "QLoRA (nf4 base, bf16 compute)",
-    "targets": "all linear projections of attention and MLP",
-    "rank": 2,
-    "dropout": 0.05,
-    "lr": 3e-4,
-    "schedule": "linear warm-up, cosine decay",
-    "steps": 5000,
-    "batch_size": 16,
-    "data": "C4",
-}
+TARGETS = ("all-linear", "ffn")
+FFN_BLOCKS = ("mlp", "feed_forward", "ffn")  # a decoder layer's feed-forward block, by family
+FFN_ON_LAYER = ("fc1", "fc2")  # OPT-style layers hold their feed-forward projections directly
 
 
 @dataclass
 class HealConfig:
-    """One healing run. Defaults are a CPU demo; `PAPER_RECIPE` has the paper's values."""
+    """One healing run. Defaults are a CPU demo; `explorer.recipe` resolves the paper's values."""
 
     rank: int = 8
     alpha: int = 16
@@ -82,6 +74,7 @@ class HealConfig:
     eval_batch_size: int = 8
     gradient_checkpointing: bool = False  # trades compute for memory on big models
     seed: int = 0
+    targets: str = "all-linear"  # LoRA on every linear projection of the layers, or "ffn" (the paper's choice)
 
     def check(self) -> None:
         """Reject impossible values and unknown tasks before any model loads."""
@@ -104,6 +97,8 @@ class HealConfig:
             raise ExplorerError(f"Learning rate must be a positive number (got {self.lr}).")
         if not 0 <= self.dropout < 1:
             raise ExplorerError(f"LoRA dropout must be in [0, 1) (got {self.dropout}).")
+        if self.targets not in TARGETS:
+            raise ExplorerError(f"Unknown LoRA targets '{self.targets}': choose {' or '.join(TARGETS)}.")
         get_task(self.eval_task or default_eval_task(), **self.eval_options)
 
     def resolved(self, device: torch.device | str) -> "HealConfig":
@@ -152,6 +147,29 @@ def lora_targets(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+def ffn_targets(model: nn.Module) -> list[str]:
+    """The feed-forward projections of the decoder layers, as paths inside a layer that peft
+    matches by suffix: mlp.gate_proj/up_proj/down_proj (Llama, Mistral), mlp.fc1/fc2 (Phi-2),
+    mlp.w1/w2/c_proj (Qwen; "mlp." keeps attention's own c_proj out), fc1/fc2 (OPT)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {
+        name
+        for layer in decoder_layers(model)
+        for name, module in layer.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D))
+        and (name.split(".")[0] in FFN_BLOCKS or name in FFN_ON_LAYER)
+    }
+    if not names:
+        raise ExplorerError("Found no feed-forward projections in the model's layers: use all-linear LoRA targets.")
+    return sorted(names)
+
+
+def target_modules(model: nn.Module, targets: str) -> list[str]:
+    """The modules LoRA adapters go on for a `HealConfig.targets` choice."""
+    return ffn_targets(model) if targets == "ffn" else lora_targets(model)
+
+
 def lora_config(model: nn.Module, config: HealConfig):
     from peft import LoraConfig
 
@@ -159,7 +177,7 @@ def lora_config(model: nn.Module, config: HealConfig):
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=lora_targets(model),
+        target_modules=target_modules(model, config.targets),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -262,18 +280,22 @@ def training_batches(loaded: LoadedModel, config: HealConfig) -> list[tuple[torc
 
 def quick_eval(loaded: LoadedModel, config: HealConfig) -> dict:
     """Held-out loss and task accuracy (with its 95% Wilson interval): the numbers every curve plots."""
-    from explorer.evaluate import run_task, validation_loss
+    from explorer.agreement import predictions
+    from explorer.evaluate import run_task, validation_loss_with_error
 
     config = config.resolved(loaded.device)
-    val_loss = validation_loss(loaded, config.source, config.val_samples, config.seq_len, config.eval_batch_size)
+    val_loss, val_loss_se = validation_loss_with_error(loaded, config.source, config.val_samples, config.seq_len,
+                                                       config.eval_batch_size)
     report = run_task(loaded, config.eval_task, config.eval_limit, config.eval_batch_size, **config.eval_options)
     return {
         "val_loss": val_loss,
+        "val_loss_se": val_loss_se,  # standard error over the held-out documents
         "task": config.eval_task,
         "accuracy": report.accuracy,
         "ci_low": report.ci_low,
         "ci_high": report.ci_high,
         "chance": report.chance,
+        "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.agreement)
     }
 
 
@@ -411,6 +433,7 @@ def prune_and_heal(
     """The whole run behind the job and the CLI: evaluate the unpruned model (the "before
     pruning" reference event; cached in `store`), prune [start, start+n) IN PLACE (the
     caller's own copy; saves a model's worth of memory), heal, and collect the metrics."""
+    from explorer.agreement import agreement
     from explorer.blocks import check_block
     from explorer.prune import prune_block
 
@@ -419,6 +442,8 @@ def prune_and_heal(
     metrics: dict = {}
 
     def record(event: Event) -> None:
+        if event["kind"] == "eval":
+            event.update(agreement(event.get("predictions"), metrics["before_pruning"].get("predictions")))
         if event["kind"] == "eval" and (event.get("merged") or event["step"] == 0):
             metrics["healed" if event.get("merged") else "after_pruning"] = event
         on_event(event)

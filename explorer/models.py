@@ -203,6 +203,31 @@ def fingerprint_of(kind: str, location: str, gguf_file: str | None) -> str:
     return f"{kind}:{hashlib.sha1('|'.join(parts).encode()).hexdigest()[:16]}"
 
 
+def model_skeleton(source: str, trust_remote_code: bool = False) -> tuple[nn.Module, str]:
+    """(the model built on the meta device from its config alone, its name): its modules and
+    parameter count without reading a weight or taking memory (a dry run of a 70B recipe)."""
+    from transformers import AutoModelForCausalLM
+
+    config, name = load_config(source, trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), name
+
+
+def load_config(source: str, trust_remote_code: bool = False) -> tuple[object, str]:
+    """(the model's transformers config, its name) without reading any weights."""
+    from transformers import AutoConfig
+
+    kind, location, gguf_file = resolve_source(source)
+    if kind == "hub":
+        check_hub(location)
+    kwargs: dict = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
+    try:
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ExplorerError(f"Could not read the model config of '{source}': {str(exc).splitlines()[0]}") from exc
+    return config, EMBEDDED_NAME if kind == "embedded" else source
+
+
 def load_model(
     source: str = EMBEDDED,
     device: str | None = None,

@@ -122,9 +122,8 @@ def strategy_block(
 ) -> Block:
     """The block each strategy removes for n layers; n = 0 is the empty block for all of them.
 
-    "similarity" takes the argmin of row n over blocks that keep the final layer (the paper
-    shows it must stay, and `check_block` refuses it without an override); "top-cut" is the
-    only strategy that removes the final layer.
+    "similarity" is `SimilarityResult.best_block` (the argmin of row n over blocks that keep
+    the final layer, as the paper does); "top-cut" is the only strategy that removes the final layer.
     """
     if strategy not in STRATEGIES:
         raise ExplorerError(f"Unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}.")
@@ -140,8 +139,4 @@ def strategy_block(
         raise ExplorerError(
             f"The distances are for a {similarity.num_layers}-layer model, not this {num_layers}-layer one."
         )
-    if not 0 < n < num_layers:
-        raise ExplorerError(f"Cannot remove {n} of {num_layers} layers: at least one layer must remain.")
-    row = similarity.distances[n - 1][: num_layers - n]  # starts whose block ends before the final layer
-    start = min(range(len(row)), key=row.__getitem__)
-    return check_block(start, n, num_layers)
+    return similarity.best_block(n)

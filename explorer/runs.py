@@ -38,9 +38,12 @@ def headline(run: Run) -> str:
     result = run.result or {}
     if not result:
         return run.status
-    if run.kind == "similarity" and result.get("optimal"):
-        quarter = result["optimal"][default_size(result["num_layers"]) - 1]
-        return f"n={quarter['n']}: best block from layer {quarter['layer']} (d={quarter['distance']:.3f})"
+    if run.kind == "similarity" and result.get("distances"):
+        from explorer.similarity import SimilarityResult
+
+        similarity = SimilarityResult.from_json(result)  # older runs stored an unrestricted "optimal": recomputed
+        best = similarity.best_block(default_size(similarity.num_layers))
+        return f"n={best.n}: best block from layer {best.start} (d={similarity.distances[best.n - 1][best.start]:.3f})"
     if run.kind == "sweep" and "first_at_chance" in result:
         parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in result["first_at_chance"].items()]
         return f"{len(result['points'])} points; at chance from: " + ", ".join(parts)
@@ -51,10 +54,14 @@ def headline(run: Run) -> str:
         best = min(range(len(increase)), key=increase.__getitem__)
         return f"n={result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
     if "accuracy" in result:
-        return _accuracy(result)
+        from explorer.agreement import describe
+
+        return _accuracy(result) + describe(result)
     healed = (result.get("metrics") or {}).get("healed")
     if healed and "accuracy" in healed:
-        return "healed " + _accuracy(healed)
+        from explorer.agreement import describe
+
+        return "healed " + _accuracy(healed) + describe(healed)
     if block := result.get("block"):
         return f"removed layers {block['start']}-{block['start'] + block['n'] - 1} of {block['num_layers']}"
     return ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, (int, float, str)))[:120] or "done"
@@ -62,6 +69,7 @@ def headline(run: Run) -> str:
 
 def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     """The run's numbers as one table: what the CSV export writes."""
+    from explorer.bootstrap import bootstrap
     from explorer.figures import distances_frame
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
@@ -70,7 +78,8 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
 
     result = run.result or {}
     if run.kind == "similarity" and result.get("distances"):
-        return distances_frame(SimilarityResult.from_json(result))
+        similarity = SimilarityResult.from_json(result)
+        return distances_frame(similarity, bootstrap(similarity))
     if run.kind == "sweep":
         return points_frame([e for e in events if e.get("kind") == "point"])
     if run.kind == "metrics" and result:
@@ -79,19 +88,23 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     if run.kind == "brute-force" and result:
         return pd.DataFrame({"l": range(len(result["loss_increase"])), "n": result["n"], "loss_increase": result["loss_increase"]})
     if events:
-        return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list)} for e in events])
+        # per-question predictions (explorer.agreement) would become one column per question: left to the JSON
+        return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list) and k != "predictions"}
+                                  for e in events])
     return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
 
 
 def run_figures(run: Run, events: list[dict]) -> list:
     """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
+    from explorer.bootstrap import bootstrap
     from explorer.figures import heatmap_figure
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
     from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
 
     if run.kind == "similarity" and run.result:
-        return [heatmap_figure(SimilarityResult.from_json(run.result))]
+        similarity = SimilarityResult.from_json(run.result)
+        return [heatmap_figure(similarity, boot=bootstrap(similarity))]
     if run.kind == "sweep" and (points := [e for e in events if e.get("kind") == "point"]):
         return [accuracy_figure(points), loss_figure(points)]
     if run.kind == "metrics" and run.result:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
 
 import torch
 
 from explorer.concurrency import exclusive
+from explorer.blocks import Block, check_block, final_keeping_starts
 from explorer.data import batches, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers
@@ -29,20 +30,50 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class SimilarityResult:
-    """distances[n-1][l] = d(x^l, x^(l+n)); row n-1 holds L-n+1 entries."""
+    """distances[n-1][l] = d(x^l, x^(l+n)); row n-1 holds L-n+1 entries.
+
+    `per_sample[s]` holds sample s's own distances in the same layout, so the bootstrap
+    (explorer.bootstrap) resamples the calibration set without another forward pass; runs
+    stored before it existed have none and show no intervals. `seq_len` and `source` record
+    the calibration text the numbers came from (None on older runs).
+    """
 
     model: str
     num_layers: int
     distances: list[list[float]]
     samples: int
+    per_sample: list[list[list[float]]] | None = None
+    seq_len: int | None = None
+    source: str | None = None
+
+    def best_block(self, n: int) -> Block:
+        """The block the paper drops for n: the argmin of row n over the starts whose block keeps
+        the final layer (the paper shows it must stay). Every view, the JSON and the "similarity"
+        strategy use this one rule; ties go to the shallower start."""
+        if not 0 < n < self.num_layers:
+            raise ExplorerError(f"Cannot remove {n} of {self.num_layers} layers: at least one layer must remain.")
+        row = self.distances[n - 1]
+        return check_block(min(final_keeping_starts(n, self.num_layers), key=row.__getitem__), n, self.num_layers)
 
     @property
     def optimal(self) -> list[dict]:
-        """The block [l*, l*+n) the paper prunes for each n: the argmin of its row."""
+        """`best_block(n)` for every prunable n (1..L-1) with its distance."""
         rows = []
-        for n, row in enumerate(self.distances, 1):
-            layer = min(range(len(row)), key=row.__getitem__)
-            rows.append({"n": n, "layer": layer, "distance": row[layer]})
+        for n in range(1, self.num_layers):
+            layer = self.best_block(n).start
+            rows.append({"n": n, "layer": layer, "distance": self.distances[n - 1][layer]})
+        return rows
+
+    @property
+    def unrestricted_minima(self) -> list[dict]:
+        """Rows whose plain minimum is the block ending at the final layer, which `best_block`
+        skips: shown apart so the heatmap says why that lower cell is not the chosen one."""
+        rows = []
+        for best in self.optimal:
+            n, last_start = best["n"], self.num_layers - best["n"]
+            distance = self.distances[n - 1][last_start]
+            if distance < best["distance"]:
+                rows.append({"n": n, "layer": last_start, "distance": distance})
         return rows
 
     @property
@@ -52,11 +83,14 @@ class SimilarityResult:
         return [{"n": n, "layer": last - n} for n in range(1, last + 1)]
 
     def to_json(self) -> dict:
-        return {**asdict(self), "optimal": self.optimal, "simple": self.simple}
+        return {**asdict(self), "optimal": self.optimal, "unrestricted_minima": self.unrestricted_minima,
+                "simple": self.simple}
 
     @classmethod
     def from_json(cls, data: dict) -> "SimilarityResult":
-        return cls(data["model"], data["num_layers"], data["distances"], data["samples"])
+        """Also reads runs stored before per-sample data, seq_len and source were kept."""
+        return cls(data["model"], data["num_layers"], data["distances"], data["samples"],
+                   data.get("per_sample"), data.get("seq_len"), data.get("source"))
 
 
 def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -156,7 +190,7 @@ def compute_distances(
     if not samples:
         raise ExplorerError("No calibration samples: give some text.")
     num_layers = loaded.num_layers
-    total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
+    per_sample: list[torch.Tensor] = []  # [batch, L+1, L+1] each: small (S x 31 x 31 for 30 layers)
     done = 0
     if isinstance(loaded, StreamedModel):
         states_per_batch = loaded.last_token_states(samples, batch_size, progress)  # progress in layers
@@ -167,18 +201,32 @@ def compute_distances(
         for states, count in states_per_batch:
             if states.shape[0] != num_layers + 1:
                 raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
-            total += pairwise_angular(states).sum(dim=0).double().cpu()
+            per_sample.append(pairwise_angular(states).double().cpu())
             done += count
-    mean = total / done
-    distances = [
-        [float(mean[l, l + n]) for l in range(num_layers - n + 1)] for n in range(1, num_layers + 1)
-    ]
-    return SimilarityResult(loaded.name, num_layers, distances, done)
+    matrices = torch.cat(per_sample)
+    return SimilarityResult(loaded.name, num_layers, _rows(matrices.mean(dim=0)), done,
+                            [_rows(matrix, PER_SAMPLE_DIGITS) for matrix in matrices])
+
+
+PER_SAMPLE_DIGITS = 7  # per-sample values are stored rounded: a third of the JSON, far below any interval
+
+
+def _rows(matrix: torch.Tensor, digits: int | None = None) -> list[list[float]]:
+    """[L+1, L+1] pairwise distances -> rows[n-1][l] = matrix[l, l+n]."""
+    if digits is not None:
+        matrix = torch.round(matrix, decimals=digits)
+    return [torch.diagonal(matrix, offset=n).tolist() for n in range(1, matrix.shape[0])]
 
 
 def similarity_key(loaded: LoadedModel, samples_fingerprint: str) -> str:
     """Batch size is not part of the key: padding does not change the distances."""
     return f"{loaded.fingerprint}|{samples_fingerprint}"
+
+
+def distances_key(loaded: LoadedModel, samples_fingerprint: str) -> str:
+    """The store key of a similarity run: runs from before per-sample data was kept have the bare
+    `similarity_key`, so they stay listed (same prefix) but a new request recomputes with it."""
+    return f"{similarity_key(loaded, samples_fingerprint)}|per-sample"
 
 
 def cached_distances(
@@ -198,7 +246,7 @@ def cached_distances(
     data = make_samples(loaded.tokenizer, source, samples, seq_len)
     settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
     run_id, result, hit = store.cached(
-        "similarity", similarity_key(loaded, data.fingerprint), loaded.name, settings,
-        lambda: compute_distances(loaded, data.ids, batch_size, progress).to_json(),
+        "similarity", distances_key(loaded, data.fingerprint), loaded.name, settings,
+        lambda: replace(compute_distances(loaded, data.ids, batch_size, progress), seq_len=seq_len, source=source).to_json(),
     )
     return run_id, SimilarityResult.from_json(result), hit

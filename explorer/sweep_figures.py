@@ -17,7 +17,8 @@ STRATEGY_COLORS = {"similarity": "#1f77b4", "simple": "#ff7f0e", "top-cut": "#2c
 METRIC_COLORS = {"last_token": "#1f77b4", "all_tokens": "#9467bd", "block_influence": "#d62728", "brute_force": "#2b2b2b"}
 POINT_COLUMNS = [
     "strategy", "healed", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
-    "chance", "val_loss", "normalized_loss", "seconds", "shared",
+    "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
+    "normalized_loss_se", "seconds", "shared",
 ]
 
 
@@ -60,9 +61,10 @@ def accuracy_figure(points: list[dict]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.accuracy, mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=color, dash="dash" if healed else "solid"),
-            customdata=curve[["n", "start", "ci_low", "ci_high"]].to_numpy(),
+            customdata=curve[["n", "start", "ci_low", "ci_high", "agreement"]].to_numpy(),
             hovertemplate="n = %{customdata[0]} (%{x:.0%}), block from layer %{customdata[1]}<br>"
-            "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}]<extra>" + label + "</extra>",
+            "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}]<br>"
+            "same answer as unpruned: %{customdata[4]:.0%}<extra>" + label + "</extra>",
         ))
         hit = first_at_chance(points, strategy, healed)
         if hit:
@@ -87,9 +89,11 @@ def loss_figure(points: list[dict]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.normalized_loss, mode="lines+markers", name=label,
             line=dict(color=STRATEGY_COLORS.get(strategy, "#7f7f7f"), dash="dash" if healed else "solid"),
-            customdata=curve[["n", "val_loss"]].to_numpy(),
-            hovertemplate="n = %{customdata[0]} (%{x:.0%})<br>normalized %{y:.3f} (loss %{customdata[1]:.3f} nats)"
-            "<extra>" + label + "</extra>",
+            error_y=dict(type="data", array=curve.normalized_loss_se.fillna(0),
+                         visible=bool(curve.normalized_loss_se.notna().any())),
+            customdata=curve[["n", "val_loss", "val_loss_se"]].fillna(float("nan")).to_numpy(),
+            hovertemplate="n = %{customdata[0]} (%{x:.0%})<br>normalized %{y:.3f} (loss %{customdata[1]:.3f} "
+            "± %{customdata[2]:.3f} nats, standard error over documents)<extra>" + label + "</extra>",
         ))
     fig.add_hline(y=1, line=dict(color="gray", dash="dot"), annotation_text="uniform guessing", annotation_position="top left")
     return _layout(fig, "Normalized held-out loss vs layers dropped", "(loss − unpruned) / (ln|V| − unpruned)")

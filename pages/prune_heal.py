@@ -10,6 +10,7 @@ restarted server shows the same run.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,13 +18,15 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from explorer import jobs
+from explorer.agreement import agreement, describe
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.export import mergekit_yaml, save_pruned
-from explorer.heal import PAPER_RECIPE, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
+from explorer.heal import TARGETS, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
 from explorer.models import LoadedModel, pick_device
 from explorer.paths import explorer_home
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
+from explorer.recipe import recipe_for
 from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
 from explorer.tasks import task_names
@@ -72,23 +75,42 @@ def latest_similarity(loaded: LoadedModel) -> SimilarityResult | None:
     return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
-def heal_settings() -> HealConfig:
-    """The healing and evaluation settings; the quick evaluation after pruning uses the same ones."""
-    d = HealConfig()
+HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
+                "ph_seq": "seq_len", "ph_qlora": "quantize", "ph_source": "source", "ph_targets": "targets"}
+RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.recipe.PaperRecipe.to_json())
+
+
+def apply_paper_recipe(loaded: LoadedModel) -> None:
+    """Fill the widgets with the paper's recipe for this model (its table row, FFN targets)."""
+    config = recipe_for(loaded.model, loaded.name)
+    st.session_state.update({key: getattr(config.heal_config(), name) for key, name in HEAL_WIDGETS.items()})
+    st.session_state[RECIPE_KEY] = config.to_json()
+
+
+def heal_settings(loaded: LoadedModel) -> HealConfig:
+    """The healing and evaluation settings; the quick evaluation after pruning uses the same ones.
+    Values live in session state (the recipe button writes them) and are each widget's default too
+    (see pages/sweep.settings_form)."""
+    d = replace(HealConfig(), quantize=pick_device() == "cuda")
+    state = {key: st.session_state.setdefault(key, getattr(d, name)) for key, name in HEAL_WIDGETS.items()}
+    recipe = st.session_state.get(RECIPE_KEY)
     with st.expander("Healing and evaluation settings", expanded=False):
-        p = PAPER_RECIPE
-        st.caption(f"Defaults are a few-minute CPU demo. The paper: {p['method']} on {p['data']}, LoRA rank {p['rank']}, "
-                   f"lr {p['lr']:g}, {p['steps']} steps of batch {p['batch_size']}.")
+        st.button("📄 Paper recipe", key="ph_paper", on_click=apply_paper_recipe, args=(loaded,),
+                  help="QLoRA on the FFN modules, alpha = rank, dropout 0.05, 5000 steps of batch 16 on C4, 100 warm-up "
+                  "steps then cosine; learning rate and rank from the paper's table (Gromov et al., App. A).")
+        st.caption(f"Paper recipe: {recipe['row_reason']}; LoRA on {', '.join(recipe['targets'])}; warm-up "
+                   f"{recipe['warmup_steps']} steps, dropout {recipe['dropout']}. The paper evaluates {recipe['evaluation']}."
+                   if recipe else "Defaults are a few-minute CPU demo; the button fills in the paper's recipe for this model.")
         c = st.columns(4)
-        steps = c[0].number_input("Steps", min_value=1, value=d.steps, key="ph_steps")
-        rank = c[1].number_input("LoRA rank", min_value=1, value=d.rank, key="ph_rank")
-        alpha = c[2].number_input("LoRA alpha", min_value=1, value=d.alpha, key="ph_alpha")
-        lr = c[3].number_input("Learning rate", min_value=1e-6, value=d.lr, format="%.0e", key="ph_lr")
+        steps = c[0].number_input("Steps", min_value=1, value=state["ph_steps"], key="ph_steps")
+        rank = c[1].number_input("LoRA rank", min_value=1, value=state["ph_rank"], key="ph_rank")
+        alpha = c[2].number_input("LoRA alpha", min_value=1, value=state["ph_alpha"], key="ph_alpha")
+        lr = c[3].number_input("Learning rate", min_value=1e-7, value=state["ph_lr"], format="%.0e", key="ph_lr")
         c = st.columns(4)
-        batch = c[0].number_input("Batch size", min_value=1, value=d.batch_size, key="ph_batch")
-        seq_len = c[1].number_input("Tokens per sample", min_value=8, value=d.seq_len, step=32, key="ph_seq")
+        batch = c[0].number_input("Batch size", min_value=1, value=state["ph_batch"], key="ph_batch")
+        seq_len = c[1].number_input("Tokens per sample", min_value=8, value=state["ph_seq"], step=32, key="ph_seq")
         every = c[2].number_input("Evaluate every (steps)", min_value=1, value=d.eval_every, key="ph_every")
-        quantize = c[3].checkbox("QLoRA (nf4 base)", value=pick_device() == "cuda", key="ph_qlora",
+        quantize = c[3].checkbox("QLoRA (nf4 base)", value=state["ph_qlora"], key="ph_qlora",
                                  help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
         c = st.columns(4)
         tasks = task_names()
@@ -96,11 +118,14 @@ def heal_settings() -> HealConfig:
         task = c[0].selectbox("Accuracy task", tasks, index=tasks.index(default_task), key="ph_task")
         limit = c[1].number_input("Questions per evaluation", min_value=1, value=d.eval_limit, key="ph_limit")
         val_samples = c[2].number_input("Held-out samples (loss)", min_value=1, value=d.val_samples, key="ph_val")
-        source = c[3].selectbox("Healing text", [EMBEDDED, C4], key="ph_source",
-                                help="Training split of the source; the loss uses its held-out documents.")
+        source = c[3].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(state["ph_source"]),
+                                key="ph_source", help="Training split of the source; the loss uses its held-out documents.")
+        targets = st.radio("LoRA on", TARGETS, index=TARGETS.index(state["ph_targets"]), key="ph_targets", horizontal=True,
+                           format_func=lambda t: "feed-forward modules only (the paper)" if t == "ffn" else "all linear projections")
+    extra = {"warmup_steps": recipe["warmup_steps"], "dropout": recipe["dropout"]} if recipe else {}
     return HealConfig(rank=int(rank), alpha=int(alpha), lr=float(lr), steps=int(steps), batch_size=int(batch),
                       seq_len=int(seq_len), eval_every=int(every), quantize=quantize, eval_task=task,
-                      eval_limit=int(limit), val_samples=int(val_samples), source=source)
+                      eval_limit=int(limit), val_samples=int(val_samples), source=source, targets=targets, **extra)
 
 
 def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str) -> None:
@@ -126,7 +151,9 @@ def show_pruned(model: dict, pruned: dict) -> None:
     c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
     c[3].metric("Unpruned accuracy", f"{before['accuracy']:.0%}", help="Same questions, the model before pruning.")
     st.caption(f"Accuracy 95% intervals: pruned [{after['ci_low']:.0%}, {after['ci_high']:.0%}], "
-               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}.")
+               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}"
+               + describe(agreement(after.get("predictions"), before.get("predictions"))).replace(", same", "; pruned: same")
+               + ".")
     left, right = st.columns(2)
     left.markdown("**Unpruned completes**")
     left.code(ref["sample"], language=None, wrap_lines=True)
@@ -200,7 +227,8 @@ def run_summary(run: Run, events: list[dict]) -> None:
         result = run.result or {}
         metrics = result.get("metrics", {})
         rows = [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
-                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]"}
+                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
+                 "same answer as unpruned": f"{m['agreement']:.0%}" if m.get("agreement") is not None else "—"}
                 for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
         if rows:
             st.dataframe(pd.DataFrame(rows), hide_index=True)
@@ -224,7 +252,7 @@ def main() -> None:
         return
     st.subheader("Block")
     start, n, allow_final = block_picker(loaded, model)
-    config = heal_settings()
+    config = heal_settings(loaded)
     prompt = st.text_input("Prompt for the completion sample", "The capital of France is", key="ph_prompt")
     with st.container(horizontal=True):
         prune_clicked = st.button("Prune", type="primary", key="ph_prune")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer.blocks import Block, check_block
+from explorer.blocks import Block, check_block, default_size
+from explorer.bootstrap import Bootstrap, bootstrap, choice_notes, summary
 from explorer.data import C4, EMBEDDED, save_upload
 from explorer.figures import (
     distances_frame,
@@ -20,6 +21,7 @@ from explorer.figures import (
     heatmap_figure,
     min_distance_figure,
     png_export_available,
+    stability_figure,
 )
 from explorer.models import LoadedModel, decoder_layers, parameter_count
 from explorer.paths import explorer_home
@@ -133,10 +135,10 @@ def on_chart_select() -> None:
 
 
 def default_block(result: SimilarityResult) -> None:
-    """Until the user picks, select the optimal block for n = L/4 (the paper's regime of little loss)."""
+    """Until the user picks, select the best block for n = L/4 (the paper's regime of little loss)."""
     if START_KEY not in st.session_state:
-        best = result.optimal[max(0, result.num_layers // 4 - 1)]
-        st.session_state[START_KEY], st.session_state[SIZE_KEY] = best["layer"], best["n"]
+        best = result.best_block(default_size(result.num_layers))
+        st.session_state[START_KEY], st.session_state[SIZE_KEY] = best.start, best.n
 
 
 def block_inputs() -> tuple[int, int]:
@@ -153,12 +155,18 @@ def removed_parameters(loaded: LoadedModel, block: Block) -> int:
     return sum(parameter_count(layers[i]) for i in block.removed)
 
 
-def show_block(loaded: LoadedModel, result: SimilarityResult, run_id: int, start: int, n: int) -> None:
-    """Validate the picked block, say what it removes, and hand it to the prune page."""
+def show_block(loaded: LoadedModel, result: SimilarityResult, boot: Bootstrap | None, run_id: int, start: int,
+               n: int) -> None:
+    """Validate the picked block, say what it removes and how sure the best block for n is, and
+    hand it to the prune page."""
     st.session_state.pop(BLOCK_KEY, None)
     block = check_block(start, n, result.num_layers, allow_final=True)
     distance = result.distances[n - 1][start]
-    st.success(f"Selected: remove {block.describe(removed_parameters(loaded, block))} · angular distance {distance:.4f}")
+    interval = f" [{boot.ci_low[n - 1][start]:.4f}, {boot.ci_high[n - 1][start]:.4f}]" if boot else ""
+    st.success(f"Selected: remove {block.describe(removed_parameters(loaded, block))} · angular distance "
+               f"{distance:.4f}{interval}")
+    for note in choice_notes(result, boot, n) if n < result.num_layers else []:
+        st.warning(note)
     if block.includes_final:
         st.warning(f"This block removes the final layer {result.num_layers - 1}; the paper keeps it, "
                    "and pruning it needs the explicit override.")
@@ -168,19 +176,19 @@ def show_block(loaded: LoadedModel, result: SimilarityResult, run_id: int, start
     }
 
 
-def heatmap(result: SimilarityResult, selected: tuple[int, int], y_axis: str):
-    fig = heatmap_figure(result, selected, y_axis)
+def heatmap(result: SimilarityResult, selected: tuple[int, int], y_axis: str, scaled: bool, boot: Bootstrap | None):
+    fig = heatmap_figure(result, selected, y_axis, scaled, boot)
     st.plotly_chart(fig, width="content", theme=None, key=CHART_KEY, on_select=on_chart_select,
                     selection_mode="points", config={"displaylogo": False})
     return fig
 
 
-def downloads(result: SimilarityResult, fig) -> None:
+def downloads(result: SimilarityResult, boot: Bootstrap | None, fig) -> None:
     """CSV and HTML always; PNG when kaleido finds a Chrome/Chromium. Files are built on click."""
     stem = f"similarity-{result.num_layers}-layers-{result.samples}-samples"
     with st.container(horizontal=True):
-        st.download_button("Matrix (CSV)", distances_frame(result).to_csv(index=False), f"{stem}.csv", "text/csv",
-                           on_click="ignore")
+        st.download_button("Matrix (CSV)", distances_frame(result, boot).to_csv(index=False), f"{stem}.csv",
+                           "text/csv", on_click="ignore")
         st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"{stem}.html",
                            "text/html", on_click="ignore")
         if png_export_available():
@@ -195,19 +203,28 @@ def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cac
     origin = f"loaded from cache (run #{run_id})" if from_cache else f"computed now (run #{run_id})"
     st.caption(f"{result.model} · {result.num_layers} layers · {result.samples} samples · {origin}")
     default_block(result)
+    boot = bootstrap(result)
+    st.caption(summary(result, boot))
     st.subheader("Block to prune")
-    inputs, summary = st.columns([1, 3], vertical_alignment="bottom")
+    inputs, panel = st.columns([1, 3], vertical_alignment="bottom")
     with inputs:
         start, n = block_inputs()
-    with summary, user_errors():
-        show_block(loaded, result, run_id, start, n)
-    st.caption("Click a cell to select the block [l, l+n). ☆ row minimum (the block the paper drops), "
-               "✕ the simple strategy (deepest n layers, keeping the last).")
-    y_axis = "fraction" if st.toggle("Y axis as fraction n / L", key="sim_fraction") else "n"
+    with panel, user_errors():
+        show_block(loaded, result, boot, run_id, start, n)
+    st.caption("Click a cell to select the block [l, l+n). ☆ the best block, the row's minimum over blocks that keep "
+               "the final layer (the block the paper drops); ○ a lower cell that would remove the final layer, so it "
+               "is not chosen; ✕ the simple strategy (deepest n layers, keeping the last).")
+    left, right = st.columns(2)
+    y_axis = "fraction" if left.toggle("Y axis as fraction n / L", key="sim_fraction") else "n"
+    scaled = right.toggle("Paper style: rescale each row to [0, 1]", key="sim_scaled",
+                          help="Colours each n's row from its own minimum to its maximum, as the paper's heatmaps do; "
+                          "the hover still shows the distance.")
     with st.container(horizontal=True, gap="medium"):
-        fig = heatmap(result, (start, n), y_axis)
-        st.plotly_chart(min_distance_figure(result), width=480, key="similarity_min")
-    downloads(result, fig)
+        fig = heatmap(result, (start, n), y_axis, scaled, boot)
+        st.plotly_chart(min_distance_figure(result, boot), width=480, key="similarity_min")
+    if boot:
+        st.plotly_chart(stability_figure(result, boot), key="similarity_stability")
+    downloads(result, boot, fig)
 
 
 def main() -> None:

@@ -47,8 +47,9 @@ first removed layer, with no sharp transition: the paper's contrast between grad
 degradation and abrupt collapse of knowledge QA. Above 1 the pruned model is worse than guessing
 uniformly: it is confidently wrong. Compare the strategies: *similarity* removes the block whose input and output
 agree most; *simple* removes the deepest layers but keeps the last; *top-cut* also drops the last
-layer. Dashed lines are the same points after a short LoRA healing run.
+layer. Error bars: the loss's standard error over the held-out documents.
 """
+HEALED_TEXT = "Dashed lines are the same points after a short LoRA healing run."
 
 
 MODES = ["Every n with a stride", "Chosen fractions"]
@@ -144,7 +145,7 @@ def plots(run: Run, points: list[dict]) -> None:
     curve_captions(points)
     left, right = st.columns([3, 1])
     left.plotly_chart(loss, key="sw_loss")
-    right.markdown(LOSS_TEXT)
+    right.markdown(LOSS_TEXT + (HEALED_TEXT if any(p["healed"] for p in points) else ""))
     stem = f"sweep-{run.id}"
     with st.container(horizontal=True):
         st.download_button("Points (CSV)", points_frame(points).to_csv(index=False), f"{stem}.csv", "text/csv",

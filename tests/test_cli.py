@@ -49,10 +49,15 @@ def test_similarity_writes_the_contract_json(text_file, tmp_path, embedded):
     assert L == 30 and isinstance(data["model"], str) and data["model"]
     assert [len(row) for row in data["distances"]] == [L - n + 1 for n in range(1, L + 1)]
     assert all(0.0 <= d <= 1.0 for row in data["distances"] for d in row)
-    assert len(data["optimal"]) == L
+    assert len(data["optimal"]) == L - 1
     for n, entry in enumerate(data["optimal"], 1):
-        row = data["distances"][n - 1]
+        row = data["distances"][n - 1][: L - n]  # blocks that keep the final layer, as the paper chooses
         assert entry["n"] == n and entry["distance"] == min(row) and row[entry["layer"]] == min(row)
+        # --bootstrap 200 by default: how often this start wins a resample, and the distance's 95% interval.
+        assert 0 <= entry["stability"] <= 1
+        assert entry["distance_ci"][0] - 1e-6 <= entry["distance"] <= entry["distance_ci"][1] + 1e-6
+    assert data["seq_len"] == 32 and data["source"] == str(text_file) and data["bootstrap"]["draws"] == 200
+    assert "block sizes have a shallow best block" in done.stdout
     assert data["simple"] == [{"n": n, "layer": L - 1 - n} for n in range(1, L)]
     # The numbers are those of the engine run in this process on the same file.
     samples = make_samples(embedded.tokenizer, str(text_file), 4, 32)

@@ -35,7 +35,8 @@ def test_calibration_draws_heatmap_and_selects_block(app, embedded):
     at = calibrate(app, 4, 32)
     assert not at.exception
     assert not errors(at)
-    assert len(at.get("plotly_chart")) == 2  # heatmap and min distance vs n
+    assert len(at.get("plotly_chart")) == 3  # heatmap, min distance vs n, stability of the best block
+    assert any("block sizes have a shallow best block" in c.value and "resamples" in c.value for c in at.caption)
     assert any("· 4 samples ·" in c.value and "(run #" in c.value for c in at.caption)
 
     at.number_input(key="block_start").set_value(3)
@@ -83,7 +84,7 @@ def test_figure_points_carry_their_own_block(tiny_llama):
     for n, row in enumerate(result.distances, 1):
         rows = frame[frame.n == n].sort_values("l")
         assert np.allclose(rows.distance, row)
-        assert rows.l[rows.is_optimal].tolist() == [int(np.argmin(row))]
+        assert rows.l[rows.is_optimal].tolist() == ([int(np.argmin(row[: L - n]))] if n < L else [])
         assert rows.l[rows.is_simple].tolist() == ([L - 1 - n] if n < L else [])
     for y_axis, scale in (("n", 1), ("fraction", L)):
         fig = heatmap_figure(result, selected=(1, 2), y_axis=y_axis)

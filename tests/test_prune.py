@@ -156,7 +156,7 @@ def test_strategy_blocks(tiny_llama):
 def test_similarity_never_picks_the_final_layer():
     # Row n=1 whose global minimum is the final layer's block [3, 4).
     result = SimilarityResult("m", 4, [[0.5, 0.2, 0.3, 0.1], [0.4, 0.3, 0.2], [0.5, 0.6], [0.9]], samples=1)
-    assert result.optimal[0]["layer"] == 3
+    assert result.optimal[0]["layer"] == 1 and result.unrestricted_minima[0] == {"n": 1, "layer": 3, "distance": 0.1}
     assert strategy_block("similarity", 1, 4, result).start == 1
     assert strategy_block("similarity", 2, 4, result).start == 1
 

@@ -111,12 +111,12 @@ def test_optimal_and_simple_blocks(embedded):
     result = compute_distances(embedded, ragged_samples(embedded.tokenizer, [32, 28]), batch_size=2)
     L = result.num_layers
     for n, entry in enumerate(result.optimal, 1):
-        row = torch.tensor(result.distances[n - 1])
+        row = torch.tensor(result.distances[n - 1][: L - n])  # blocks that keep the final layer
         assert entry["n"] == n
         assert entry["layer"] == int(torch.argmin(row))
         assert entry["distance"] == pytest.approx(float(row.min()))
-        assert 0 <= entry["layer"] <= L - n
-    assert len(result.optimal) == L
+        assert 0 <= entry["layer"] < L - n
+    assert len(result.optimal) == L - 1
     assert result.simple == [{"n": n, "layer": L - 1 - n} for n in range(1, L)]
     # The simple block for n ends just before the final layer: layers [L-1-n, L-1).
     assert all(e["layer"] + e["n"] == L - 1 for e in result.simple)
@@ -125,7 +125,8 @@ def test_optimal_and_simple_blocks(embedded):
 def test_json_round_trip(tiny_llama):
     result = compute_distances(tiny_llama, ragged_samples(tiny_llama.tokenizer, [20]), batch_size=1)
     data = result.to_json()
-    assert {"model", "num_layers", "distances", "optimal", "simple", "samples"} <= set(data)
+    assert {"model", "num_layers", "distances", "optimal", "unrestricted_minima", "simple", "samples", "per_sample",
+            "seq_len", "source"} <= set(data)
     again = SimilarityResult.from_json(data)
     assert again == result and again.optimal == result.optimal
 
