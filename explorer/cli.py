@@ -370,8 +370,13 @@ def _print_heal_event(event: dict, steps: int) -> None:
 
 
 def _heal(args: argparse.Namespace) -> None:
-    """Prune and heal in the foreground: the job runner's code path, printing instead of storing."""
-    from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+    """Prune and heal in the foreground as a store run (the job runner's code path, also printing).
+
+    Under `accelerate launch --multi_gpu --num_processes K` each process runs this: they train data-parallel
+    (explorer.parallel) and only the main process creates the run, writes and prints."""
+    from explorer.heal import HealConfig
+    from explorer.jobs import heal_run
+    from explorer.parallel import data_parallel
     from explorer.store import Store
 
     options = {"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}
@@ -382,11 +387,26 @@ def _heal(args: argparse.Namespace) -> None:
     )
     config.check()
     _check_out(args.out, folder=True)
-    loaded = _load(args)
-    outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
-                             allow_final=args.allow_final, store=Store())
-    out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
-    print(f"healed model saved to {out}")
+    ranks = data_parallel(args.device)
+    if ranks is not None:
+        ranks.check_batch(config.batch_size)
+    main = ranks is None or ranks.is_main
+    settings = {
+        "model": {"source": args.model, "device": args.device, "load_in_4bit": args.load_in_4bit, "trust_remote_code": args.trust_remote_code},
+        "start": args.start, "n": args.n, "allow_final": args.allow_final, "heal": config.to_json(),
+        "processes": ranks.size if ranks is not None else 1,
+    }
+    store = Store() if main else None  # the other ranks never touch the store
+    run_id = store.create_run("heal", args.model, settings) if main else None
+    try:
+        result = heal_run(store, run_id, settings, lambda: False, args.out, ranks, lambda e: _print_heal_event(e, config.steps))
+    except BaseException as exc:
+        if main:
+            store.fail_run(run_id, str(exc) or type(exc).__name__, status="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    if main:
+        store.finish_run(run_id, result)
+        print(f"healed model saved to {result['folder']} (run {run_id})")
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:

@@ -181,34 +181,56 @@ def run_job(store: Store, run_id: int) -> None:
 
 
 def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """Load, evaluate, prune, heal and save, writing every event to the store.
+    """Load, evaluate, prune, heal and save, writing every event to the store (heal_run).
 
     settings: {"model": {source, device, load_in_4bit, trust_remote_code}, "start", "n",
     "allow_final", "heal": HealConfig fields}."""
+    return heal_run(store, run.id, run.settings, should_stop, run_folder(store, run.id))
+
+
+def heal_run(
+    store: Store,
+    run_id: int | None,
+    settings: dict,
+    should_stop: Callable[[], bool],
+    folder: Path | str,
+    ranks=None,
+    echo: Callable[[dict], None] = lambda event: None,
+) -> dict:
+    """The heal behind the job and the CLI: every event goes to run `run_id` in the store (and to
+    `echo`), the merged model to `folder`; returns run.json's record plus the folder.
+
+    With `ranks` (data-parallel under `accelerate launch`, explorer.parallel) every rank loads the
+    model on its own device and trains its share; only the main process writes events, the
+    model and run.json (which records the world size) and returns the record; others return {}."""
     from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
     from explorer.models import load_model
 
-    settings = run.settings
     model = settings["model"]
+    main = ranks is None or ranks.is_main
 
     def on_event(event: dict) -> None:
-        store.add_event(run.id, event["step"], event)
+        if main:
+            store.add_event(run_id, event["step"], event)
+            echo(event)
 
     on_event({"kind": "phase", "step": 0, "phase": "loading the model"})
     loaded = load_model(
         model["source"],
-        device=model.get("device"),
+        device=str(ranks.device) if ranks is not None else model.get("device"),
         load_in_4bit=model.get("load_in_4bit", False),
         trust_remote_code=model.get("trust_remote_code", False),
     )
     config = HealConfig(**settings.get("heal", {}))
     outcome = prune_and_heal(
-        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store
+        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store, ranks
     )
+    if not main:
+        return {}
     on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
-    record = outcome_record(outcome, model["source"], loaded.name)
-    folder = save_healed(outcome, run_folder(store, run.id), model["source"], {**record, "run_id": run.id})
-    return {**record, "folder": str(folder)}
+    record = {**outcome_record(outcome, model["source"], loaded.name), "world_size": ranks.size if ranks is not None else 1}
+    saved = save_healed(outcome, folder, model["source"], {**record, "run_id": run_id})
+    return {**record, "folder": str(saved)}
 
 
 def sweep_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
