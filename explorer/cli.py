@@ -277,6 +277,9 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: one point after another here; ray: points in parallel on Ray workers (requirements-distributed.txt)")
+    parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local instance on loopback)")
     parser.add_argument("--out", required=True)
 
 
@@ -308,7 +311,14 @@ def _sweep(args: argparse.Namespace) -> None:
     settings.check()
     _check_out(args.out)
     store = Store()
-    run_id = start_sweep(store, settings)
+    if args.ray_address and args.executor != "ray":
+        raise ExplorerError("--ray-address needs --executor ray.")
+    if args.executor == "ray":
+        from explorer.distributed import ray_available
+
+        if not ray_available():
+            raise ExplorerError("Ray is not installed: pip install -r requirements-distributed.txt, or use --executor local.")
+    run_id = start_sweep(store, settings, executor={"executor": args.executor, "ray_address": args.ray_address})
 
     def report(event: dict) -> None:
         print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
