@@ -313,12 +313,14 @@ def _sweep(args: argparse.Namespace) -> None:
     store = Store()
     if args.ray_address and args.executor != "ray":
         raise ExplorerError("--ray-address needs --executor ray.")
+    executor = None
     if args.executor == "ray":
         from explorer.distributed import ray_available
 
         if not ray_available():
             raise ExplorerError("Ray is not installed: pip install -r requirements-distributed.txt, or use --executor local.")
-    run_id = start_sweep(store, settings, executor={"executor": args.executor, "ray_address": args.ray_address})
+        executor = {"executor": "ray", "ray_address": args.ray_address}
+    run_id = start_sweep(store, settings, executor=executor)
 
     def report(event: dict) -> None:
         print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
@@ -432,6 +434,14 @@ def _job(args: argparse.Namespace) -> None:
     run_job(Store(args.store), args.run_id)
 
 
+def _heal_ranks(args: argparse.Namespace) -> None:
+    """Internal: one rank of a multi-GPU heal job (started by the job runner under accelerate)."""
+    from explorer.jobs import heal_ranks
+    from explorer.store import Store
+
+    heal_ranks(Store(args.store), args.run_id)
+
+
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_streamed_similarity_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
@@ -440,6 +450,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),
+    "heal-ranks": (_job_arguments, _heal_ranks, "internal: one process of a multi-GPU heal job"),
 }
 
 

@@ -184,8 +184,52 @@ def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
     """Load, evaluate, prune, heal and save, writing every event to the store (heal_run).
 
     settings: {"model": {source, device, load_in_4bit, trust_remote_code}, "start", "n",
-    "allow_final", "heal": HealConfig fields}."""
+    "allow_final", "heal": HealConfig fields, "processes": GPUs to train on (default 1)}.
+    With several processes the runner starts them (`heal_ranks` under accelerate) and waits."""
+    if run.settings.get("processes", 1) > 1:
+        return _heal_on_ranks(store, run, should_stop)
     return heal_run(store, run.id, run.settings, should_stop, run_folder(store, run.id))
+
+
+def heal_ranks(store: Store, run_id: int) -> None:
+    """One rank of a multi-process heal job (`python -m explorer heal-ranks`, started by
+    _heal_on_ranks under accelerate): trains its share; the main rank writes the events and the
+    model and stops every rank once the run is cancelled. A failure becomes an "error" event
+    the runner reports."""
+    from explorer.parallel import data_parallel
+
+    run = store.get_run(run_id)
+    ranks = data_parallel(run.settings["model"].get("device"))
+    try:
+        heal_run(store, run_id, run.settings, lambda: store.get_run(run_id).status == "cancelled", run_folder(store, run_id), ranks)
+    except ExplorerError as exc:
+        if ranks is None or ranks.is_main:
+            store.add_event(run_id, 0, {"kind": "error", "step": 0, "error": str(exc)})
+        raise
+
+
+def _heal_on_ranks(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
+    """Run the heal on `processes` ranks and return the main rank's record (from run.json)."""
+    import json
+
+    from explorer.parallel import launch_command
+
+    command = launch_command(run.settings["processes"], "heal-ranks", str(run.id), "--store", str(store.path))
+    ranks = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
+    while ranks.poll() is None:
+        if should_stop():  # the ranks see the cancelled status at their next step; wait for them, then make sure
+            try:
+                ranks.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(ranks.pid, signal.SIGKILL)
+            raise ExplorerError("Healing was cancelled.")
+        time.sleep(POLL_SECONDS)
+    if ranks.returncode != 0:
+        errors = [e["error"] for e in store.events(run.id) if e.get("kind") == "error"]
+        raise ExplorerError(errors[-1] if errors else f"The healing processes exited with code {ranks.returncode}: see {log_path(store, run.id)}.")
+    folder = run_folder(store, run.id)
+    record = json.loads((folder / "run.json").read_text())
+    return {**{k: v for k, v in record.items() if k != "run_id"}, "folder": str(folder)}
 
 
 def heal_run(

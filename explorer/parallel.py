@@ -26,6 +26,7 @@ and nothing here runs: no accelerate import, no process group, no extra cost.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,3 +107,15 @@ def data_parallel(device: str | None = None) -> Ranks | None:
 
     cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
     return Ranks(Accelerator(cpu=cpu))
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees: how many processes a heal job can train on."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch_command(processes: int, *module_args: str) -> list[str]:
+    """`accelerate launch` of `python -m explorer ...` on `processes` ranks (one per GPU; on a
+    machine without GPUs they train on the CPU over gloo, see data_parallel)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "explorer", *module_args]

@@ -333,23 +333,26 @@ def run_sweep(
                     blocks.setdefault((block.start, block.n), block)
                     wanted.setdefault((block.start, block.n), []).append((strategy, n, healed))
     waiting: list[dict] = []  # measured, waiting for the baseline loss
+    cancelled = "The sweep was cancelled; {} points are saved and a restart resumes."
     for block, measured, seconds in executor(loaded, list(blocks.values()), settings, should_stop):
         for index, (strategy, n, healed) in enumerate(wanted.pop((block.start, block.n))):
+            if index and should_stop():  # asked once per point: the executor asked before the block's first
+                raise SweepCancelled(cancelled.format(len(done)))
             metrics = {k: v for k, v in measured[healed].items() if k not in ("kind", "step", "merged")}
             waiting.append({
                 "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": healed,
                 "start": block.start, "num_layers": num_layers, **metrics,
                 "seconds": seconds if index == 0 else 0.0, "shared": index > 0, "fingerprint": loaded.fingerprint,
             })
-        base_loss = base_loss if base_loss is not None else next((p["val_loss"] for p in waiting if p["n"] == 0 and not p["healed"]), None)
-        for point in waiting if base_loss is not None else []:
-            point["normalized_loss"] = _normalized(point["val_loss"], base_loss, vocab)
-            _add(store, run_id, point)
-            done[point_key(point)] = point
-            on_event(point)
-        waiting = waiting if base_loss is None else []
+            base_loss = base_loss if base_loss is not None else next((p["val_loss"] for p in waiting if p["n"] == 0 and not p["healed"]), None)
+            for point in waiting if base_loss is not None else []:
+                point["normalized_loss"] = _normalized(point["val_loss"], base_loss, vocab)
+                _add(store, run_id, point)
+                done[point_key(point)] = point
+                on_event(point)
+            waiting = waiting if base_loss is None else []
     if wanted:
-        raise SweepCancelled(f"The sweep was cancelled; {len(done)} points are saved and a restart resumes.")
+        raise SweepCancelled(cancelled.format(len(done)))
     return summary(sweep_points(store, run_id))
 
 
