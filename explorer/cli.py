@@ -307,12 +307,12 @@ def _sweep(args: argparse.Namespace) -> None:
     from explorer.store import Store
     from explorer.sweep import SweepCancelled, describe_point, execute, start_sweep
 
+    if args.ray_address and args.executor != "ray":
+        raise ExplorerError("--ray-address needs --executor ray.")
     settings = _sweep_settings(args)
     settings.check()
     _check_out(args.out)
     store = Store()
-    if args.ray_address and args.executor != "ray":
-        raise ExplorerError("--ray-address needs --executor ray.")
     executor = None
     if args.executor == "ray":
         from explorer.distributed import ray_available

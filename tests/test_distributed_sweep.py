@@ -1,5 +1,5 @@
 """Sweeps on a local Ray instance with 2 CPU workers: the same points as the local executor,
-cancelling stops the outstanding blocks, and a cancelled sweep resumes."""
+cancelling stops the outstanding blocks, and a cancelled Ray sweep resumes (here on the local executor)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_ray_sweep_gives_the_local_points(local_ray, tiny_llama_dir, tmp_path):
     assert results["ray"]["first_at_chance"] == results["local"]["first_at_chance"]
 
 
-def test_cancelling_a_ray_sweep_stops_its_workers_and_it_resumes(local_ray, tiny_llama_dir, tmp_path):
+def test_cancelling_a_ray_sweep_stops_its_workers_and_it_resumes_locally(local_ray, tiny_llama_dir, tmp_path):
     store = Store(tmp_path / "runs.sqlite")
     settings = tiny_sweep(tiny_llama_dir)
     run_id = start_sweep(store, settings, executor=RAY)
@@ -70,6 +70,13 @@ def test_cancelling_a_ray_sweep_stops_its_workers_and_it_resumes(local_ray, tiny
     assert ray.available_resources().get("CPU", 0) == 2
     assert len(sweep_points(store, run_id)) == measured  # nothing arrives after the cancel
 
-    resumed = execute(store, run_id)
-    assert len(resumed["points"]) == 8
-    assert sum(bool(p.get("resumed")) for p in sweep_points(store, run_id)) == 0  # same run: its points were kept, not copied
+    restart = start_sweep(store, settings)  # the same settings on the local executor resume the Ray sweep's points
+    assert len(execute(store, restart)["points"]) == 8
+    assert sum(bool(p.get("resumed")) for p in sweep_points(store, restart)) == measured
+
+
+def test_the_cli_names_a_ray_address_without_the_ray_executor(tmp_path, capsys):
+    from explorer.cli import main
+
+    assert main(["sweep", "--ray-address", "127.0.0.1:6379", "--out", str(tmp_path / "sweep.json")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --ray-address needs --executor ray."
