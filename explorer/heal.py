@@ -177,7 +177,7 @@ def _nf4_copy(loaded: LoadedModel) -> nn.Module:
 
     with tempfile.TemporaryDirectory(prefix="explorer-qlora-") as folder:
         save_pruned(loaded, folder, {"kind": "qlora-base"})
-        return load_model(folder, device=loaded.device.type, load_in_4bit=True).model
+        return load_model(folder, device=str(loaded.device), load_in_4bit=True).model
 
 
 def _keep_4bit_differentiable(model: nn.Module) -> None:
