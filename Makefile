@@ -22,8 +22,8 @@ $(VENV)/.installed: $(PY) requirements.txt requirements-embedded.txt pyproject.t
 	$(PIP) install --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PIP) install -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-distributed.txt
+	$(PIP) install -r requirements-dev.txt -r requirements-distributed.txt
 	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	touch $@
 

@@ -320,6 +320,9 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: one point after another here; ray: points in parallel on Ray workers (requirements-distributed.txt)")
+    parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local instance on loopback)")
     parser.add_argument("--out", required=True)
 
 
@@ -347,11 +350,20 @@ def _sweep(args: argparse.Namespace) -> None:
     from explorer.store import Store
     from explorer.sweep import SweepCancelled, describe_point, execute, start_sweep
 
+    if args.ray_address and args.executor != "ray":
+        raise ExplorerError("--ray-address needs --executor ray.")
     settings = _sweep_settings(args)
     settings.check()
     _check_out(args.out)
     store = Store()
-    run_id = start_sweep(store, settings)
+    executor = None
+    if args.executor == "ray":
+        from explorer.distributed import ray_available
+
+        if not ray_available():
+            raise ExplorerError("Ray is not installed: pip install -r requirements-distributed.txt, or use --executor local.")
+        executor = {"executor": "ray", "ray_address": args.ray_address}
+    run_id = start_sweep(store, settings, executor=executor)
 
     def report(event: dict) -> None:
         print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
@@ -448,31 +460,50 @@ def _heal_config(args: argparse.Namespace, model) -> tuple["HealConfig", dict]:
 
 
 def _heal(args: argparse.Namespace) -> None:
-    """Prune and heal in the foreground: the job runner's code path, printing instead of storing."""
-    from explorer.heal import outcome_record, prune_and_heal, save_healed, target_modules
+    """Prune and heal in the foreground as a store run (the job runner's code path, also printing).
+
+    Under `accelerate launch --multi_gpu --num_processes K` each process runs this: they train data-parallel
+    (explorer.parallel) and only the main process creates the run, writes and prints."""
+    from explorer.heal import target_modules
+    from explorer.jobs import heal_run
+    from explorer.parallel import data_parallel
     from explorer.store import Store
 
-    if args.dry_run:
+    skeleton = None
+    if args.recipe or args.dry_run:  # the recipe depends on the architecture: read from the config, no weights
         from explorer.models import model_skeleton
 
         skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
-        config, about = _heal_config(args, skeleton)
+    config, about = _heal_config(args, skeleton)  # bad settings fail before the model loads
+    if args.dry_run:
         settings = {key: getattr(config, key) for key in ("rank", "alpha", "dropout", "lr", "warmup_steps", "steps",
                                                           "batch_size", "seq_len", "quantize", "source")}
         print(json.dumps({**settings, "target_choice": config.targets,
                           "targets": target_modules(skeleton, config.targets), **about}, indent=1))
         return
-    if args.recipe is None:
-        config, about = _heal_config(args, None)  # bad settings fail before the model loads
     _check_out(args.out, folder=True)
-    loaded = _load(args)
-    if args.recipe:
-        config, about = _heal_config(args, loaded.model)
+    ranks = data_parallel(args.device)
+    if ranks is not None:
+        ranks.check_batch(config.batch_size)
+    main = ranks is None or ranks.is_main
+    if about and main:
         print(f"paper recipe: {about['row_reason']}", file=sys.stderr)
-    outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
-                             allow_final=args.allow_final, store=Store())
-    out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
-    print(f"healed model saved to {out}")
+    settings = {
+        "model": {"source": args.model, "device": args.device, "load_in_4bit": args.load_in_4bit, "trust_remote_code": args.trust_remote_code},
+        "start": args.start, "n": args.n, "allow_final": args.allow_final, "heal": config.to_json(),
+        "processes": ranks.size if ranks is not None else 1,
+    }
+    store = Store() if main else None  # the other ranks never touch the store
+    run_id = store.create_run("heal", args.model, settings) if main else None
+    try:
+        result = heal_run(store, run_id, settings, lambda: False, args.out, ranks, lambda e: _print_heal_event(e, config.steps))
+    except BaseException as exc:
+        if main:
+            store.fail_run(run_id, str(exc) or type(exc).__name__, status="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    if main:
+        store.finish_run(run_id, result)
+        print(f"healed model saved to {result['folder']} (run {run_id})")
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -488,6 +519,14 @@ def _job(args: argparse.Namespace) -> None:
     run_job(Store(args.store), args.run_id)
 
 
+def _heal_ranks(args: argparse.Namespace) -> None:
+    """Internal: one rank of a multi-GPU heal job (started by the job runner under accelerate)."""
+    from explorer.jobs import heal_ranks
+    from explorer.store import Store
+
+    heal_ranks(Store(args.store), args.run_id)
+
+
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
@@ -496,6 +535,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),
+    "heal-ranks": (_job_arguments, _heal_ranks, "internal: one process of a multi-GPU heal job"),
 }
 
 

@@ -41,6 +41,7 @@ from explorer.concurrency import exclusive
 from explorer.data import EMBEDDED, batches, make_samples, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers, load_model
+from explorer.parallel import Ranks
 
 Event = dict
 OnEvent = Callable[[Event], None]
@@ -194,7 +195,7 @@ def _nf4_copy(loaded: LoadedModel) -> nn.Module:
 
     with tempfile.TemporaryDirectory(prefix="explorer-qlora-") as folder:
         save_pruned(loaded, folder, {"kind": "qlora-base"})
-        return load_model(folder, device=loaded.device.type, load_in_4bit=True).model
+        return load_model(folder, device=str(loaded.device), load_in_4bit=True).model
 
 
 def _keep_4bit_differentiable(model: nn.Module) -> None:
@@ -322,17 +323,22 @@ def _evaluate_adapter(peft_model, loaded: LoadedModel, config: HealConfig) -> di
     return quick_eval(LoadedModel(peft_model.get_base_model(), loaded.tokenizer, loaded.name, loaded.fingerprint), config)
 
 
-def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch.device) -> float:
-    """One AdamW update; returns the loss. NaN/inf and out-of-memory become ExplorerErrors."""
+def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch.device, ranks: Ranks | None = None) -> float:
+    """One AdamW update; returns the loss (the global batch's, all ranks agreeing, when data-parallel:
+    see explorer.parallel for why the weighted per-rank losses give the single-process gradient).
+    NaN/inf and out-of-memory become ExplorerErrors."""
+    weight = 1.0
+    if ranks is not None:
+        batch, weight = ranks.share(batch)
     input_ids, mask, labels = (t.to(device) for t in batch)
     for group in optimizer.param_groups:
         group["lr"] = lr
     try:
         loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
-        value = loss.item()
+        value = loss.item() if ranks is None else ranks.total(loss.item() * weight / ranks.size)
         if not math.isfinite(value):
             raise ExplorerError(f"The training loss became {value} at step {step}: lower the learning rate (was {lr:.2g}) and retry.")
-        loss.backward()
+        (loss if ranks is None else loss * weight).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     except torch.OutOfMemoryError as exc:
@@ -350,20 +356,24 @@ def train_adapter(
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
     evaluate: Callable[[int], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> None:
     """AdamW over `data` with the warm-up/cosine schedule, one "train" event per step, and
     `evaluate(step)` every `eval_every` steps before the last (the merged model is evaluated
-    instead). `tokens_per_s` counts real (unpadded) tokens over training time only."""
+    instead). `tokens_per_s` counts real (unpadded) tokens of the global batch over training
+    time only. With `ranks`, every rank calls this with the same global batches and trains on
+    its share under DDP (the caller makes on_event and evaluate main-process-only)."""
     device = peft_model.get_input_embeddings().weight.device
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     peft_model.train()
+    trained = peft_model if ranks is None else ranks.wrap(peft_model)
     tokens, training_s = 0, 0.0
     for step, batch in enumerate(data, 1):
         if should_stop():
             raise HealCancelled(f"Healing was cancelled after {step - 1} of {config.steps} steps.")
         lr = lr_at(step - 1, config)
         started = time.perf_counter()
-        loss = train_step(peft_model, optimizer, batch, lr, step, device)
+        loss = train_step(trained, optimizer, batch, lr, step, device, ranks)
         training_s += time.perf_counter() - started
         tokens += int(batch[1].sum())
         on_event({"kind": "train", "step": step, "train_loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / training_s})
@@ -376,6 +386,7 @@ def heal(
     config: HealConfig,
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
+    ranks: Ranks | None = None,
 ) -> LoadedModel:
     """Train LoRA adapters on the pruned model and return the merged, healed model.
 
@@ -384,19 +395,26 @@ def heal(
     cumulative real tokens); a last "eval" with "merged": True for the merged model at
     `steps`. `loaded_pruned` itself is left untouched (unless it was loaded in 4-bit).
     Raises HealCancelled when `should_stop()` turns true.
+
+    With `ranks` (data-parallel, explorer.parallel) every rank trains its share of each batch;
+    events and evaluations happen on the main process only, the others wait for it.
     """
     config = config.resolved(loaded_pruned.device)
     data = training_batches(loaded_pruned, config)  # empty or unreadable text fails before the model copy
+    on_event, should_stop, main = _main_only(on_event, should_stop, ranks, config)
     on_event({"kind": "phase", "step": 0, "phase": "preparing adapters" + (" on the nf4 base (QLoRA)" if config.quantize else "")})
     peft_model = training_model(loaded_pruned, config)
 
     def evaluate(step: int) -> None:
-        on_event({"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)})
+        if main:
+            on_event({"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)})
+        if ranks is not None:
+            ranks.wait()
 
     evaluate(0)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     on_event({"kind": "phase", "step": 0, "phase": "training", "trainable_params": trainable})
-    train_adapter(peft_model, data, config, on_event, should_stop, evaluate)
+    train_adapter(peft_model, data, config, on_event, should_stop, evaluate, ranks)
     on_event({"kind": "phase", "step": config.steps, "phase": "merging the adapter"})
     healed = LoadedModel(
         merge(peft_model, loaded_pruned),
@@ -404,8 +422,19 @@ def heal(
         f"{loaded_pruned.name} (healed)",
         f"{loaded_pruned.fingerprint}|healed:{config.key()}",
     )
-    on_event({"kind": "eval", "step": config.steps, "merged": True, **quick_eval(healed, config)})
+    if main:
+        on_event({"kind": "eval", "step": config.steps, "merged": True, **quick_eval(healed, config)})
     return healed
+
+
+def _main_only(on_event: OnEvent, should_stop: ShouldStop, ranks: Ranks | None, config: HealConfig) -> tuple[OnEvent, ShouldStop, bool]:
+    """on_event as given on the main process and silent on the others; should_stop agreed by all
+    ranks (any rank's stop stops every rank, so none waits forever in a collective); whether
+    this process is the main one. Without ranks: the callbacks unchanged."""
+    if ranks is None:
+        return on_event, should_stop, True
+    ranks.check_batch(config.batch_size)
+    return (on_event if ranks.is_main else lambda event: None), lambda: ranks.any(should_stop()), ranks.is_main
 
 
 @dataclass
@@ -429,10 +458,12 @@ def prune_and_heal(
     should_stop: ShouldStop = lambda: False,
     allow_final: bool = False,
     store=None,
+    ranks: Ranks | None = None,
 ) -> HealOutcome:
     """The whole run behind the job and the CLI: evaluate the unpruned model (the "before
     pruning" reference event; cached in `store`), prune [start, start+n) IN PLACE (the
-    caller's own copy; saves a model's worth of memory), heal, and collect the metrics."""
+    caller's own copy; saves a model's worth of memory), heal, and collect the metrics.
+    With `ranks` only the main process evaluates and reports (heal's data-parallel rules)."""
     from explorer.agreement import agreement
     from explorer.blocks import check_block
     from explorer.prune import prune_block
@@ -448,13 +479,15 @@ def prune_and_heal(
             metrics["healed" if event.get("merged") else "after_pruning"] = event
         on_event(event)
 
-    on_event({"kind": "phase", "step": 0, "phase": "evaluating the unpruned model"})
-    metrics["before_pruning"] = {"kind": "reference", "step": 0, **cached_quick_eval(loaded, config, store)}
-    on_event(metrics["before_pruning"])
-    if should_stop():
+    emit, agreed_stop, main = _main_only(on_event, should_stop, ranks, config)
+    emit({"kind": "phase", "step": 0, "phase": "evaluating the unpruned model"})
+    if main:
+        metrics["before_pruning"] = {"kind": "reference", "step": 0, **cached_quick_eval(loaded, config, store)}
+        on_event(metrics["before_pruning"])
+    if agreed_stop():
         raise HealCancelled("Healing was cancelled before pruning.")
     pruned = prune_block(loaded, start, n, allow_final=allow_final, inplace=True)
-    healed = heal(pruned.loaded, config, record, should_stop)
+    healed = heal(pruned.loaded, config, record, should_stop, ranks)
     return HealOutcome(healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics)
 
 

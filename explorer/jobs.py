@@ -181,34 +181,100 @@ def run_job(store: Store, run_id: int) -> None:
 
 
 def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """Load, evaluate, prune, heal and save, writing every event to the store.
+    """Load, evaluate, prune, heal and save, writing every event to the store (heal_run).
 
     settings: {"model": {source, device, load_in_4bit, trust_remote_code}, "start", "n",
-    "allow_final", "heal": HealConfig fields}."""
+    "allow_final", "heal": HealConfig fields, "processes": GPUs to train on (default 1)}.
+    With several processes the runner starts them (`heal_ranks` under accelerate) and waits."""
+    if run.settings.get("processes", 1) > 1:
+        return _heal_on_ranks(store, run, should_stop)
+    return heal_run(store, run.id, run.settings, should_stop, run_folder(store, run.id))
+
+
+def heal_ranks(store: Store, run_id: int) -> None:
+    """One rank of a multi-process heal job (`python -m explorer heal-ranks`, started by
+    _heal_on_ranks under accelerate): trains its share; the main rank writes the events and the
+    model and stops every rank once the run is cancelled. A failure becomes an "error" event
+    the runner reports."""
+    from explorer.parallel import data_parallel
+
+    run = store.get_run(run_id)
+    ranks = data_parallel(run.settings["model"].get("device"))
+    try:
+        heal_run(store, run_id, run.settings, lambda: store.get_run(run_id).status == "cancelled", run_folder(store, run_id), ranks)
+    except ExplorerError as exc:
+        if ranks is None or ranks.is_main:
+            store.add_event(run_id, 0, {"kind": "error", "step": 0, "error": str(exc)})
+        raise
+
+
+def _heal_on_ranks(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
+    """Run the heal on `processes` ranks and return the main rank's record (from run.json)."""
+    import json
+
+    from explorer.parallel import launch_command
+
+    command = launch_command(run.settings["processes"], "heal-ranks", str(run.id), "--store", str(store.path))
+    ranks = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
+    while ranks.poll() is None:
+        if should_stop():  # the ranks see the cancelled status at their next step; wait for them, then make sure
+            try:
+                ranks.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(ranks.pid, signal.SIGKILL)
+            raise ExplorerError("Healing was cancelled.")
+        time.sleep(POLL_SECONDS)
+    if ranks.returncode != 0:
+        errors = [e["error"] for e in store.events(run.id) if e.get("kind") == "error"]
+        raise ExplorerError(errors[-1] if errors else f"The healing processes exited with code {ranks.returncode}: see {log_path(store, run.id)}.")
+    folder = run_folder(store, run.id)
+    record = json.loads((folder / "run.json").read_text())
+    return {**{k: v for k, v in record.items() if k != "run_id"}, "folder": str(folder)}
+
+
+def heal_run(
+    store: Store,
+    run_id: int | None,
+    settings: dict,
+    should_stop: Callable[[], bool],
+    folder: Path | str,
+    ranks=None,
+    echo: Callable[[dict], None] = lambda event: None,
+) -> dict:
+    """The heal behind the job and the CLI: every event goes to run `run_id` in the store (and to
+    `echo`), the merged model to `folder`; returns run.json's record plus the folder.
+
+    With `ranks` (data-parallel under `accelerate launch`, explorer.parallel) every rank loads the
+    model on its own device and trains its share; only the main process writes events, the
+    model and run.json (which records the world size) and returns the record; others return {}."""
     from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
     from explorer.models import load_model
 
-    settings = run.settings
     model = settings["model"]
+    main = ranks is None or ranks.is_main
 
     def on_event(event: dict) -> None:
-        store.add_event(run.id, event["step"], event)
+        if main:
+            store.add_event(run_id, event["step"], event)
+            echo(event)
 
     on_event({"kind": "phase", "step": 0, "phase": "loading the model"})
     loaded = load_model(
         model["source"],
-        device=model.get("device"),
+        device=str(ranks.device) if ranks is not None else model.get("device"),
         load_in_4bit=model.get("load_in_4bit", False),
         trust_remote_code=model.get("trust_remote_code", False),
     )
     config = HealConfig(**settings.get("heal", {}))
     outcome = prune_and_heal(
-        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store
+        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store, ranks
     )
+    if not main:
+        return {}
     on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
-    record = outcome_record(outcome, model["source"], loaded.name)
-    folder = save_healed(outcome, run_folder(store, run.id), model["source"], {**record, "run_id": run.id})
-    return {**record, "folder": str(folder)}
+    record = {**outcome_record(outcome, model["source"], loaded.name), "world_size": ranks.size if ranks is not None else 1}
+    saved = save_healed(outcome, folder, model["source"], {**record, "run_id": run_id})
+    return {**record, "folder": str(saved)}
 
 
 def sweep_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:

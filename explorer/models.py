@@ -147,7 +147,7 @@ def _quantization(load_in_4bit: bool, compute_dtype: torch.dtype):
 
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on CUDA (the paper's setting), fp32 on CPU where bf16 matmuls are slow."""
-    return torch.bfloat16 if device == "cuda" else torch.float32
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # "cuda:1" too (a data-parallel rank)
 
 
 def resolve_source(source: str) -> tuple[str, str, str | None]:

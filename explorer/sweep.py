@@ -22,7 +22,7 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable
+from typing import Callable, Iterator
 
 from explorer.blocks import Block
 from explorer.data import check_settings, split_documents
@@ -32,6 +32,10 @@ from explorer.prune import STRATEGIES, prune_block, strategy_block
 
 Key = tuple[str, int, bool]  # (strategy, n, healed)
 OnEvent = Callable[[dict], None]
+Measured = tuple[Block, dict[bool, dict], float]  # a block, measure_block's metrics, seconds it took
+# An executor measures blocks (measure_block on each) and yields them as they finish, in any order;
+# it stops early, yielding no more, once should_stop() turns true. Local: measure_locally; Ray: explorer.distributed.
+Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], bool]], Iterator[Measured]]
 
 
 class SweepCancelled(ExplorerError):
@@ -283,6 +287,15 @@ def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, sh
     return evals
 
 
+def measure_locally(loaded: LoadedModel, blocks: list[Block], settings: SweepSettings, should_stop: Callable[[], bool]) -> Iterator[Measured]:
+    """The local executor: one block after another in this process, in the order given."""
+    for block in blocks:
+        if should_stop():
+            return
+        started = time.perf_counter()
+        yield block, measure_block(loaded, block, settings, should_stop), time.perf_counter() - started
+
+
 def run_sweep(
     loaded: LoadedModel,
     settings: SweepSettings,
@@ -290,10 +303,14 @@ def run_sweep(
     run_id: int,
     on_event: OnEvent = lambda event: None,
     should_stop: Callable[[], bool] = lambda: False,
+    executor: Executor = measure_locally,
 ) -> dict:
     """Measure every (strategy, n[, healed]) point not already finished, as events of `run_id`.
 
-    Points go out in order of n, all strategies at each n, so every curve grows together."""
+    Blocks go to the executor in order of n, all strategies at each n, so with the local executor
+    every curve grows together; points are recorded as their block is measured (in any order with
+    a parallel executor; those measured before the unpruned baseline wait for it, which their
+    normalized loss and agreement need)."""
     from explorer.agreement import agreement
     from explorer.similarity import cached_distances
 
@@ -321,38 +338,47 @@ def run_sweep(
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     base_loss = next((p["val_loss"] for (_, n, healed), p in done.items() if n == 0 and not healed), None)
     unpruned = next((p.get("predictions") for (_, n, healed), p in done.items() if n == 0 and not healed), None)
-    shared: dict[tuple[int, int], dict[bool, dict]] = {}
+    wanted: dict[tuple[int, int], list[Key]] = {}  # block (start, n) -> the missing points it gives
+    blocks: dict[tuple[int, int], Block] = {}
     for n in sizes:
         for strategy in settings.strategies:
             block = strategy_block(strategy, n, num_layers, similarity)
             for healed in healed_states:
-                if (strategy, n, healed) in done:
-                    continue
-                if should_stop():
-                    raise SweepCancelled(f"The sweep was cancelled; {len(done)} points are saved and a restart resumes.")
-                started = time.perf_counter()
-                reused = (block.start, block.n) in shared
-                if not reused:
-                    shared[(block.start, block.n)] = measure_block(loaded, block, settings, should_stop)
-                metrics = {k: v for k, v in shared[(block.start, block.n)][healed].items() if k not in ("kind", "step", "merged")}
-                base_loss = base_loss if base_loss is not None else metrics["val_loss"]  # n = 0 comes first
-                unpruned = unpruned if unpruned is not None else metrics.get("predictions")
-                point = {
-                    "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": healed,
-                    "start": block.start, "num_layers": num_layers, **metrics, **agreement(metrics.get("predictions"), unpruned),
-                    "normalized_loss": _normalized(metrics["val_loss"], base_loss, vocab),
-                    "normalized_loss_se": _normalized_se(metrics.get("val_loss_se"), base_loss, vocab),
-                    "seconds": time.perf_counter() - started, "shared": reused, "fingerprint": loaded.fingerprint,
-                }
+                if (strategy, n, healed) not in done:
+                    blocks.setdefault((block.start, block.n), block)
+                    wanted.setdefault((block.start, block.n), []).append((strategy, n, healed))
+    waiting: list[dict] = []  # measured, waiting for the baseline loss
+    cancelled = "The sweep was cancelled; {} points are saved and a restart resumes."
+    for block, measured, seconds in executor(loaded, list(blocks.values()), settings, should_stop):
+        for index, (strategy, n, healed) in enumerate(wanted.pop((block.start, block.n))):
+            if index and should_stop():  # asked once per point: the executor asked before the block's first
+                raise SweepCancelled(cancelled.format(len(done)))
+            metrics = {k: v for k, v in measured[healed].items() if k not in ("kind", "step", "merged")}
+            waiting.append({
+                "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": healed,
+                "start": block.start, "num_layers": num_layers, **metrics,
+                "seconds": seconds if index == 0 else 0.0, "shared": index > 0, "fingerprint": loaded.fingerprint,
+            })
+            if base_loss is None and (baseline := next((p for p in waiting if p["n"] == 0 and not p["healed"]), None)):
+                base_loss, unpruned = baseline["val_loss"], baseline.get("predictions")
+            for point in waiting if base_loss is not None else []:
+                point.update(agreement(point.get("predictions"), unpruned))
+                point["normalized_loss"] = _normalized(point["val_loss"], base_loss, vocab)
+                point["normalized_loss_se"] = _normalized_se(point.get("val_loss_se"), base_loss, vocab)
                 _add(store, run_id, point)
-                done[(strategy, n, healed)] = point
+                done[point_key(point)] = point
                 on_event(point)
+            waiting = waiting if base_loss is None else []
+    if wanted:
+        raise SweepCancelled(cancelled.format(len(done)))
     return summary(sweep_points(store, run_id))
 
 
-def start_sweep(store, settings: SweepSettings, model_name: str | None = None) -> int:
-    """A new queued-or-running sweep run row for these settings (the job or CLI then runs it)."""
-    return store.create_run("sweep", model_name or settings.model, settings.to_json())
+def start_sweep(store, settings: SweepSettings, model_name: str | None = None, executor: dict | None = None) -> int:
+    """A new queued-or-running sweep run row for these settings (the job or CLI then runs it).
+    `executor` ({"executor": "ray", "ray_address": ...}) is kept beside the settings; it does not
+    change the points, so sweeps on either executor resume each other."""
+    return store.create_run("sweep", model_name or settings.model, {**settings.to_json(), **(executor or {})})
 
 
 def load_for_sweep(settings: SweepSettings) -> LoadedModel:
@@ -368,7 +394,13 @@ def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_s
 
     The caller owns the run's status (jobs.run_job for the page, the CLI in the foreground):
     a failure or cancellation raises, and the points measured so far stay in the store."""
-    settings = SweepSettings.from_json(store.get_run(run_id).settings)
+    stored = store.get_run(run_id).settings
+    settings = SweepSettings.from_json(stored)
     settings.check()
+    executor = measure_locally
+    if stored.get("executor", "local") == "ray":
+        from explorer.distributed import RayExecutor
+
+        executor = RayExecutor(stored.get("ray_address"))
     _phase(store, run_id, on_event, "loading the model")
-    return run_sweep(load_for_sweep(settings), settings, store, run_id, on_event, should_stop)
+    return run_sweep(load_for_sweep(settings), settings, store, run_id, on_event, should_stop, executor)

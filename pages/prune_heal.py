@@ -24,6 +24,7 @@ from explorer.data import C4, EMBEDDED
 from explorer.export import mergekit_yaml, save_pruned
 from explorer.heal import TARGETS, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
 from explorer.models import LoadedModel, pick_device
+from explorer.parallel import visible_gpus
 from explorer.paths import explorer_home
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.recipe import recipe_for
@@ -253,6 +254,8 @@ def main() -> None:
     st.subheader("Block")
     start, n, allow_final = block_picker(loaded, model)
     config = heal_settings(loaded)
+    visible = visible_gpus()  # several GPUs: the job can train data-parallel on them (accelerate)
+    gpus = st.slider(f"GPUs for healing ({visible} visible)", 1, visible, visible, key="ph_gpus") if visible > 1 else 1
     prompt = st.text_input("Prompt for the completion sample", "The capital of France is", key="ph_prompt")
     with st.container(horizontal=True):
         prune_clicked = st.button("Prune", type="primary", key="ph_prune")
@@ -263,7 +266,7 @@ def main() -> None:
             prune_now(loaded, start, n, allow_final, config, prompt)
         if heal_clicked:
             check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
-            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json()}
+            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json(), "processes": gpus}
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "heal", loaded.name, settings)
         pruned = st.session_state.get(PRUNED_KEY)
         if pruned and pruned["fingerprint"] == loaded.fingerprint:

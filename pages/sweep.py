@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import jobs
+from explorer.distributed import ray_available
 from explorer.models import LoadedModel
 from explorer.prune import STRATEGIES
 from explorer.similarity import cached_distances
@@ -205,9 +206,12 @@ def main() -> None:
         settings.check()
         check_text(settings.text)
         heatmap_notice(loaded, settings)
+        ray = ray_available() and st.toggle("Measure points in parallel on Ray", key="sw_ray",
+                                            help="A local Ray instance: one worker per CPU core (per GPU when present), one model load each.")
         if st.button("Start sweep", type="primary", key="sw_start",
                      help="Runs as a background job; a sweep with the same settings resumes from finished points."):
-            st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, settings.to_json())
+            executor = {"executor": "ray"} if ray else {}
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, {**settings.to_json(), **executor})
     run_id = run_picker(model["source"])
     if run_id is not None:
         job_view(run_id, RUN_KEY, sweep_view, "Start a new sweep or pick another run.")

@@ -165,8 +165,8 @@ def test_cli_sweep_and_resume(tiny_llama_dir, tmp_path, capsys):
     assert [p["accuracy"] for p in second["points"]] == [p["accuracy"] for p in first["points"]]
     capsys.readouterr()
     (tmp_path / "file").write_text("")
-    assert main([*args, "--out", str(tmp_path / "file" / "c.json")]) == 2  # unwritable --out: the run is kept
-    assert "the sweep is saved as run" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "file" / "c.json")]) == 2  # unwritable --out: refused before any work
+    assert "Cannot write --out" in capsys.readouterr().err
     assert main(["sweep", "--fractions", "0,1", "--out", str(tmp_path / "d.json")]) == 2
     assert "in [0, 1)" in capsys.readouterr().err
 
