@@ -10,12 +10,14 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from explorer.errors import ExplorerError
+from explorer.threads import configure
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -332,6 +334,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.export import DTYPES
     from explorer.heal import HealConfig
 
     d = HealConfig()
@@ -353,7 +356,9 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-samples", type=int, default=d.val_samples, help="held-out documents for the validation loss")
     parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs, for --eval-task mmlu / mmlu-cloze")
     parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
-    parser.add_argument("--out", required=True, help="folder for the merged model, run.json and mergekit.yaml")
+    parser.add_argument("--out", default=None, help="folder for the merged model, run.json and mergekit.yaml "
+                                                    "(without it nothing is saved: the metrics are printed)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="type of the saved weights (bf16 halves fp32)")
 
 
 def _print_heal_event(event: dict, steps: int) -> None:
@@ -385,7 +390,10 @@ def _heal(args: argparse.Namespace) -> None:
     loaded = _load(args)
     outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
                              allow_final=args.allow_final, store=Store())
-    out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
+    if args.out is None:
+        print("healed model not saved (give --out to save it)")
+        return
+    out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name), args.dtype)
     print(f"healed model saved to {out}")
 
 
@@ -400,6 +408,11 @@ def _job(args: argparse.Namespace) -> None:
     from explorer.store import Store
 
     run_job(Store(args.store), args.run_id)
+    # The outcome is in the store: leave now. Python's own teardown of torch and transformers took
+    # about 5 s on a loaded 2-core machine, which a cancel (and the next queued job) would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
@@ -422,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
+    configure("cli")  # `job` switches to the runner's share in run_job
     try:
         COMMANDS[args.command][1](args)
     except ExplorerError as exc:
