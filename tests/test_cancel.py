@@ -62,7 +62,9 @@ def assert_cancelled_cleanly(store: Store, run_id: int, kinds_before: list[str])
 
 
 def test_cancel_while_training_stops_within_seconds(store, tiny_llama_dir):
-    run_id = jobs.submit(store, "heal", "tiny", heal_settings(tiny_llama_dir, steps=100_000))
+    settings = heal_settings(tiny_llama_dir, steps=100_000)
+    settings["heal"]["eval_every"] = 100_000
+    run_id = jobs.submit(store, "heal", "tiny", settings)
     try:
         wait_for(lambda: trained_steps(store, run_id) >= 2, "training")
         assert phase(store, run_id) == "training"
