@@ -141,6 +141,40 @@ def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config
     }
 
 
+def show_pruned(model: dict, pruned: dict) -> None:
+    result: PruneResult = pruned["result"]
+    block = result.block
+    st.success(f"Removed {block.describe(result.removed_params)}.")
+    before, after, ref = pruned["reference"]["eval"], pruned["eval"], pruned["reference"]
+    c = st.columns(4)
+    c[0].metric("Parameters", f"{result.params_after / 1e6:.1f}M", f"{-result.removed_params / 1e6:.1f}M", delta_color="off")
+    c[1].metric("Held-out loss", f"{after['val_loss']:.3f}", f"{after['val_loss'] - before['val_loss']:+.3f}", delta_color="inverse")
+    c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
+    c[3].metric("Unpruned accuracy", f"{before['accuracy']:.0%}", help="Same questions, the model before pruning.")
+    st.caption(f"Accuracy 95% intervals: pruned [{after['ci_low']:.0%}, {after['ci_high']:.0%}], "
+               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}.")
+    left, right = st.columns(2)
+    left.markdown("**Unpruned completes**")
+    left.code(ref["sample"], language=None, wrap_lines=True)
+    right.markdown("**Pruned completes**")
+    right.code(pruned["sample"], language=None, wrap_lines=True)
+    yaml = mergekit_yaml(model["source"], block.num_layers, block)
+    with st.container(horizontal=True):
+        st.download_button("mergekit YAML", yaml, f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore",
+                           key="ph_yaml")
+        if st.button("Save pruned model", key="ph_save"):
+            folder = explorer_home() / "pruned" / f"{result.loaded.fingerprint.replace(':', '-').replace('|', '_')}"
+            record = {"kind": "prune", "model": model["source"], "model_name": result.loaded.name,
+                      "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
+                      "params_before": result.params_before, "params_after": result.params_after,
+                      "quick_eval": {"unpruned": before, "pruned": after}}
+            out = save_pruned(result.loaded, folder, record, st.session_state.get("ph_dtype"))
+            (out / "mergekit.yaml").write_text(yaml)
+            pruned["saved"] = str(out)
+    if pruned["saved"]:
+        st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
+
+
 def run_summary(run: Run, events: list[dict]) -> None:
     """Which run and settings are shown, its progress with ETA (or what a queued job waits for),
     cancel, and the outcome of a finished run."""

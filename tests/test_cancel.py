@@ -92,7 +92,7 @@ def test_cancel_while_evaluating_stops_within_seconds(store, tiny_llama_dir, lon
 
 def test_cancel_during_a_sweep_point_stops_within_seconds(store, tiny_llama_dir, long_text):
     settings = {"model": str(tiny_llama_dir), "device": "cpu", "strategies": ["simple"], "stride": 1, "limit": 4,
-                "text": str(long_text), "val_samples": 60, "seq_len": 512, "batch_size": 4}
+                "text": str(long_text), "val_samples": 30, "seq_len": 512, "batch_size": 4}
     run_id = jobs.submit(store, "sweep", "tiny", settings)
     try:
         wait_for(lambda: any(e["kind"] == "point" for e in store.events(run_id)), "the first point")

@@ -36,7 +36,7 @@ def test_calibration_draws_heatmap_and_selects_block(app, embedded):
     assert not at.exception
     assert not errors(at)
     assert len(at.get("plotly_chart")) == 2  # heatmap and min distance vs n
-    assert any("· 4 samples ·" in c.value and "(run #" in c.value for c in at.caption)
+    assert any("4 samples × 32 tokens" in c.value and "(run #" in c.value for c in at.caption)
 
     at.number_input(key="block_start").set_value(3)
     at.number_input(key="block_n").set_value(3).run()
