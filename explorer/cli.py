@@ -121,13 +121,21 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
+    _dtype_argument(parser)
+
+
+def _dtype_argument(parser: argparse.ArgumentParser) -> None:
+    from explorer.export import DTYPES
+
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="type of the saved weights (default: as loaded; bf16 halves fp32)")
 
 
 def _prune(args: argparse.Namespace) -> None:
     """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
     from explorer.blocks import check_block
     from explorer.data import check_settings
-    from explorer.export import mergekit_yaml, save_pruned
+    from explorer.export import save_prune
     from explorer.prune import STRATEGIES, prune_block, strategy_block
     from explorer.similarity import cached_distances
 
@@ -153,19 +161,9 @@ def _prune(args: argparse.Namespace) -> None:
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
     result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
-    record = {
-        "kind": "prune",
-        "model": args.model,
-        "model_name": loaded.name,
-        "fingerprint": loaded.fingerprint,
-        "strategy": args.strategy or "manual",
-        "block": {"start": block.start, "n": block.n, "num_layers": num_layers, "removed": block.removed},
-        "params_before": result.params_before,
-        "params_after": result.params_after,
-        "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
-    }
-    out = save_pruned(result.loaded, args.out, record)
-    (out / "mergekit.yaml").write_text(mergekit_yaml(args.model, num_layers, block))
+    extra = {"strategy": args.strategy or "manual",
+             "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None}
+    out = save_prune(result, args.out, args.model, extra, args.dtype)
     print(
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
         f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
@@ -334,7 +332,6 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.export import DTYPES
     from explorer.heal import HealConfig
 
     d = HealConfig()
@@ -358,7 +355,7 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
     parser.add_argument("--out", default=None, help="folder for the merged model, run.json and mergekit.yaml "
                                                     "(without it nothing is saved: the metrics are printed)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="type of the saved weights (bf16 halves fp32)")
+    _dtype_argument(parser)
 
 
 def _print_heal_event(event: dict, steps: int) -> None:

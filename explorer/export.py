@@ -85,6 +85,18 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
     return folder
 
 
+def save_prune(result, folder: str | Path, model_id: str, extra: dict, dtype: str | None = None) -> Path:
+    """A pruned model (`prune.PruneResult`) saved with its run.json (block, parameter counts and
+    `extra`) and the mergekit YAML: what the CLI's prune and the page's Save button write."""
+    block, loaded = result.block, result.loaded
+    record = {"kind": "prune", "model": model_id, "model_name": loaded.name, "fingerprint": loaded.fingerprint,
+              "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
+              "params_before": result.params_before, "params_after": result.params_after, "dtype": dtype, **extra}
+    out = save_pruned(loaded, folder, record, dtype)
+    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, block.num_layers, block))
+    return out
+
+
 def kept_ranges(block: Block) -> list[tuple[int, int]]:
     """The kept layers as half-open [a, b) ranges, mergekit's `layer_range` convention."""
     ranges = [(0, block.start), (block.end, block.num_layers)] if block.n else [(0, block.num_layers)]

@@ -17,13 +17,13 @@ import streamlit as st
 from explorer import jobs
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
-from explorer.export import mergekit_yaml, save_pruned
+from explorer.export import mergekit_yaml, save_prune
 from explorer.heal import PAPER_RECIPE, HealConfig, cached_quick_eval, complete, default_eval_task, quick_eval
 from explorer.heal_figures import heal_figure
 from explorer.progress import heal_progress, progress_text
 from explorer.models import LoadedModel, pick_device
 from explorer.paths import explorer_home
-from explorer.runs import heal_description
+from explorer.runs import heal_description, heal_metrics_rows
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
@@ -164,13 +164,8 @@ def show_pruned(model: dict, pruned: dict) -> None:
                            key="ph_yaml")
         if st.button("Save pruned model", key="ph_save"):
             folder = explorer_home() / "pruned" / f"{result.loaded.fingerprint.replace(':', '-').replace('|', '_')}"
-            record = {"kind": "prune", "model": model["source"], "model_name": result.loaded.name,
-                      "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
-                      "params_before": result.params_before, "params_after": result.params_after,
-                      "quick_eval": {"unpruned": before, "pruned": after}}
-            out = save_pruned(result.loaded, folder, record, st.session_state.get("ph_dtype"))
-            (out / "mergekit.yaml").write_text(yaml)
-            pruned["saved"] = str(out)
+            extra = {"quick_eval": {"unpruned": before, "pruned": after}}
+            pruned["saved"] = str(save_prune(result, folder, model["source"], extra, st.session_state.get("ph_dtype")))
     if pruned["saved"]:
         st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
 
@@ -196,11 +191,7 @@ def run_summary(run: Run, events: list[dict]) -> None:
     else:
         st.success(status)
         result = run.result or {}
-        metrics = result.get("metrics", {})
-        rows = [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
-                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]"}
-                for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
-        if rows:
+        if rows := heal_metrics_rows(result):
             st.dataframe(pd.DataFrame(rows), hide_index=True)
         st.info(f"Healed, merged model saved to `{result['folder']}`." if result.get("folder") else
                 "The healed model was not saved (tick “Save healed model” before starting to keep it).")
