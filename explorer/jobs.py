@@ -124,9 +124,9 @@ def latest_job(store: Store, kind: str, model: str | None = None) -> Run | None:
     return None
 
 
-def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS, wait: bool = False) -> None:
-    """Mark the run cancelled and SIGTERM its runner, which exits at once; SIGKILL it if it is
-    still alive after `grace` seconds (from a daemon thread, or here when `wait`)."""
+def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS) -> None:
+    """Mark the run cancelled and SIGTERM its runner, which exits at once; a daemon thread
+    SIGKILLs it if it is still alive after `grace` seconds."""
     run = store.get_run(run_id)
     if run.status not in ACTIVE:
         return
@@ -136,10 +136,7 @@ def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS, wait: bool =
             os.kill(run.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        killer = threading.Thread(target=_kill_after, args=(run.pid, run_id, grace), name=f"kill-job-{run_id}", daemon=True)
-        killer.start()
-        if wait:
-            killer.join()
+        threading.Thread(target=_kill_after, args=(run.pid, run_id, grace), name=f"kill-job-{run_id}", daemon=True).start()
 
 
 def _kill_after(pid: int, run_id: int, grace: float) -> None:

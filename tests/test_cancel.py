@@ -118,6 +118,23 @@ def test_a_queued_job_says_what_it_waits_for(store, tiny_llama_dir):
         stop(store, second)
 
 
+def test_a_runner_that_ignores_sigterm_is_killed_after_the_grace_period(store):
+    run_id = store.create_run("heal", "tiny", {}, status="running")
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(120)", "job", str(run_id)], stdout=subprocess.PIPE)
+    try:
+        assert stubborn.stdout.readline().strip() == b"ready"
+        store.update_run(run_id, pid=stubborn.pid)
+        started = time.perf_counter()
+        jobs.cancel(store, run_id, grace=1.0)
+        assert stubborn.wait(timeout=10) == -9  # SIGKILL
+        assert 1.0 <= time.perf_counter() - started < 4.0
+        assert store.get_run(run_id).status == "cancelled"
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
 def zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
