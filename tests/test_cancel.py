@@ -1,7 +1,8 @@
 """Jobs that really stop: a real runner process on a tiny model is cancelled while training,
-while evaluating and between/inside sweep points, and must be gone within a few seconds with no
-result recorded; a queued job says what it waits for; a finished runner leaves no zombie; and
-`python -m explorer job ID` refuses anything but a queued job."""
+while evaluating and inside sweep points, and must be gone within a few seconds with no result
+recorded; one ignoring SIGTERM is killed; a finished runner leaves no zombie; and
+`python -m explorer job ID` refuses anything but a queued job. (What a queued job waits for:
+tests/test_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -102,20 +103,6 @@ def test_cancel_during_a_sweep_point_stops_within_seconds(store, tiny_llama_dir,
         assert before.count("point") == 1  # the second point, in progress, was not recorded
     finally:
         stop(store, run_id)
-
-
-def test_a_queued_job_says_what_it_waits_for(store, tiny_llama_dir):
-    first = jobs.submit(store, "heal", "tiny", heal_settings(tiny_llama_dir, steps=100_000))
-    second = jobs.submit(store, "heal", "tiny", heal_settings(tiny_llama_dir, steps=2))
-    try:
-        wait_for(lambda: trained_steps(store, first) >= 1, "the first job's training")
-        assert jobs.queue_reason(store, second) == f"waiting for run #{first} (heal, training)"
-        jobs.cancel(store, second)  # cancelling a queued job: its runner leaves without running
-        wait_for(lambda: not jobs.is_alive(store.get_run(second).pid, second), "the queued runner to exit", 30)
-        assert store.get_run(second).status == "cancelled" and store.events(second) == []
-    finally:
-        stop(store, first)
-        stop(store, second)
 
 
 def test_a_runner_that_ignores_sigterm_is_killed_after_the_grace_period(store):

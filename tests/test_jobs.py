@@ -4,6 +4,7 @@ reaped as failed, cancel stops a run, and a second job waits for the first."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -91,6 +92,7 @@ def test_a_second_job_queues_and_cancel_stops_both(store, tiny_llama_dir):
         time.sleep(2)  # several polls of the second runner
         assert store.get_run(second).status == "queued" and store.events(second) == []
         assert jobs.is_alive(store.get_run(second).pid, second)
+        assert re.fullmatch(rf"waiting for run #{first} \(heal, (training|evaluating at step \d+)\)", jobs.queue_reason(store, second))
 
         jobs.cancel(store, first)
         first_pid = store.get_run(first).pid
