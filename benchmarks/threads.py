@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 
 import torch
 
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report, timed
 from explorer.heal import HealConfig, train_step, training_batches, training_model
 from explorer.models import load_model
 from explorer.prune import prune_block, strategy_block
@@ -62,9 +61,7 @@ def timed_steps(peft_model, optimizer, data: list, threads: int) -> list[float]:
     device = peft_model.get_input_embeddings().weight.device
     seconds = []
     for step, batch in enumerate(data, 1):
-        started = time.perf_counter()
-        train_step(peft_model, optimizer, batch, 1e-4, step, device)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(timed(lambda: train_step(peft_model, optimizer, batch, 1e-4, step, device))[0])
     return seconds
 
 
@@ -101,8 +98,7 @@ def measure(args: argparse.Namespace) -> dict:
         "pruned": block.describe(),
         "cores": cores(),
         "threads": {"default": default, "after_heal": arms["after"][0], "after_neighbour": arms["after"][1]},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **environment("cpu"),
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "seconds_per_step": seconds,
