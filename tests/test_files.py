@@ -19,8 +19,10 @@ def test_bf16_halves_the_model_and_reloads_with_the_same_predictions(tiny_llama,
 
     full = save_pruned(tiny_llama, tmp_path / "fp32", {"kind": "test"}, "fp32")
     half = save_pruned(tiny_llama, tmp_path / "bf16", {"kind": "test"}, "bf16")
-    ratio = disk_usage(half / "model.safetensors") / disk_usage(full / "model.safetensors")
-    assert 0.49 < ratio < 0.51
+    fp16 = save_pruned(tiny_llama, tmp_path / "fp16", {"kind": "test"}, "fp16")
+    for folder in (half, fp16):
+        ratio = disk_usage(folder / "model.safetensors") / disk_usage(full / "model.safetensors")
+        assert 0.49 < ratio < 0.51
     assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
     assert next(tiny_llama.model.parameters()).dtype == torch.float32  # the caller's model is untouched
     reloaded = AutoModelForCausalLM.from_pretrained(half)
