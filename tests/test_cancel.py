@@ -19,7 +19,7 @@ from explorer import jobs
 from explorer.store import Store
 from tests.test_jobs import heal_settings, stop, trained_steps, wait_for
 
-LATENCY = jobs.GRACE_SECONDS  # seconds from cancel to a vanished runner: it left by itself, before any SIGKILL
+LATENCY = jobs.GRACE_SECONDS + 2.0  # cancel to a vanished runner: it leaves by itself (~1 s), or is SIGKILLed at 5 s
 WORDS = "the of river mountain quiet seven purple engine letter winter city number garden bright".split()
 
 
