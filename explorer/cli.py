@@ -10,12 +10,14 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from explorer.errors import ExplorerError
+from explorer.threads import configure
 
 if TYPE_CHECKING:
     from explorer.heal import HealConfig
@@ -136,13 +138,21 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
+    _dtype_argument(parser)
+
+
+def _dtype_argument(parser: argparse.ArgumentParser) -> None:
+    from explorer.export import DTYPES
+
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="type of the saved weights (default: as loaded; bf16 halves fp32)")
 
 
 def _prune(args: argparse.Namespace) -> None:
     """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
     from explorer.blocks import check_block
     from explorer.data import check_settings
-    from explorer.export import mergekit_yaml, save_pruned
+    from explorer.export import save_prune
     from explorer.prune import STRATEGIES, prune_block, strategy_block
     from explorer.similarity import cached_distances
 
@@ -168,19 +178,9 @@ def _prune(args: argparse.Namespace) -> None:
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
     result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
-    record = {
-        "kind": "prune",
-        "model": args.model,
-        "model_name": loaded.name,
-        "fingerprint": loaded.fingerprint,
-        "strategy": args.strategy or "manual",
-        "block": {"start": block.start, "n": block.n, "num_layers": num_layers, "removed": block.removed},
-        "params_before": result.params_before,
-        "params_after": result.params_after,
-        "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
-    }
-    out = save_pruned(result.loaded, args.out, record)
-    (out / "mergekit.yaml").write_text(mergekit_yaml(args.model, num_layers, block))
+    extra = {"strategy": args.strategy or "manual",
+             "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None}
+    out = save_prune(result, args.out, args.model, extra, args.dtype)
     print(
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
         f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
@@ -415,7 +415,9 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-samples", type=int, default=d.val_samples, help="held-out documents for the validation loss")
     parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs, for --eval-task mmlu / mmlu-cloze")
     parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
-    parser.add_argument("--out", required=True, help="folder for the merged model, run.json and mergekit.yaml")
+    parser.add_argument("--out", default=None, help="folder for the merged model, run.json and mergekit.yaml "
+                                                    "(without it nothing is saved: the metrics are printed)")
+    _dtype_argument(parser)
 
 
 def _print_heal_event(event: dict, steps: int) -> None:
@@ -481,7 +483,8 @@ def _heal(args: argparse.Namespace) -> None:
         print(json.dumps({**settings, "target_choice": config.targets,
                           "targets": target_modules(skeleton, config.targets), **about}, indent=1))
         return
-    _check_out(args.out, folder=True)
+    if args.out is not None:
+        _check_out(args.out, folder=True)
     ranks = data_parallel(args.device)
     if ranks is not None:
         ranks.check_batch(config.batch_size)
@@ -491,7 +494,7 @@ def _heal(args: argparse.Namespace) -> None:
     settings = {
         "model": {"source": args.model, "device": args.device, "load_in_4bit": args.load_in_4bit, "trust_remote_code": args.trust_remote_code},
         "start": args.start, "n": args.n, "allow_final": args.allow_final, "heal": config.to_json(),
-        "processes": ranks.size if ranks is not None else 1,
+        "processes": ranks.size if ranks is not None else 1, "save": args.out is not None, "dtype": args.dtype,
     }
     store = Store() if main else None  # the other ranks never touch the store
     run_id = store.create_run("heal", args.model, settings) if main else None
@@ -503,7 +506,8 @@ def _heal(args: argparse.Namespace) -> None:
         raise
     if main:
         store.finish_run(run_id, result)
-        print(f"healed model saved to {result['folder']} (run {run_id})")
+        print(f"healed model saved to {result['folder']} (run {run_id})" if result.get("folder") else
+              f"healed model not saved (give --out to save it); run {run_id}")
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -517,6 +521,11 @@ def _job(args: argparse.Namespace) -> None:
     from explorer.store import Store
 
     run_job(Store(args.store), args.run_id)
+    # The outcome is in the store: leave now. Python's own teardown of torch and transformers took
+    # about 5 s on a loaded 2-core machine, which a cancel (and the next queued job) would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _heal_ranks(args: argparse.Namespace) -> None:
@@ -548,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
+    configure("cli")  # `job` switches to the runner's share in run_job
     try:
         COMMANDS[args.command][1](args)
     except ExplorerError as exc:

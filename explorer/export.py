@@ -36,8 +36,25 @@ def _mergeable(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what a user picks -> torch's name
+
+
+def _cast_state(model: nn.Module, dtype: str) -> dict:
+    """The model's state dict with floating tensors in `dtype`, the model itself untouched.
+    Tied tensors (embeddings and LM head) stay one tensor, so they are still saved once."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ExplorerError(f"Unknown weight type '{dtype}': choose one of {', '.join(DTYPES)}.")
+    target, cast = getattr(torch, DTYPES[dtype]), {}
+    return {name: cast.setdefault(t.data_ptr(), t.to(target)) if t.is_floating_point() else t
+            for name, t in model.state_dict().items()}
+
+
+def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: str | None = None) -> Path:
     """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder.
+    `dtype` ("fp32", "bf16", "fp16") saves the weights in that type (bf16 halves an fp32 model's
+    size); None keeps the loaded type.
 
     Everything is written to a scratch folder beside `folder` first and moved in once complete,
     so a full disk or a read-only folder leaves no half-written model that would fail to load
@@ -48,7 +65,11 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-partial-", dir=folder.parent))
-        model.save_pretrained(scratch)
+        model.save_pretrained(scratch, state_dict=_cast_state(model, dtype) if dtype else None)
+        if dtype:  # config.json records the type the weights now have, so from_pretrained loads them as saved
+            config = json.loads((scratch / "config.json").read_text())
+            config["dtype"] = DTYPES[dtype]
+            (scratch / "config.json").write_text(json.dumps(config, indent=2))
         loaded.tokenizer.save_pretrained(scratch)
         (scratch / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
         folder.mkdir(exist_ok=True)
@@ -62,6 +83,18 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict) -> Path:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+
+def save_prune(result, folder: str | Path, model_id: str, extra: dict, dtype: str | None = None) -> Path:
+    """A pruned model (`prune.PruneResult`) saved with its run.json (block, parameter counts and
+    `extra`) and the mergekit YAML: what the CLI's prune and the page's Save button write."""
+    block, loaded = result.block, result.loaded
+    record = {"kind": "prune", "model": model_id, "model_name": loaded.name, "fingerprint": loaded.fingerprint,
+              "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
+              "params_before": result.params_before, "params_after": result.params_after, "dtype": dtype, **extra}
+    out = save_pruned(loaded, folder, record, dtype)
+    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, block.num_layers, block))
+    return out
 
 
 def kept_ranges(block: Block) -> list[tuple[int, int]]:

@@ -407,7 +407,10 @@ def heal(
 
     def evaluate(step: int) -> None:
         if main:
+            on_event({"kind": "phase", "step": step, "phase": f"evaluating at step {step}" if step else "evaluating the pruned model"})
             on_event({"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)})
+            if step:
+                on_event({"kind": "phase", "step": step, "phase": "training"})
         if ranks is not None:
             ranks.wait()
 
@@ -423,6 +426,7 @@ def heal(
         f"{loaded_pruned.fingerprint}|healed:{config.key()}",
     )
     if main:
+        on_event({"kind": "phase", "step": config.steps, "phase": "evaluating the healed model"})
         on_event({"kind": "eval", "step": config.steps, "merged": True, **quick_eval(healed, config)})
     return healed
 
@@ -491,12 +495,12 @@ def prune_and_heal(
     return HealOutcome(healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics)
 
 
-def save_healed(outcome: HealOutcome, folder: str | Path, model_id: str, record: dict) -> Path:
+def save_healed(outcome: HealOutcome, folder: str | Path, model_id: str, record: dict, dtype: str | None = None) -> Path:
     """The merged model folder (export.save_pruned, with run.json) plus the mergekit YAML of the
     unhealed slice, which rebuilds the pruned starting point from the original checkpoint."""
     from explorer.export import mergekit_yaml, save_pruned
 
-    out = save_pruned(outcome.healed, folder, record)
+    out = save_pruned(outcome.healed, folder, record, dtype)
     (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, outcome.block.num_layers, outcome.block))
     return out
 
@@ -526,18 +530,3 @@ def complete(loaded: LoadedModel, prompt: str, max_new_tokens: int = 24) -> str:
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
         )
     return loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def progress(events: list[dict], steps: int, now: float | None = None) -> dict:
-    """Step reached, fraction done and ETA (seconds, None until two steps ran) from a run's events.
-
-    The ETA extrapolates the time per step since the first step, evaluations included, so the
-    periodic evaluations are priced in; the final merge and evaluation are not."""
-    train = [e for e in events if e.get("kind") == "train"]
-    step = train[-1]["step"] if train else 0
-    eta = None
-    if len(train) >= 2 and step < steps:
-        per_step = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"])
-        eta = max(0.0, per_step * (steps - step) - ((now or train[-1]["time"]) - train[-1]["time"]))
-    phases = [e["phase"] for e in events if e.get("kind") == "phase"]
-    return {"step": step, "fraction": min(1.0, step / steps) if steps else 0.0, "eta_s": eta, "phase": phases[-1] if phases else None}

@@ -8,6 +8,14 @@ heavy job at a time per machine, FIFO by run id), records every step as an event
 "done" (result: final metrics and the saved folder), "failed" (error: one line) or
 "cancelled". A runner killed before it could record anything (SIGKILL, the OOM killer, a
 reboot) is found by `reap`, which every listing calls, and marked failed.
+
+Cancelling is immediate in every phase: `cancel` marks the run cancelled and sends SIGTERM, on
+which the runner raises `JobCancelled` wherever it is (loading, evaluating, training, merging,
+saving, between sweep points) and exits without recording anything; a runner still alive
+after `GRACE_SECONDS` is killed. The runner records its outcome only while the run is still
+"running" (`Store.transition`), so a cancelled run never turns "done". The process that
+started a runner waits for it in a daemon thread, so a finished runner never lingers as a
+defunct (zombie) process.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from explorer.errors import ExplorerError
 from explorer.store import Run, Store
@@ -26,7 +36,9 @@ from explorer.store import Run, Store
 REPO = Path(__file__).resolve().parents[1]
 ACTIVE = ("queued", "running")
 POLL_SECONDS = 1.0
+GRACE_SECONDS = 5.0  # after SIGTERM, how long a runner may take to exit before SIGKILL
 DIED = "process died"
+CANCELLED = "cancelled by the user"
 
 
 def log_path(store: Store, run_id: int) -> Path:
@@ -54,6 +66,7 @@ def submit(store: Store, kind: str, model_name: str, settings: dict) -> int:
             command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     store.update_run(run_id, pid=process.pid)
+    threading.Thread(target=process.wait, name=f"wait-job-{run_id}", daemon=True).start()  # no zombie when it ends
     return run_id
 
 
@@ -111,80 +124,137 @@ def latest_job(store: Store, kind: str, model: str | None = None) -> Run | None:
     return None
 
 
-def cancel(store: Store, run_id: int) -> None:
-    """Mark the run cancelled and signal its runner, which stops at its next step."""
+def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS) -> None:
+    """Mark the run cancelled and SIGTERM its runner, which exits at once; a daemon thread
+    SIGKILLs it if it is still alive after `grace` seconds."""
     run = store.get_run(run_id)
     if run.status not in ACTIVE:
         return
-    store.update_run(run_id, status="cancelled", error="cancelled by the user")
+    store.update_run(run_id, status="cancelled", error=CANCELLED)
     if run.pid and is_alive(run.pid, run_id):
         try:
             os.kill(run.pid, signal.SIGTERM)
         except ProcessLookupError:
-            pass
+            return
+        threading.Thread(target=_kill_after, args=(run.pid, run_id, grace), name=f"kill-job-{run_id}", daemon=True).start()
+
+
+def _kill_after(pid: int, run_id: int, grace: float) -> None:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not is_alive(pid, run_id):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class JobCancelled(BaseException):
+    """Raised in the runner by SIGTERM. A BaseException, like KeyboardInterrupt, so no library's
+    `except Exception` swallows it and the work stops wherever it is."""
 
 
 class StopFlag:
-    """The runner's should_stop: true after SIGTERM or once the store says "cancelled"."""
+    """The runner's cancel switch: SIGTERM raises JobCancelled at once, except inside
+    `critical()` (recording the outcome), where it is raised as the block ends. Calling it is
+    the between-steps check: true once signalled or once the store says "cancelled"."""
 
     def __init__(self, store: Store, run_id: int):
-        self.store, self.run_id, self.signalled = store, run_id, False
+        self.store, self.run_id, self.signalled, self.depth = store, run_id, False, 0
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         self.signalled = True
+        if not self.depth:
+            raise JobCancelled(CANCELLED)
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.signalled and not self.depth:
+            raise JobCancelled(CANCELLED)
 
     def __call__(self) -> bool:
         return self.signalled or self.store.get_run(self.run_id).status == "cancelled"
 
 
-def _my_turn(store: Store, run_id: int) -> bool:
-    """No other job running (a cancelled runner counts until its process exits), and no older
-    job still queued (FIFO)."""
+def blocker(store: Store, run_id: int) -> Run | None:
+    """The job this one waits for: one running (a cancelled runner counts until its process
+    exits), else the oldest job queued before it (FIFO); None when it is this job's turn."""
     reap(store)
     others = [run for status in (*ACTIVE, "cancelled") for run in store.list_runs(status=status)
               if run.kind in JOBS and run.id != run_id and run.pid]  # pid: a job, not a foreground CLI run
-    return not any(
-        run.status == "running"
-        or (run.status == "queued" and run.id < run_id)
-        or (run.status == "cancelled" and is_alive(run.pid, run.id))
-        for run in others
-    )
+    running = [run for run in others if run.status == "running" or (run.status == "cancelled" and is_alive(run.pid, run.id))]
+    queued = sorted((run for run in others if run.status == "queued" and run.id < run_id), key=lambda run: run.id)
+    return (running or queued or [None])[0]
+
+
+def queue_reason(store: Store, run_id: int) -> str:
+    """What a queued job waits for, e.g. 'waiting for run #4 (heal, training)'."""
+    from explorer.progress import current_phase
+
+    ahead = blocker(store, run_id)
+    if ahead is None:
+        return "starting"
+    doing = "stopping" if ahead.status == "cancelled" else current_phase(store.events(ahead.id)) or ahead.status
+    return f"waiting for run #{ahead.id} ({ahead.kind}, {doing})"
+
+
+def check_runnable(store: Store, run_id: int) -> Run:
+    """The run `python -m explorer job RUN_ID` may start: a queued job nobody else runs.
+    Anything else is refused in one sentence, changing nothing."""
+    run = store.get_run(run_id)
+    if run.kind not in JOBS:
+        raise ExplorerError(f"Run {run_id} is a {run.kind} run, not a background job ({', '.join(JOBS)}); nothing was changed.")
+    if run.status != "queued":
+        raise ExplorerError(f"Run {run_id} is already {run.status}; only a queued job can be started, so nothing was "
+                            "changed (start a new run instead).")
+    if run.pid and run.pid != os.getpid() and is_alive(run.pid, run_id):
+        raise ExplorerError(f"Run {run_id} already has a runner (process {run.pid}); nothing was changed.")
+    return run
 
 
 def run_job(store: Store, run_id: int) -> None:
     """The body of `python -m explorer job RUN_ID`: wait, run, record the outcome."""
+    from explorer.threads import configure
+
+    run = check_runnable(store, run_id)
+    configure("runner")
     stop = StopFlag(store, run_id)
-    run = store.get_run(run_id)
-    if run.kind not in JOBS:
-        store.fail_run(run_id, f"unknown job kind '{run.kind}'")
-        return
-    store.update_run(run_id, pid=os.getpid())
-    while not _my_turn(store, run_id):
-        if stop():
-            return
-        time.sleep(POLL_SECONDS)
-    if stop():
-        return
-    store.update_run(run_id, status="running")
     try:
+        store.update_run(run_id, pid=os.getpid())
+        while blocker(store, run_id) is not None:
+            if stop():
+                return
+            time.sleep(POLL_SECONDS)
+        if not store.transition(run_id, "queued", status="running"):
+            return  # cancelled while queued
         result = JOBS[run.kind](store, store.get_run(run_id), stop)
+        with stop.critical():
+            store.transition(run_id, "running", status="done", result=result)
+    except JobCancelled:
+        store.transition(run_id, "running", status="cancelled", error="stopped by SIGTERM")  # not via cancel(): say so
     except ExplorerError as exc:
-        if not stop():
-            store.fail_run(run_id, str(exc))
-        return
+        store.transition(run_id, "running", status="failed", error=str(exc))
     except BaseException as exc:
-        store.fail_run(run_id, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}")
+        store.transition(run_id, "running", status="failed",
+                         error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}")
         raise  # the traceback goes to the job's log
-    if not stop():
-        store.finish_run(run_id, result)
 
 
 def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
     """Load, evaluate, prune, heal and save, writing every event to the store (heal_run).
 
     settings: {"model": {source, device, load_in_4bit, trust_remote_code}, "start", "n",
-    "allow_final", "heal": HealConfig fields, "processes": GPUs to train on (default 1)}.
+    "allow_final", "heal": HealConfig fields, "processes": GPUs to train on (default 1), "save": bool
+    (default False: a healed 135M model is hundreds of MB), "dtype": "fp32" | "bf16" | "fp16" of the
+    saved weights (default: as loaded)}.
     With several processes the runner starts them (`heal_ranks` under accelerate) and waits."""
     if run.settings.get("processes", 1) > 1:
         return _heal_on_ranks(store, run, should_stop)
@@ -271,9 +341,11 @@ def heal_run(
     )
     if not main:
         return {}
-    on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
     record = {**outcome_record(outcome, model["source"], loaded.name), "world_size": ranks.size if ranks is not None else 1}
-    saved = save_healed(outcome, folder, model["source"], {**record, "run_id": run_id})
+    if not (settings.get("save", False) or ranks is not None):  # several ranks hand their result over in run.json
+        return record
+    on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
+    saved = save_healed(outcome, folder, model["source"], {**record, "run_id": run_id}, settings.get("dtype"))
     return {**record, "folder": str(saved)}
 
 

@@ -143,3 +143,67 @@ def mergekit_text(run: Run) -> str | None:
     if isinstance(block, dict) and isinstance(model_id, str) and {"start", "n", "num_layers"} <= set(block):
         return mergekit_yaml(model_id, block["num_layers"], Block(block["start"], block["n"], block["num_layers"]))
     return None
+
+
+def heal_description(settings: dict) -> str:
+    """The settings of a heal job in one line, as the Prune & heal page says which run it shows."""
+    h, start, n = settings["heal"], settings["start"], settings["n"]
+    saved = f"saving the model ({settings.get('dtype') or 'as loaded'})" if settings.get("save") else "not saving the model"
+    return (f"layers {start}-{start + n - 1} removed · {h['steps']} steps of {h['batch_size']} × {h['seq_len']} tokens · "
+            f"LoRA rank {h['rank']}, alpha {h['alpha']}, lr {h['lr']:g} · {h.get('eval_task') or 'default task'}, "
+            f"{h['eval_limit']} questions every {h['eval_every']} steps · {saved}")
+
+
+def heal_metrics_rows(result: dict) -> list[dict]:
+    """A finished heal's loss and accuracy before pruning, after pruning and healed, as table rows."""
+    metrics = result.get("metrics", {})
+    return [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
+             f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
+             "same answer as unpruned": f"{m['agreement']:.0%}" if m.get("agreement") is not None else "—"}
+            for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
+
+
+def run_files(store, run: Run) -> list[Path]:
+    """The files a run left on disk: its job folder (runs/<id>/), its job log and a saved model
+    folder its result names; only those that exist."""
+    from explorer.jobs import run_folder
+
+    candidates = [run_folder(store, run.id), store.path.parent / "logs" / f"{run.id}.log", model_folder(run)]
+    return list(dict.fromkeys(p for p in candidates if p is not None and p.exists()))
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes in a file, or in every file under a folder (links are not followed, so nothing counts twice)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(f.lstat().st_size for f in path.rglob("*") if f.is_symlink() or f.is_file())
+
+
+def format_bytes(size: int) -> str:
+    """'0 B', '812 kB', '436 MB', '1.2 GB' (decimal units, like `du --si`)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}" if size < 10 * scale else f"{size / scale:.0f} {unit}"
+    return f"{size} B"
+
+
+def delete_files(paths: list[Path]) -> int:
+    """Delete these files and folders; returns the bytes freed."""
+    import shutil
+
+    freed = 0
+    for path in paths:
+        freed += disk_usage(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return freed
+
+
+def sweep_description(settings) -> str:
+    """A sweep's SweepSettings in one line, as the Sweep page says which run it shows."""
+    sizes = f"fractions {', '.join(f'{f:g}' for f in settings.fractions)}" if settings.fractions else f"every {settings.stride}. n"
+    healing = f"{settings.heal_steps} healing steps per point" if settings.heal_steps else "no healing"
+    return (f"{', '.join(settings.strategies)} · {sizes} · {settings.task}, {settings.limit} questions per point · "
+            f"{settings.sim_samples} × {settings.seq_len}-token heatmap samples · {healing}")

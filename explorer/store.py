@@ -141,6 +141,18 @@ class Store:
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {columns}, updated = ? WHERE id = ?", (*fields.values(), time.time(), run_id))
 
+    def transition(self, run_id: int, expected: str, **fields) -> bool:
+        """update_run only while the run's status is still `expected`, in one statement; returns
+        whether it changed. A job's runner records its outcome this way, so a run the user
+        cancelled meanwhile is never flipped to done or failed."""
+        if "result" in fields:
+            fields["result"] = json.dumps(fields["result"])
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            cursor = db.execute(f"UPDATE runs SET {columns}, updated = ? WHERE id = ? AND status = ?",
+                                (*fields.values(), time.time(), run_id, expected))
+            return cursor.rowcount == 1
+
     def finish_run(self, run_id: int, result: dict) -> None:
         self.update_run(run_id, status="done", result=result)
 

@@ -193,18 +193,6 @@ def sweep_points(store, run_id: int) -> list[dict]:
     return [e for e in store.events(run_id) if e.get("kind") == "point"]
 
 
-def latest_phase(store, run_id: int) -> str | None:
-    """What the sweep is doing now (loading, computing the heatmap, resuming), for the page."""
-    phases = [e["phase"] for e in store.events(run_id) if e.get("kind") == "phase"]
-    return phases[-1] if phases else None
-
-
-def planned_points(store, run_id: int) -> int | None:
-    """How many points the sweep will have in all, once it has started (for a progress bar)."""
-    plans = [e["points"] for e in store.events(run_id) if e.get("kind") == "plan"]
-    return plans[-1] if plans else None
-
-
 def _reusable_points(store, run_id: int, settings: SweepSettings, fingerprint: str) -> dict[Key, dict]:
     """Points of this run and of every sweep run with the same settings, for the same weights."""
     wanted = settings.to_json()

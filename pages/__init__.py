@@ -20,6 +20,7 @@ from explorer.errors import ExplorerError
 from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
 from explorer.paths import explorer_home
 from explorer.store import Run, Store
+from explorer.threads import configure
 
 MODEL_KEY = "model_source"
 
@@ -34,8 +35,9 @@ NAVIGATION = (
 
 
 def page_setup(title: str) -> None:
-    """Wide layout, the tab title and the sidebar navigation; every page calls it first."""
+    """Wide layout, the tab title, the server's torch threads and the sidebar navigation; every page calls it first."""
     st.set_page_config(page_title=f"{title} · Layer-Pruning Explorer", page_icon="✂️", layout="wide")
+    configure("server")  # leave most cores to the job runner (explorer/threads.py)
     with st.sidebar:
         for path, label, icon in NAVIGATION:
             st.page_link(path, label=label, icon=icon)

@@ -10,22 +10,22 @@ restarted server shows the same run.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from explorer import jobs
 from explorer.agreement import agreement, describe
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
-from explorer.export import mergekit_yaml, save_pruned
-from explorer.heal import TARGETS, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
+from explorer.export import mergekit_yaml, save_prune
+from explorer.heal import TARGETS, HealConfig, cached_quick_eval, complete, default_eval_task, quick_eval
+from explorer.heal_figures import heal_figure
+from explorer.progress import heal_progress, progress_text
 from explorer.models import LoadedModel, pick_device
 from explorer.parallel import visible_gpus
 from explorer.paths import explorer_home
+from explorer.runs import heal_description, heal_metrics_rows
 from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
 from explorer.recipe import recipe_for
 from explorer.similarity import SimilarityResult, similarity_key
@@ -38,6 +38,19 @@ PRUNED_KEY = "ph_pruned"  # {"fingerprint", "result": PruneResult, "eval", "samp
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 MANUAL = "manual (numbers below)"
+HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
+                "ph_seq": "seq_len", "ph_every": "eval_every", "ph_qlora": "quantize", "ph_task": "eval_task",
+                "ph_limit": "eval_limit", "ph_val": "val_samples", "ph_source": "source",
+                "ph_targets": "targets"}  # widget key -> HealConfig field
+DTYPES = ["bf16", "fp16", "fp32"]
+
+
+def follow_run(run: Run) -> None:
+    """Set the form to the settings of the heal run on screen (after a reload: the running or newest job)."""
+    s = run.settings
+    st.session_state.update({key: s["heal"][name] for key, name in HEAL_WIDGETS.items() if s["heal"].get(name) is not None})
+    st.session_state.update({START_KEY: s["start"], SIZE_KEY: s["n"], "ph_allow_final": s.get("allow_final", False),
+                             "ph_strategy": MANUAL, "ph_save_model": s.get("save", False), "ph_dtype": s.get("dtype") or "bf16"})
 
 
 def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
@@ -76,8 +89,6 @@ def latest_similarity(loaded: LoadedModel) -> SimilarityResult | None:
     return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
-HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
-                "ph_seq": "seq_len", "ph_qlora": "quantize", "ph_source": "source", "ph_targets": "targets"}
 RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.recipe.PaperRecipe.to_json())
 
 
@@ -90,10 +101,10 @@ def apply_paper_recipe(loaded: LoadedModel) -> None:
 
 def heal_settings(loaded: LoadedModel) -> HealConfig:
     """The healing and evaluation settings; the quick evaluation after pruning uses the same ones.
-    Values live in session state (the recipe button writes them) and are each widget's default too
-    (see pages/sweep.settings_form)."""
-    d = replace(HealConfig(), quantize=pick_device() == "cuda")
-    state = {key: st.session_state.setdefault(key, getattr(d, name)) for key, name in HEAL_WIDGETS.items()}
+    Values live in session state (the recipe button and a followed run write them) and are each
+    widget's default too (see pages/sweep.settings_form)."""
+    defaults = {**HealConfig().to_json(), "quantize": pick_device() == "cuda", "eval_task": default_eval_task()}
+    d = {key: st.session_state.setdefault(key, defaults[name]) for key, name in HEAL_WIDGETS.items()}
     recipe = st.session_state.get(RECIPE_KEY)
     with st.expander("Healing and evaluation settings", expanded=False):
         st.button("📄 Paper recipe", key="ph_paper", on_click=apply_paper_recipe, args=(loaded,),
@@ -103,25 +114,24 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
                    f"{recipe['warmup_steps']} steps, dropout {recipe['dropout']}. The paper evaluates {recipe['evaluation']}."
                    if recipe else "Defaults are a few-minute CPU demo; the button fills in the paper's recipe for this model.")
         c = st.columns(4)
-        steps = c[0].number_input("Steps", min_value=1, value=state["ph_steps"], key="ph_steps")
-        rank = c[1].number_input("LoRA rank", min_value=1, value=state["ph_rank"], key="ph_rank")
-        alpha = c[2].number_input("LoRA alpha", min_value=1, value=state["ph_alpha"], key="ph_alpha")
-        lr = c[3].number_input("Learning rate", min_value=1e-7, value=state["ph_lr"], format="%.0e", key="ph_lr")
+        steps = c[0].number_input("Steps", min_value=1, value=d["ph_steps"], key="ph_steps")
+        rank = c[1].number_input("LoRA rank", min_value=1, value=d["ph_rank"], key="ph_rank")
+        alpha = c[2].number_input("LoRA alpha", min_value=1, value=d["ph_alpha"], key="ph_alpha")
+        lr = c[3].number_input("Learning rate", min_value=1e-7, value=d["ph_lr"], format="%.0e", key="ph_lr")
         c = st.columns(4)
-        batch = c[0].number_input("Batch size", min_value=1, value=state["ph_batch"], key="ph_batch")
-        seq_len = c[1].number_input("Tokens per sample", min_value=8, value=state["ph_seq"], step=32, key="ph_seq")
-        every = c[2].number_input("Evaluate every (steps)", min_value=1, value=d.eval_every, key="ph_every")
-        quantize = c[3].checkbox("QLoRA (nf4 base)", value=state["ph_qlora"], key="ph_qlora",
+        batch = c[0].number_input("Batch size", min_value=1, value=d["ph_batch"], key="ph_batch")
+        seq_len = c[1].number_input("Tokens per sample", min_value=8, value=d["ph_seq"], step=32, key="ph_seq")
+        every = c[2].number_input("Evaluate every (steps)", min_value=1, value=d["ph_every"], key="ph_every")
+        quantize = c[3].checkbox("QLoRA (nf4 base)", value=d["ph_qlora"], key="ph_qlora",
                                  help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
         c = st.columns(4)
         tasks = task_names()
-        default_task = default_eval_task()
-        task = c[0].selectbox("Accuracy task", tasks, index=tasks.index(default_task), key="ph_task")
-        limit = c[1].number_input("Questions per evaluation", min_value=1, value=d.eval_limit, key="ph_limit")
-        val_samples = c[2].number_input("Held-out samples (loss)", min_value=1, value=d.val_samples, key="ph_val")
-        source = c[3].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(state["ph_source"]),
-                                key="ph_source", help="Training split of the source; the loss uses its held-out documents.")
-        targets = st.radio("LoRA on", TARGETS, index=TARGETS.index(state["ph_targets"]), key="ph_targets", horizontal=True,
+        task = c[0].selectbox("Accuracy task", tasks, index=tasks.index(d["ph_task"]), key="ph_task")
+        limit = c[1].number_input("Questions per evaluation", min_value=1, value=d["ph_limit"], key="ph_limit")
+        val_samples = c[2].number_input("Held-out samples (loss)", min_value=1, value=d["ph_val"], key="ph_val")
+        source = c[3].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(d["ph_source"]), key="ph_source",
+                                help="Training split of the source; the loss uses its held-out documents.")
+        targets = st.radio("LoRA on", TARGETS, index=TARGETS.index(d["ph_targets"]), key="ph_targets", horizontal=True,
                            format_func=lambda t: "feed-forward modules only (the paper)" if t == "ffn" else "all linear projections")
     extra = {"warmup_steps": recipe["warmup_steps"], "dropout": recipe["dropout"]} if recipe else {}
     return HealConfig(rank=int(rank), alpha=int(alpha), lr=float(lr), steps=int(steps), batch_size=int(batch),
@@ -131,14 +141,27 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
 
 def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str) -> None:
     """Prune a copy, evaluate it against the unpruned model (whose numbers are cached in the
-    store and shared with the heal jobs) and keep everything in the session."""
-    with st.spinner("Pruning and evaluating…"):
-        result = prune_block(loaded, start, n, allow_final=allow_final)
-        reference = {"eval": cached_quick_eval(loaded, config, get_store()), "sample": complete(loaded, prompt)}
-        st.session_state[PRUNED_KEY] = {
-            "fingerprint": loaded.fingerprint, "result": result, "eval": quick_eval(result.loaded, config),
-            "sample": complete(result.loaded, prompt), "reference": reference, "saved": None,
-        }
+    store and shared with the heal jobs) and keep everything in the session, step by step."""
+    bar = st.progress(0.0)
+    steps = [
+        ("pruning a copy", lambda: prune_block(loaded, start, n, allow_final=allow_final)),
+        ("evaluating the unpruned model (cached after the first time)", lambda: cached_quick_eval(loaded, config, get_store())),
+        ("completing the prompt with the unpruned model", lambda: complete(loaded, prompt)),
+        ("evaluating the pruned model", lambda: quick_eval(done[0].loaded, config)),
+        ("completing the prompt with the pruned model", lambda: complete(done[0].loaded, prompt)),
+    ]
+    done: list = []
+    try:
+        for i, (label, step) in enumerate(steps):
+            bar.progress(i / len(steps), text=f"Step {i + 1} of {len(steps)}: {label}…")
+            done.append(step())
+    finally:
+        bar.empty()
+    result, reference, unpruned_sample, pruned_eval, sample = done
+    st.session_state[PRUNED_KEY] = {
+        "fingerprint": loaded.fingerprint, "result": result, "eval": pruned_eval, "sample": sample,
+        "reference": {"eval": reference, "sample": unpruned_sample}, "saved": None,
+    }
 
 
 def show_pruned(model: dict, pruned: dict) -> None:
@@ -166,57 +189,24 @@ def show_pruned(model: dict, pruned: dict) -> None:
                            key="ph_yaml")
         if st.button("Save pruned model", key="ph_save"):
             folder = explorer_home() / "pruned" / f"{result.loaded.fingerprint.replace(':', '-').replace('|', '_')}"
-            record = {"kind": "prune", "model": model["source"], "model_name": result.loaded.name,
-                      "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
-                      "params_before": result.params_before, "params_after": result.params_after,
-                      "quick_eval": {"unpruned": before, "pruned": after}}
-            out = save_pruned(result.loaded, folder, record)
-            (out / "mergekit.yaml").write_text(yaml)
-            pruned["saved"] = str(out)
+            extra = {"quick_eval": {"unpruned": before, "pruned": after}}
+            pruned["saved"] = str(save_prune(result, folder, model["source"], extra, st.session_state.get("ph_dtype")))
     if pruned["saved"]:
         st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
 
 
-def heal_figure(events: list[dict], steps: int) -> go.Figure:
-    """Train/val loss and accuracy (Wilson band, chance) against step, with the unpruned
-    ("before pruning") and step-0 ("after pruning") levels as reference lines."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
-    train = [e for e in events if e.get("kind") == "train"]
-    evals = [e for e in events if e.get("kind") == "eval"]
-    reference = next((e for e in events if e.get("kind") == "reference"), None)
-    after = next((e for e in evals if e["step"] == 0 and not e.get("merged")), None)
-    fig.add_scatter(x=[e["step"] for e in train], y=[e["train_loss"] for e in train], mode="lines+markers",
-                    name="train loss", marker_size=4, row=1, col=1)
-    fig.add_scatter(x=[e["step"] for e in evals], y=[e["val_loss"] for e in evals], mode="lines+markers",
-                    name="held-out loss", marker_size=8, row=1, col=1)
-    if evals:
-        steps_x = [e["step"] for e in evals]
-        fig.add_scatter(x=steps_x + steps_x[::-1], y=[e["ci_high"] for e in evals] + [e["ci_low"] for e in evals][::-1],
-                        mode="lines", fill="toself", fillcolor="rgba(44,160,44,0.15)", line_width=0, hoverinfo="skip",
-                        name="95% Wilson interval", row=1, col=2)
-        fig.add_scatter(x=steps_x, y=[e["accuracy"] for e in evals], mode="lines+markers", name="accuracy",
-                        marker_size=8, line_color="rgb(44,160,44)", row=1, col=2)
-        fig.add_hline(y=evals[0]["chance"], line_dash="dot", line_color="gray", annotation_text="chance", row=1, col=2)
-    for label, point, color in (("before pruning", reference, "black"), ("after pruning", after, "crimson")):
-        if point:
-            fig.add_hline(y=point["val_loss"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=1)
-            fig.add_hline(y=point["accuracy"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=2)
-    fig.update_xaxes(title_text="step", range=[-0.5, steps + 0.5])
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
-    fig.update_layout(height=420, margin=dict(t=40, b=40, l=40, r=20), legend=dict(orientation="h", y=-0.2))
-    return fig
-
-
 def run_summary(run: Run, events: list[dict]) -> None:
-    """Status line, progress bar with ETA, cancel, and the outcome of a finished run."""
-    steps = run.settings["heal"]["steps"]
-    state = progress(events, steps, time.time())
-    where = f"layers {run.settings['start']}-{run.settings['start'] + run.settings['n'] - 1} removed"
-    status = f"Heal run #{run.id} · {run.status} · {where} · step {state['step']} / {steps}"
+    """Which run and settings are shown, its progress with ETA (or what a queued job waits for),
+    cancel, and the outcome of a finished run."""
+    heal = run.settings["heal"]
+    state = heal_progress(events, heal["steps"], heal["eval_every"], time.time())
+    status = f"Heal run #{run.id} · {run.status} · step {state['step']} / {heal['steps']}"
+    st.caption(f"Showing heal run #{run.id}: {heal_description(run.settings)}.")
+    if run.status == "queued":
+        st.progress(0.0, text=f"{status} · {jobs.queue_reason(get_store(), run.id)}")
+    elif run.status in jobs.ACTIVE:
+        st.progress(state["fraction"], text=progress_text([status, state["phase"]], state["eta_s"]))
     if run.status in jobs.ACTIVE:
-        eta = "" if state["eta_s"] is None else f" · ETA {state['eta_s'] // 60:.0f} min {state['eta_s'] % 60:.0f} s"
-        phase = f" · {state['phase']}" if state["phase"] else ""
-        st.progress(state["fraction"], text=f"{status}{eta}{phase}")
         if st.button("Cancel", key="ph_cancel"):
             jobs.cancel(get_store(), run.id)
     elif run.status == "failed":
@@ -226,15 +216,10 @@ def run_summary(run: Run, events: list[dict]) -> None:
     else:
         st.success(status)
         result = run.result or {}
-        metrics = result.get("metrics", {})
-        rows = [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
-                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
-                 "same answer as unpruned": f"{m['agreement']:.0%}" if m.get("agreement") is not None else "—"}
-                for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
-        if rows:
+        if rows := heal_metrics_rows(result):
             st.dataframe(pd.DataFrame(rows), hide_index=True)
-        if result.get("folder"):
-            st.info(f"Healed, merged model saved to `{result['folder']}`.")
+        st.info(f"Healed, merged model saved to `{result['folder']}`." if result.get("folder") else
+                "The healed model was not saved (tick “Save healed model” before starting to keep it).")
 
 
 def heal_view(run: Run) -> None:
@@ -251,22 +236,30 @@ def main() -> None:
     loaded = current_model(model)
     if loaded is None:
         return
+    if RUN_KEY not in st.session_state and (latest := jobs.latest_job(get_store(), "heal", loaded.name)):
+        st.session_state[RUN_KEY] = latest.id  # a reload shows the running (or newest) job, and the form its settings
+        follow_run(latest)
     st.subheader("Block")
     start, n, allow_final = block_picker(loaded, model)
     config = heal_settings(loaded)
     visible = visible_gpus()  # several GPUs: the job can train data-parallel on them (accelerate)
     gpus = st.slider(f"GPUs for healing ({visible} visible)", 1, visible, visible, key="ph_gpus") if visible > 1 else 1
     prompt = st.text_input("Prompt for the completion sample", "The capital of France is", key="ph_prompt")
-    with st.container(horizontal=True):
+    with st.container(horizontal=True, vertical_alignment="center"):
         prune_clicked = st.button("Prune", type="primary", key="ph_prune")
         heal_clicked = st.button("Start healing", key="ph_heal", help="A background job: it survives reloads and can be cancelled.")
+        save = st.checkbox("Save healed model", value=st.session_state.setdefault("ph_save_model", False), key="ph_save_model",
+                           help="Writes the merged model to runs/<id>/ in EXPLORER_HOME (hundreds of MB for the embedded model).")
+        dtype = st.selectbox("Saved weights", DTYPES, index=DTYPES.index(st.session_state.setdefault("ph_dtype", "bf16")),
+                             key="ph_dtype", help="bf16 and fp16 take half the disk of fp32.", width=140)
     with user_errors():
         config.check()
         if prune_clicked:
             prune_now(loaded, start, n, allow_final, config, prompt)
         if heal_clicked:
             check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
-            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json(), "processes": gpus}
+            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json(),
+                        "save": save, "dtype": dtype, "processes": gpus}
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "heal", loaded.name, settings)
         pruned = st.session_state.get(PRUNED_KEY)
         if pruned and pruned["fingerprint"] == loaded.fingerprint:
@@ -274,11 +267,8 @@ def main() -> None:
             show_pruned(model, pruned)
     st.subheader("Healing")
     if RUN_KEY not in st.session_state:
-        latest = jobs.latest_job(get_store(), "heal", loaded.name)
-        if latest is None:
-            st.caption("No healing run for this model yet.")
-            return
-        st.session_state[RUN_KEY] = latest.id
+        st.caption("No healing run for this model yet.")
+        return
     job_view(st.session_state[RUN_KEY], RUN_KEY, heal_view)
 
 

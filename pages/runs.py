@@ -13,12 +13,16 @@ from explorer.compare import comparison_figure, settings_differences
 from explorer.errors import ExplorerError
 from explorer.figures import figure_png, png_export_available
 from explorer.runs import (
+    delete_files,
+    disk_usage,
     figures_html,
+    format_bytes,
     headline,
     mergekit_text,
     metrics_frame,
     model_folder,
     run_figures,
+    run_files,
     run_json,
     settings_summary,
 )
@@ -37,9 +41,10 @@ def label(run: Run) -> str:
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
+    store = get_store()
     return pd.DataFrame([
         {"id": r.id, "kind": r.kind, "model": r.model, "status": r.status, "created": when(r.created),
-         "settings": settings_summary(r), "result": headline(r)}
+         "disk": format_bytes(sum(map(disk_usage, run_files(store, r)))), "settings": settings_summary(r), "result": headline(r)}
         for r in runs
     ])
 
@@ -86,13 +91,17 @@ def delete(run: Run) -> None:
             st.session_state[CONFIRM_KEY] = run.id
             st.rerun()
         return
-    st.warning(f"Delete run #{run.id} ({run.kind}) and its events? Saved model folders on disk are kept.")
+    st.warning(f"Delete run #{run.id} ({run.kind}) and its events?")
+    files = run_files(store, run)
+    remove = files and st.checkbox(f"Also delete its files ({format_bytes(sum(map(disk_usage, files)))}): "
+                                   + ", ".join(f"`{p}`" for p in files), value=True, key="runs_delete_files")
     yes, no = st.columns(2)
     if yes.button("Yes, delete", type="primary", key="runs_delete_yes"):
         store.delete_run(run.id)
+        freed = delete_files(files) if remove else 0
         st.session_state.pop(CONFIRM_KEY, None)
         st.session_state.pop(SELECTED_KEY, None)
-        st.toast(f"Run #{run.id} deleted.")
+        st.toast(f"Run #{run.id} deleted" + (f", {format_bytes(freed)} freed." if remove else "."))
         st.rerun()
     if no.button("Keep it", key="runs_delete_no"):
         st.session_state.pop(CONFIRM_KEY, None)

@@ -85,13 +85,25 @@ def run_calibration(loaded: LoadedModel, source: str, settings: dict) -> None:
         )
     finally:
         bar.empty()
-    keep_result(loaded, run_id, result, from_cache)
+    keep_result(loaded, run_id, result, from_cache, {**settings, "source": source})
 
 
-def keep_result(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool) -> None:
+def keep_result(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool, settings: dict) -> None:
     st.session_state[RESULT_KEY] = {
         "run_id": run_id, "result": result.to_json(), "fingerprint": loaded.fingerprint, "from_cache": from_cache,
+        "settings": {"source": settings["source"], "samples": int(settings["samples"]), "seq_len": int(settings["seq_len"])},
     }
+
+
+def show_saved(loaded: LoadedModel, run: Run) -> None:
+    """Show a saved run and set the form to its settings, so the form always matches the heatmap
+    (called before the form is drawn, or as a button callback)."""
+    s = run.settings
+    keep_result(loaded, run.id, SimilarityResult.from_json(run.result), True, s)
+    label = next((name for name, value in SOURCES.items() if value == s["source"]), "Local file path")
+    st.session_state.update({"sim_samples": s["samples"], "sim_seq_len": s["seq_len"], "sim_source": label})
+    st.session_state.update({"sim_batch": s["batch_size"]} if "batch_size" in s else {})
+    st.session_state.update({"sim_path": s["source"]} if label == "Local file path" else {})
 
 
 def saved_runs(loaded: LoadedModel) -> list[Run]:
@@ -108,22 +120,18 @@ def run_label(run: Run) -> str:
 
 
 def saved_run_picker(loaded: LoadedModel, runs: list[Run]) -> None:
-    """Show the newest saved run on a fresh session; let the user switch to an older one."""
-    session = st.session_state.get(RESULT_KEY)
-    if session is None or session["fingerprint"] != loaded.fingerprint:
-        keep_result(loaded, runs[0].id, SimilarityResult.from_json(runs[0].result), True)
+    """Let the user switch to an older saved run (main shows the newest on a fresh session)."""
     with st.expander(f"Saved runs for this model ({len(runs)})"):
         by_id = {r.id: r for r in runs}
         chosen = st.selectbox("Saved run", list(by_id), format_func=lambda i: run_label(by_id[i]), key="sim_saved")
-        if st.button("Show this run", key="sim_load"):
-            keep_result(loaded, chosen, SimilarityResult.from_json(by_id[chosen].result), True)
+        st.button("Show this run", key="sim_load", on_click=show_saved, args=(loaded, by_id[chosen]))
 
 
-def current_result(loaded: LoadedModel) -> tuple[int, SimilarityResult, bool] | None:
+def current_result(loaded: LoadedModel) -> tuple[int, SimilarityResult, bool, dict] | None:
     session = st.session_state.get(RESULT_KEY)
     if session is None or session["fingerprint"] != loaded.fingerprint:
         return None
-    return session["run_id"], SimilarityResult.from_json(session["result"]), session["from_cache"]
+    return session["run_id"], SimilarityResult.from_json(session["result"]), session["from_cache"], session["settings"]
 
 
 def on_chart_select() -> None:
@@ -197,11 +205,13 @@ def downloads(result: SimilarityResult, boot: Bootstrap | None, fig) -> None:
             st.caption("PNG export needs Chrome/Chromium for kaleido; use the camera button on the chart.")
 
 
-def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool) -> None:
+def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool, settings: dict) -> None:
     """Block panel above the heatmap (so a click's effect is in view), the min-distance plot beside it
     (it wraps below on narrow screens), then the downloads."""
     origin = f"loaded from cache (run #{run_id})" if from_cache else f"computed now (run #{run_id})"
-    st.caption(f"{result.model} · {result.num_layers} layers · {result.samples} samples · {origin}")
+    source = settings["source"] if settings["source"] in (EMBEDDED, C4) else Path(settings["source"]).name
+    st.caption(f"Showing similarity run #{run_id}: {result.model} · {result.num_layers} layers · {source} text, "
+               f"{settings['samples']} samples × {settings['seq_len']} tokens · {origin}")
     default_block(result)
     boot = bootstrap(result)
     st.caption(summary(result, boot))
@@ -237,12 +247,16 @@ def main() -> None:
     loaded = current_model(model_picker(), stream)
     if loaded is None:
         return
+    runs = saved_runs(loaded)
+    session = st.session_state.get(RESULT_KEY)
+    if runs and (session is None or session["fingerprint"] != loaded.fingerprint):
+        show_saved(loaded, runs[0])  # a fresh session shows the newest run, with the form set to its settings
     source = data_source()
     settings = calibration_settings()
     if st.button("Run", type="primary", disabled=source is None, key="sim_run"):
         with user_errors():
             run_calibration(loaded, source, settings)
-    if runs := saved_runs(loaded):
+    if runs := saved_runs(loaded):  # again: Run may have added one
         saved_run_picker(loaded, runs)
     if shown := current_result(loaded):
         results(loaded, *shown)

@@ -3,6 +3,8 @@ strategy, live while the background job measures each point."""
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from explorer import jobs
@@ -11,16 +13,9 @@ from explorer.models import LoadedModel
 from explorer.prune import STRATEGIES
 from explorer.similarity import cached_distances
 from explorer.store import Run
-from explorer.sweep import (
-    SweepSettings,
-    cached_heatmap,
-    first_at_chance,
-    parse_fractions,
-    latest_phase,
-    planned_points,
-    sweep_points,
-    teaching_preset,
-)
+from explorer.progress import progress_text, sweep_progress
+from explorer.runs import sweep_description
+from explorer.sweep import SweepSettings, cached_heatmap, first_at_chance, parse_fractions, teaching_preset
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
 from pages import check_text, current_model, get_store, job_view, model_picker, show_page, user_errors
@@ -60,6 +55,8 @@ def widget_values(settings: SweepSettings) -> dict:
     """Session-state values of the form's widgets for these settings."""
     values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
     values["sw_strategies"] = list(settings.strategies)
+    if settings.fractions is not None:
+        return {**values, "sw_mode": MODES[1], "sw_fractions": ", ".join(f"{f:g}" for f in settings.fractions)}
     return {**values, "sw_mode": MODES[0], "sw_fractions": "0, 0.1, 0.2, 0.3, 0.4, 0.5"}
 
 
@@ -158,14 +155,20 @@ def plots(run: Run, points: list[dict]) -> None:
 
 
 def sweep_view(run: Run) -> None:
-    """Status, progress and plots of one sweep run."""
+    """Which sweep and settings are shown, points done / total with an ETA (or what a queued job
+    waits for), and the plots."""
     store = get_store()
-    points = sweep_points(store, run.id)
-    total = planned_points(store, run.id)
+    events = store.events(run.id)
+    points = [e for e in events if e.get("kind") == "point"]
+    state = sweep_progress(events, time.time())
+    total = state["total"]
     status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
+    st.caption(f"Showing sweep run #{run.id}: {sweep_description(SweepSettings.from_json(run.settings))}.")
+    if run.status == "queued":
+        st.progress(0.0, text=f"{status} · {jobs.queue_reason(store, run.id)}")
+    elif run.status in jobs.ACTIVE:
+        st.progress(len(points) / total if total else 0.0, text=progress_text([status, state["phase"]], state["eta_s"]))
     if run.status in jobs.ACTIVE:
-        phase = latest_phase(store, run.id)
-        st.progress(len(points) / total if total else 0.0, text=f"{status} · {phase or 'waiting for the job to start'}")
         if st.button("Cancel", key="sw_cancel"):
             jobs.cancel(store, run.id)
     elif run.status == "failed":
@@ -178,18 +181,20 @@ def sweep_view(run: Run) -> None:
         plots(run, points)
 
 
-def run_picker(source: str) -> int | None:
-    """The session's sweep, or the newest saved sweep of this model (from the page or the CLI)."""
-    runs = [r for r in get_store().list_runs("sweep") if r.settings.get("model") == source]
-    if RUN_KEY not in st.session_state and runs:
-        st.session_state[RUN_KEY] = runs[0].id
+def show_sweep(run: Run) -> None:
+    """Show a saved sweep and set the form to its settings (a callback: it runs before the widgets)."""
+    st.session_state[RUN_KEY] = run.id
+    st.session_state.update(widget_values(SweepSettings.from_json(run.settings)))
+
+
+def run_picker(runs: list[Run]) -> int | None:
+    """The session's sweep (main sets the newest saved sweep of this model on a fresh session)."""
     if runs:
         with st.expander(f"Saved sweeps of this model ({len(runs)})"):
             by_id = {r.id: r for r in runs}
             chosen = st.selectbox("Sweep", list(by_id), key="sw_saved",
                                   format_func=lambda i: f"#{i} · {by_id[i].status} · {by_id[i].settings.get('task')}")
-            if st.button("Show this sweep", key="sw_show"):
-                st.session_state[RUN_KEY] = chosen
+            st.button("Show this sweep", key="sw_show", on_click=show_sweep, args=(by_id[chosen],))
     return st.session_state.get(RUN_KEY)
 
 
@@ -201,6 +206,10 @@ def main() -> None:
     loaded = current_model(model)
     if loaded is None:
         return
+    runs = [r for r in get_store().list_runs("sweep") if r.settings.get("model") == model["source"]]
+    if RUN_KEY not in st.session_state and runs:  # a reload shows the newest sweep, and the form its settings
+        st.session_state[RUN_KEY] = runs[0].id
+        st.session_state.update(widget_values(SweepSettings.from_json(runs[0].settings)))
     with user_errors():
         settings = settings_form(model)
         settings.check()
@@ -212,7 +221,7 @@ def main() -> None:
                      help="Runs as a background job; a sweep with the same settings resumes from finished points."):
             executor = {"executor": "ray"} if ray else {}
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, {**settings.to_json(), **executor})
-    run_id = run_picker(model["source"])
+    run_id = run_picker(runs)
     if run_id is not None:
         job_view(run_id, RUN_KEY, sweep_view, "Start a new sweep or pick another run.")
 

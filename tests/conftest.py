@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("EXPLORER_HOME", tempfile.mkdtemp(prefix="explorer-test-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# AppTest runs pages in this process, and a page sets the server's small share of torch threads (explorer/threads.py):
+# keep every test process and the runners it starts on the threads they had before, so later tests are not slowed.
+os.environ.setdefault("EXPLORER_TORCH_THREADS", os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",

@@ -53,6 +53,8 @@ def test_prune_then_heal_live(app_url, page, embedded):
     page.get_by_text("Pruned completes", exact=True).wait_for(timeout=30_000)  # streamed after the summary
     wait_idle(page)
 
+    page.get_by_text("Save healed model", exact=True).click()  # saving is a choice, off by default
+    wait_idle(page)
     page.get_by_role("button", name="Start healing").click()
     page.get_by_text(re.compile(r"^Heal run #\d+ ·")).first.wait_for(timeout=60_000)
     page.locator(PLOT).wait_for()

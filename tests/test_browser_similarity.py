@@ -44,7 +44,7 @@ def test_click_on_heatmap_cell_selects_that_block(app_url, page, embedded, tmp_p
     set_number(page, "Samples", SAMPLES)
     set_number(page, "Tokens per sample", 32)
     page.get_by_role("button", name="Run").click()
-    page.get_by_text(re.compile(f"· {SAMPLES} samples · (computed now|loaded from cache)")).wait_for()
+    page.get_by_text(re.compile(f"{SAMPLES} samples × 32 tokens · (computed now|loaded from cache)")).wait_for()
     wait_idle(page)
 
     summary = page.get_by_text(re.compile(r"^Selected: remove"))

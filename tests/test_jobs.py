@@ -4,6 +4,7 @@ reaped as failed, cancel stops a run, and a second job waits for the first."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -47,7 +48,7 @@ def stop(store: Store, run_id: int) -> None:
 
 
 def test_job_runs_in_a_subprocess_and_records_every_step(store, tiny_llama_dir):
-    run_id = jobs.submit(store, "heal", "tiny", heal_settings(tiny_llama_dir, steps=3))
+    run_id = jobs.submit(store, "heal", "tiny", {**heal_settings(tiny_llama_dir, steps=3), "save": True, "dtype": "bf16"})
     assert store.get_run(run_id).status in ("queued", "running") and store.get_run(run_id).pid != os.getpid()
     wait_for(lambda: jobs.list_jobs(store)[0].status not in jobs.ACTIVE, "the job to finish")
     run = store.get_run(run_id)
@@ -58,6 +59,10 @@ def test_job_runs_in_a_subprocess_and_records_every_step(store, tiny_llama_dir):
     assert run.result["folder"] == str(jobs.run_folder(store, run_id))
     assert (jobs.run_folder(store, run_id) / "config.json").is_file()
     assert (jobs.run_folder(store, run_id) / "mergekit.yaml").is_file()
+    from safetensors import safe_open
+
+    with safe_open(jobs.run_folder(store, run_id) / "model.safetensors", "pt") as saved:
+        assert {str(saved.get_tensor(name).dtype) for name in saved.keys()} == {"torch.bfloat16"}
     assert set(run.result["metrics"]) == {"before_pruning", "after_pruning", "healed"}
     reference = store.list_runs("quick-eval", "done")  # the unpruned model's numbers, cached for the next heal
     assert len(reference) == 1 and reference[0].result["val_loss"] == run.result["metrics"]["before_pruning"]["val_loss"]
@@ -87,6 +92,7 @@ def test_a_second_job_queues_and_cancel_stops_both(store, tiny_llama_dir):
         time.sleep(2)  # several polls of the second runner
         assert store.get_run(second).status == "queued" and store.events(second) == []
         assert jobs.is_alive(store.get_run(second).pid, second)
+        assert re.fullmatch(rf"waiting for run #{first} \(heal, (training|evaluating at step \d+)\)", jobs.queue_reason(store, second))
 
         jobs.cancel(store, first)
         first_pid = store.get_run(first).pid

@@ -37,7 +37,7 @@ def test_calibration_draws_heatmap_and_selects_block(app, embedded):
     assert not errors(at)
     assert len(at.get("plotly_chart")) == 3  # heatmap, min distance vs n, stability of the best block
     assert any("block sizes have a shallow best block" in c.value and "resamples" in c.value for c in at.caption)
-    assert any("· 4 samples ·" in c.value and "(run #" in c.value for c in at.caption)
+    assert any("4 samples × 32 tokens" in c.value and "(run #" in c.value for c in at.caption)
 
     at.number_input(key="block_start").set_value(3)
     at.number_input(key="block_n").set_value(3).run()
