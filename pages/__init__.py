@@ -28,6 +28,7 @@ NAVIGATION = (
     ("pages/similarity.py", "Similarity heatmap", "🗺️"),
     ("pages/prune_heal.py", "Prune & heal", "🩹"),
     ("pages/sweep.py", "Phase-transition sweep", "📉"),
+    ("pages/classify.py", "Classification after cutting", "🏋️"),
     ("pages/metrics.py", "Metric comparison", "⚖️"),
     ("pages/runs.py", "Runs", "🗂️"),
 )
