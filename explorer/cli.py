@@ -490,7 +490,7 @@ def _classify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default=",".join(d.modes), help="comma-separated: icl, prompt-ft, head-ft")
     parser.add_argument("--steps", type=int, default=f.steps, help="finetuning steps per point")
     parser.add_argument("--weights", default=f.weights, help="what trains: lora, all (every kept weight) or none (head-ft probe)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3 LoRA, 3e-5 all weights)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 LoRA, 3e-5 all weights)")
     parser.add_argument("--rank", type=int, default=f.rank, help="LoRA rank")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many held-out examples")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -59,8 +59,8 @@ class FinetuneConfig:
 
     steps: int = 30
     batch_size: int = 8
-    lr: float | None = None  # peak; None = 1e-3 for LoRA / a probe, 3e-5 for all weights
-    head_lr: float = 1e-3  # the classification head's peak learning rate (head-ft)
+    lr: float | None = None  # peak; None = 3e-3 for LoRA / a probe, 3e-5 for all weights
+    head_lr: float = 1e-2  # the classification head's peak learning rate (head-ft)
     warmup_steps: int = 3  # linear warm-up, then cosine decay (heal.lr_at)
     weights: str = "lora"
     rank: int = 8
@@ -80,7 +80,7 @@ class FinetuneConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else (3e-5 if self.weights == "all" else 1e-3)
+        return self.lr if self.lr is not None else (3e-5 if self.weights == "all" else 3e-3)
 
 
 @dataclass(frozen=True)

@@ -100,13 +100,13 @@ def test_zero_steps_prompt_ft_predicts_like_the_in_context_scorer(embedded, tiny
 
 
 def test_a_few_steps_learn_a_real_split(embedded):
-    """16 real Pang & Lee sentences, the embedded model cut to its first 2 layers: training lowers the
+    """16 real Pang & Lee sentences, the embedded model cut to its first 4 layers: training lowers the
     loss and raises accuracy on the training split, for prompt-based LoRA and for the head."""
     task = get_task("sst2", data_file="embedded", train=16)
-    pruned = pruned_view(embedded, strategy_block("top-cut", embedded.num_layers - 2, embedded.num_layers))
+    pruned = pruned_view(embedded, strategy_block("top-cut", embedded.num_layers - 4, embedded.num_layers))
     items = encode_task(pruned, task, task.train_examples)
     for mode in ("prompt-ft", "head-ft"):
-        config = FinetuneConfig(steps=12, batch_size=8, lr=3e-3, head_lr=3e-2)
+        config = FinetuneConfig(steps=16, batch_size=8, lr=1e-2, head_lr=3e-2)
         classifier = build_classifier(pruned, mode, config, 2)
         before, scores_before = classifier.evaluate(items)
         train(classifier, items, config)
@@ -144,7 +144,8 @@ def test_cli_writes_predictions_and_accuracy_for_every_k_and_mode(tiny_dirs, pol
     for point in result["points"]:
         assert (point["n_train"], point["n_test"], len(point["predictions"])) == (8, 6, 6)
         correct = sum(p["pred"] == p["gold"] for p in point["predictions"])
-        assert point["accuracy"] == pytest.approx(correct / 6) and point["ci_low"] <= point["accuracy"] <= point["ci_high"]
+        assert point["accuracy"] == pytest.approx(correct / 6)
+        assert point["ci_low"] - 1e-9 <= point["accuracy"] <= point["ci_high"] + 1e-9
     cut = next(p for p in result["points"] if p["strategy"] == "similarity" and p["k"] == 1)
     assert cut["n"] == 2 and cut["start"] + cut["n"] < 3  # the similarity block keeps the final layer
 
