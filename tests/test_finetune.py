@@ -186,3 +186,25 @@ def test_label_word_missing_from_the_vocabulary(polarity):
     task = get_task("sst2", data_file=str(polarity), train=4)
     with pytest.raises(ExplorerError, match="label word 'terrible' is not in the model's vocabulary"):
         measure(loaded, task, "prompt-ft", FinetuneConfig(steps=0), 2, 2)
+
+
+def test_page_draws_a_finished_run_and_explains_bad_input(tiny_models, polarity):
+    """The page reads the store only: a finished run draws its curve and table; a form asking to
+    finetune with no training split shows one sentence instead of starting a job."""
+    from streamlit.testing.v1 import AppTest
+
+    from explorer.store import Store
+
+    store = Store()
+    settings = ClassifySettings(model="tiny", data_file=str(polarity), train=8, keep=(1, 3), modes=("icl", "head-ft"),
+                                finetune={"steps": 1}, limit=4)
+    run_id = store.create_run("classify", "tiny", settings.to_json())
+    store.finish_run(run_id, run_classify(tiny_models["gpt2"], settings, store, run_id))
+    at = AppTest.from_file("../app.py", default_timeout=120)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 1 and any("train 8, test 4" in c.value for c in at.caption)
+    at.number_input(key="cl_train").set_value(0).run()
+    assert [e.value for e in at.error] == [
+        "sst2 has no training examples for prompt-ft/head-ft: hold some out (train N, e.g. 80) or use mode icl only."]
