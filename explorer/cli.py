@@ -341,6 +341,21 @@ def _sweep_settings(args: argparse.Namespace):
     return teaching_preset(**given) if args.teaching else SweepSettings(**given)
 
 
+def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[dict], None], cancelled: type) -> dict:
+    """`execute(store, run_id, report)` in this process, which owns the run's status: cancelled on
+    Ctrl-C or `cancelled`, failed on any other error (the points so far stay), done with its result."""
+    try:
+        result = execute(store, run_id, report)
+    except (cancelled, KeyboardInterrupt) as exc:
+        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
+        raise
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result)
+    return result
+
+
 def _sweep(args: argparse.Namespace) -> None:
     """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
     page's job reaper leaves it alone); a rerun with the same settings resumes it."""
@@ -356,15 +371,7 @@ def _sweep(args: argparse.Namespace) -> None:
     def report(event: dict) -> None:
         print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
 
-    try:
-        result = execute(store, run_id, report)
-    except (SweepCancelled, KeyboardInterrupt) as exc:
-        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
-        raise
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
+    result = _run_in_foreground(store, run_id, execute, report, SweepCancelled)
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
     try:
@@ -517,15 +524,7 @@ def _classify(args: argparse.Namespace) -> None:
         if event.get("kind") in ("point", "phase"):
             print(describe_point(event) if event["kind"] == "point" else event["phase"], file=sys.stderr, flush=True)
 
-    try:
-        result = execute(store, run_id, report)
-    except (ClassifyCancelled, KeyboardInterrupt) as exc:
-        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
-        raise
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
+    result = _run_in_foreground(store, run_id, execute, report, ClassifyCancelled)
     _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
 
 

@@ -333,9 +333,9 @@ class ClassifySettings:
         """Reject bad settings before any model loads; returns the task (with its splits)."""
         from explorer.tasks import check_limit
 
-        if not self.strategies or (bad := [s for s in self.strategies if s not in CLASSIFY_STRATEGIES]):
+        if not self.strategies or not set(self.strategies) <= set(CLASSIFY_STRATEGIES):
             raise ExplorerError(f"Choose strategies among {', '.join(CLASSIFY_STRATEGIES)} (got {', '.join(self.strategies) or 'none'}).")
-        if not self.modes or (bad := [m for m in self.modes if m not in MODES]):
+        if not self.modes or not set(self.modes) <= set(MODES):
             raise ExplorerError(f"Choose modes among {', '.join(MODES)} (got {', '.join(self.modes) or 'none'}).")
         if not self.keep or min(self.keep) < 1:
             raise ExplorerError(f"Layers kept (k) must be at least 1, got {', '.join(map(str, self.keep)) or 'none'}.")
@@ -404,11 +404,6 @@ def point_accuracy(predictions: list) -> dict:
 
 def classify_points(store, run_id: int) -> list[dict]:
     return [e for e in store.events(run_id) if e.get("kind") == "point"]
-
-
-def latest_phase(store, run_id: int) -> str | None:
-    phases = [e["phase"] for e in store.events(run_id) if e.get("kind") == "phase"]
-    return phases[-1] if phases else None
 
 
 def _add(store, run_id: int, event: dict, on_event: OnEvent) -> None:

@@ -7,9 +7,10 @@ import streamlit as st
 
 from explorer import jobs
 from explorer.classify_figures import accuracy_vs_k_figure, classify_frame
-from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, latest_phase, parse_ints
+from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
 from explorer.store import Run
-from pages import get_store, job_view, model_picker, page_setup, user_errors
+from explorer.sweep import latest_phase
+from pages import get_store, job_view, model_picker, page_setup, points_status, user_errors
 
 RUN_KEY = "classify_run"
 DEFAULTS = ClassifySettings()
@@ -51,17 +52,8 @@ def run_view(run: Run) -> None:
     store = get_store()
     points = classify_points(store, run.id)
     plan = next((e for e in store.events(run.id) if e.get("kind") == "plan"), None)
-    total = plan["points"] if plan else None
-    status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
-    if run.status in jobs.ACTIVE:
-        phase = latest_phase(store, run.id)
-        st.progress(len(points) / total if total else 0.0, text=f"{status} · {phase or 'waiting for the job to start'}")
-        if st.button("Cancel", key="cl_cancel"):
-            jobs.cancel(store, run.id)
-    elif run.status == "failed":
-        st.error(f"{status}: {run.error}", icon="🚫")
-    else:
-        st.success(status) if run.status == "done" else st.info(f"{status}: {run.status}.")
+    points_status(run, len(points), plan["points"] if plan else None, latest_phase(store, run.id), "cl_cancel",
+                  "Start it again to measure the remaining points.")
     if plan:
         st.caption(f"{plan['source']} · train {plan['n_train']}, test {plan['n_test']} · {plan['num_layers']} layers")
     if points:

@@ -22,7 +22,7 @@ from explorer.sweep import (
 )
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages import check_text, current_model, get_store, job_view, model_picker, show_page, user_errors
+from pages import check_text, current_model, get_store, job_view, model_picker, points_status, show_page, user_errors
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
@@ -160,19 +160,8 @@ def sweep_view(run: Run) -> None:
     """Status, progress and plots of one sweep run."""
     store = get_store()
     points = sweep_points(store, run.id)
-    total = planned_points(store, run.id)
-    status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
-    if run.status in jobs.ACTIVE:
-        phase = latest_phase(store, run.id)
-        st.progress(len(points) / total if total else 0.0, text=f"{status} · {phase or 'waiting for the job to start'}")
-        if st.button("Cancel", key="sw_cancel"):
-            jobs.cancel(store, run.id)
-    elif run.status == "failed":
-        st.error(f"{status}: {run.error}", icon="🚫")
-    elif run.status == "cancelled":
-        st.info(f"{status}: cancelled. Start the sweep again with the same settings to resume from these points.")
-    else:
-        st.success(status)
+    points_status(run, len(points), planned_points(store, run.id), latest_phase(store, run.id), "sw_cancel",
+                  "Start the sweep again with the same settings to resume from these points.")
     if points:
         plots(run, points)
 
