@@ -10,7 +10,7 @@ from explorer.classify_figures import accuracy_vs_k_figure, classify_frame
 from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
 from explorer.store import Run
 from explorer.sweep import latest_phase
-from pages import get_store, job_view, model_picker, page_setup, points_status, user_errors
+from pages import check_text, get_store, job_view, model_picker, points_status, show_page, user_errors
 
 RUN_KEY = "classify_run"
 DEFAULTS = ClassifySettings()
@@ -77,6 +77,8 @@ def main() -> None:
         return
     with user_errors():
         settings = settings_form(model)
+        if settings.data_file not in (None, "embedded"):
+            check_text(settings.data_file)  # a path on the server only when the operator allows paths
         task = settings.check()
         st.caption(task.source)
         if st.button("Start", type="primary", key="cl_start", help="Runs as a background job; reloads keep it."):
@@ -88,5 +90,4 @@ def main() -> None:
         job_view(run_id, RUN_KEY, run_view, "Start a new run.")
 
 
-page_setup("Classification after cutting layers")
-main()
+show_page("Classification after cutting layers", main)
