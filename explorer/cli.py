@@ -517,6 +517,7 @@ def _classify(args: argparse.Namespace) -> None:
         finetune=finetune, limit=args.limit, batch_size=args.batch_size, device=args.device,
     )
     settings.check()
+    _check_out(args.out)
     store = Store()
     run_id = store.create_run("classify", settings.model, settings.to_json())
 
