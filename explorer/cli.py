@@ -344,6 +344,21 @@ def _sweep_settings(args: argparse.Namespace):
     return teaching_preset(**given) if args.teaching else SweepSettings(**given)
 
 
+def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[dict], None], cancelled: type) -> dict:
+    """`execute(store, run_id, report)` in this process, which owns the run's status: cancelled on
+    Ctrl-C or `cancelled`, failed on any other error (the points so far stay), done with its result."""
+    try:
+        result = execute(store, run_id, report)
+    except (cancelled, KeyboardInterrupt) as exc:
+        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
+        raise
+    except BaseException as exc:
+        store.fail_run(run_id, str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result)
+    return result
+
+
 def _sweep(args: argparse.Namespace) -> None:
     """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
     page's job reaper leaves it alone); a rerun with the same settings resumes it."""
@@ -368,15 +383,7 @@ def _sweep(args: argparse.Namespace) -> None:
     def report(event: dict) -> None:
         print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
 
-    try:
-        result = execute(store, run_id, report)
-    except (SweepCancelled, KeyboardInterrupt) as exc:
-        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
-        raise
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
+    result = _run_in_foreground(store, run_id, execute, report, SweepCancelled)
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
     try:
@@ -510,6 +517,53 @@ def _heal(args: argparse.Namespace) -> None:
               f"healed model not saved (give --out to save it); run {run_id}")
 
 
+def _classify_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.finetune import ClassifySettings, FinetuneConfig
+
+    d, f = ClassifySettings(), FinetuneConfig()
+    _model_arguments(parser)
+    parser.add_argument("--task", default=d.task, help="sst2 or agnews")
+    parser.add_argument("--data-file", default=d.data_file, help="'embedded' (sst2: Pang & Lee), a .csv/.jsonl file, or 'hub'")
+    parser.add_argument("--train", type=int, default=d.train, help="training examples held out of the scored set")
+    parser.add_argument("--shots", type=int, default=d.shots, help="demonstrations in every prompt")
+    parser.add_argument("--label-words", default=None, help="comma-separated, one per label (default: terrible,great / World,...)")
+    parser.add_argument("--strategy", default="top-cut", help="comma-separated: top-cut, similarity")
+    parser.add_argument("--keep", default=",".join(map(str, d.keep)), help="comma-separated layers kept, k = 1..L")
+    parser.add_argument("--mode", default=",".join(d.modes), help="comma-separated: icl, prompt-ft, head-ft")
+    parser.add_argument("--steps", type=int, default=f.steps, help="finetuning steps per point")
+    parser.add_argument("--weights", default=f.weights, help="what trains: lora, all (every kept weight) or none (head-ft probe)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 LoRA, 3e-5 all weights)")
+    parser.add_argument("--rank", type=int, default=f.rank, help="LoRA rank")
+    parser.add_argument("--limit", type=int, default=None, help="score at most this many held-out examples")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--out", required=True)
+
+
+def _classify(args: argparse.Namespace) -> None:
+    """The accuracy-vs-k curve in the foreground, as a store run (the background job's code path)."""
+    from explorer.finetune import ClassifyCancelled, ClassifySettings, describe_point, execute, parse_ints
+    from explorer.store import Store
+
+    finetune = {"steps": args.steps, "weights": args.weights, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size}
+    settings = ClassifySettings(
+        model=args.model, task=args.task, data_file=None if args.data_file == "hub" else args.data_file, shots=args.shots,
+        label_words=args.label_words, train=args.train, strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
+        keep=parse_ints(args.keep, "--keep"), modes=tuple(m.strip() for m in args.mode.split(",") if m.strip()),
+        finetune=finetune, limit=args.limit, batch_size=args.batch_size, device=args.device,
+    )
+    settings.check()
+    _check_out(args.out)
+    store = Store()
+    run_id = store.create_run("classify", settings.model, settings.to_json())
+
+    def report(event: dict) -> None:
+        if event.get("kind") in ("point", "phase"):
+            print(describe_point(event) if event["kind"] == "point" else event["phase"], file=sys.stderr, flush=True)
+
+    result = _run_in_foreground(store, run_id, execute, report, ClassifyCancelled)
+    _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
+
+
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", type=int)
     parser.add_argument("--store", default=None, help="the SQLite store holding the run (default: EXPLORER_HOME's)")
@@ -543,6 +597,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
+    "classify": (_classify_arguments, _classify, "classification accuracy vs layers kept: in-context, prompt- and head-finetuned"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),
     "heal-ranks": (_job_arguments, _heal_ranks, "internal: one process of a multi-GPU heal job"),
 }

@@ -323,18 +323,24 @@ def _evaluate_adapter(peft_model, loaded: LoadedModel, config: HealConfig) -> di
     return quick_eval(LoadedModel(peft_model.get_base_model(), loaded.tokenizer, loaded.name, loaded.fingerprint), config)
 
 
-def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch.device, ranks: Ranks | None = None) -> float:
-    """One AdamW update; returns the loss (the global batch's, all ranks agreeing, when data-parallel:
-    see explorer.parallel for why the weighted per-rank losses give the single-process gradient).
-    NaN/inf and out-of-memory become ExplorerErrors."""
-    weight = 1.0
-    if ranks is not None:
-        batch, weight = ranks.share(batch)
-    input_ids, mask, labels = (t.to(device) for t in batch)
+def optimizer_step(
+    optimizer,
+    compute_loss: Callable[[], torch.Tensor],
+    lr: float,
+    step: int,
+    out_of_memory: str,
+    weight: float = 1.0,
+    ranks: Ranks | None = None,
+) -> float:
+    """One update of `compute_loss()` at learning rate `lr` (times a group's "lr_scale", default 1);
+    returns the loss. Data-parallel (`ranks`), the loss is scaled by this rank's `weight` before the
+    backward and the value returned is the global batch's, all ranks agreeing (explorer.parallel says
+    why that gives the single-process gradient). NaN/inf and out-of-memory (`out_of_memory`: what to
+    change) become ExplorerErrors."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     try:
-        loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        loss = compute_loss()
         value = loss.item() if ranks is None else ranks.total(loss.item() * weight / ranks.size)
         if not math.isfinite(value):
             raise ExplorerError(f"The training loss became {value} at step {step}: lower the learning rate (was {lr:.2g}) and retry.")
@@ -342,11 +348,21 @@ def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     except torch.OutOfMemoryError as exc:
-        raise ExplorerError(
-            f"Out of memory while healing with batch size {input_ids.shape[0]} x {input_ids.shape[1]} tokens: "
-            "use a smaller batch or sequence length, or 4-bit (QLoRA)."
-        ) from exc
+        raise ExplorerError(out_of_memory) from exc
     return value
+
+
+def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch.device, ranks: Ranks | None = None) -> float:
+    """One AdamW update of the LoRA heal; returns the loss (with `ranks`, this rank trains on its share)."""
+    weight = 1.0
+    if ranks is not None:
+        batch, weight = ranks.share(batch)
+    input_ids, mask, labels = (t.to(device) for t in batch)
+    return optimizer_step(
+        optimizer, lambda: peft_model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss, lr, step,
+        f"Out of memory while healing with batch size {input_ids.shape[0]} x {input_ids.shape[1]} tokens: "
+        "use a smaller batch or sequence length, or 4-bit (QLoRA).", weight, ranks,
+    )
 
 
 def train_adapter(

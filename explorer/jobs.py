@@ -356,5 +356,12 @@ def sweep_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
     return execute(store, run.id, should_stop=should_stop)
 
 
+def classify_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
+    """explorer.finetune.execute: the accuracy-vs-k curve, one point event at a time."""
+    from explorer.finetune import execute
+
+    return execute(store, run.id, should_stop=should_stop)
+
+
 # kind -> runner(store, run, should_stop) -> result; every kind here is a heavy job (one at a time).
-JOBS: dict[str, Callable[[Store, Run, Callable[[], bool]], dict]] = {"heal": heal_job, "sweep": sweep_job}
+JOBS: dict[str, Callable[[Store, Run, Callable[[], bool]], dict]] = {"heal": heal_job, "sweep": sweep_job, "classify": classify_job}

@@ -29,6 +29,7 @@ NAVIGATION = (
     ("pages/similarity.py", "Similarity heatmap", "🗺️"),
     ("pages/prune_heal.py", "Prune & heal", "🩹"),
     ("pages/sweep.py", "Phase-transition sweep", "📉"),
+    ("pages/classify.py", "Classification after cutting", "🏋️"),
     ("pages/metrics.py", "Metric comparison", "⚖️"),
     ("pages/runs.py", "Runs", "🗂️"),
 )
@@ -161,3 +162,20 @@ def job_view(run_id: int, run_key: str, draw: Callable[[Run], None], missing: st
             _poll_job(run_id, run_key, draw, missing)
         else:
             draw(run)
+
+
+def points_status(run: Run, done: int, total: int | None, phase: str | None, cancel_key: str, cancelled: str) -> None:
+    """A point-by-point job's status line: a progress bar with its phase and a Cancel button while it
+    runs, else its outcome (`cancelled`: what to tell the user then)."""
+    status = f"Run #{run.id} · {run.status} · {done}{f' / {total}' if total else ''} points"
+    if run.status in jobs.ACTIVE:
+        doing = jobs.queue_reason(get_store(), run.id) if run.status == "queued" else phase or "starting"
+        st.progress(done / total if total else 0.0, text=f"{status} · {doing}")
+        if st.button("Cancel", key=cancel_key):
+            jobs.cancel(get_store(), run.id)
+    elif run.status == "failed":
+        st.error(f"{status}: {run.error}", icon="🚫")
+    elif run.status == "cancelled":
+        st.info(f"{status}: cancelled. {cancelled}")
+    else:
+        st.success(status)

@@ -18,7 +18,7 @@ from explorer.runs import sweep_description
 from explorer.sweep import SweepSettings, cached_heatmap, first_at_chance, parse_fractions, teaching_preset
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages import check_text, current_model, get_store, job_view, model_picker, show_page, user_errors
+from pages import check_text, current_model, get_store, job_view, model_picker, points_status, show_page, user_errors
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
@@ -161,22 +161,9 @@ def sweep_view(run: Run) -> None:
     events = store.events(run.id)
     points = [e for e in events if e.get("kind") == "point"]
     state = sweep_progress(events, time.time())
-    total = state["total"]
-    status = f"Run #{run.id} · {run.status} · {len(points)}{f' / {total}' if total else ''} points"
     st.caption(f"Showing sweep run #{run.id}: {sweep_description(SweepSettings.from_json(run.settings))}.")
-    if run.status == "queued":
-        st.progress(0.0, text=f"{status} · {jobs.queue_reason(store, run.id)}")
-    elif run.status in jobs.ACTIVE:
-        st.progress(len(points) / total if total else 0.0, text=progress_text([status, state["phase"]], state["eta_s"]))
-    if run.status in jobs.ACTIVE:
-        if st.button("Cancel", key="sw_cancel"):
-            jobs.cancel(store, run.id)
-    elif run.status == "failed":
-        st.error(f"{status}: {run.error}", icon="🚫")
-    elif run.status == "cancelled":
-        st.info(f"{status}: cancelled. Start the sweep again with the same settings to resume from these points.")
-    else:
-        st.success(status)
+    points_status(run, len(points), state["total"], progress_text([state["phase"]], state["eta_s"]), "sw_cancel",
+                  "Start the sweep again with the same settings to resume from these points.")
     if points:
         plots(run, points)
 

@@ -20,6 +20,14 @@ label name/word. For sst2, `data_file="embedded"` uses the 200 Rotten Tomatoes s
 Pang & Lee's sentence-polarity data (the reviews SST-2 was built from) that ship in gensim's
 test data, so the task runs with no network.
 
+Training split (option `train` = N, for prompt-based finetuning, `explorer.finetune`). THE RULE:
+a task's training examples never appear among its scored examples or its demonstrations (checked
+by example id in tests/test_finetune.py). From the hub, they are drawn from the train split after
+the demonstrations are set aside; from a local file or the embedded sentences, from the rows that
+would otherwise be scored (never from the every-tenth-row demonstration pool), which are then no
+longer scored. Either way: a seeded shuffle, labels taken in turn, the first N. Holding out N
+needs at least N + (number of labels) candidate rows, so every label can still be scored.
+
 Scored examples are ordered round-robin by label (first of each label, then the second, ...),
 keeping the source's order within a label, so a `limit` samples the labels evenly even when
 a file lists all negatives first (as the Pang & Lee file does). Demonstrations are drawn
@@ -180,6 +188,21 @@ def pick_demonstrations(pool: list[Example], shots: int, num_labels: int, seed: 
     return by_label_in_turn(shuffled, num_labels)[:shots]
 
 
+def pick_training(candidates: list[Example], train: int, num_labels: int, seed: int, where: str) -> list[Example]:
+    """The training split: `train` candidates after a seeded shuffle, labels in turn; enough must
+    stay behind to score one example of every label."""
+    if not train:
+        return []
+    if train < num_labels:
+        raise ExplorerError(f"Use at least {num_labels} training examples (one per label), got {train}.")
+    if len(candidates) < train + num_labels:
+        raise ExplorerError(
+            f"{where} is too small to hold out {train} training examples: that needs at least "
+            f"{train + num_labels} rows to draw from ({num_labels} left to score), it has {len(candidates)}."
+        )
+    return pick_demonstrations(candidates, train, num_labels, seed + 1)
+
+
 def choose_words(option: list[str] | str | None, spec: ClassificationSpec) -> tuple[str, ...]:
     """The words scored for each label: the defaults or the user's, one per label, distinct."""
     if option is None:
@@ -198,30 +221,38 @@ class ClassificationTask:
     metric = "acc"
 
     def __init__(self, spec: ClassificationSpec, data_file: str | Path | None = None, shots: int = 0,
-                 seed: int = 0, label_words: list[str] | str | None = None):
+                 seed: int = 0, label_words: list[str] | str | None = None, train: int = 0):
         if not 0 <= shots <= MAX_SHOTS:
             raise ExplorerError(f"The number of demonstrations k must be between 0 and {MAX_SHOTS}, got {shots}.")
         self.spec, self.name, self.shots = spec, spec.name, shots
         self.words = choose_words(label_words, spec)
         self.chance = 1 / len(spec.labels)
-        examples, pool, where = self._load(data_file)
+        if train < 0:
+            raise ExplorerError(f"The number of training examples must be 0 or more, got {train}.")
+        examples, pool, where = self._load(data_file, train)
         if shots > len(pool):
             raise ExplorerError(
                 f"k = {shots} demonstrations, but {where} offers only {len(pool)} (every {DEMO_EVERY}th row of a local file)."
             )
-        self.examples = by_label_in_turn(examples, len(spec.labels))
         self.demonstrations = pick_demonstrations(pool, shots, len(spec.labels), seed)
+        hub = data_file is None
+        demo_ids = {d.id for d in self.demonstrations}
+        candidates = [e for e in pool if e.id not in demo_ids] if hub else examples
+        self.train_examples = pick_training(candidates, train, len(spec.labels), seed, where)
+        train_ids = {e.id for e in self.train_examples}
+        self.examples = by_label_in_turn([e for e in examples if e.id not in train_ids], len(spec.labels))
         self.source = (
-            f"{spec.name}: {where}, {len(examples)} examples, {shots}-shot (seed {seed}), "
-            f"label words {'/'.join(self.words)}"
+            f"{spec.name}: {where}, {len(self.examples)} examples"
+            + (f" (+{len(self.train_examples)} for training)" if train else "")
+            + f", {shots}-shot (seed {seed}), label words {'/'.join(self.words)}"
         )
 
-    def _load(self, data_file: str | Path | None) -> tuple[list[Example], list[Example], str]:
+    def _load(self, data_file: str | Path | None, train: int) -> tuple[list[Example], list[Example], str]:
         """(scored examples, demonstration pool, description of the source)."""
         spec = self.spec
         if data_file is None:
             version = importlib.metadata.version("datasets")
-            pool = load_hub(spec, "train") if self.shots else []
+            pool = load_hub(spec, "train") if self.shots or train else []
             return load_hub(spec, spec.eval_split), pool, f"{spec.hub_id} {spec.eval_split} via datasets {version}"
         if str(data_file) == EMBEDDED:
             if spec.name != "sst2":

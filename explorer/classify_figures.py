@@ -1,0 +1,67 @@
+"""The accuracy-vs-k figure of a classify run (Men et al.'s curve) and its table, from point dicts.
+
+The frame feeds both the plot and the CSV download, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+MODE_ORDER = ("icl", "prompt-ft", "head-ft")
+MODE_COLORS = {"icl": "#7f7f7f", "prompt-ft": "#1f77b4", "head-ft": "#d62728"}
+STRATEGY_DASH = {"top-cut": "solid", "similarity": "dash"}
+COLUMNS = ["strategy", "mode", "k", "start", "n", "num_layers", "accuracy", "ci_low", "ci_high", "chance",
+           "n_train", "n_test", "steps", "train_seconds", "eval_seconds", "trainable_params", "train_loss_before", "train_loss_after"]
+
+
+def classify_frame(points: list[dict]) -> pd.DataFrame:
+    """One row per point (predictions left out), sorted by curve then k."""
+    frame = pd.DataFrame(points, columns=COLUMNS)
+    return frame.sort_values(["strategy", "mode", "k"], kind="stable").reset_index(drop=True)
+
+
+def accuracy_vs_k_figure(points: list[dict]) -> go.Figure:
+    """Accuracy against layers kept per (strategy, mode), 95% Wilson intervals as error bars,
+    the chance line, and the split sizes in the title."""
+    frame = classify_frame(points)
+    fig = go.Figure()
+    for (strategy, mode), curve in frame.groupby(["strategy", "mode"], sort=True):
+        fig.add_trace(go.Scatter(
+            x=curve.k, y=curve.accuracy, mode="lines+markers", name=f"{mode} ({strategy})",
+            line=dict(color=MODE_COLORS.get(mode, "#2ca02c"), dash=STRATEGY_DASH.get(strategy, "dot")),
+            error_y=dict(type="data", symmetric=False, array=curve.ci_high - curve.accuracy, arrayminus=curve.accuracy - curve.ci_low),
+            customdata=curve[["ci_low", "ci_high", "train_seconds"]],
+            hovertemplate="k=%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}]<br>finetuning %{customdata[2]:.1f}s<extra></extra>",
+        ))
+    sizes = ""
+    if len(frame):
+        fig.add_hline(y=frame.chance.iloc[0], line_dash="dot", line_color="black", annotation_text="chance")
+        sizes = f" (train {frame.n_train.iloc[0]}, test {frame.n_test.iloc[0]})"
+    fig.update_layout(
+        title=dict(text=f"Held-out accuracy vs layers kept{sizes}", font_size=14), height=440,
+        margin=dict(l=60, r=20, t=60, b=50), xaxis=dict(title="layers kept k"),
+        yaxis=dict(title="accuracy (95% Wilson interval)", range=[0, 1]), legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def markdown_table(points: list[dict]) -> str:
+    """Accuracy % [95% interval] per k (rows) and (strategy, mode) (columns), with the finetuning
+    seconds per point: the README's table of a classify run."""
+    frame = classify_frame(points)
+    curves = sorted({(s, m) for s, m in zip(frame.strategy, frame["mode"])}, key=lambda c: (c[0] != "top-cut", c[0], MODE_ORDER.index(c[1])))
+    header = "| k | " + " | ".join(f"{s} {m}" for s, m in curves) + " |"
+    lines = [header, "| ---: |" + " --- |" * len(curves)]
+    for k, rows in frame.groupby("k", sort=True):
+        cells = []
+        for strategy, mode in curves:
+            row = rows[(rows.strategy == strategy) & (rows["mode"] == mode)]
+            if row.empty:
+                cells.append("")
+                continue
+            r = row.iloc[0]
+            cost = f" ({r.train_seconds:.0f} s)" if r["mode"] != "icl" else ""
+            cells.append(f"{100 * r.accuracy:.0f} [{100 * r.ci_low:.0f}, {100 * r.ci_high:.0f}]{cost}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

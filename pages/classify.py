@@ -1,0 +1,93 @@
+"""Classification after cutting layers ("Why Lift so Heavy?"): held-out accuracy against layers kept,
+in-context, prompt-finetuned and head-finetuned, live while the background job measures each point."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer import jobs
+from explorer.classify_figures import accuracy_vs_k_figure, classify_frame
+from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
+from explorer.store import Run
+from explorer.sweep import latest_phase
+from pages import check_text, get_store, job_view, model_picker, points_status, show_page, user_errors
+
+RUN_KEY = "classify_run"
+DEFAULTS = ClassifySettings()
+
+EXPLAIN = """
+**What to look for.** Men et al. cut GPT-2 XL and OPT down to their first *k* layers and find that,
+**after finetuning**, SST-2 / AG News accuracy holds even at k = 1. Grey: the cut model answers from
+the prompt alone (in-context); blue: the same prompt and label words, finetuned (LoRA or all weights);
+red: a linear classification head on the last kept layer's final-token state. Error bars are 95%
+Wilson intervals on the held-out examples (never used for training or as demonstrations); the dotted
+line is chance. Solid: top-cut; dashed: the similarity strategy's block.
+"""
+
+
+def settings_form(model: dict) -> ClassifySettings:
+    """The form; each widget keeps its value in session state (see pages/sweep.py for why)."""
+    with st.container(border=True):
+        a, b, c = st.columns(3)
+        task = a.selectbox("Task", ["sst2", "agnews"], key="cl_task")
+        data = b.text_input("Data", DEFAULTS.data_file, key="cl_data",
+                            help="'embedded' (sst2: 200 Pang & Lee sentences from gensim), a .csv/.jsonl path, or 'hub'")
+        train = int(c.number_input("Training examples (held out)", 0, 100_000, DEFAULTS.train, key="cl_train"))
+        strategies = st.multiselect("Strategies", CLASSIFY_STRATEGIES, default=list(DEFAULTS.strategies), key="cl_strategies")
+        modes = st.multiselect("Modes", MODES, default=list(DEFAULTS.modes), key="cl_modes")
+        d, e, f, g = st.columns(4)
+        keep = parse_ints(d.text_input("Layers kept k", ",".join(map(str, DEFAULTS.keep)), key="cl_keep"), "Layers kept")
+        steps = int(e.number_input("Finetuning steps", 0, 100_000, 30, key="cl_steps"))
+        weights = f.selectbox("Weights trained", WEIGHTS, key="cl_weights",
+                              help="lora: adapters on the kept layers; all: every kept weight; none: head-ft probe only")
+        shots = int(g.number_input("Demonstrations", 0, 32, 0, key="cl_shots"))
+    return ClassifySettings(
+        model=model["source"], device=model["device"], task=task, data_file=None if data.strip() == "hub" else data.strip(),
+        train=train, strategies=tuple(strategies), modes=tuple(modes), keep=keep, shots=shots,
+        finetune={"steps": steps, "weights": weights},
+    )
+
+
+def run_view(run: Run) -> None:
+    store = get_store()
+    points = classify_points(store, run.id)
+    plan = next((e for e in store.events(run.id) if e.get("kind") == "plan"), None)
+    points_status(run, len(points), plan["points"] if plan else None, latest_phase(store, run.id), "cl_cancel",
+                  "Start it again to measure the remaining points.")
+    if plan:
+        st.caption(f"{plan['source']} · train {plan['n_train']}, test {plan['n_test']} · {plan['num_layers']} layers")
+    if points:
+        left, right = st.columns([3, 1])
+        fig = accuracy_vs_k_figure(points)
+        left.plotly_chart(fig, key="cl_fig")
+        right.markdown(EXPLAIN)
+        frame = classify_frame(points)
+        st.dataframe(frame, hide_index=True)
+        st.download_button("Points (CSV)", frame.to_csv(index=False), f"classify-{run.id}.csv", "text/csv",
+                           key="cl_csv", on_click="ignore")
+
+
+def main() -> None:
+    st.title("🏋️ Classification after cutting layers")
+    st.markdown("Keep the first *k* layers (or cut the most similar block), then classify in-context or after "
+                "prompt-based finetuning (Men et al., *Why Lift so Heavy?*, arXiv 2402.11700).")
+    model = model_picker()
+    if not model["source"]:
+        st.info("Enter a model id or path in the sidebar.")
+        return
+    with user_errors():
+        settings = settings_form(model)
+        if settings.data_file not in (None, "embedded"):
+            check_text(settings.data_file)  # a path on the server only when the operator allows paths
+        task = settings.check()
+        st.caption(task.source)
+        if st.button("Start", type="primary", key="cl_start", help="Runs as a background job; reloads keep it."):
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "classify", settings.model, settings.to_json())
+    runs = get_store().list_runs("classify")
+    if RUN_KEY not in st.session_state and runs:
+        st.session_state[RUN_KEY] = runs[0].id
+    if (run_id := st.session_state.get(RUN_KEY)) is not None:
+        job_view(run_id, RUN_KEY, run_view, "Start a new run.")
+
+
+show_page("Classification after cutting layers", main)
