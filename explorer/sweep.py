@@ -251,15 +251,22 @@ def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
     return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
 
 
-def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool]) -> dict[bool, dict]:
+def measure_block(
+    loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool], reuse=None,
+    timings: dict[str, float] | None = None,
+) -> dict[bool, dict]:
     """Metrics of the pruned copy ({False: ...}), and of the healed copy ({True: ...}) when healing.
-    With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points."""
+    With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points:
+    healing changes weights, so a healed sweep never reuses the unpruned forward. Without it,
+    `reuse` (a `reuse.PrefixReuse` of the same evaluation) runs only the layers after the block."""
     from explorer.heal import heal, quick_eval
 
     config = eval_config(settings)
+    if not settings.heal_steps and reuse is not None:
+        return {False: reuse.measure(block)}
     pruned = pruned_view(loaded, block)
     if not settings.heal_steps:
-        return {False: quick_eval(pruned, config)}
+        return {False: quick_eval(pruned, config, timings)}
     evals: dict[bool, dict] = {}
 
     def keep(event: dict) -> None:
@@ -277,10 +284,17 @@ def run_sweep(
     run_id: int,
     on_event: OnEvent = lambda event: None,
     should_stop: Callable[[], bool] = lambda: False,
+    reuse: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """Measure every (strategy, n[, healed]) point not already finished, as events of `run_id`.
 
-    Points go out in order of n, all strategies at each n, so every curve grows together."""
+    Points go out in order of n, all strategies at each n, so every curve grows together. Without
+    healing and with `reuse`, the unpruned model's evaluation is recorded once (`reuse.PrefixReuse`,
+    at the first point measured) and every point runs only the layers after its block; `reuse=False`
+    measures each pruned model whole (the same numbers, slower). `timings` accumulates seconds per
+    part of the points' work (`profile_parts`)."""
+    from explorer.reuse import PrefixReuse
     from explorer.similarity import cached_distances
 
     settings.check()
@@ -307,6 +321,8 @@ def run_sweep(
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     base_loss = next((p["val_loss"] for (_, n, healed), p in done.items() if n == 0 and not healed), None)
     shared: dict[tuple[int, int], dict[bool, dict]] = {}
+    starts = {strategy_block(strategy, n, num_layers, similarity).start for n in sizes for strategy in settings.strategies}
+    recording: PrefixReuse | None = None
     for n in sizes:
         for strategy in settings.strategies:
             block = strategy_block(strategy, n, num_layers, similarity)
@@ -318,7 +334,16 @@ def run_sweep(
                 started = time.perf_counter()
                 reused = (block.start, block.n) in shared
                 if not reused:
-                    shared[(block.start, block.n)] = measure_block(loaded, block, settings, should_stop)
+                    if reuse and not settings.heal_steps and recording is None:
+                        before = dict(timings or {})
+                        recording = PrefixReuse(loaded, starts, _timed_eval(eval_config(settings), timings))
+                        _lap(timings, "recording", started)
+                        if timings is not None:  # the recording's own loss and scoring count as recording
+                            timings.update({part: before.get(part, 0.0) for part in ("loss", "scoring")})
+                    measured = time.perf_counter()
+                    shared[(block.start, block.n)] = measure_block(loaded, block, settings, should_stop, recording, timings)
+                    _lap(timings, "evaluation", measured)
+                    bookkeeping = time.perf_counter()
                 metrics = {k: v for k, v in shared[(block.start, block.n)][healed].items() if k not in ("kind", "step", "merged")}
                 base_loss = base_loss if base_loss is not None else metrics["val_loss"]  # n = 0 comes first
                 point = {
@@ -330,7 +355,35 @@ def run_sweep(
                 _add(store, run_id, point)
                 done[(strategy, n, healed)] = point
                 on_event(point)
+                if not reused:
+                    _lap(timings, "bookkeeping", bookkeeping)
     return summary(sweep_points(store, run_id))
+
+
+def _timed_eval(config, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
+    """The sweep's evaluation of one model (heal.quick_eval), timing its loss and scoring."""
+    from explorer.heal import quick_eval
+
+    return lambda model: quick_eval(model, config, timings)
+
+
+def _lap(timings: dict[str, float] | None, part: str, since: float) -> None:
+    if timings is not None:
+        timings[part] = timings.get(part, 0.0) + time.perf_counter() - since
+
+
+def profile_parts(timings: dict[str, float]) -> dict[str, float]:
+    """Seconds of the points' work by part: recording the unpruned evaluation (once per sweep),
+    model preparation (pruned view and replay set-up: the evaluation minus its loss and
+    scoring), held-out loss, task scoring, and bookkeeping (store writes, events)."""
+    loss, scoring = timings.get("loss", 0.0), timings.get("scoring", 0.0)
+    return {
+        "recording": timings.get("recording", 0.0),
+        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring),
+        "loss": loss,
+        "scoring": scoring,
+        "bookkeeping": timings.get("bookkeeping", 0.0),
+    }
 
 
 def start_sweep(store, settings: SweepSettings, model_name: str | None = None) -> int:
