@@ -72,4 +72,5 @@ BENCHMARKS = {
     "heal": "benchmarks.heal",
     "sweep": "benchmarks.sweep",
     "stream": "benchmarks.stream",
+    "sweep-reuse": "benchmarks.sweep_reuse",
 }

@@ -145,11 +145,12 @@ def validation_loss(
     total, count = 0.0, 0
     with inference(loaded.model):
         for input_ids, mask, logits in _logits(loaded, ids, batch_size):
-            targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            real = mask[:, 1:].bool()  # the real targets only, as one contiguous [tokens, vocab] block (a
+            # transposed [batch, vocab, tokens] view made cross-entropy cost as much as several layers)
             total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="sum"
+                logits[:, :-1][real].float(), input_ids[:, 1:][real], reduction="sum"
             ).item()
-            count += int(mask[:, 1:].sum())
+            count += int(real.sum())
     loss = total / count
     if not math.isfinite(loss):
         raise ExplorerError("The validation loss is not finite (NaN or inf): the model's weights are broken.")

@@ -114,14 +114,19 @@ def _mixes_prefix_lengths(loaded: LoadedModel, parameters: set[str]) -> bool:
     return cache is not None and all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
 
-def _prefix_batches(groups: list[tuple[list[int], list[int]]], batch_size: int, mix_lengths: bool) -> Iterator[list[int]]:
+def _prefix_batches(
+    groups: list[tuple[list[int], list[int]]], batch_size: int, mix_lengths: bool, per_prefix: bool = False
+) -> Iterator[list[int]]:
     """Indices into `groups` (prefix, request indices), longest prefix first (lm-eval's order: an
     out-of-memory error shows on the first batch), at most `batch_size` requests a batch (at
-    least one group), equal prefix lengths only unless `mix_lengths`."""
+    least one group), or `batch_size` prefixes with all their requests when `per_prefix` (prefixes
+    after a shared cache: a few tokens each, so rows cost a fraction of a whole request's),
+    equal prefix lengths only unless `mix_lengths`."""
     check_settings(1, 2, batch_size)
     batch: list[int] = []
+    size = (lambda g: 1) if per_prefix else (lambda g: len(groups[g][1]))
     for g in sorted(range(len(groups)), key=lambda g: -len(groups[g][0])):
-        full = sum(len(groups[i][1]) for i in batch) + len(groups[g][1]) > batch_size
+        full = sum(size(i) for i in batch) + size(g) > batch_size
         if batch and (full or not mix_lengths and len(groups[g][0]) != len(groups[batch[0]][0])):
             yield batch
             batch = []
@@ -259,7 +264,7 @@ def _score_groups(
     for members, length in clusters:
         shared = (_shared_cache(loaded, groups[members[0]][0][:length]), length) if length else None
         cut = [(groups[g][0][length:], groups[g][1]) for g in members]
-        for batch in _prefix_batches(cut, batch_size, mix):
+        for batch in _prefix_batches(cut, batch_size, mix, per_prefix=bool(length)):
             logprobs = _shared_prefix_logprobs(
                 loaded, parameters, [cut[g][0] for g in batch], [[tails[i] for i in cut[g][1]] for g in batch], shared
             )
