@@ -79,6 +79,8 @@ def measure(args: argparse.Namespace) -> dict:
             "goal": GOAL,
             "same_points": _equal(runs["reuse"]["points"], runs["whole"]["points"]),
         }
+        print(f"  {name}: {sweeps[name]['speedup']:.2f}x wall, {sweeps[name]['cpu_speedup']:.2f}x CPU, same points: "
+              f"{sweeps[name]['same_points']}, profiles {runs['whole']['profile']} / {runs['reuse']['profile']}", file=sys.stderr, flush=True)
     return {
         "model": loaded.name, "num_layers": loaded.num_layers, "device": str(loaded.device),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg(),

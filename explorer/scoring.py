@@ -17,7 +17,14 @@ question share its whole context. Each distinct context runs once, right-padded
 (`explorer.data.pad_batch`) in batches sorted by length, with the LM head only on its last token
 (`logits_to_keep`: the [batch, tokens, vocab] logits of a 5-shot prompt would otherwise dominate
 memory); the answers' remaining tokens then run on its KV cache. A 4-choice cloze question thus
-costs about one pass over its context instead of four (2.9x faster than lm-eval on the quiz).
+costs about one pass over its context instead of four.
+
+Contexts that share a long token prefix (a few-shot header: MMLU's subject line and five solved
+questions, the quiz's demonstrations, a classifier's examples) share more: the prefix runs once
+as a KV cache, and every batch of the questions after it runs only their own tokens on a
+broadcast copy (`_shared_clusters`, `_expanded`). Exact for a causal model, since the shared
+tokens' states do not depend on what follows; where a cache cannot carry right padding (a
+sliding-window or recurrent cache) every context runs whole instead.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ keyed by (strategy, n, healed): a sweep with the same settings and model weights
 points any earlier sweep run finished (a restart after a crash or cancel resumes where it
 stopped; a finished sweep becomes a cache hit). Two strategies that pick the same block for
 an n (n = 0 for all of them, and often "similarity" and "simple") share one measurement.
+
+Without healing, the unpruned model's evaluation is recorded once and each point runs only
+the layers after its block (`explorer.reuse`: the layers below a block compute what they
+compute unpruned). Healed points change the weights, so a healing sweep measures every
+pruned model whole.
 """
 
 from __future__ import annotations
