@@ -17,6 +17,7 @@ CPU time is reported beside it because on a shared machine it moves far less wit
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile

@@ -15,11 +15,8 @@ the rest of the wall time is the similarity heatmap and the plan.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +25,7 @@ from explorer.models import load_model
 from explorer.prune import STRATEGIES
 from explorer.store import Store
 from explorer.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report, timed
 
 GOAL = 3.0
 SWEEPS = {"teaching": {}, "three strategies": {"strategies": STRATEGIES}}
@@ -43,12 +40,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _run(loaded, settings, reuse: bool) -> dict:
     store = Store(Path(tempfile.mkdtemp(prefix="sweep-reuse-")) / "runs.sqlite")
     timings: dict[str, float] = {}
-    start, start_cpu = time.perf_counter(), time.process_time()
-    result = run_sweep(loaded, settings, store, start_sweep(store, settings), reuse=reuse, timings=timings)
-    return {
-        "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
-        "points": result["points"], "profile": profile_parts(timings),
-    }
+    seconds, cpu_seconds, result = timed(
+        lambda: run_sweep(loaded, settings, store, start_sweep(store, settings), reuse=reuse, timings=timings)
+    )
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "points": result["points"], "profile": profile_parts(timings)}
 
 
 def _equal(ours: list[dict], reference: list[dict]) -> bool:
@@ -81,11 +76,7 @@ def measure(args: argparse.Namespace) -> dict:
         }
         print(f"  {name}: {sweeps[name]['speedup']:.2f}x wall, {sweeps[name]['cpu_speedup']:.2f}x CPU, same points: "
               f"{sweeps[name]['same_points']}, profiles {runs['whole']['profile']} / {runs['reuse']['profile']}", file=sys.stderr, flush=True)
-    return {
-        "model": loaded.name, "num_layers": loaded.num_layers, "device": str(loaded.device),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg(),
-        "torch": torch.__version__, "python": platform.python_version(), "sweeps": sweeps,
-    }
+    return {"model": loaded.name, "num_layers": loaded.num_layers, **environment(loaded.device), "sweeps": sweeps}
 
 
 def table(result: dict) -> str:

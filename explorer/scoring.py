@@ -247,16 +247,15 @@ def _shared_cache(loaded: LoadedModel, tokens: list[int]):
 
 
 def _score_groups(
-    loaded: LoadedModel, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int,
-    share: bool = True,
+    loaded: LoadedModel, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(request index, log-probs from its prefix's last token on) for every request, where
     `groups` pairs each distinct prefix with its requests and `tails[i]` follows request i's prefix.
 
     Prefixes sharing a long token prefix (`_shared_clusters`: a few-shot header) run it once as a
     KV cache and only their own tokens after it, when the model's cache allows it
-    (`_mixes_prefix_lengths`: a plain attention cache with explicit positions; otherwise, or with
-    `share=False`, every prefix runs whole). A causal model's states of the shared tokens do not
+    (`_mixes_prefix_lengths`: a plain attention cache with explicit positions; otherwise every
+    prefix runs whole). A causal model's states of the shared tokens do not
     depend on what follows, so the log-probs equal the unshared computation.
     A model streamed layer by layer (explorer.stream) scores them all in one streamed pass."""
     from explorer.stream import StreamedModel
@@ -267,7 +266,7 @@ def _score_groups(
     parameters = _forward_parameters(loaded.model)
     plain = _mixes_prefix_lengths(loaded, parameters)
     mix = not any(tails) or plain  # without tails, padding is harmless (causal attention)
-    clusters = _shared_clusters([prefix for prefix, _ in groups]) if share and plain else [(list(range(len(groups))), 0)]
+    clusters = _shared_clusters([prefix for prefix, _ in groups]) if plain else [(list(range(len(groups))), 0)]
     for members, length in clusters:
         shared = (_shared_cache(loaded, groups[members[0]][0][:length]), length) if length else None
         cut = [(groups[g][0][length:], groups[g][1]) for g in members]
