@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from explorer.blocks import Block
+from explorer.concurrency import exclusive
 from explorer.models import LoadedModel, decoder_layers
 
 DEVICE_BUDGET = 2 * 1024**3  # recorded bytes kept on the model's device; the rest goes to CPU
@@ -105,16 +106,17 @@ def record(loaded: LoadedModel, starts: set[int], evaluate: Evaluate) -> tuple[d
 
         return pre, post
 
-    handles = [loaded.model.register_forward_pre_hook(on_call, with_kwargs=True)]
-    for i in range(top):
-        pre, post = layer_hooks(i)
-        handles.append(layers[i].register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(layers[i].register_forward_hook(post, with_kwargs=True))
-    try:
-        metrics = evaluate(loaded)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with exclusive(loaded.model):  # no other caller runs (or deep-copies) the model while these hooks are on
+        handles = [loaded.model.register_forward_pre_hook(on_call, with_kwargs=True)]
+        for i in range(top):
+            pre, post = layer_hooks(i)
+            handles.append(layers[i].register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(layers[i].register_forward_hook(post, with_kwargs=True))
+        try:
+            metrics = evaluate(loaded)
+        finally:
+            for handle in handles:
+                handle.remove()
     return metrics, tape
 
 

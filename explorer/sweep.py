@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 from explorer.blocks import Block
+from explorer.concurrency import exclusive
 from explorer.data import check_settings, split_documents
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, load_model
@@ -252,7 +253,8 @@ def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
     writes weights and healing trains on its own copy (heal.training_model)."""
     model = loaded.model
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
+    with exclusive(model):  # a copy taken while another caller's hooks are on would keep them
+        shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
     return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
 
 
