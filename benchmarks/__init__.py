@@ -73,4 +73,5 @@ BENCHMARKS = {
     "sweep": "benchmarks.sweep",
     "stream": "benchmarks.stream",
     "threads": "benchmarks.threads",
+    "sweep-reuse": "benchmarks.sweep_reuse",
 }

@@ -3,10 +3,11 @@
 Two pairs, in one process, each pass timed end to end as a user runs it (lm-eval's time
 includes building its task and requests from our offline config; ours includes building the
 prompts):
-  quiz: our cloze scorer (`run_task(..., "quiz-capitals")`) vs lm-eval on `explorer_quiz_capitals`
-        (goal: >= 2x, same predictions);
-  mmlu: our letter-format MMLU scorer (`run_task(..., "mmlu")`, one forward per question) vs
-        lm-eval on the same local CSVs (`explorer_mmlu_<subject>`) (goal: >= 3x).
+  quiz: our cloze scorer (`run_task(..., "quiz-capitals")`, 3-shot) vs lm-eval on `explorer_quiz_capitals`;
+  mmlu: our letter-format MMLU scorer (`run_task(..., "mmlu")`, 5-shot as in the paper) vs
+        lm-eval on the same local CSVs (`explorer_mmlu_<subject>`).
+Goal from issue 14: >= 4x for both, same predictions (the few-shot prefix shared by a task's
+questions runs once as a KV cache; each question then costs only its own tokens).
 Each pass is warmed up once, then timed `--repeats` times, interleaved so that load from other
 processes hits both alike; medians are reported. Wall time is what a user waits; the process's
 CPU time is reported beside it because on a shared machine it moves far less with other load
@@ -16,6 +17,7 @@ CPU time is reported beside it because on a shared machine it moves far less wit
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -31,18 +33,19 @@ from explorer.tasks import get_task
 from benchmarks import arguments, environment, report, timed
 
 LETTERS = "ABCD"
-GOALS = {"quiz": 2.0, "mmlu": 3.0}
+GOALS = {"quiz": 4.0, "mmlu": 4.0}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = arguments("scoring", __doc__)
     parser.add_argument("--quiz", default="quiz-capitals")
-    parser.add_argument("--quiz-questions", type=int, default=100)
+    parser.add_argument("--quiz-questions", type=int, default=60)
     parser.add_argument("--quiz-shots", type=int, default=None, help="solved quiz examples (default: the quiz's default)")
-    parser.add_argument("--mmlu-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu"))
+    shared = os.environ.get("EXPLORER_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
+    parser.add_argument("--mmlu-dir", default=str(Path(shared) / "data" / "mmlu"))
     parser.add_argument("--subject", default="high_school_geography")
-    parser.add_argument("--mmlu-questions", type=int, default=60)
-    parser.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples (both scorers)")
+    parser.add_argument("--mmlu-questions", type=int, default=40)
+    parser.add_argument("--shots", type=int, default=5, help="MMLU few-shot examples (both scorers)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args(argv)

@@ -156,12 +156,13 @@ def validation_loss_with_error(
     counts: list[int] = []
     with inference(loaded.model):
         for input_ids, mask, logits in _logits(loaded, ids, batch_size):
-            targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            per_token = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            )
-            sums += per_token.sum(dim=1).tolist()
-            counts += mask[:, 1:].sum(dim=1).tolist()
+            real = mask[:, 1:].bool()  # the real targets only, as one contiguous [tokens, vocab] block (a
+            # transposed [batch, vocab, tokens] view made cross-entropy cost as much as several layers)
+            per_token = torch.nn.functional.cross_entropy(logits[:, :-1][real].float(), input_ids[:, 1:][real], reduction="none")
+            rows = torch.arange(real.shape[0], device=real.device).unsqueeze(1).expand_as(real)[real]
+            per_document = torch.zeros(real.shape[0], dtype=torch.float64, device=per_token.device)
+            sums += per_document.index_add_(0, rows, per_token.double()).tolist()
+            counts += real.sum(dim=1).tolist()
     loss = sum(sums) / sum(counts)
     if not math.isfinite(loss):
         raise ExplorerError("The validation loss is not finite (NaN or inf): the model's weights are broken.")

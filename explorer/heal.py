@@ -279,15 +279,22 @@ def training_batches(loaded: LoadedModel, config: HealConfig) -> list[tuple[torc
     return out
 
 
-def quick_eval(loaded: LoadedModel, config: HealConfig) -> dict:
-    """Held-out loss and task accuracy (with its 95% Wilson interval): the numbers every curve plots."""
+def quick_eval(loaded: LoadedModel, config: HealConfig, timings: dict[str, float] | None = None) -> dict:
+    """Held-out loss (with its standard error over documents) and task accuracy (with its 95% Wilson
+    interval): the numbers every curve plots. `timings` accumulates the seconds spent in "loss" and
+    "scoring" (the sweep benchmark's profile)."""
     from explorer.agreement import predictions
     from explorer.evaluate import run_task, validation_loss_with_error
 
     config = config.resolved(loaded.device)
+    started = time.perf_counter()
     val_loss, val_loss_se = validation_loss_with_error(loaded, config.source, config.val_samples, config.seq_len,
                                                        config.eval_batch_size)
+    scored = time.perf_counter()
     report = run_task(loaded, config.eval_task, config.eval_limit, config.eval_batch_size, **config.eval_options)
+    if timings is not None:
+        timings["loss"] = timings.get("loss", 0.0) + scored - started
+        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - scored
     return {
         "val_loss": val_loss,
         "val_loss_se": val_loss_se,  # standard error over the held-out documents

@@ -181,20 +181,21 @@ def brute_force_losses(
 ) -> dict:
     """Held-out loss with each block [l, l+n) removed, minus the unpruned loss: L-n+1 prunes.
 
-    Blocks that include the final layer are measured too (the other metrics score them), so the
-    final-layer override is on here; the pruner works on a copy and `loaded` stays whole."""
+    Blocks that include the final layer are measured too (the other metrics score them). The
+    unpruned loss pass is recorded once (`reuse.PrefixReuse`) and each block runs only the layers
+    after it, on a pruned view sharing the weights: `loaded` stays whole and nothing is copied."""
+    from explorer.blocks import check_block
     from explorer.evaluate import validation_loss
-    from explorer.prune import prune_block
+    from explorer.reuse import PrefixReuse
 
     if not 1 <= n < loaded.num_layers:
         raise ExplorerError(f"Block size must be between 1 and {loaded.num_layers - 1} (got {n}).")
-    base = validation_loss(loaded, source, samples, seq_len, batch_size)
     starts = range(loaded.num_layers - n + 1)
+    reuse = PrefixReuse(loaded, set(starts), lambda model: {"loss": validation_loss(model, source, samples, seq_len, batch_size)})
+    base = reuse.base["loss"]
     increases = []
     for start in starts:
-        pruned = prune_block(loaded, start, n, allow_final=True).loaded
-        increases.append(validation_loss(pruned, source, samples, seq_len, batch_size) - base)
-        del pruned
+        increases.append(reuse.measure(check_block(start, n, loaded.num_layers, allow_final=True))["loss"] - base)
         if progress:
             progress(start + 1, len(starts))
     return {"n": n, "base_loss": base, "loss_increase": increases}

@@ -13,11 +13,17 @@ keyed by (strategy, n, healed): a sweep with the same settings and model weights
 points any earlier sweep run finished (a restart after a crash or cancel resumes where it
 stopped; a finished sweep becomes a cache hit). Two strategies that pick the same block for
 an n (n = 0 for all of them, and often "similarity" and "simple") share one measurement.
+
+Without healing, the unpruned model's evaluation is recorded once and each point runs only
+the layers after its block (`explorer.reuse`: the layers below a block compute what they
+compute unpruned). Healed points change the weights, so a healing sweep measures every
+pruned model whole.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import time
@@ -25,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterator
 
 from explorer.blocks import Block
+from explorer.concurrency import exclusive
 from explorer.data import check_settings, split_documents
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, load_model
@@ -252,19 +259,27 @@ def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
     writes weights and healing trains on its own copy (heal.training_model)."""
     model = loaded.model
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
+    with exclusive(model):  # a copy taken while another caller's hooks are on would keep them
+        shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
     return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
 
 
-def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool]) -> dict[bool, dict]:
+def measure_block(
+    loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool], reuse=None,
+    timings: dict[str, float] | None = None,
+) -> dict[bool, dict]:
     """Metrics of the pruned copy ({False: ...}), and of the healed copy ({True: ...}) when healing.
-    With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points."""
+    With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points:
+    healing changes weights, so a healed sweep never reuses the unpruned forward. Without it,
+    `reuse` (a `reuse.PrefixReuse` of the same evaluation) runs only the layers after the block."""
     from explorer.heal import heal, quick_eval
 
     config = eval_config(settings)
+    if not settings.heal_steps and reuse is not None:
+        return {False: reuse.measure(block)}
     pruned = pruned_view(loaded, block)
     if not settings.heal_steps:
-        return {False: quick_eval(pruned, config)}
+        return {False: quick_eval(pruned, config, timings)}
     evals: dict[bool, dict] = {}
 
     def keep(event: dict) -> None:
@@ -275,13 +290,36 @@ def measure_block(loaded: LoadedModel, block: Block, settings: SweepSettings, sh
     return evals
 
 
-def measure_locally(loaded: LoadedModel, blocks: list[Block], settings: SweepSettings, should_stop: Callable[[], bool]) -> Iterator[Measured]:
-    """The local executor: one block after another in this process, in the order given."""
+def measure_locally(
+    loaded: LoadedModel,
+    blocks: list[Block],
+    settings: SweepSettings,
+    should_stop: Callable[[], bool],
+    reuse: bool = True,
+    timings: dict[str, float] | None = None,
+) -> Iterator[Measured]:
+    """The local executor: one block after another in this process, in the order given. Without
+    healing and with `reuse`, the unpruned model's evaluation is recorded once (`reuse.PrefixReuse`,
+    before the first block) and every block runs only the layers after it; `reuse=False` measures
+    each pruned model whole (the same numbers, slower). `timings` accumulates seconds per part of
+    the work (`profile_parts`)."""
+    from explorer.reuse import PrefixReuse
+
+    recording: PrefixReuse | None = None
     for block in blocks:
         if should_stop():
             return
         started = time.perf_counter()
-        yield block, measure_block(loaded, block, settings, should_stop), time.perf_counter() - started
+        if reuse and not settings.heal_steps and recording is None:
+            before = dict(timings or {})
+            recording = PrefixReuse(loaded, {b.start for b in blocks}, _timed_eval(eval_config(settings), timings))
+            _lap(timings, "recording", started)
+            if timings is not None:  # the recording's own loss and scoring count as recording
+                timings.update({part: before.get(part, 0.0) for part in ("loss", "scoring")})
+        measuring = time.perf_counter()
+        measured = measure_block(loaded, block, settings, should_stop, recording, timings)
+        _lap(timings, "evaluation", measuring)
+        yield block, measured, time.perf_counter() - started
 
 
 def run_sweep(
@@ -291,14 +329,17 @@ def run_sweep(
     run_id: int,
     on_event: OnEvent = lambda event: None,
     should_stop: Callable[[], bool] = lambda: False,
-    executor: Executor = measure_locally,
+    executor: Executor | None = None,
+    reuse: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """Measure every (strategy, n[, healed]) point not already finished, as events of `run_id`.
 
     Blocks go to the executor in order of n, all strategies at each n, so with the local executor
     every curve grows together; points are recorded as their block is measured (in any order with
     a parallel executor; those measured before the unpruned baseline wait for it, which their
-    normalized loss and agreement need)."""
+    normalized loss and agreement need). The local executor (the default) takes `reuse` and
+    `timings` (see `measure_locally`)."""
     from explorer.agreement import agreement
     from explorer.similarity import cached_distances
 
@@ -337,7 +378,9 @@ def run_sweep(
                     wanted.setdefault((block.start, block.n), []).append((strategy, n, healed))
     waiting: list[dict] = []  # measured, waiting for the baseline loss
     cancelled = "The sweep was cancelled; {} points are saved and a restart resumes."
+    executor = executor or functools.partial(measure_locally, reuse=reuse, timings=timings)
     for block, measured, seconds in executor(loaded, list(blocks.values()), settings, should_stop):
+        bookkeeping = time.perf_counter()
         for index, (strategy, n, healed) in enumerate(wanted.pop((block.start, block.n))):
             if index and should_stop():  # asked once per point: the executor asked before the block's first
                 raise SweepCancelled(cancelled.format(len(done)))
@@ -357,6 +400,7 @@ def run_sweep(
                 done[point_key(point)] = point
                 on_event(point)
             waiting = waiting if base_loss is None else []
+        _lap(timings, "bookkeeping", bookkeeping)
     if wanted:
         raise SweepCancelled(cancelled.format(len(done)))
     return summary(sweep_points(store, run_id))
@@ -367,6 +411,32 @@ def start_sweep(store, settings: SweepSettings, model_name: str | None = None, e
     `executor` ({"executor": "ray", "ray_address": ...}) is kept beside the settings; it does not
     change the points, so sweeps on either executor resume each other."""
     return store.create_run("sweep", model_name or settings.model, {**settings.to_json(), **(executor or {})})
+
+
+def _timed_eval(config, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
+    """The sweep's evaluation of one model (heal.quick_eval), timing its loss and scoring."""
+    from explorer.heal import quick_eval
+
+    return lambda model: quick_eval(model, config, timings)
+
+
+def _lap(timings: dict[str, float] | None, part: str, since: float) -> None:
+    if timings is not None:
+        timings[part] = timings.get(part, 0.0) + time.perf_counter() - since
+
+
+def profile_parts(timings: dict[str, float]) -> dict[str, float]:
+    """Seconds of the points' work by part: recording the unpruned evaluation (once per sweep),
+    model preparation (pruned view and replay set-up: the evaluation minus its loss and
+    scoring), held-out loss, task scoring, and bookkeeping (store writes, events)."""
+    loss, scoring = timings.get("loss", 0.0), timings.get("scoring", 0.0)
+    return {
+        "recording": timings.get("recording", 0.0),
+        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring),
+        "loss": loss,
+        "scoring": scoring,
+        "bookkeeping": timings.get("bookkeeping", 0.0),
+    }
 
 
 def load_for_sweep(settings: SweepSettings) -> LoadedModel:
@@ -385,7 +455,7 @@ def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_s
     stored = store.get_run(run_id).settings
     settings = SweepSettings.from_json(stored)
     settings.check()
-    executor = measure_locally
+    executor = None  # measure_locally
     if stored.get("executor", "local") == "ray":
         from explorer.distributed import RayExecutor
 

@@ -16,11 +16,12 @@ FAMILIES = {
 }
 
 
-def tiny_family_model(family: str, vocab_size: int):
-    """A random-weight model of `family` in eval mode (seeded: the same weights every run)."""
+def tiny_family_model(family: str, vocab_size: int, **overrides):
+    """A random-weight model of `family` in eval mode (seeded: the same weights every run);
+    `overrides` change its configuration (more layers, a shorter sliding window)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(family, vocab_size=vocab_size, **FAMILIES[family])
+    config = AutoConfig.for_model(family, vocab_size=vocab_size, **{**FAMILIES[family], **overrides})
     return AutoModelForCausalLM.from_config(config).eval()

@@ -12,7 +12,7 @@ import torch
 from explorer.data import split_documents
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
-from explorer.scoring import encode_pair, loglikelihoods, next_token_logprobs
+from explorer.scoring import _shared_clusters, candidate_ids, encode_pair, loglikelihoods, next_token_logprobs
 from tests.families import tiny_family_model
 
 
@@ -161,3 +161,56 @@ def test_shared_contexts_across_families(family, embedded, documents):
         ctx, cont = encode_pair(embedded.tokenizer, context, continuation)
         reference = _forward_logprobs(loaded, ctx + cont)[len(ctx) - 1 : -1].gather(1, torch.tensor(cont)[:, None]).sum()
         assert logprob == pytest.approx(reference.item(), abs=1e-4)
+
+
+def _few_shot_requests(documents: list[str]) -> list[tuple[str, str]]:
+    """Two few-shot headers (long shared token prefixes), each followed by questions of 0 to 14
+    words (the bare header is a prefix of its questions), answers of several token lengths."""
+    requests = []
+    for header_doc, words_doc in ((documents[3], documents[1]), (documents[2], documents[0])):
+        header = " ".join(header_doc.split()[:60])
+        words = words_doc.split()
+        contexts = [header] + [f"{header}\n\nQuestion: {' '.join(words[k : 2 * k + 1])}\nAnswer:" for k in (1, 4, 7)]
+        requests += [(context, answer) for context in contexts for answer in (" Paris", " the United Nations", " 42")]
+    return requests
+
+
+def _unshared_loglikelihood(loaded, context: str, continuation: str) -> float:
+    ctx, cont = encode_pair(loaded.tokenizer, context, continuation)
+    return _forward_logprobs(loaded, ctx + cont)[len(ctx) - 1 : -1].gather(1, torch.tensor(cont)[:, None]).sum().item()
+
+
+def test_shared_few_shot_prefix_runs_once_and_matches_unshared(embedded, documents):
+    """Batches of 2 over two headers: each header runs once as a KV cache (the embedding layer
+    sees far fewer positions than the contexts hold), every batch reuses it unmutated, and the
+    log-likelihoods and greedy flags equal one plain forward per request within 1e-4."""
+    requests = _few_shot_requests(documents)
+    with _positions_counted(embedded.model) as count:
+        ours = loglikelihoods(embedded, requests, batch_size=2)
+    for request, (logprob, _, _) in zip(requests, ours):
+        assert logprob == pytest.approx(_unshared_loglikelihood(embedded, *request), abs=1e-4)
+    contexts = {tuple(encode_pair(embedded.tokenizer, *r)[0]) for r in requests}
+    assert count[0] < sum(len(c) for c in contexts) / 2
+    prompts = sorted({context for context, _ in requests})
+    shared = next_token_logprobs(embedded, prompts, [" A", " B"], batch_size=3)
+    ids = candidate_ids(embedded.tokenizer, [" A", " B"])
+    for prompt, row in zip(prompts, shared):
+        reference = _forward_logprobs(embedded, embedded.tokenizer.encode(prompt))[-1, ids]
+        assert torch.allclose(row, reference, atol=1e-4)
+
+
+def test_shared_clusters_split_headers_and_keep_a_last_token():
+    header_a, header_b = list(range(100, 140)), list(range(200, 230))
+    prefixes = [header_a + [1, 2], header_b + [5], header_a, header_a + [3], [7, 8, 9], header_b + [6, 6]]
+    clusters = sorted((sorted(m), n) for m, n in _shared_clusters(prefixes))
+    assert clusters == [([0, 2, 3], 39), ([1, 5], 30), ([4], 0)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_shared_few_shot_prefix_across_families(family, embedded, documents):
+    """Llama and GPT-2 share the header's cache; gemma2's sliding-window cache cannot carry the
+    padded batch, so it falls back to whole prefixes: both equal plain forwards within 1e-4."""
+    loaded = LoadedModel(tiny_family_model(family, len(embedded.tokenizer)), embedded.tokenizer, family, f"test:{family}")
+    requests = _few_shot_requests(documents)
+    for request, (logprob, _, _) in zip(requests, loglikelihoods(loaded, requests, batch_size=4)):
+        assert logprob == pytest.approx(_unshared_loglikelihood(loaded, *request), abs=1e-4)

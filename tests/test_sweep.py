@@ -21,6 +21,7 @@ from explorer.sweep import (
     load_for_sweep,
     parse_fractions,
     point_key,
+    profile_parts,
     run_sweep,
     start_sweep,
     summary,
@@ -211,3 +212,20 @@ def test_cli_teaching_preset_keeps_what_is_not_given():
     chosen = _parsed_sweep_settings(["--teaching", "--strategies", "top-cut", "--limit", "5"])
     assert (chosen.strategies, chosen.limit, chosen.stride) == (("top-cut",), 5, teaching_preset().stride)
     assert _parsed_sweep_settings([]) == SweepSettings()
+
+
+def test_points_reusing_the_unpruned_forward_equal_whole_pruned_models(embedded, sweep, tmp_path):
+    """The fixture's sweep replays the unpruned model's layers below each block (the default);
+    measuring every pruned model whole gives the same points, and the profile splits the time."""
+    store = Store(tmp_path / "runs.sqlite")
+    timings: dict[str, float] = {}
+    whole = run_sweep(embedded, sweep["settings"], store, start_sweep(store, sweep["settings"]), reuse=False, timings=timings)
+    assert "recording" not in timings
+    assert {"evaluation", "loss", "scoring", "bookkeeping"} <= set(timings)
+    parts = profile_parts(timings)
+    assert all(seconds >= 0 for seconds in parts.values()) and parts["loss"] > 0 and parts["scoring"] > 0
+    assert sum(parts.values()) == pytest.approx(timings["evaluation"] + timings["bookkeeping"])
+    for ours, reference in zip(sweep["result"]["points"], whole["points"]):
+        assert point_key(ours) == point_key(reference) and ours["start"] == reference["start"]
+        assert ours["accuracy"] == reference["accuracy"]
+        assert ours["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
