@@ -136,6 +136,26 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
+    _repair_arguments(parser)
+
+
+def _repair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repair", choices=("none", "linear"), default="none",
+                        help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.repair)")
+    parser.add_argument("--ridge", type=float, default=None, help="linear repair's ridge, relative to trace(MᵀM)/d (default 1e-4)")
+
+
+def _repair_config(args: argparse.Namespace, samples: int | None = None):
+    """The linear repair's settings from the command's own text options, checked before the model loads; None for --repair none."""
+    from explorer.repair import RepairConfig
+
+    if args.repair != "linear":
+        return None
+    given = {"ridge": args.ridge, "samples": samples}
+    config = RepairConfig(source=args.text_file, seq_len=args.seq_len, batch_size=args.batch_size,
+                          **{key: value for key, value in given.items() if value is not None})
+    config.check()
+    return config
 
 
 def _prune(args: argparse.Namespace) -> None:
@@ -144,6 +164,7 @@ def _prune(args: argparse.Namespace) -> None:
     from explorer.data import check_settings
     from explorer.export import mergekit_yaml, save_pruned
     from explorer.prune import STRATEGIES, prune_block, strategy_block
+    from explorer.repair import repair_block, repair_record
     from explorer.similarity import cached_distances
 
     if (args.start is None) == (args.strategy is None):
@@ -154,6 +175,7 @@ def _prune(args: argparse.Namespace) -> None:
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True)
+    repair = _repair_config(args, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
     similarity = None
@@ -167,7 +189,11 @@ def _prune(args: argparse.Namespace) -> None:
         block = check_block(args.start, args.n, num_layers, args.allow_final)
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
-    result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
+    fit = None
+    if repair is None:
+        result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
+    else:
+        result, fit = repair_block(loaded, block.start, block.n, repair, allow_final=block.includes_final, inplace=True)
     record = {
         "kind": "prune",
         "model": args.model,
@@ -178,6 +204,7 @@ def _prune(args: argparse.Namespace) -> None:
         "params_before": result.params_before,
         "params_after": result.params_after,
         "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
+        "repair": repair_record(repair, fit) if repair else {"method": "none"},
     }
     out = save_pruned(result.loaded, args.out, record)
     (out / "mergekit.yaml").write_text(mergekit_yaml(args.model, num_layers, block))
@@ -185,6 +212,9 @@ def _prune(args: argparse.Namespace) -> None:
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
         f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
     )
+    if fit is not None:
+        print(f"linear repair folded into layer {fit.layer}: held-out relative residual {fit.heldout_residual:.3f} "
+              f"(unrepaired {fit.heldout_residual_unrepaired:.3f})")
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -403,6 +433,7 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-samples", type=int, default=d.val_samples, help="held-out documents for the validation loss")
     parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs, for --eval-task mmlu / mmlu-cloze")
     parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
+    _repair_arguments(parser)  # fitted on --text-file's calibration documents, before healing
     parser.add_argument("--out", required=True, help="folder for the merged model, run.json and mergekit.yaml")
 
 
@@ -465,12 +496,13 @@ def _heal(args: argparse.Namespace) -> None:
     if args.recipe is None:
         config, about = _heal_config(args, None)  # bad settings fail before the model loads
     _check_out(args.out, folder=True)
+    repair = _repair_config(args)
     loaded = _load(args)
     if args.recipe:
         config, about = _heal_config(args, loaded.model)
         print(f"paper recipe: {about['row_reason']}", file=sys.stderr)
     outcome = prune_and_heal(loaded, args.start, args.n, config, lambda e: _print_heal_event(e, config.steps),
-                             allow_final=args.allow_final, store=Store())
+                             allow_final=args.allow_final, store=Store(), repair=repair)
     out = save_healed(outcome, args.out, args.model, outcome_record(outcome, args.model, loaded.name))
     print(f"healed model saved to {out}")
 
