@@ -345,6 +345,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
     parser.add_argument("--limit", type=int, default=None, help="questions per point")
     parser.add_argument("--heal-steps", type=int, default=None, help="LoRA steps per point (0, the default: no healing)")
+    parser.add_argument("--repair", choices=("none", "linear"), default=None, help="linear: also measure each point after a linear repair")
     parser.add_argument("--text-file", default=None, help="text for the heatmap, held-out loss and healing (default: embedded)")
     parser.add_argument("--samples", type=int, default=None, help="calibration samples for the heatmap")
     parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
@@ -364,7 +365,7 @@ def _sweep_settings(args: argparse.Namespace):
         "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip()) if args.strategies is not None else None,
         "fractions": parse_fractions(args.fractions) if args.fractions is not None else None,
         "stride": args.stride, "task": args.task, "limit": args.limit, "task_options": _task_options(args),
-        "heal_steps": args.heal_steps, "text": args.text_file, "sim_samples": args.samples,
+        "heal_steps": args.heal_steps, "repair": args.repair, "text": args.text_file, "sim_samples": args.samples,
         "val_samples": args.val_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
     }
     given = {key: value for key, value in given.items() if value is not None}

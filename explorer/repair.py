@@ -238,6 +238,16 @@ def fold(down: nn.Module, transform: torch.Tensor) -> None:
             down.bias.copy_((down.bias.detach().to(torch.float64) @ t).to(down.bias.dtype))
 
 
+def fold_private(model: nn.Module, layer: int, transform: torch.Tensor) -> None:
+    """fold() into fresh copies of layer `layer`'s down-projection parameters: a model whose
+    weights are shared with another (the sweep's pruned views) changes alone."""
+    down = down_projection(model, layer)
+    for name in ("weight", "bias"):
+        if isinstance(param := getattr(down, name, None), nn.Parameter):
+            setattr(down, name, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+    fold(down, transform)
+
+
 def fit_block(loaded: LoadedModel, block: Block, config: RepairConfig) -> LinearFit:
     """Fit T for `block` on the unpruned model: calibration text to fit, held-out text to score it."""
     config.check()

@@ -13,7 +13,9 @@ from explorer.store import Run
 from explorer.sweep import (
     SweepSettings,
     cached_heatmap,
+    curve_name,
     first_at_chance,
+    point_repair,
     parse_fractions,
     latest_phase,
     planned_points,
@@ -126,11 +128,10 @@ def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
 
 
 def curve_captions(points: list[dict]) -> None:
-    curves = sorted({(p["strategy"], p["healed"]) for p in points})
     lines = []
-    for strategy, healed in curves:
-        hit = first_at_chance(points, strategy, healed)
-        name = f"{strategy}{' (healed)' if healed else ''}"
+    for strategy, repair in sorted({(p["strategy"], point_repair(p)) for p in points}):
+        hit = first_at_chance(points, strategy, repair)
+        name = curve_name(strategy, repair)
         lines.append(f"**{name}**: at chance from {hit['fraction']:.0%} of layers dropped (n = {hit['n']})" if hit
                      else f"**{name}**: above chance at every point measured")
     st.caption("Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
