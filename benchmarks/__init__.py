@@ -72,4 +72,5 @@ BENCHMARKS = {
     "heal": "benchmarks.heal",
     "sweep": "benchmarks.sweep",
     "stream": "benchmarks.stream",
+    "repair": "benchmarks.repair",
 }

@@ -5,12 +5,17 @@ linear map T estimated from calibration activations. With i = start - 1 the last
 before the block, M the output of layer i's MLP down-projection, Y the residual stream
 leaving layer i and L the residual stream entering layer start+n (for a block that ends the
 stack: leaving the last layer, before the final norm), the block turned Y into L. Layer i's
-output is Y = (Y - M) + M, so replacing its MLP output M by M T gives (Y - M) + M T, and the
-best T in least squares solves
+output is Y = (Y - M) + M, so replacing its MLP output M by M T gives (Y - M) + M T, and T solves
 
-    min_T ||M T - (L - Y + M)||^2 + lambda ||T||^2
+    min_T  sum_t ||m_t T - (l_t - y_t + m_t)||^2 / ||l_t||^2  +  lambda ||T||^2
 
-over all real tokens of the calibration text. The normal equations need only MᵀM and Mᵀ(target)
+over all real tokens t of the calibration text: least squares on each token's error relative to
+its residual-stream norm. Why relative: plain least squares is dominated by the attention-sink
+token, whose residual stream is ~100x larger than the others' (SmolLM2: |l| 23,000 against 200
+to 330); when the massive activation is created inside the block, plain least squares spends T
+on recreating it and damages every other token (embedded model, layers 10-18 removed: held-out
+loss 6.40 pruned, 7.93 after a plain fit, 5.24 after the relative fit). The weighting keeps the
+closed form and, like ReplaceMe's cosine objective, makes every token count alike. The (weighted) normal equations need only MᵀM and Mᵀ(target)
 (d x d each, d the hidden size), accumulated in float64 batch by batch, so memory does not grow
 with the samples. T then folds into the down-projection (W_down -> W_down composed with T, the
 bias too), so the repaired model is a stock transformers model with L - n layers.
@@ -29,6 +34,8 @@ untouched and only damps the near-null directions a small calibration set cannot
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +44,7 @@ import torch
 from torch import nn
 
 from explorer.blocks import Block, check_block
-from explorer.data import EMBEDDED, batches, check_settings, make_samples, pad_batch
+from explorer.data import EMBEDDED, batches, check_settings, make_samples, pad_batch, source_fingerprint
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers
 from explorer.prune import PruneResult, prune_block
@@ -96,7 +103,7 @@ class LinearFit:
     ridge_lambda: float
     train_tokens: int
     heldout_tokens: int
-    heldout_residual: float  # ||M T - target|| / ||target|| on held-out activations
+    heldout_residual: float  # ||M T - target|| / ||target|| on held-out activations (tokens weighted by 1/|l|)
     heldout_residual_unrepaired: float  # the same for T = I (the block simply removed)
     seconds: float
 
@@ -156,7 +163,8 @@ def _hidden(output) -> torch.Tensor:
 
 
 def collect_stats(loaded: LoadedModel, block: Block, ids: list[list[int]], batch_size: int) -> FitStats:
-    """Accumulate MᵀM, Mᵀ(L - Y + M) and the norms over every real token of `ids`.
+    """Accumulate MᵀM, Mᵀ(L - Y + M) and the norms over every real token of `ids`, each token's
+    row divided by its |l| (the relative objective of the module docstring).
 
     Hooks capture M (the down-projection's output in layer start-1), Y (that layer's output)
     and L (the output of layer start+n-1); the forward pass stops there. Float64 sums keep
@@ -190,8 +198,15 @@ def collect_stats(loaded: LoadedModel, block: Block, ids: list[list[int]], batch
                 except _Stop:
                     pass
                 real = mask.bool().to(seen["m"].device)
-                m = seen["m"][real].to("cpu", torch.float64)
-                target = seen["l"][real].to("cpu", torch.float64) - seen["y"][real].to("cpu", torch.float64) + m
+                m, y, l = (seen[key][real].to("cpu", torch.float64) for key in "myl")
+                if not (torch.isfinite(m).all() and torch.isfinite(y).all() and torch.isfinite(l).all()):
+                    raise ExplorerError(
+                        f"The activations around {block.describe()} are not finite (NaN or inf): the model's weights or "
+                        "precision are broken for this text; nothing was repaired."
+                    )
+                scale = l.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                target = (l - y + m) / scale
+                m = m / scale
                 mtm += m.T @ m
                 mty += m.T @ target
                 yty += float((target * target).sum())
@@ -200,11 +215,6 @@ def collect_stats(loaded: LoadedModel, block: Block, ids: list[list[int]], batch
     finally:
         for handle in handles:
             handle.remove()
-    if not (torch.isfinite(mtm).all() and torch.isfinite(mty).all() and math.isfinite(yty)):
-        raise ExplorerError(
-            f"The activations around {block.describe()} are not finite (NaN or inf): the model's weights or "
-            "precision are broken for this text; nothing was repaired."
-        )
     return FitStats(mtm, mty, yty, mm, tokens)
 
 
@@ -281,7 +291,8 @@ def repair_block(
     if fit is not None:
         fold(down_projection(result.loaded.model, fit.layer), fit.transform)
         result.loaded.name += " (linear repair)"
-        result.loaded.fingerprint += f"|linear:{config.source}:{config.samples}:{config.seq_len}:{config.ridge:g}"
+        settings = json.dumps({**config.to_json(), "source": source_fingerprint(config.source)}, sort_keys=True)
+        result.loaded.fingerprint += f"|linear:{hashlib.sha1(settings.encode()).hexdigest()[:12]}"
     return result, fit
 
 

@@ -1,10 +1,9 @@
-"""Prune & heal: remove the picked block, see what it cost, heal it with (Q)LoRA and watch it live.
+"""Prune & heal: remove the picked block, see what it cost, repair it (linear map or (Q)LoRA) and watch it live.
 
 The block comes from the heatmap page (st.session_state["selected_block"]), a strategy, or the
-number inputs. Pruning here is an in-memory copy for a quick look (parameters, a completion,
-loss and accuracy against the unpruned model) and export. Healing runs as a background job
-(explorer.jobs): the live section reads only the store, so a reload, another tab or a
-restarted server shows the same run.
+number inputs. Pruning (and a linear repair) is an in-memory copy for a quick look beside the
+unpruned model (explorer.preview) and export. Healing runs as a background job (explorer.jobs):
+the live section reads only the store, so a reload, another tab or a restarted server shows it.
 """
 
 from __future__ import annotations
@@ -12,31 +11,29 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from explorer import jobs
-from explorer.agreement import agreement, describe
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
-from explorer.export import mergekit_yaml, save_pruned
-from explorer.heal import TARGETS, HealConfig, cached_quick_eval, complete, default_eval_task, progress, quick_eval
+from explorer.export import mergekit_yaml
+from explorer.heal import TARGETS, HealConfig, default_eval_task, progress
 from explorer.models import LoadedModel, pick_device
-from explorer.paths import explorer_home
-from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
+from explorer.preview import (PAGE_REPAIRS, Preview, comparison_frame, heal_figure, heal_rows, latest_similarity,
+                              make_preview)
+from explorer.prune import STRATEGIES, strategy_block
 from explorer.recipe import recipe_for
-from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
 from explorer.tasks import task_names
 from pages import current_model, get_store, job_view, model_picker, show_page, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
-PRUNED_KEY = "ph_pruned"  # {"fingerprint", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
+PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.preview.Preview, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 MANUAL = "manual (numbers below)"
+REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
+               "the block (no training); LoRA heal: train adapters (Start healing, a background job below).")
 
 
 def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
@@ -58,7 +55,8 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
                                 value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY))
     if strategy != MANUAL:
         with user_errors():
-            block = strategy_block(strategy, n, num_layers, latest_similarity(loaded) if strategy == "similarity" else None)
+            similarity = latest_similarity(loaded, get_store()) if strategy == "similarity" else None
+            block = strategy_block(strategy, n, num_layers, similarity)
             st.session_state[START_KEY] = block.start
     start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1,
                                   value=st.session_state[START_KEY], step=1, key=START_KEY, disabled=strategy != MANUAL))
@@ -67,12 +65,6 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
     if from_heatmap and (start, n) == (from_heatmap["start"], from_heatmap["n"]):
         st.caption(f"Block picked on the heatmap (similarity run #{from_heatmap['similarity_run']}).")
     return start, n, allow_final or strategy == "top-cut"
-
-
-def latest_similarity(loaded: LoadedModel) -> SimilarityResult | None:
-    prefix = similarity_key(loaded, "")
-    runs = [r for r in get_store().list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
-    return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
 HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
@@ -113,9 +105,7 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
         quantize = c[3].checkbox("QLoRA (nf4 base)", value=state["ph_qlora"], key="ph_qlora",
                                  help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
         c = st.columns(4)
-        tasks = task_names()
-        default_task = default_eval_task()
-        task = c[0].selectbox("Accuracy task", tasks, index=tasks.index(default_task), key="ph_task")
+        task = c[0].selectbox("Accuracy task", task_names(), index=task_names().index(default_eval_task()), key="ph_task")
         limit = c[1].number_input("Questions per evaluation", min_value=1, value=d.eval_limit, key="ph_limit")
         val_samples = c[2].number_input("Held-out samples (loss)", min_value=1, value=d.val_samples, key="ph_val")
         source = c[3].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(state["ph_source"]),
@@ -128,82 +118,36 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
                       eval_limit=int(limit), val_samples=int(val_samples), source=source, targets=targets, **extra)
 
 
-def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str) -> None:
-    """Prune a copy, evaluate it against the unpruned model (whose numbers are cached in the
-    store and shared with the heal jobs) and keep everything in the session."""
-    with st.spinner("Pruning and evaluating…"):
-        result = prune_block(loaded, start, n, allow_final=allow_final)
-        reference = {"eval": cached_quick_eval(loaded, config, get_store()), "sample": complete(loaded, prompt)}
-        st.session_state[PRUNED_KEY] = {
-            "fingerprint": loaded.fingerprint, "result": result, "eval": quick_eval(result.loaded, config),
-            "sample": complete(result.loaded, prompt), "reference": reference, "saved": None,
-        }
+def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str, repair: str) -> None:
+    """Prune (and repair) a copy and keep it, with every model's numbers, in the session."""
+    with st.spinner("Pruning, repairing and evaluating…" if repair == "linear" else "Pruning and evaluating…"):
+        preview = make_preview(loaded, start, n, allow_final, config, prompt, repair, get_store())
+        st.session_state[PRUNED_KEY] = {"fingerprint": loaded.fingerprint, "preview": preview, "saved": None}
 
 
 def show_pruned(model: dict, pruned: dict) -> None:
-    result: PruneResult = pruned["result"]
-    block = result.block
+    preview: Preview = pruned["preview"]
+    result, rows, block = preview.result, preview.rows, preview.result.block
     st.success(f"Removed {block.describe(result.removed_params)}.")
-    before, after, ref = pruned["reference"]["eval"], pruned["eval"], pruned["reference"]
-    c = st.columns(4)
+    before, after = rows["unpruned"], list(rows.values())[-1]
+    c = st.columns(3)
     c[0].metric("Parameters", f"{result.params_after / 1e6:.1f}M", f"{-result.removed_params / 1e6:.1f}M", delta_color="off")
     c[1].metric("Held-out loss", f"{after['val_loss']:.3f}", f"{after['val_loss'] - before['val_loss']:+.3f}", delta_color="inverse")
     c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
-    c[3].metric("Unpruned accuracy", f"{before['accuracy']:.0%}", help="Same questions, the model before pruning.")
-    st.caption(f"Accuracy 95% intervals: pruned [{after['ci_low']:.0%}, {after['ci_high']:.0%}], "
-               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}"
-               + describe(agreement(after.get("predictions"), before.get("predictions"))).replace(", same", "; pruned: same")
-               + ".")
-    left, right = st.columns(2)
-    left.markdown("**Unpruned completes**")
-    left.code(ref["sample"], language=None, wrap_lines=True)
-    right.markdown("**Pruned completes**")
-    right.code(pruned["sample"], language=None, wrap_lines=True)
-    yaml = mergekit_yaml(model["source"], block.num_layers, block)
+    st.dataframe(comparison_frame(rows), hide_index=True)
+    st.caption(f"Accuracy with its 95% Wilson interval; chance {after['chance']:.0%}; the completion is greedy."
+               + (f" Linear repair folded into layer {preview.fit.layer}: held-out relative residual "
+                  f"{preview.fit.heldout_residual:.2f} (unrepaired {preview.fit.heldout_residual_unrepaired:.2f})." if preview.fit else ""))
+    for column, (name, row) in zip(st.columns(len(rows)), rows.items()):
+        column.markdown(f"**{name.capitalize()} completes**")
+        column.code(row["completion"], language=None, wrap_lines=True)
     with st.container(horizontal=True):
-        st.download_button("mergekit YAML", yaml, f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore",
-                           key="ph_yaml")
+        st.download_button("mergekit YAML", mergekit_yaml(model["source"], block.num_layers, block),
+                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
         if st.button("Save pruned model", key="ph_save"):
-            folder = explorer_home() / "pruned" / f"{result.loaded.fingerprint.replace(':', '-').replace('|', '_')}"
-            record = {"kind": "prune", "model": model["source"], "model_name": result.loaded.name,
-                      "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
-                      "params_before": result.params_before, "params_after": result.params_after,
-                      "quick_eval": {"unpruned": before, "pruned": after}}
-            out = save_pruned(result.loaded, folder, record)
-            (out / "mergekit.yaml").write_text(yaml)
-            pruned["saved"] = str(out)
+            pruned["saved"] = str(preview.save(model["source"]))
     if pruned["saved"]:
         st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
-
-
-def heal_figure(events: list[dict], steps: int) -> go.Figure:
-    """Train/val loss and accuracy (Wilson band, chance) against step, with the unpruned
-    ("before pruning") and step-0 ("after pruning") levels as reference lines."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
-    train = [e for e in events if e.get("kind") == "train"]
-    evals = [e for e in events if e.get("kind") == "eval"]
-    reference = next((e for e in events if e.get("kind") == "reference"), None)
-    after = next((e for e in evals if e["step"] == 0 and not e.get("merged")), None)
-    fig.add_scatter(x=[e["step"] for e in train], y=[e["train_loss"] for e in train], mode="lines+markers",
-                    name="train loss", marker_size=4, row=1, col=1)
-    fig.add_scatter(x=[e["step"] for e in evals], y=[e["val_loss"] for e in evals], mode="lines+markers",
-                    name="held-out loss", marker_size=8, row=1, col=1)
-    if evals:
-        steps_x = [e["step"] for e in evals]
-        fig.add_scatter(x=steps_x + steps_x[::-1], y=[e["ci_high"] for e in evals] + [e["ci_low"] for e in evals][::-1],
-                        mode="lines", fill="toself", fillcolor="rgba(44,160,44,0.15)", line_width=0, hoverinfo="skip",
-                        name="95% Wilson interval", row=1, col=2)
-        fig.add_scatter(x=steps_x, y=[e["accuracy"] for e in evals], mode="lines+markers", name="accuracy",
-                        marker_size=8, line_color="rgb(44,160,44)", row=1, col=2)
-        fig.add_hline(y=evals[0]["chance"], line_dash="dot", line_color="gray", annotation_text="chance", row=1, col=2)
-    for label, point, color in (("before pruning", reference, "black"), ("after pruning", after, "crimson")):
-        if point:
-            fig.add_hline(y=point["val_loss"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=1)
-            fig.add_hline(y=point["accuracy"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=2)
-    fig.update_xaxes(title_text="step", range=[-0.5, steps + 0.5])
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
-    fig.update_layout(height=420, margin=dict(t=40, b=40, l=40, r=20), legend=dict(orientation="h", y=-0.2))
-    return fig
 
 
 def run_summary(run: Run, events: list[dict]) -> None:
@@ -224,21 +168,14 @@ def run_summary(run: Run, events: list[dict]) -> None:
         st.info(f"{status}: cancelled.")
     else:
         st.success(status)
-        result = run.result or {}
-        metrics = result.get("metrics", {})
-        rows = [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
-                 f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
-                 "same answer as unpruned": f"{m['agreement']:.0%}" if m.get("agreement") is not None else "—"}
-                for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
-        if rows:
-            st.dataframe(pd.DataFrame(rows), hide_index=True)
-        if result.get("folder"):
-            st.info(f"Healed, merged model saved to `{result['folder']}`.")
+        if rows := heal_rows(run.result or {}):
+            st.dataframe(comparison_frame(rows), hide_index=True)
+        if (run.result or {}).get("folder"):
+            st.info(f"Healed, merged model saved to `{run.result['folder']}`.")
 
 
 def heal_view(run: Run) -> None:
-    events = get_store().events(run.id)
-    run_summary(run, events)
+    run_summary(run, events := get_store().events(run.id))
     st.plotly_chart(heal_figure(events, run.settings["heal"]["steps"]), key="ph_live_plot", theme=None)
 
 
@@ -254,13 +191,14 @@ def main() -> None:
     start, n, allow_final = block_picker(loaded, model)
     config = heal_settings(loaded)
     prompt = st.text_input("Prompt for the completion sample", "The capital of France is", key="ph_prompt")
-    with st.container(horizontal=True):
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        repair = st.radio("Repair", PAGE_REPAIRS, horizontal=True, key="ph_repair", help=REPAIR_HELP)
         prune_clicked = st.button("Prune", type="primary", key="ph_prune")
         heal_clicked = st.button("Start healing", key="ph_heal", help="A background job: it survives reloads and can be cancelled.")
     with user_errors():
         config.check()
         if prune_clicked:
-            prune_now(loaded, start, n, allow_final, config, prompt)
+            prune_now(loaded, start, n, allow_final, config, prompt, repair)
         if heal_clicked:
             check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
             settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json()}

