@@ -112,7 +112,7 @@ def test_linear_repair_lowers_heldout_loss_on_the_embedded_model(embedded):
     from explorer.evaluate import validation_loss
     from explorer.prune import prune_block
 
-    config = RepairConfig(samples=24, heldout_samples=4, seq_len=64)
+    config = RepairConfig(samples=16, heldout_samples=2, seq_len=64)
     for start, n in [(20, 3), (14, 4), (24, 5)]:
         pruned = validation_loss(prune_block(embedded, start, n).loaded, samples=8, seq_len=64)
         result, fit = repair_block(embedded, start, n, config)
@@ -161,3 +161,16 @@ def test_page_preview_puts_the_repair_beside_the_pruned_model(tiny_llama, tmp_pa
     record = json.loads((preview.save("tiny") / "run.json").read_text())
     assert record["repair"]["method"] == "linear" and record["block"]["removed"] == [1, 2]
     assert list(make_preview(tiny_llama, 1, 2, False, config, "Paris is").rows) == ["unpruned", "pruned"]
+
+
+def test_heal_repairs_linearly_before_healing(tiny_llama_dir, tmp_path):
+    """heal --repair linear: the fold comes first (the step-0 evaluation is of the repaired model), run.json records it."""
+    from explorer.cli import main
+
+    out = tmp_path / "healed"
+    assert main(["heal", "--model", str(tiny_llama_dir), "--device", "cpu", "--start", "1", "--n", "2", "--steps", "1",
+                 "--batch-size", "2", "--seq-len", "32", "--eval-every", "1", "--eval-limit", "2", "--val-samples", "2",
+                 "--repair", "linear", "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["repair"]["method"] == "linear" and record["repair"]["fit"]["layer"] == 0
+    assert record["block"]["removed"] == [1, 2]
