@@ -12,14 +12,11 @@ and reports the fraction of the damage recovered, (L_pruned - L_repaired) / (L_p
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 
 import torch
 
-from benchmarks import arguments, report
+from benchmarks import arguments, environment, report, timed
 from explorer.evaluate import validation_loss
 from explorer.heal import HealConfig, merge, train_adapter, training_batches, training_model
 from explorer.models import LoadedModel, load_model
@@ -58,31 +55,27 @@ def measure(args: argparse.Namespace) -> dict:
         block = strategy_block("similarity", n, loaded.num_layers, similarity)
         pruned = prune_block(loaded, block.start, block.n)
         pruned_loss = loss(pruned.loaded)
-        started = time.perf_counter()
-        repaired, fit = repair_block(loaded, block.start, block.n, repair_config)
-        linear_s = time.perf_counter() - started
+        linear_s, linear_cpu, (repaired, fit) = timed(lambda: repair_block(loaded, block.start, block.n, repair_config))
         linear_loss = loss(repaired.loaded)
         del repaired
-        started = time.perf_counter()
-        healed = lora_heal(pruned.loaded, heal_config)
-        lora_s = time.perf_counter() - started
+        lora_s, lora_cpu, healed = timed(lambda: lora_heal(pruned.loaded, heal_config))
         lora_loss = loss(healed)
         del healed, pruned
         damage = pruned_loss - unpruned
         row = {
             "n": n, "block": block.describe(), "pruned_loss": pruned_loss,
             "linear_loss": linear_loss, "linear_recovered": (pruned_loss - linear_loss) / damage, "linear_s": linear_s,
+            "linear_cpu_s": linear_cpu,
             "heldout_residual": fit.heldout_residual, "heldout_residual_unrepaired": fit.heldout_residual_unrepaired,
             "lora_loss": lora_loss, "lora_recovered": (pruned_loss - lora_loss) / damage, "lora_s": lora_s,
+            "lora_cpu_s": lora_cpu,
         }
         print(f"  n={n}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
     return {
         "model": loaded.name, "unpruned_loss": unpruned, "rows": rows,
         "repair": repair_config.to_json(), "heal": {k: heal_config.to_json()[k] for k in ("steps", "batch_size", "seq_len", "rank", "lr")},
-        "val_samples": args.val_samples, "seq_len": args.seq_len, "device": str(loaded.device),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "val_samples": args.val_samples, "seq_len": args.seq_len, **environment(loaded.device),
     }
 
 
@@ -95,13 +88,14 @@ def table(result: dict) -> str:
         f"rank {heal['rank']}; {result['device']}, {result['torch_threads']} threads, load average after "
         + ", ".join(f"{x:.1f}" for x in result["load_average_after"]),
         "",
-        "| n | block | pruned loss | linear: loss | recovered | time | LoRA heal: loss | recovered | time |",
+        "| n | block | pruned loss | linear: loss | recovered | wall (CPU) time | LoRA heal: loss | recovered | wall (CPU) time |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['n']} | {r['block'].split(' (')[0]} | {r['pruned_loss']:.3f} | {r['linear_loss']:.3f} | {r['linear_recovered']:.0%} | "
-            f"{r['linear_s']:.0f} s | {r['lora_loss']:.3f} | {r['lora_recovered']:.0%} | {r['lora_s']:.0f} s |"
+            f"{r['linear_s']:.0f} s ({r['linear_cpu_s']:.0f} s) | {r['lora_loss']:.3f} | {r['lora_recovered']:.0%} | "
+            f"{r['lora_s']:.0f} s ({r['lora_cpu_s']:.0f} s) |"
         )
     return "\n".join(lines)
 
