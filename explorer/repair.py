@@ -28,8 +28,10 @@ are refused with one sentence (no unfolded form would export as a stock model ei
 The ridge: lambda = ridge * trace(MᵀM) / d, i.e. relative to the mean eigenvalue of MᵀM, so
 the same setting means the same thing for every model scale and calibration size. At the
 default 1e-4 it leaves every direction carrying more than 1/10,000 of the average energy
-untouched and only damps the near-null directions a small calibration set cannot determine
-(see README "Linear repair" for the held-out residual against ridge on the embedded model).
+untouched and only damps the near-null directions a small calibration set cannot determine.
+Measured on the embedded model (64 x 128-token documents, 8,011 tokens for d = 576): the held-out
+residual is the same from ridge 0 to 1e-3 (0.623 for layers 20-22, 0.589 for 10-18) and under 1%
+lower at 0.1, so the ridge is there to keep few-token fits solvable, not as a tuning knob.
 """
 
 from __future__ import annotations
