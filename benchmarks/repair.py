@@ -60,7 +60,7 @@ def measure(args: argparse.Namespace) -> dict:
         del repaired
         lora_s, lora_cpu, healed = timed(lambda: lora_heal(pruned.loaded, heal_config))
         lora_loss = loss(healed)
-        del healed, pruned
+        del healed
         damage = pruned_loss - unpruned
         row = {
             "n": n, "block": block.describe(), "pruned_loss": pruned_loss,
