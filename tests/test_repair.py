@@ -91,6 +91,17 @@ def test_post_feedforward_norm_is_refused(family):
         down_projection(tiny_family_model(family, vocab_size=128), 1)
 
 
+def test_post_layernorm_and_experts_are_refused():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    opt = AutoConfig.for_model("opt", vocab_size=128, **{**FAMILIES["opt"], "do_layer_norm_before": False})
+    with pytest.raises(ExplorerError, match="post-LayerNorm"):
+        down_projection(AutoModelForCausalLM.from_config(opt), 1)
+    mixtral = AutoConfig.for_model("mixtral", vocab_size=128, **FAMILIES["mistral"], num_local_experts=2)
+    with pytest.raises(ExplorerError, match="no MLP down-projection"):
+        down_projection(AutoModelForCausalLM.from_config(mixtral), 1)
+
+
 def test_bad_input_gets_one_sentence(tiny_llama):
     config = RepairConfig(samples=8, heldout_samples=2, seq_len=32)
     with pytest.raises(ExplorerError, match="kept layer before the block.*starts at layer 0"):
