@@ -123,7 +123,7 @@ def test_linear_repair_lowers_heldout_loss_on_the_embedded_model(embedded):
     from explorer.evaluate import validation_loss
     from explorer.prune import prune_block
 
-    config = RepairConfig(samples=16, heldout_samples=2, seq_len=64)
+    config = RepairConfig(samples=40, heldout_samples=2, seq_len=96)  # ~3,800 tokens: several per hidden dimension (576)
     for start, n in [(20, 3), (14, 4), (24, 5)]:
         pruned = validation_loss(prune_block(embedded, start, n).loaded, samples=8, seq_len=64)
         result, fit = repair_block(embedded, start, n, config)
