@@ -185,3 +185,22 @@ def test_heal_repairs_linearly_before_healing(tiny_llama_dir, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["repair"]["method"] == "linear" and record["repair"]["fit"]["layer"] == 0
     assert record["block"]["removed"] == [1, 2]
+
+
+def test_prune_heal_page_shows_the_linear_repair_beside_the_pruned_model(embedded):
+    """The page in-process (Streamlit AppTest): choose "linear" beside Prune, see the three models side by side."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    at.switch_page("pages/prune_heal.py").run()
+    at.number_input(key="ph_limit").set_value(4)
+    at.number_input(key="ph_val").set_value(2)
+    at.number_input(key="ph_seq").set_value(64)
+    at.radio(key="ph_repair").set_value("linear")
+    at.button(key="ph_prune").click().run()
+    assert not at.exception and not at.error
+    frame = at.dataframe[0].value
+    assert list(frame["model"]) == ["unpruned", "pruned", "linear repair"]
+    assert any("Linear repair completes" in m.value for m in at.markdown)
+    assert any("held-out relative residual" in c.value for c in at.caption)
