@@ -151,9 +151,9 @@ def _repair_config(args: argparse.Namespace, samples: int | None = None):
 
     if args.repair != "linear":
         return None
-    given = {"ridge": args.ridge, "samples": samples}
-    config = RepairConfig(source=args.text_file, seq_len=args.seq_len, batch_size=args.batch_size,
-                          **{key: value for key, value in given.items() if value is not None})
+    given = {"source": args.text_file, "seq_len": args.seq_len, "batch_size": args.batch_size, "ridge": args.ridge,
+             "samples": samples}  # heal leaves unset options None: the repair's defaults apply
+    config = RepairConfig(**{key: value for key, value in given.items() if value is not None})
     config.check()
     return config
 
