@@ -74,4 +74,5 @@ BENCHMARKS = {
     "stream": "benchmarks.stream",
     "threads": "benchmarks.threads",
     "sweep-reuse": "benchmarks.sweep_reuse",
+    "repair": "benchmarks.repair",
 }

@@ -139,6 +139,26 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
     _dtype_argument(parser)
+    _repair_arguments(parser)
+
+
+def _repair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repair", choices=("none", "linear"), default="none",
+                        help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.repair)")
+    parser.add_argument("--ridge", type=float, default=None, help="linear repair's ridge, relative to trace(MᵀM)/d (default 1e-4)")
+
+
+def _repair_config(args: argparse.Namespace, samples: int | None = None):
+    """The linear repair's settings from the command's own text options, checked before the model loads; None for --repair none."""
+    from explorer.repair import RepairConfig
+
+    if args.repair != "linear":
+        return None
+    given = {"source": args.text_file, "seq_len": args.seq_len, "batch_size": args.batch_size, "ridge": args.ridge,
+             "samples": samples}  # heal leaves unset options None: the repair's defaults apply
+    config = RepairConfig(**{key: value for key, value in given.items() if value is not None})
+    config.check()
+    return config
 
 
 def _dtype_argument(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +174,7 @@ def _prune(args: argparse.Namespace) -> None:
     from explorer.data import check_settings
     from explorer.export import save_prune
     from explorer.prune import STRATEGIES, prune_block, strategy_block
+    from explorer.repair import repair_block, repair_record
     from explorer.similarity import cached_distances
 
     if (args.start is None) == (args.strategy is None):
@@ -164,6 +185,7 @@ def _prune(args: argparse.Namespace) -> None:
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True)
+    repair = _repair_config(args, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
     similarity = None
@@ -177,14 +199,22 @@ def _prune(args: argparse.Namespace) -> None:
         block = check_block(args.start, args.n, num_layers, args.allow_final)
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
-    result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
+    fit = None
+    if repair is None:
+        result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
+    else:
+        result, fit = repair_block(loaded, block.start, block.n, repair, allow_final=block.includes_final, inplace=True)
     extra = {"strategy": args.strategy or "manual",
-             "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None}
+             "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
+             "repair": repair_record(repair, fit) if repair else {"method": "none"}}
     out = save_prune(result, args.out, args.model, extra, args.dtype)
     print(
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
         f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
     )
+    if fit is not None:
+        print(f"linear repair folded into layer {fit.layer}: held-out relative residual {fit.heldout_residual:.3f} "
+              f"(unrepaired {fit.heldout_residual_unrepaired:.3f})")
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,6 +345,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
     parser.add_argument("--limit", type=int, default=None, help="questions per point")
     parser.add_argument("--heal-steps", type=int, default=None, help="LoRA steps per point (0, the default: no healing)")
+    parser.add_argument("--repair", choices=("none", "linear"), default=None, help="linear: also measure each point after a linear repair")
     parser.add_argument("--text-file", default=None, help="text for the heatmap, held-out loss and healing (default: embedded)")
     parser.add_argument("--samples", type=int, default=None, help="calibration samples for the heatmap")
     parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
@@ -337,7 +368,7 @@ def _sweep_settings(args: argparse.Namespace):
         "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip()) if args.strategies is not None else None,
         "fractions": parse_fractions(args.fractions) if args.fractions is not None else None,
         "stride": args.stride, "task": args.task, "limit": args.limit, "task_options": _task_options(args),
-        "heal_steps": args.heal_steps, "text": args.text_file, "sim_samples": args.samples,
+        "heal_steps": args.heal_steps, "repair": args.repair, "text": args.text_file, "sim_samples": args.samples,
         "val_samples": args.val_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
@@ -422,6 +453,7 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-samples", type=int, default=d.val_samples, help="held-out documents for the validation loss")
     parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs, for --eval-task mmlu / mmlu-cloze")
     parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
+    _repair_arguments(parser)  # fitted on --text-file's calibration documents, before healing
     parser.add_argument("--out", default=None, help="folder for the merged model, run.json and mergekit.yaml "
                                                     "(without it nothing is saved: the metrics are printed)")
     _dtype_argument(parser)
@@ -492,6 +524,7 @@ def _heal(args: argparse.Namespace) -> None:
         return
     if args.out is not None:
         _check_out(args.out, folder=True)
+    repair = _repair_config(args)
     ranks = data_parallel(args.device)
     if ranks is not None:
         ranks.check_batch(config.batch_size)
@@ -502,6 +535,7 @@ def _heal(args: argparse.Namespace) -> None:
         "model": {"source": args.model, "device": args.device, "load_in_4bit": args.load_in_4bit, "trust_remote_code": args.trust_remote_code},
         "start": args.start, "n": args.n, "allow_final": args.allow_final, "heal": config.to_json(),
         "processes": ranks.size if ranks is not None else 1, "save": args.out is not None, "dtype": args.dtype,
+        "repair": repair.to_json() if repair else None,
     }
     store = Store() if main else None  # the other ranks never touch the store
     run_id = store.create_run("heal", args.model, settings) if main else None

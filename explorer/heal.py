@@ -474,6 +474,7 @@ class HealOutcome:
     params_before: int
     params_after: int
     metrics: dict  # {"before_pruning": {...}, "after_pruning": {...}, "healed": {...}}
+    repair: dict | None = None  # repair.repair_record when a linear repair ran before healing
 
 
 def prune_and_heal(
@@ -486,6 +487,7 @@ def prune_and_heal(
     allow_final: bool = False,
     store=None,
     ranks: Ranks | None = None,
+    repair=None,
 ) -> HealOutcome:
     """The whole run behind the job and the CLI: evaluate the unpruned model (the "before
     pruning" reference event; cached in `store`), prune [start, start+n) IN PLACE (the
@@ -513,9 +515,17 @@ def prune_and_heal(
         on_event(metrics["before_pruning"])
     if agreed_stop():
         raise HealCancelled("Healing was cancelled before pruning.")
-    pruned = prune_block(loaded, start, n, allow_final=allow_final, inplace=True)
+    repaired = None
+    if repair is None:
+        pruned = prune_block(loaded, start, n, allow_final=allow_final, inplace=True)
+    else:  # a repair.RepairConfig: fold the linear map first, heal from there
+        from explorer.repair import repair_block, repair_record
+
+        emit({"kind": "phase", "step": 0, "phase": "fitting the linear repair"})
+        pruned, fit = repair_block(loaded, start, n, repair, allow_final=allow_final, inplace=True)
+        repaired = repair_record(repair, fit)
     healed = heal(pruned.loaded, config, record, should_stop, ranks)
-    return HealOutcome(healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics)
+    return HealOutcome(healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics, repaired)
 
 
 def save_healed(outcome: HealOutcome, folder: str | Path, model_id: str, record: dict, dtype: str | None = None) -> Path:
@@ -539,6 +549,7 @@ def outcome_record(outcome: HealOutcome, model_id: str, model_name: str) -> dict
         "params_before": outcome.params_before,
         "params_after": outcome.params_after,
         "heal": outcome.config.to_json(),
+        "repair": outcome.repair or {"method": "none"},
         "metrics": {name: {k: v for k, v in m.items() if k not in ("kind", "step", "merged")} for name, m in outcome.metrics.items()},
     }
 

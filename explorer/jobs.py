@@ -318,6 +318,7 @@ def heal_run(
     model on its own device and trains its share; only the main process writes events, the
     model and run.json (which records the world size) and returns the record; others return {}."""
     from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+    from explorer.repair import RepairConfig
     from explorer.models import load_model
 
     model = settings["model"]
@@ -336,8 +337,10 @@ def heal_run(
         trust_remote_code=model.get("trust_remote_code", False),
     )
     config = HealConfig(**settings.get("heal", {}))
+    repair = RepairConfig(**settings["repair"]) if settings.get("repair") else None  # linear repair before healing
     outcome = prune_and_heal(
-        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store, ranks
+        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store, ranks,
+        repair,
     )
     if not main:
         return {}

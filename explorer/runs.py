@@ -154,15 +154,6 @@ def heal_description(settings: dict) -> str:
             f"{h['eval_limit']} questions every {h['eval_every']} steps · {saved}")
 
 
-def heal_metrics_rows(result: dict) -> list[dict]:
-    """A finished heal's loss and accuracy before pruning, after pruning and healed, as table rows."""
-    metrics = result.get("metrics", {})
-    return [{"model": name.replace("_", " "), "held-out loss": f"{m['val_loss']:.3f}",
-             f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
-             "same answer as unpruned": f"{m['agreement']:.0%}" if m.get("agreement") is not None else "—"}
-            for name in ("before_pruning", "after_pruning", "healed") if (m := metrics.get(name))]
-
-
 def run_files(store, run: Run) -> list[Path]:
     """The files a run left on disk: its job folder (runs/<id>/), its job log and a saved model
     folder its result names; only those that exist."""

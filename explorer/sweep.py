@@ -8,8 +8,12 @@ and measured again. This reproduces the
 paper's Figures 1-2: accuracy holds, then collapses to chance at a sharp fraction, while the
 normalized loss rises smoothly (Gromov et al., 2403.17887).
 
+With `repair="linear"` each pruned model is also repaired without training (explorer.repair:
+one fitted map folded into the layer before the block) and measured: repair is an axis, "none",
+"linear" or "lora" (the heal).
+
 Every point is an event of a "sweep" run in the store, so pages plot points live. A point is
-keyed by (strategy, n, healed): a sweep with the same settings and model weights reuses the
+keyed by (strategy, n, repair) (points stored before repair was an axis carry only "healed"): a sweep with the same settings and model weights reuses the
 points any earlier sweep run finished (a restart after a crash or cancel resumes where it
 stopped; a finished sweep becomes a cache hit). Two strategies that pick the same block for
 an n (n = 0 for all of them, and often "similarity" and "simple") share one measurement.
@@ -37,7 +41,8 @@ from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, load_model
 from explorer.prune import STRATEGIES, prune_block, strategy_block
 
-Key = tuple[str, int, bool]  # (strategy, n, healed)
+Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
+REPAIR_AXIS = ("none", "linear", "lora")
 OnEvent = Callable[[dict], None]
 Measured = tuple[Block, dict[bool, dict], float]  # a block, measure_block's metrics, seconds it took
 # An executor measures blocks (measure_block on each) and yields them as they finish, in any order;
@@ -61,6 +66,8 @@ class SweepSettings:
     limit: int = 32  # questions per point
     task_options: dict = field(default_factory=dict)
     heal_steps: int = 0  # 0 = no healing; else LoRA steps per point (HealConfig's other defaults)
+    repair: str = "none"  # "linear": also measure each point after a linear repair (explorer.repair)
+    repair_samples: int = 64  # calibration documents for the linear fit
     text: str = "embedded"  # text for the heatmap, the held-out loss and healing
     val_samples: int = 16
     sim_samples: int = 32
@@ -92,6 +99,9 @@ class SweepSettings:
                 raise ExplorerError(f"Fractions of layers dropped must be in [0, 1): got {bad[0]:g}.")
         if self.stride < 1:
             raise ExplorerError(f"The stride must be at least 1 (got {self.stride}).")
+        if self.repair not in ("none", "linear"):
+            raise ExplorerError(f"Unknown repair '{self.repair}': choose none or linear (a LoRA heal is --heal-steps).")
+        check_settings(self.repair_samples, self.seq_len, self.batch_size)
         if self.heal_steps < 0:
             raise ExplorerError(f"Healing steps must be 0 (no healing) or more (got {self.heal_steps}).")
         check_limit(self.limit)
@@ -130,14 +140,14 @@ def default_task() -> str:
 
 def teaching_preset(**overrides) -> SweepSettings:
     """The embedded model on CPU in a few minutes: every third n, the paper's two strategies,
-    short samples, no healing (measured: 2.4 min on 2 CPU cores). With 64 quiz questions per
+    short samples, no healing, and the linear-repair curve (one closed-form fit per point, no training). With 64 quiz questions per
     point the unpruned model's 95% interval ([0.74, 0.91]) and a collapsed model's (about
     [0.23, 0.45]) stay apart; with 24 the intervals overlap and the collapse is hard to see.
     The loss uses 32 held-out documents (of the 34 the embedded corpus holds out): each point's
     standard error over documents is 0.012-0.078 on the normalized scale, below the smallest step
     between successive points (0.075); 8 documents gave 0.015-0.119 (README, science section)."""
     preset = dict(model="embedded", strategies=("similarity", "simple"), stride=3, limit=64, val_samples=32,
-                  sim_samples=16, seq_len=64, heal_steps=0)
+                  sim_samples=16, seq_len=64, heal_steps=0, repair="linear")
     return SweepSettings(**{**preset, **overrides})
 
 
@@ -159,8 +169,18 @@ def cached_heatmap(loaded: LoadedModel, settings: SweepSettings, store):
     return store.find_done("similarity", distances_key(loaded, data.fingerprint))
 
 
+def point_repair(point: dict) -> str:
+    """'none', 'linear' or 'lora'; a point stored before repair was an axis has only "healed"."""
+    return point.get("repair") or ("lora" if point.get("healed") else "none")
+
+
 def point_key(point: dict) -> Key:
-    return point["strategy"], int(point["n"]), bool(point["healed"])
+    return point["strategy"], int(point["n"]), point_repair(point)
+
+
+def curve_name(strategy: str, repair: str) -> str:
+    """'similarity', 'similarity healed' (LoRA) or 'similarity linear' (linear repair)."""
+    return {"none": strategy, "lora": f"{strategy} healed"}.get(repair, f"{strategy} {repair}")
 
 
 def describe_point(point: dict) -> str:
@@ -170,7 +190,7 @@ def describe_point(point: dict) -> str:
 
     normalized = point.get("normalized_loss")
     return (
-        f"{point['strategy']} n={point['n']} ({point['fraction']:.0%}){' healed' if point['healed'] else ''}: "
+        f"{curve_name(point['strategy'], point_repair(point))} n={point['n']} ({point['fraction']:.0%}): "
         f"accuracy {point['accuracy']:.2f} [{point['ci_low']:.2f}, {point['ci_high']:.2f}], loss {point['val_loss']:.3f}"
         + (f" ± {point['val_loss_se']:.3f}" if point.get("val_loss_se") is not None else "")
         + (f" (normalized {normalized:.3f})" if normalized is not None else "")
@@ -178,21 +198,21 @@ def describe_point(point: dict) -> str:
     )
 
 
-def first_at_chance(points: list[dict], strategy: str, healed: bool = False) -> dict | None:
+def first_at_chance(points: list[dict], strategy: str, repair: str = "none") -> dict | None:
     """The smallest-n point of a curve whose 95% interval reaches chance (contains it or lies below):
     where accuracy has fallen to random guessing."""
-    curve = sorted((p for p in points if p["strategy"] == strategy and p["healed"] == healed), key=lambda p: p["n"])
+    curve = sorted((p for p in points if p["strategy"] == strategy and point_repair(p) == repair), key=lambda p: p["n"])
     return next((p for p in curve if p["ci_low"] <= p["chance"]), None)
 
 
 def summary(points: list[dict]) -> dict:
     """The run's result: points and, per curve, the fraction where accuracy first reaches chance."""
-    curves = sorted({(p["strategy"], p["healed"]) for p in points})
     chance = {}
-    for strategy, healed in curves:
-        hit = first_at_chance(points, strategy, healed)
-        chance[f"{strategy}{' healed' if healed else ''}"] = hit["fraction"] if hit else None
-    return {"points": sorted(points, key=lambda p: (p["strategy"], p["healed"], p["n"])), "first_at_chance": chance}
+    for strategy, repair in sorted({(p["strategy"], point_repair(p)) for p in points}):
+        hit = first_at_chance(points, strategy, repair)
+        chance[curve_name(strategy, repair)] = hit["fraction"] if hit else None
+    return {"points": sorted(points, key=lambda p: (p["strategy"], p["healed"], point_repair(p), p["n"])),
+            "first_at_chance": chance}
 
 
 def sweep_points(store, run_id: int) -> list[dict]:
@@ -322,6 +342,22 @@ def measure_locally(
         yield block, measured, time.perf_counter() - started
 
 
+def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings) -> dict:
+    """Metrics of the pruned view after a linear repair, with the fit's held-out residual. The map
+    folds into a private copy of one down-projection, so the shared weights stay untouched."""
+    from explorer.heal import quick_eval
+    from explorer.repair import RepairConfig, fit_block, fold_private
+
+    config = RepairConfig(source=settings.text, samples=settings.repair_samples, seq_len=settings.seq_len,
+                          batch_size=settings.batch_size)
+    repaired = pruned_view(loaded, block)
+    if not block.n:  # nothing removed, nothing to fit
+        return quick_eval(repaired, eval_config(settings))
+    fit = fit_block(loaded, block, config)
+    fold_private(repaired.model, fit.layer, fit.transform)
+    return {**quick_eval(repaired, eval_config(settings)), "heldout_residual": fit.heldout_residual}
+
+
 def run_sweep(
     loaded: LoadedModel,
     settings: SweepSettings,
@@ -333,7 +369,7 @@ def run_sweep(
     reuse: bool = True,
     timings: dict[str, float] | None = None,
 ) -> dict:
-    """Measure every (strategy, n[, healed]) point not already finished, as events of `run_id`.
+    """Measure every (strategy, n, repair) point not already finished, as events of `run_id`.
 
     Blocks go to the executor in order of n, all strategies at each n, so with the local executor
     every curve grows together; points are recorded as their block is measured (in any order with
@@ -360,37 +396,48 @@ def run_sweep(
             loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store
         )
         _phase(store, run_id, on_event, f"using the similarity heatmap of run {sim_id}")
-    healed_states = (False, True) if settings.heal_steps else (False,)
-    total = len(sizes) * len(settings.strategies) * len(healed_states)
+    repairs = [r for r in REPAIR_AXIS if r == "none" or r == settings.repair or (r == "lora" and settings.heal_steps)]
+    total = len(sizes) * len(settings.strategies) * len(repairs)
     _add(store, run_id, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
     _phase(store, run_id, on_event, f"measuring {total - len(done)} points")
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
-    base_loss = next((p["val_loss"] for (_, n, healed), p in done.items() if n == 0 and not healed), None)
-    unpruned = next((p.get("predictions") for (_, n, healed), p in done.items() if n == 0 and not healed), None)
+    base_loss = next((p["val_loss"] for (_, n, repair), p in done.items() if n == 0 and repair == "none"), None)
+    unpruned = next((p.get("predictions") for (_, n, repair), p in done.items() if n == 0 and repair == "none"), None)
     wanted: dict[tuple[int, int], list[Key]] = {}  # block (start, n) -> the missing points it gives
     blocks: dict[tuple[int, int], Block] = {}
     for n in sizes:
         for strategy in settings.strategies:
             block = strategy_block(strategy, n, num_layers, similarity)
-            for healed in healed_states:
-                if (strategy, n, healed) not in done:
-                    blocks.setdefault((block.start, block.n), block)
-                    wanted.setdefault((block.start, block.n), []).append((strategy, n, healed))
+            for repair in repairs:
+                if (strategy, n, repair) in done:
+                    continue
+                if repair == "linear" and block.n and block.start == 0:
+                    _phase(store, run_id, on_event, f"{strategy} n={n}: no linear repair for a block at layer 0 (no kept layer before it)")
+                    continue
+                blocks.setdefault((block.start, block.n), block)
+                wanted.setdefault((block.start, block.n), []).append((strategy, n, repair))
     waiting: list[dict] = []  # measured, waiting for the baseline loss
     cancelled = "The sweep was cancelled; {} points are saved and a restart resumes."
     executor = executor or functools.partial(measure_locally, reuse=reuse, timings=timings)
     for block, measured, seconds in executor(loaded, list(blocks.values()), settings, should_stop):
         bookkeeping = time.perf_counter()
-        for index, (strategy, n, healed) in enumerate(wanted.pop((block.start, block.n))):
+        # The executor's measurement gives the unrepaired point and, when healing, the healed one;
+        # a linear repair is one least-squares fit on top, measured here.
+        by_repair = {"lora" if healed else "none": metrics for healed, metrics in measured.items()}
+        for index, (strategy, n, repair) in enumerate(wanted.pop((block.start, block.n))):
             if index and should_stop():  # asked once per point: the executor asked before the block's first
                 raise SweepCancelled(cancelled.format(len(done)))
-            metrics = {k: v for k, v in measured[healed].items() if k not in ("kind", "step", "merged")}
+            fitted = time.perf_counter()
+            if repair not in by_repair:
+                by_repair[repair] = measure_linear(loaded, block, settings)
+            metrics = {k: v for k, v in by_repair[repair].items() if k not in ("kind", "step", "merged")}
             waiting.append({
-                "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": healed,
-                "start": block.start, "num_layers": num_layers, **metrics,
-                "seconds": seconds if index == 0 else 0.0, "shared": index > 0, "fingerprint": loaded.fingerprint,
+                "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": repair == "lora",
+                "repair": repair, "start": block.start, "num_layers": num_layers, **metrics,
+                "seconds": (seconds if index == 0 else 0.0) + time.perf_counter() - fitted, "shared": index > 0,
+                "fingerprint": loaded.fingerprint,
             })
-            if base_loss is None and (baseline := next((p for p in waiting if p["n"] == 0 and not p["healed"]), None)):
+            if base_loss is None and (baseline := next((p for p in waiting if p["n"] == 0 and p["repair"] == "none"), None)):
                 base_loss, unpruned = baseline["val_loss"], baseline.get("predictions")
             for point in waiting if base_loss is not None else []:
                 point.update(agreement(point.get("predictions"), unpruned))

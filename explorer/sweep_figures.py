@@ -11,12 +11,13 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explorer.metrics import METRICS, MetricScores
-from explorer.sweep import first_at_chance
+from explorer.sweep import curve_name, first_at_chance, point_repair
 
 STRATEGY_COLORS = {"similarity": "#1f77b4", "simple": "#ff7f0e", "top-cut": "#2ca02c"}
+REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line per (strategy, repair)
 METRIC_COLORS = {"last_token": "#1f77b4", "all_tokens": "#9467bd", "block_influence": "#d62728", "brute_force": "#2b2b2b"}
 POINT_COLUMNS = [
-    "strategy", "healed", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
+    "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
     "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
     "normalized_loss_se", "seconds", "shared",
 ]
@@ -24,14 +25,13 @@ POINT_COLUMNS = [
 
 def points_frame(points: list[dict]) -> pd.DataFrame:
     """One row per point, sorted by curve then n (the CSV download and every plot's data)."""
-    frame = pd.DataFrame(points, columns=POINT_COLUMNS)
-    return frame.sort_values(["strategy", "healed", "n"], kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame([{**p, "repair": point_repair(p)} for p in points], columns=POINT_COLUMNS)
+    return frame.sort_values(["strategy", "repair", "n"], kind="stable").reset_index(drop=True)
 
 
 def _curves(frame: pd.DataFrame):
-    for (strategy, healed), curve in frame.groupby(["strategy", "healed"], sort=True):
-        label = f"{strategy}{' (healed)' if healed else ''}"
-        yield strategy, bool(healed), label, curve
+    for (strategy, repair), curve in frame.groupby(["strategy", "repair"], sort=True):
+        yield strategy, repair, curve_name(strategy, repair), curve
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -53,20 +53,20 @@ def accuracy_figure(points: list[dict]) -> go.Figure:
     and a ring on each curve's first point whose interval reaches chance."""
     frame = points_frame(points)
     fig = go.Figure()
-    for strategy, healed, label, curve in _curves(frame):
+    for strategy, repair, label, curve in _curves(frame):
         color = STRATEGY_COLORS.get(strategy, "#7f7f7f")
         band = dict(mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label)
         fig.add_trace(go.Scatter(x=curve.fraction, y=curve.ci_high, **band))
         fig.add_trace(go.Scatter(x=curve.fraction, y=curve.ci_low, fill="tonexty", fillcolor=_rgba(color, 0.15), **band))
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.accuracy, mode="lines+markers", name=label, legendgroup=label,
-            line=dict(color=color, dash="dash" if healed else "solid"),
+            line=dict(color=color, dash=REPAIR_DASHES.get(repair, "solid")),
             customdata=curve[["n", "start", "ci_low", "ci_high", "agreement"]].to_numpy(),
             hovertemplate="n = %{customdata[0]} (%{x:.0%}), block from layer %{customdata[1]}<br>"
             "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}]<br>"
             "same answer as unpruned: %{customdata[4]:.0%}<extra>" + label + "</extra>",
         ))
-        hit = first_at_chance(points, strategy, healed)
+        hit = first_at_chance(points, strategy, repair)
         if hit:
             fig.add_trace(go.Scatter(
                 x=[hit["fraction"]], y=[hit["accuracy"]], mode="markers", showlegend=False, legendgroup=label,
@@ -85,10 +85,10 @@ def loss_figure(points: list[dict]) -> go.Figure:
     """Normalized held-out loss vs fraction dropped: 0 = unpruned, 1 = uniform guessing."""
     frame = points_frame(points)
     fig = go.Figure()
-    for strategy, healed, label, curve in _curves(frame):
+    for strategy, repair, label, curve in _curves(frame):
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.normalized_loss, mode="lines+markers", name=label,
-            line=dict(color=STRATEGY_COLORS.get(strategy, "#7f7f7f"), dash="dash" if healed else "solid"),
+            line=dict(color=STRATEGY_COLORS.get(strategy, "#7f7f7f"), dash=REPAIR_DASHES.get(repair, "solid")),
             error_y=dict(type="data", array=curve.normalized_loss_se.fillna(0),
                          visible=bool(curve.normalized_loss_se.notna().any())),
             customdata=curve[["n", "val_loss", "val_loss_se"]].fillna(float("nan")).to_numpy(),

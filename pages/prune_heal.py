@@ -1,40 +1,36 @@
-"""Prune & heal: remove the picked block, see what it cost, heal it with (Q)LoRA and watch it live.
+"""Prune & heal: remove the picked block, see what it cost, repair it (linear map or (Q)LoRA) and watch it live.
 
 The block comes from the heatmap page (st.session_state["selected_block"]), a strategy, or the
-number inputs. Pruning here is an in-memory copy for a quick look (parameters, a completion,
-loss and accuracy against the unpruned model) and export. Healing runs as a background job
-(explorer.jobs): the live section reads only the store, so a reload, another tab or a
-restarted server shows the same run.
+number inputs. Pruning (and a linear repair) is an in-memory copy for a quick look beside the
+unpruned model (explorer.preview) and export. Healing runs as a background job (explorer.jobs):
+the live section reads only the store, so a reload, another tab or a restarted server shows it.
 """
 
 from __future__ import annotations
 
 import time
 
-import pandas as pd
 import streamlit as st
 
 from explorer import jobs
-from explorer.agreement import agreement, describe
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
-from explorer.export import mergekit_yaml, save_prune
-from explorer.heal import TARGETS, HealConfig, cached_quick_eval, complete, default_eval_task, quick_eval
+from explorer.export import mergekit_yaml
+from explorer.heal import TARGETS, HealConfig, default_eval_task
 from explorer.heal_figures import heal_figure
-from explorer.progress import heal_progress, progress_text
 from explorer.models import LoadedModel, pick_device
 from explorer.parallel import visible_gpus
-from explorer.paths import explorer_home
-from explorer.runs import heal_description, heal_metrics_rows
-from explorer.prune import STRATEGIES, PruneResult, prune_block, strategy_block
+from explorer.preview import PAGE_REPAIRS, Preview, comparison_frame, heal_rows, latest_similarity, make_preview
+from explorer.progress import heal_progress, progress_text
+from explorer.runs import heal_description
+from explorer.prune import STRATEGIES, strategy_block
 from explorer.recipe import recipe_for
-from explorer.similarity import SimilarityResult, similarity_key
 from explorer.store import Run
 from explorer.tasks import task_names
 from pages import current_model, get_store, job_view, model_picker, show_page, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
-PRUNED_KEY = "ph_pruned"  # {"fingerprint", "result": PruneResult, "eval", "sample", "reference": {"eval", "sample"}, "saved"}
+PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.preview.Preview, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 MANUAL = "manual (numbers below)"
@@ -51,6 +47,8 @@ def follow_run(run: Run) -> None:
     st.session_state.update({key: s["heal"][name] for key, name in HEAL_WIDGETS.items() if s["heal"].get(name) is not None})
     st.session_state.update({START_KEY: s["start"], SIZE_KEY: s["n"], "ph_allow_final": s.get("allow_final", False),
                              "ph_strategy": MANUAL, "ph_save_model": s.get("save", False), "ph_dtype": s.get("dtype") or "bf16"})
+REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
+               "the block (no training); LoRA heal: train adapters (Start healing, a background job below).")
 
 
 def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
@@ -72,7 +70,8 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
                                 value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY))
     if strategy != MANUAL:
         with user_errors():
-            block = strategy_block(strategy, n, num_layers, latest_similarity(loaded) if strategy == "similarity" else None)
+            similarity = latest_similarity(loaded, get_store()) if strategy == "similarity" else None
+            block = strategy_block(strategy, n, num_layers, similarity)
             st.session_state[START_KEY] = block.start
     start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1,
                                   value=st.session_state[START_KEY], step=1, key=START_KEY, disabled=strategy != MANUAL))
@@ -81,12 +80,6 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
     if from_heatmap and (start, n) == (from_heatmap["start"], from_heatmap["n"]):
         st.caption(f"Block picked on the heatmap (similarity run #{from_heatmap['similarity_run']}).")
     return start, n, allow_final or strategy == "top-cut"
-
-
-def latest_similarity(loaded: LoadedModel) -> SimilarityResult | None:
-    prefix = similarity_key(loaded, "")
-    runs = [r for r in get_store().list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
-    return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
 RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.recipe.PaperRecipe.to_json())
@@ -139,58 +132,39 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
                       eval_limit=int(limit), val_samples=int(val_samples), source=source, targets=targets, **extra)
 
 
-def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str) -> None:
-    """Prune a copy, evaluate it against the unpruned model (whose numbers are cached in the
-    store and shared with the heal jobs) and keep everything in the session, step by step."""
+def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str, repair: str) -> None:
+    """Prune (and repair) a copy step by step under a progress bar, and keep it, with every model's
+    numbers, in the session."""
     bar = st.progress(0.0)
-    steps = [
-        ("pruning a copy", lambda: prune_block(loaded, start, n, allow_final=allow_final)),
-        ("evaluating the unpruned model (cached after the first time)", lambda: cached_quick_eval(loaded, config, get_store())),
-        ("completing the prompt with the unpruned model", lambda: complete(loaded, prompt)),
-        ("evaluating the pruned model", lambda: quick_eval(done[0].loaded, config)),
-        ("completing the prompt with the pruned model", lambda: complete(done[0].loaded, prompt)),
-    ]
-    done: list = []
     try:
-        for i, (label, step) in enumerate(steps):
-            bar.progress(i / len(steps), text=f"Step {i + 1} of {len(steps)}: {label}…")
-            done.append(step())
+        preview = make_preview(loaded, start, n, allow_final, config, prompt, repair, get_store(),
+                               lambda i, total, label: bar.progress(i / total, text=f"Step {i + 1} of {total}: {label}…"))
     finally:
         bar.empty()
-    result, reference, unpruned_sample, pruned_eval, sample = done
-    st.session_state[PRUNED_KEY] = {
-        "fingerprint": loaded.fingerprint, "result": result, "eval": pruned_eval, "sample": sample,
-        "reference": {"eval": reference, "sample": unpruned_sample}, "saved": None,
-    }
+    st.session_state[PRUNED_KEY] = {"fingerprint": loaded.fingerprint, "preview": preview, "saved": None}
 
 
 def show_pruned(model: dict, pruned: dict) -> None:
-    result: PruneResult = pruned["result"]
-    block = result.block
+    preview: Preview = pruned["preview"]
+    result, rows, block = preview.result, preview.rows, preview.result.block
     st.success(f"Removed {block.describe(result.removed_params)}.")
-    before, after, ref = pruned["reference"]["eval"], pruned["eval"], pruned["reference"]
-    c = st.columns(4)
+    before, after = rows["unpruned"], list(rows.values())[-1]
+    c = st.columns(3)
     c[0].metric("Parameters", f"{result.params_after / 1e6:.1f}M", f"{-result.removed_params / 1e6:.1f}M", delta_color="off")
     c[1].metric("Held-out loss", f"{after['val_loss']:.3f}", f"{after['val_loss'] - before['val_loss']:+.3f}", delta_color="inverse")
     c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
-    c[3].metric("Unpruned accuracy", f"{before['accuracy']:.0%}", help="Same questions, the model before pruning.")
-    st.caption(f"Accuracy 95% intervals: pruned [{after['ci_low']:.0%}, {after['ci_high']:.0%}], "
-               f"unpruned [{before['ci_low']:.0%}, {before['ci_high']:.0%}]; chance {after['chance']:.0%}"
-               + describe(agreement(after.get("predictions"), before.get("predictions"))).replace(", same", "; pruned: same")
-               + ".")
-    left, right = st.columns(2)
-    left.markdown("**Unpruned completes**")
-    left.code(ref["sample"], language=None, wrap_lines=True)
-    right.markdown("**Pruned completes**")
-    right.code(pruned["sample"], language=None, wrap_lines=True)
-    yaml = mergekit_yaml(model["source"], block.num_layers, block)
+    st.dataframe(comparison_frame(rows), hide_index=True)
+    st.caption(f"Accuracy with its 95% Wilson interval; chance {after['chance']:.0%}; the completion is greedy."
+               + (f" Linear repair folded into layer {preview.fit.layer}: held-out relative residual "
+                  f"{preview.fit.heldout_residual:.2f} (unrepaired {preview.fit.heldout_residual_unrepaired:.2f})." if preview.fit else ""))
+    for column, (name, row) in zip(st.columns(len(rows)), rows.items()):
+        column.markdown(f"**{name.capitalize()} completes**")
+        column.code(row["completion"], language=None, wrap_lines=True)
     with st.container(horizontal=True):
-        st.download_button("mergekit YAML", yaml, f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore",
-                           key="ph_yaml")
+        st.download_button("mergekit YAML", mergekit_yaml(model["source"], block.num_layers, block),
+                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
         if st.button("Save pruned model", key="ph_save"):
-            folder = explorer_home() / "pruned" / f"{result.loaded.fingerprint.replace(':', '-').replace('|', '_')}"
-            extra = {"quick_eval": {"unpruned": before, "pruned": after}}
-            pruned["saved"] = str(save_prune(result, folder, model["source"], extra, st.session_state.get("ph_dtype")))
+            pruned["saved"] = str(preview.save(model["source"], st.session_state.get("ph_dtype")))
     if pruned["saved"]:
         st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
 
@@ -215,16 +189,14 @@ def run_summary(run: Run, events: list[dict]) -> None:
         st.info(f"{status}: cancelled.")
     else:
         st.success(status)
-        result = run.result or {}
-        if rows := heal_metrics_rows(result):
-            st.dataframe(pd.DataFrame(rows), hide_index=True)
-        st.info(f"Healed, merged model saved to `{result['folder']}`." if result.get("folder") else
+        if rows := heal_rows(run.result or {}):
+            st.dataframe(comparison_frame(rows), hide_index=True)
+        st.info(f"Healed, merged model saved to `{run.result['folder']}`." if (run.result or {}).get("folder") else
                 "The healed model was not saved (tick “Save healed model” before starting to keep it).")
 
 
 def heal_view(run: Run) -> None:
-    events = get_store().events(run.id)
-    run_summary(run, events)
+    run_summary(run, events := get_store().events(run.id))
     st.plotly_chart(heal_figure(events, run.settings["heal"]["steps"]), key="ph_live_plot", theme=None)
 
 
@@ -245,7 +217,8 @@ def main() -> None:
     visible = visible_gpus()  # several GPUs: the job can train data-parallel on them (accelerate)
     gpus = st.slider(f"GPUs for healing ({visible} visible)", 1, visible, visible, key="ph_gpus") if visible > 1 else 1
     prompt = st.text_input("Prompt for the completion sample", "The capital of France is", key="ph_prompt")
-    with st.container(horizontal=True, vertical_alignment="center"):
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        repair = st.radio("Repair", PAGE_REPAIRS, horizontal=True, key="ph_repair", help=REPAIR_HELP)
         prune_clicked = st.button("Prune", type="primary", key="ph_prune")
         heal_clicked = st.button("Start healing", key="ph_heal", help="A background job: it survives reloads and can be cancelled.")
         save = st.checkbox("Save healed model", value=st.session_state.setdefault("ph_save_model", False), key="ph_save_model",
@@ -255,7 +228,7 @@ def main() -> None:
     with user_errors():
         config.check()
         if prune_clicked:
-            prune_now(loaded, start, n, allow_final, config, prompt)
+            prune_now(loaded, start, n, allow_final, config, prompt, repair)
         if heal_clicked:
             check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
             settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json(),

@@ -15,7 +15,15 @@ from explorer.similarity import cached_distances
 from explorer.store import Run
 from explorer.progress import progress_text, sweep_progress
 from explorer.runs import sweep_description
-from explorer.sweep import SweepSettings, cached_heatmap, first_at_chance, parse_fractions, teaching_preset
+from explorer.sweep import (
+    SweepSettings,
+    cached_heatmap,
+    curve_name,
+    first_at_chance,
+    parse_fractions,
+    point_repair,
+    teaching_preset,
+)
 from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
 from explorer.tasks import task_names
 from pages import check_text, current_model, get_store, job_view, model_picker, points_status, show_page, user_errors
@@ -25,7 +33,7 @@ DEFAULTS = SweepSettings()
 WIDGETS = {  # widget key -> SweepSettings field, for the preset button
     "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
     "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
-    "sw_seq": "seq_len", "sw_batch": "batch_size",
+    "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair",
 }
 
 ACCURACY_TEXT = """
@@ -85,12 +93,14 @@ def settings_form(model: dict) -> SweepSettings:
             stride = 1
             fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)",
                                                          state["sw_fractions"], key="sw_fractions"))
-        a, b, c = st.columns(3)
+        a, b, c, r = st.columns(4)
         tasks = task_names()
         task = a.selectbox("Task", tasks, index=tasks.index(state["sw_task"]), key="sw_task",
                            help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
         limit = int(b.number_input("Questions per point", 1, 100_000, state["sw_limit"], key="sw_limit"))
         heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, state["sw_heal"], key="sw_heal"))
+        repair = r.radio("Linear repair per point", ("none", "linear"), index=("none", "linear").index(state["sw_repair"]),
+                         key="sw_repair", horizontal=True, help="linear: a fitted map folded in, no training (one fit a point)")
         with st.expander("Text and samples"):
             text = st.text_input("Text for heatmap, held-out loss and healing", state["sw_text"], key="sw_text",
                                  help="'embedded', 'c4' or a .txt/.jsonl/.parquet path")
@@ -102,7 +112,7 @@ def settings_form(model: dict) -> SweepSettings:
     return SweepSettings(
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
-        task=task, limit=limit, heal_steps=heal_steps, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
+        task=task, limit=limit, heal_steps=heal_steps, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
         batch_size=batch,
     )
 
@@ -124,11 +134,10 @@ def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
 
 
 def curve_captions(points: list[dict]) -> None:
-    curves = sorted({(p["strategy"], p["healed"]) for p in points})
     lines = []
-    for strategy, healed in curves:
-        hit = first_at_chance(points, strategy, healed)
-        name = f"{strategy}{' (healed)' if healed else ''}"
+    for strategy, repair in sorted({(p["strategy"], point_repair(p)) for p in points}):
+        hit = first_at_chance(points, strategy, repair)
+        name = curve_name(strategy, repair)
         lines.append(f"**{name}**: at chance from {hit['fraction']:.0%} of layers dropped (n = {hit['n']})" if hit
                      else f"**{name}**: above chance at every point measured")
     st.caption("Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "

@@ -7,6 +7,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from explorer.cli import _sweep_arguments, _sweep_settings, main
 from explorer.errors import ExplorerError
@@ -60,11 +61,11 @@ def sweep(embedded, tmp_path_factory):
 def test_every_strategy_gives_points(sweep):
     points = sweep_points(sweep["store"], sweep["second"])
     assert sorted(point_key(p) for p in points) == sorted(
-        (s, n, False) for s in ("similarity", "simple", "top-cut") for n in (0, 6)
+        (s, n, "none") for s in ("similarity", "simple", "top-cut") for n in (0, 6)
     )
     by_key = {point_key(p): p for p in points}
-    assert by_key[("simple", 6, False)]["start"] == 23  # [L-1-n, L-1)
-    assert by_key[("top-cut", 6, False)]["start"] == 24  # the top n, final layer included
+    assert by_key[("simple", 6, "none")]["start"] == 23  # [L-1-n, L-1)
+    assert by_key[("top-cut", 6, "none")]["start"] == 24  # the top n, final layer included
     for p in points:
         assert 0 <= p["ci_low"] <= p["accuracy"] <= p["ci_high"] <= 1
         assert p["fraction"] == pytest.approx(p["n"] / 30)
@@ -76,7 +77,7 @@ def test_similarity_point_uses_the_heatmap_minimum(embedded, sweep):
     _, heatmap, cached = cached_distances(embedded, settings.text, settings.sim_samples, settings.seq_len, store=sweep["store"])
     assert cached  # the sweep computed and saved it
     row = heatmap.distances[5][: 30 - 6]  # n = 6, blocks that keep the final layer
-    point = next(p for p in sweep_points(sweep["store"], sweep["second"]) if point_key(p) == ("similarity", 6, False))
+    point = next(p for p in sweep_points(sweep["store"], sweep["second"]) if point_key(p) == ("similarity", 6, "none"))
     assert point["start"] == row.index(min(row))
 
 
@@ -118,11 +119,11 @@ def test_healed_points(tiny_llama, tmp_path):
     run_id = start_sweep(store, settings)
     result = run_sweep(tiny_llama, settings, store, run_id)
     by_key = {point_key(p): p for p in result["points"]}
-    assert sorted(by_key) == [("simple", 0, False), ("simple", 0, True), ("simple", 2, False), ("simple", 2, True)]
+    assert sorted(by_key) == [("simple", 0, "lora"), ("simple", 0, "none"), ("simple", 2, "lora"), ("simple", 2, "none")]
     loss = validation_loss(tiny_llama, settings.text, settings.val_samples, settings.seq_len, settings.batch_size)
-    assert by_key[("simple", 0, False)]["val_loss"] == pytest.approx(loss, rel=1e-5)
-    assert by_key[("simple", 2, True)]["val_loss"] != by_key[("simple", 2, False)]["val_loss"]
-    assert by_key[("simple", 2, True)]["normalized_loss"] is None  # random weights: no better than uniform
+    assert by_key[("simple", 0, "none")]["val_loss"] == pytest.approx(loss, rel=1e-5)
+    assert by_key[("simple", 2, "lora")]["val_loss"] != by_key[("simple", 2, "none")]["val_loss"]
+    assert by_key[("simple", 2, "lora")]["normalized_loss"] is None  # random weights: no better than uniform
 
 
 def test_block_sizes_and_fraction_checks():
@@ -158,8 +159,8 @@ def test_cli_sweep_and_resume(tiny_llama_dir, tmp_path, capsys):
             "--fractions", "0,0.5", "--limit", "4", "--samples", "2", "--val-samples", "2", "--seq-len", "16"]
     assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
     first = json.loads((tmp_path / "a.json").read_text())
-    assert sorted(point_key(p) for p in first["points"]) == [("simple", 0, False), ("simple", 2, False),
-                                                             ("top-cut", 0, False), ("top-cut", 2, False)]
+    assert sorted(point_key(p) for p in first["points"]) == [("simple", 0, "none"), ("simple", 2, "none"),
+                                                             ("top-cut", 0, "none"), ("top-cut", 2, "none")]
     assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
     second = json.loads((tmp_path / "b.json").read_text())
     assert all(p["resumed"] for p in second["points"])
@@ -229,3 +230,25 @@ def test_points_reusing_the_unpruned_forward_equal_whole_pruned_models(embedded,
         assert point_key(ours) == point_key(reference) and ours["start"] == reference["start"]
         assert ours["accuracy"] == reference["accuracy"]
         assert ours["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+
+
+def test_linear_repair_is_an_axis(tiny_llama, tmp_path):
+    """repair="linear" adds a linear-repair twin of each point, measured on the pruned view with the
+    fitted map folded in (the shared weights untouched); a stored point with only "healed" keys as before."""
+    from explorer.sweep_figures import accuracy_figure
+
+    store = Store(tmp_path / "runs.sqlite")
+    settings = SweepSettings(**{**TINY, "model": "tiny", "strategies": ("simple",), "fractions": (0.5,), "repair": "linear",
+                                "limit": 4, "seq_len": 16, "repair_samples": 16})
+    before = [p.detach().clone() for p in tiny_llama.model.parameters()]
+    result = run_sweep(tiny_llama, settings, store, start_sweep(store, settings))
+    by_key = {point_key(p): p for p in result["points"]}
+    assert sorted(by_key) == [("simple", 0, "linear"), ("simple", 0, "none"), ("simple", 2, "linear"), ("simple", 2, "none")]
+    assert by_key[("simple", 0, "linear")]["val_loss"] == pytest.approx(by_key[("simple", 0, "none")]["val_loss"], rel=1e-6)
+    assert by_key[("simple", 2, "linear")]["val_loss"] != by_key[("simple", 2, "none")]["val_loss"]
+    assert 0 < by_key[("simple", 2, "linear")]["heldout_residual"]
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_llama.model.parameters()))
+    assert set(result["first_at_chance"]) == {"simple", "simple linear"}
+    assert {trace.name for trace in accuracy_figure(result["points"]).data if trace.name} == {"simple", "simple linear"}
+    legacy = {"strategy": "simple", "n": 2, "healed": True}
+    assert point_key(legacy) == ("simple", 2, "lora")

@@ -1,0 +1,112 @@
+"""The Prune & heal page's computations: prune a block, optionally repair it, and put the models
+side by side (held-out loss, task accuracy with its 95% interval, greedy completion); the finished
+heal's table. Here, not in the page, so the page only draws and
+the same numbers are testable without Streamlit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from explorer.heal import HealConfig, cached_quick_eval, complete, quick_eval
+from explorer.agreement import agreement
+from explorer.export import save_prune
+from explorer.models import LoadedModel
+from explorer.paths import explorer_home
+from explorer.prune import PruneResult, prune_block
+from explorer.repair import LinearFit, RepairConfig, repair_block, repair_record
+from explorer.similarity import SimilarityResult, similarity_key
+
+PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
+
+
+@dataclass
+class Preview:
+    """A pruned (and, with a linear repair, repaired) model and every model's numbers by name."""
+
+    result: PruneResult  # the model a save writes: the repaired one when repaired
+    rows: dict[str, dict]  # "unpruned", "pruned"[, "linear repair"] -> quick_eval + "completion"
+    repair: RepairConfig | None = None
+    fit: LinearFit | None = None
+
+    def extra(self) -> dict:
+        """What run.json adds to the block and parameter counts: the repair and every model's numbers."""
+        return {"repair": repair_record(self.repair, self.fit) if self.repair else {"method": "none"},
+                "quick_eval": {name: {k: v for k, v in row.items() if k != "completion"} for name, row in self.rows.items()}}
+
+    def save(self, model_source: str, dtype: str | None = None) -> Path:
+        """The model folder (run.json, the mergekit YAML of the slice; weights in `dtype`, default as
+        loaded) under EXPLORER_HOME/pruned: export.save_prune, as the CLI's prune writes it."""
+        folder = explorer_home() / "pruned" / self.result.loaded.fingerprint.replace(":", "-").replace("|", "_")
+        return save_prune(self.result, folder, model_source, self.extra(), dtype)
+
+
+def latest_similarity(loaded: LoadedModel, store) -> SimilarityResult | None:
+    """The newest finished heatmap of this model (any text settings), for the similarity strategy."""
+    prefix = similarity_key(loaded, "")
+    runs = [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
+    return SimilarityResult.from_json(runs[0].result) if runs else None
+
+
+def _numbers(loaded: LoadedModel, config: HealConfig, prompt: str) -> dict:
+    return {**quick_eval(loaded, config), "completion": complete(loaded, prompt)}
+
+
+def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
+                 repair: str = "none", store=None, progress: Callable[[int, int, str], None] | None = None) -> Preview:
+    """Prune a copy and measure it against the unpruned model (whose numbers are cached in `store`
+    and shared with the heal jobs); with repair "linear" also the repaired copy, fitted on the
+    healing text's calibration split with the evaluation's sequence length. `progress(i, total,
+    label)` hears of each step before it runs (a minute or more on a busy CPU)."""
+    labels = ["pruning a copy", "evaluating the unpruned model (cached after the first time)",
+              "evaluating the pruned model", *(["fitting the linear repair", "evaluating the repaired model"]
+                                              if repair == "linear" else [])]
+
+    def step(index: int) -> None:
+        if progress:
+            progress(index, len(labels), labels[index])
+
+    step(0)
+    pruned = prune_block(loaded, start, n, allow_final=allow_final)
+    step(1)
+    rows = {"unpruned": {**cached_quick_eval(loaded, config, store), "completion": complete(loaded, prompt)}}
+    step(2)
+    rows["pruned"] = _numbers(pruned.loaded, config, prompt)
+    if repair != "linear":
+        return Preview(pruned, rows)
+    step(3)
+    repair_config = RepairConfig(source=config.source, seq_len=config.seq_len, batch_size=config.eval_batch_size)
+    repaired, fit = repair_block(loaded, start, n, repair_config, allow_final=allow_final)
+    step(4)
+    rows["linear repair"] = _numbers(repaired.loaded, config, prompt)
+    return Preview(repaired, rows, repair_config, fit)
+
+
+def comparison_frame(rows: dict[str, dict]) -> pd.DataFrame:
+    """One row per model: held-out loss, accuracy with its 95% interval, and how often it gives the
+    unpruned model's answer (explorer.agreement, with its interval), side by side."""
+    reference = rows.get("unpruned", {}).get("predictions")
+
+    def same(name: str, m: dict) -> str:
+        found = m if m.get("agreement") is not None else agreement(m.get("predictions"), reference)
+        if name == "unpruned" or found.get("agreement") is None:
+            return "—"
+        return f"{found['agreement']:.0%} [{found['agreement_ci_low']:.0%}, {found['agreement_ci_high']:.0%}]"
+
+    return pd.DataFrame([
+        {"model": name, "held-out loss": round(m["val_loss"], 3),
+         f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
+         "same answer as unpruned": same(name, m)}
+        for name, m in rows.items()
+    ])
+
+
+def heal_rows(result: dict) -> dict[str, dict]:
+    """A finished heal run's three evaluations, named as in the preview's table."""
+    metrics = result.get("metrics", {})
+    names = {"before_pruning": "unpruned", "after_pruning": "pruned", "healed": "LoRA healed"}
+    return {label: metrics[key] for key, label in names.items() if key in metrics}
