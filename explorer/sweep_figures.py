@@ -28,6 +28,18 @@ def points_frame(points: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["strategy", "healed", "n"], kind="stable").reset_index(drop=True)
 
 
+def chance_caption(points: list[dict]) -> str:
+    """Where each curve (strategy, healed or not) first reaches chance, under the accuracy plot."""
+    lines = []
+    for strategy, healed in sorted({(p["strategy"], p["healed"]) for p in points}):
+        hit = first_at_chance(points, strategy, healed)
+        name = f"{strategy}{' (healed)' if healed else ''}"
+        lines.append(f"**{name}**: at chance from {hit['fraction']:.0%} of layers dropped (n = {hit['n']})" if hit
+                     else f"**{name}**: above chance at every point measured")
+    return ("Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
+            + "; ".join(lines))
+
+
 def _curves(frame: pd.DataFrame):
     for (strategy, healed), curve in frame.groupby(["strategy", "healed"], sort=True):
         label = f"{strategy}{' (healed)' if healed else ''}"
