@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.blocks import final_keeping_starts
+from explorer.blocks import Block, final_keeping_starts
 from explorer.similarity import SimilarityResult
 
 DRAWS = 200
@@ -148,6 +148,24 @@ def choice_notes(result: SimilarityResult, boot: Bootstrap | None, n: int) -> li
         notes.append(f"Shallow choice: for n = {n} the most redundant block starts at layer {block.start}, in the first "
                      f"quarter of the {result.num_layers} layers; in the paper's large models it sits deep in the network.")
     return notes
+
+
+def block_notes(result: SimilarityResult, boot: Bootstrap | None, block: Block) -> list[str]:
+    """Every warning about a picked block: the best-block notes for its n, and removing the final
+    layer, which the paper keeps (so pruning it needs the explicit override)."""
+    notes = choice_notes(result, boot, block.n) if block.n < result.num_layers else []
+    if block.includes_final:
+        notes.append(f"This block removes the final layer {result.num_layers - 1}; the paper keeps it, "
+                     "and pruning it needs the explicit override.")
+    return notes
+
+
+def selection_text(result: SimilarityResult, boot: Bootstrap | None, block: Block, removed_params: int) -> str:
+    """The picked block in one line: what it removes and its distance, with the interval when known."""
+    start, n = block.start, block.n
+    interval = f" [{boot.ci_low[n - 1][start]:.4f}, {boot.ci_high[n - 1][start]:.4f}]" if boot else ""
+    return (f"Selected: remove {block.describe(removed_params)} · angular distance "
+            f"{result.distances[n - 1][start]:.4f}{interval}")
 
 
 def summary(result: SimilarityResult, boot: Bootstrap | None) -> str:

@@ -26,6 +26,9 @@ COLORSCALE = "Viridis"
 MARGIN = dict(l=70, r=20, t=80, b=60)
 COLORBAR_SPACE = 90  # pixels right of the grid for the colour bar
 FULL_OPACITY = dict(marker=dict(opacity=1))  # keep every marker bright after a click selects one
+LEGEND = ("Click a cell to select the block [l, l+n). ☆ the best block, the row's minimum over blocks that keep "
+          "the final layer (the block the paper drops); ○ a lower cell that would remove the final layer, so it "
+          "is not chosen; ✕ the simple strategy (deepest n layers, keeping the last).")  # the heatmap's markers
 
 
 def cell_pixels(num_layers: int) -> int:

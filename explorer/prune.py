@@ -140,3 +140,9 @@ def strategy_block(
             f"The distances are for a {similarity.num_layers}-layer model, not this {num_layers}-layer one."
         )
     return similarity.best_block(n)
+
+
+def removed_parameters(loaded: LoadedModel, block: Block) -> int:
+    """Parameters in the block's layers: what pruning it saves, said before anything is pruned."""
+    layers = decoder_layers(loaded.model)
+    return sum(parameter_count(layers[i]) for i in block.removed)

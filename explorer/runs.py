@@ -9,12 +9,14 @@ events for training-like runs), the full JSON, and the saved model folder / merg
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from explorer.blocks import default_size
+from explorer.data import C4, EMBEDDED
 from explorer.store import Run
 
 SETTINGS_SHOWN = 5
@@ -198,3 +200,27 @@ def sweep_description(settings) -> str:
     healing = f"{settings.heal_steps} healing steps per point" if settings.heal_steps else "no healing"
     return (f"{', '.join(settings.strategies)} · {sizes} · {settings.task}, {settings.limit} questions per point · "
             f"{settings.sim_samples} × {settings.seq_len}-token heatmap samples · {healing}")
+
+
+def source_name(source: str) -> str:
+    """A text source as the pages name it: 'embedded', 'c4' or the file's name (not its server path)."""
+    return source if source in (EMBEDDED, C4) else Path(source).name
+
+
+def similarity_label(run: Run) -> str:
+    """A saved similarity run in one line, for the page's picker of saved runs."""
+    s = run.settings
+    when = datetime.fromtimestamp(run.updated).strftime("%Y-%m-%d %H:%M")
+    return f"#{run.id} · {source_name(s['source'])} · {s['samples']} × {s['seq_len']} tokens · {when}"
+
+
+def similarity_caption(run_id: int, model: str, num_layers: int, from_cache: bool, settings: dict) -> str:
+    """Which similarity run the page shows, on what text, and whether it came from the store."""
+    origin = f"loaded from cache (run #{run_id})" if from_cache else f"computed now (run #{run_id})"
+    return (f"Showing similarity run #{run_id}: {model} · {num_layers} layers · {source_name(settings['source'])} "
+            f"text, {settings['samples']} samples × {settings['seq_len']} tokens · {origin}")
+
+
+def sweep_label(run: Run) -> str:
+    """A saved sweep in one line, for the Sweep page's picker."""
+    return f"#{run.id} · {run.status} · {run.settings.get('task')}"

@@ -151,6 +151,23 @@ def teaching_preset(**overrides) -> SweepSettings:
     return SweepSettings(**{**preset, **overrides})
 
 
+WIDGETS = {  # the Sweep page's widget key -> SweepSettings field
+    "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
+    "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
+    "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair",
+}
+MODES = ["Every n with a stride", "Chosen fractions"]  # the page's choice of block sizes
+
+
+def widget_values(settings: SweepSettings) -> dict:
+    """The Sweep page's widget values for these settings, so the form shows a preset or saved sweep."""
+    values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
+    values["sw_strategies"] = list(settings.strategies)
+    if settings.fractions is not None:
+        return {**values, "sw_mode": MODES[1], "sw_fractions": ", ".join(f"{f:g}" for f in settings.fractions)}
+    return {**values, "sw_mode": MODES[0], "sw_fractions": "0, 0.1, 0.2, 0.3, 0.4, 0.5"}
+
+
 def parse_fractions(text: str) -> tuple[float, ...]:
     """'0, 0.1, 0.25' -> (0.0, 0.1, 0.25); the range is checked by SweepSettings.check."""
     try:

@@ -179,3 +179,13 @@ def points_status(run: Run, done: int, total: int | None, phase: str | None, can
         st.info(f"{status}: cancelled. {cancelled}")
     else:
         st.success(status)
+
+
+def download_row(buttons: list[tuple], note: str | None = None) -> None:
+    """Download buttons side by side, each (label, data, file name, mime, key); data may be a
+    callable, built only on click. `note` (a caption) closes the row."""
+    with st.container(horizontal=True):
+        for label, data, name, mime, key in buttons:
+            st.download_button(label, data, name, mime, key=key, on_click="ignore")
+        if note:
+            st.caption(note)

@@ -7,38 +7,27 @@ shows the newest saved run for the model, so a reload or restart is instant.
 
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import Path
-
 import streamlit as st
 
-from explorer.blocks import Block, check_block, default_size
-from explorer.bootstrap import Bootstrap, bootstrap, choice_notes, summary
-from explorer.data import C4, EMBEDDED, save_upload
-from explorer.figures import (
-    distances_frame,
-    figure_png,
-    heatmap_figure,
-    min_distance_figure,
-    png_export_available,
-    stability_figure,
-)
-from explorer.models import LoadedModel, decoder_layers, parameter_count
+from explorer.blocks import check_block, default_size
+from explorer.bootstrap import Bootstrap, block_notes, bootstrap, selection_text, summary
+from explorer.data import save_upload
+from explorer.figures import (LEGEND, distances_frame, figure_png, heatmap_figure, min_distance_figure,
+                               png_export_available, stability_figure)
+from explorer.models import LoadedModel
 from explorer.paths import explorer_home
-from explorer.similarity import SimilarityResult, cached_distances, similarity_key
+from explorer.prune import removed_parameters
+from explorer.runs import similarity_caption, similarity_label
+from explorer.similarity import (SOURCES, SimilarityResult, cached_distances, kept_result, shown_result, similarity_runs,
+                                  similarity_widgets)
 from explorer.store import Run
-from pages import MODEL_KEY, current_model, get_store, model_picker, show_page, user_errors, visitor_policy
+from pages import (MODEL_KEY, current_model, download_row, get_store, model_picker, show_page, user_errors,
+                   visitor_policy)
 
 RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
 BLOCK_KEY = "selected_block"  # read by the prune page
 CHART_KEY = "similarity_chart"
 START_KEY, SIZE_KEY = "block_start", "block_n"
-SOURCES = {
-    "Embedded corpus (offline)": EMBEDDED,
-    "C4 (online, streamed)": C4,
-    "Upload a file": "upload",
-    "Local file path": "path",
-}
 
 
 def data_source() -> str | None:
@@ -72,66 +61,32 @@ def calibration_settings() -> dict:
 def run_calibration(loaded: LoadedModel, source: str, settings: dict) -> None:
     """Compute (or fetch) the distances with a progress bar, and keep them in the session."""
     bar = st.progress(0.0, text="Preparing samples…")
-    stream = st.session_state.get("sim_stream", False)
-
-    def progress(done: int, total: int) -> None:
-        unit = "layers (streamed)" if stream else "samples"
-        bar.progress(done / total, text=f"Forward passes: {done} / {total} {unit}")
-
+    unit = "layers (streamed)" if st.session_state.get("sim_stream", False) else "samples"
     try:
         run_id, result, from_cache = cached_distances(
             loaded, source, int(settings["samples"]), int(settings["seq_len"]), int(settings["batch_size"]),
-            store=get_store(), progress=progress,
-        )
+            store=get_store(),
+            progress=lambda done, total: bar.progress(done / total, text=f"Forward passes: {done} / {total} {unit}"))
     finally:
         bar.empty()
-    keep_result(loaded, run_id, result, from_cache, {**settings, "source": source})
-
-
-def keep_result(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool, settings: dict) -> None:
-    st.session_state[RESULT_KEY] = {
-        "run_id": run_id, "result": result.to_json(), "fingerprint": loaded.fingerprint, "from_cache": from_cache,
-        "settings": {"source": settings["source"], "samples": int(settings["samples"]), "seq_len": int(settings["seq_len"])},
-    }
+    st.session_state[RESULT_KEY] = shown_result(run_id, result, loaded.fingerprint, from_cache,
+                                                {**settings, "source": source})
 
 
 def show_saved(loaded: LoadedModel, run: Run) -> None:
     """Show a saved run and set the form to its settings, so the form always matches the heatmap
     (called before the form is drawn, or as a button callback)."""
-    s = run.settings
-    keep_result(loaded, run.id, SimilarityResult.from_json(run.result), True, s)
-    label = next((name for name, value in SOURCES.items() if value == s["source"]), "Local file path")
-    st.session_state.update({"sim_samples": s["samples"], "sim_seq_len": s["seq_len"], "sim_source": label})
-    st.session_state.update({"sim_batch": s["batch_size"]} if "batch_size" in s else {})
-    st.session_state.update({"sim_path": s["source"]} if label == "Local file path" else {})
-
-
-def saved_runs(loaded: LoadedModel) -> list[Run]:
-    """Finished similarity runs of this exact model (same fingerprint), newest first."""
-    prefix = similarity_key(loaded, "")
-    return [r for r in get_store().list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
-
-
-def run_label(run: Run) -> str:
-    s = run.settings
-    source = Path(s["source"]).name if s["source"] not in (EMBEDDED, C4) else s["source"]
-    when = datetime.fromtimestamp(run.updated).strftime("%Y-%m-%d %H:%M")
-    return f"#{run.id} · {source} · {s['samples']} × {s['seq_len']} tokens · {when}"
+    st.session_state[RESULT_KEY] = shown_result(run.id, SimilarityResult.from_json(run.result), loaded.fingerprint,
+                                                True, run.settings)
+    st.session_state.update(similarity_widgets(run.settings))
 
 
 def saved_run_picker(loaded: LoadedModel, runs: list[Run]) -> None:
     """Let the user switch to an older saved run (main shows the newest on a fresh session)."""
     with st.expander(f"Saved runs for this model ({len(runs)})"):
         by_id = {r.id: r for r in runs}
-        chosen = st.selectbox("Saved run", list(by_id), format_func=lambda i: run_label(by_id[i]), key="sim_saved")
+        chosen = st.selectbox("Saved run", list(by_id), format_func=lambda i: similarity_label(by_id[i]), key="sim_saved")
         st.button("Show this run", key="sim_load", on_click=show_saved, args=(loaded, by_id[chosen]))
-
-
-def current_result(loaded: LoadedModel) -> tuple[int, SimilarityResult, bool, dict] | None:
-    session = st.session_state.get(RESULT_KEY)
-    if session is None or session["fingerprint"] != loaded.fingerprint:
-        return None
-    return session["run_id"], SimilarityResult.from_json(session["result"]), session["from_cache"], session["settings"]
 
 
 def on_chart_select() -> None:
@@ -158,60 +113,33 @@ def block_inputs() -> tuple[int, int]:
     return int(start), int(n)
 
 
-def removed_parameters(loaded: LoadedModel, block: Block) -> int:
-    layers = decoder_layers(loaded.model)
-    return sum(parameter_count(layers[i]) for i in block.removed)
-
-
 def show_block(loaded: LoadedModel, result: SimilarityResult, boot: Bootstrap | None, run_id: int, start: int,
                n: int) -> None:
     """Validate the picked block, say what it removes and how sure the best block for n is, and
     hand it to the prune page."""
     st.session_state.pop(BLOCK_KEY, None)
     block = check_block(start, n, result.num_layers, allow_final=True)
-    distance = result.distances[n - 1][start]
-    interval = f" [{boot.ci_low[n - 1][start]:.4f}, {boot.ci_high[n - 1][start]:.4f}]" if boot else ""
-    st.success(f"Selected: remove {block.describe(removed_parameters(loaded, block))} · angular distance "
-               f"{distance:.4f}{interval}")
-    for note in choice_notes(result, boot, n) if n < result.num_layers else []:
+    st.success(selection_text(result, boot, block, removed_parameters(loaded, block)))
+    for note in block_notes(result, boot, block):
         st.warning(note)
-    if block.includes_final:
-        st.warning(f"This block removes the final layer {result.num_layers - 1}; the paper keeps it, "
-                   "and pruning it needs the explicit override.")
-    st.session_state[BLOCK_KEY] = {
-        "start": start, "n": n, "num_layers": result.num_layers, "similarity_run": run_id,
-        "model": st.session_state[MODEL_KEY],
-    }
-
-
-def heatmap(result: SimilarityResult, selected: tuple[int, int], y_axis: str, scaled: bool, boot: Bootstrap | None):
-    fig = heatmap_figure(result, selected, y_axis, scaled, boot)
-    st.plotly_chart(fig, width="content", theme=None, key=CHART_KEY, on_select=on_chart_select,
-                    selection_mode="points", config={"displaylogo": False})
-    return fig
+    st.session_state[BLOCK_KEY] = {"start": start, "n": n, "num_layers": result.num_layers, "similarity_run": run_id,
+                                   "model": st.session_state[MODEL_KEY]}
 
 
 def downloads(result: SimilarityResult, boot: Bootstrap | None, fig) -> None:
     """CSV and HTML always; PNG when kaleido finds a Chrome/Chromium. Files are built on click."""
     stem = f"similarity-{result.num_layers}-layers-{result.samples}-samples"
-    with st.container(horizontal=True):
-        st.download_button("Matrix (CSV)", distances_frame(result, boot).to_csv(index=False), f"{stem}.csv",
-                           "text/csv", on_click="ignore")
-        st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"{stem}.html",
-                           "text/html", on_click="ignore")
-        if png_export_available():
-            st.download_button("Figure (PNG)", lambda: figure_png(fig), f"{stem}.png", "image/png", on_click="ignore")
-        else:
-            st.caption("PNG export needs Chrome/Chromium for kaleido; use the camera button on the chart.")
+    png = png_export_available()
+    download_row([("Matrix (CSV)", distances_frame(result, boot).to_csv(index=False), f"{stem}.csv", "text/csv", None),
+                  ("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"{stem}.html", "text/html", None)]
+                 + ([("Figure (PNG)", lambda: figure_png(fig), f"{stem}.png", "image/png", None)] if png else []),
+                 None if png else "PNG export needs Chrome/Chromium for kaleido; use the camera button on the chart.")
 
 
 def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool, settings: dict) -> None:
     """Block panel above the heatmap (so a click's effect is in view), the min-distance plot beside it
     (it wraps below on narrow screens), then the downloads."""
-    origin = f"loaded from cache (run #{run_id})" if from_cache else f"computed now (run #{run_id})"
-    source = settings["source"] if settings["source"] in (EMBEDDED, C4) else Path(settings["source"]).name
-    st.caption(f"Showing similarity run #{run_id}: {result.model} · {result.num_layers} layers · {source} text, "
-               f"{settings['samples']} samples × {settings['seq_len']} tokens · {origin}")
+    st.caption(similarity_caption(run_id, result.model, result.num_layers, from_cache, settings))
     default_block(result)
     boot = bootstrap(result)
     st.caption(summary(result, boot))
@@ -221,16 +149,16 @@ def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cac
         start, n = block_inputs()
     with panel, user_errors():
         show_block(loaded, result, boot, run_id, start, n)
-    st.caption("Click a cell to select the block [l, l+n). ☆ the best block, the row's minimum over blocks that keep "
-               "the final layer (the block the paper drops); ○ a lower cell that would remove the final layer, so it "
-               "is not chosen; ✕ the simple strategy (deepest n layers, keeping the last).")
+    st.caption(LEGEND)
     left, right = st.columns(2)
     y_axis = "fraction" if left.toggle("Y axis as fraction n / L", key="sim_fraction") else "n"
     scaled = right.toggle("Paper style: rescale each row to [0, 1]", key="sim_scaled",
                           help="Colours each n's row from its own minimum to its maximum, as the paper's heatmaps do; "
                           "the hover still shows the distance.")
     with st.container(horizontal=True, gap="medium"):
-        fig = heatmap(result, (start, n), y_axis, scaled, boot)
+        fig = heatmap_figure(result, (start, n), y_axis, scaled, boot)
+        st.plotly_chart(fig, width="content", theme=None, key=CHART_KEY, on_select=on_chart_select,
+                        selection_mode="points", config={"displaylogo": False})
         st.plotly_chart(min_distance_figure(result, boot), width=480, key="similarity_min")
     if boot:
         st.plotly_chart(stability_figure(result, boot), key="similarity_stability")
@@ -247,18 +175,17 @@ def main() -> None:
     loaded = current_model(model_picker(), stream)
     if loaded is None:
         return
-    runs = saved_runs(loaded)
-    session = st.session_state.get(RESULT_KEY)
-    if runs and (session is None or session["fingerprint"] != loaded.fingerprint):
+    runs = similarity_runs(get_store(), loaded)
+    if runs and (st.session_state.get(RESULT_KEY) or {}).get("fingerprint") != loaded.fingerprint:
         show_saved(loaded, runs[0])  # a fresh session shows the newest run, with the form set to its settings
     source = data_source()
     settings = calibration_settings()
     if st.button("Run", type="primary", disabled=source is None, key="sim_run"):
         with user_errors():
             run_calibration(loaded, source, settings)
-    if runs := saved_runs(loaded):  # again: Run may have added one
+    if runs := similarity_runs(get_store(), loaded):  # again: Run may have added one
         saved_run_picker(loaded, runs)
-    if shown := current_result(loaded):
+    if shown := kept_result(st.session_state.get(RESULT_KEY), loaded.fingerprint):
         results(loaded, *shown)
 
 

@@ -14,27 +14,15 @@ from explorer.prune import STRATEGIES
 from explorer.similarity import cached_distances
 from explorer.store import Run
 from explorer.progress import progress_text, sweep_progress
-from explorer.runs import sweep_description
-from explorer.sweep import (
-    SweepSettings,
-    cached_heatmap,
-    curve_name,
-    first_at_chance,
-    parse_fractions,
-    point_repair,
-    teaching_preset,
-)
-from explorer.sweep_figures import accuracy_figure, loss_figure, points_frame
+from explorer.runs import sweep_description, sweep_label
+from explorer.sweep import MODES, SweepSettings, cached_heatmap, parse_fractions, teaching_preset, widget_values
+from explorer.sweep_figures import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.tasks import task_names
-from pages import check_text, current_model, get_store, job_view, model_picker, points_status, show_page, user_errors
+from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
+                   user_errors)
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
-WIDGETS = {  # widget key -> SweepSettings field, for the preset button
-    "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
-    "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
-    "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair",
-}
 
 ACCURACY_TEXT = """
 **What to look for.** Each point removes *n* layers with one strategy and asks the quiz again.
@@ -54,18 +42,6 @@ agree most; *simple* removes the deepest layers but keeps the last; *top-cut* al
 layer. Error bars: the loss's standard error over the held-out documents.
 """
 HEALED_TEXT = "Dashed lines are the same points after a short LoRA healing run."
-
-
-MODES = ["Every n with a stride", "Chosen fractions"]
-
-
-def widget_values(settings: SweepSettings) -> dict:
-    """Session-state values of the form's widgets for these settings."""
-    values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
-    values["sw_strategies"] = list(settings.strategies)
-    if settings.fractions is not None:
-        return {**values, "sw_mode": MODES[1], "sw_fractions": ", ".join(f"{f:g}" for f in settings.fractions)}
-    return {**values, "sw_mode": MODES[0], "sw_fractions": "0, 0.1, 0.2, 0.3, 0.4, 0.5"}
 
 
 def apply_preset() -> None:
@@ -133,34 +109,21 @@ def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
         st.rerun()
 
 
-def curve_captions(points: list[dict]) -> None:
-    lines = []
-    for strategy, repair in sorted({(p["strategy"], point_repair(p)) for p in points}):
-        hit = first_at_chance(points, strategy, repair)
-        name = curve_name(strategy, repair)
-        lines.append(f"**{name}**: at chance from {hit['fraction']:.0%} of layers dropped (n = {hit['n']})" if hit
-                     else f"**{name}**: above chance at every point measured")
-    st.caption("Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
-               + "; ".join(lines))
-
-
 def plots(run: Run, points: list[dict]) -> None:
     acc, loss = accuracy_figure(points), loss_figure(points)
     left, right = st.columns([3, 1])
     left.plotly_chart(acc, key="sw_acc")
     right.markdown(ACCURACY_TEXT)
-    curve_captions(points)
+    st.caption(chance_caption(points))
     left, right = st.columns([3, 1])
     left.plotly_chart(loss, key="sw_loss")
     right.markdown(LOSS_TEXT + (HEALED_TEXT if any(p["healed"] for p in points) else ""))
     stem = f"sweep-{run.id}"
-    with st.container(horizontal=True):
-        st.download_button("Points (CSV)", points_frame(points).to_csv(index=False), f"{stem}.csv", "text/csv",
-                           key="sw_csv", on_click="ignore")
-        st.download_button("Accuracy plot (HTML)", lambda: acc.to_html(include_plotlyjs=True), f"{stem}-accuracy.html",
-                           "text/html", key="sw_acc_html", on_click="ignore")
-        st.download_button("Loss plot (HTML)", lambda: loss.to_html(include_plotlyjs=True), f"{stem}-loss.html",
-                           "text/html", key="sw_loss_html", on_click="ignore")
+    download_row([
+        ("Points (CSV)", points_frame(points).to_csv(index=False), f"{stem}.csv", "text/csv", "sw_csv"),
+        ("Accuracy plot (HTML)", lambda: acc.to_html(include_plotlyjs=True), f"{stem}-accuracy.html", "text/html", "sw_acc_html"),
+        ("Loss plot (HTML)", lambda: loss.to_html(include_plotlyjs=True), f"{stem}-loss.html", "text/html", "sw_loss_html"),
+    ])
 
 
 def sweep_view(run: Run) -> None:
@@ -188,8 +151,7 @@ def run_picker(runs: list[Run]) -> int | None:
     if runs:
         with st.expander(f"Saved sweeps of this model ({len(runs)})"):
             by_id = {r.id: r for r in runs}
-            chosen = st.selectbox("Sweep", list(by_id), key="sw_saved",
-                                  format_func=lambda i: f"#{i} · {by_id[i].status} · {by_id[i].settings.get('task')}")
+            chosen = st.selectbox("Sweep", list(by_id), key="sw_saved", format_func=lambda i: sweep_label(by_id[i]))
             st.button("Show this sweep", key="sw_show", on_click=show_sweep, args=(by_id[chosen],))
     return st.session_state.get(RUN_KEY)
 
@@ -204,8 +166,7 @@ def main() -> None:
         return
     runs = [r for r in get_store().list_runs("sweep") if r.settings.get("model") == model["source"]]
     if RUN_KEY not in st.session_state and runs:  # a reload shows the newest sweep, and the form its settings
-        st.session_state[RUN_KEY] = runs[0].id
-        st.session_state.update(widget_values(SweepSettings.from_json(runs[0].settings)))
+        show_sweep(runs[0])
     with user_errors():
         settings = settings_form(model)
         settings.check()
