@@ -22,6 +22,59 @@ from explorer.repair import LinearFit, RepairConfig, repair_block, repair_record
 from explorer.similarity import SimilarityResult, similarity_key
 
 PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
+REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
+               "the block (no training); LoRA heal: train adapters (Start healing, a background job below).")
+HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
+                "ph_seq": "seq_len", "ph_every": "eval_every", "ph_qlora": "quantize", "ph_task": "eval_task",
+                "ph_limit": "eval_limit", "ph_val": "val_samples", "ph_source": "source",
+                "ph_targets": "targets"}  # the page's widget key -> HealConfig field
+HEAL_NUMBERS = (  # the form's number inputs, in order: (widget key, label, number_input options)
+    ("ph_steps", "Steps", {"min_value": 1}), ("ph_rank", "LoRA rank", {"min_value": 1}),
+    ("ph_alpha", "LoRA alpha", {"min_value": 1}), ("ph_lr", "Learning rate", {"min_value": 1e-7, "format": "%.0e"}),
+    ("ph_batch", "Batch size", {"min_value": 1}), ("ph_seq", "Tokens per sample", {"min_value": 8, "step": 32}),
+    ("ph_every", "Evaluate every (steps)", {"min_value": 1}), ("ph_limit", "Questions per evaluation", {"min_value": 1}),
+    ("ph_val", "Held-out samples (loss)", {"min_value": 1}),
+)
+
+
+def heal_defaults(device: str, eval_task: str) -> dict:
+    """The form's starting values: the demo HealConfig, QLoRA where CUDA runs it, the default task."""
+    defaults = {**HealConfig().to_json(), "quantize": device == "cuda", "eval_task": eval_task}
+    return {key: defaults[name] for key, name in HEAL_WIDGETS.items()}
+
+
+def heal_widget_values(settings: dict) -> dict:
+    """The form's values for a heal job's settings, so a reloaded page shows the run it follows."""
+    heal = settings["heal"]
+    return {**{key: heal[name] for key, name in HEAL_WIDGETS.items() if heal.get(name) is not None},
+            "ph_start": settings["start"], "ph_n": settings["n"], "ph_allow_final": settings.get("allow_final", False),
+            "ph_save_model": settings.get("save", False), "ph_dtype": settings.get("dtype") or "bf16"}
+
+
+RECIPE_FIELDS = ("steps", "rank", "alpha", "lr", "batch_size", "seq_len", "quantize", "source", "targets")
+
+
+def recipe_widget_values(recipe) -> dict:
+    """The form's training values for the paper's recipe (an explorer.recipe.PaperRecipe); the
+    evaluation settings stay the user's."""
+    config = recipe.heal_config()
+    return {key: getattr(config, name) for key, name in HEAL_WIDGETS.items() if name in RECIPE_FIELDS}
+
+
+def recipe_caption(recipe: dict | None) -> str:
+    """What the form says about the recipe it holds."""
+    if not recipe:
+        return "Defaults are a few-minute CPU demo; the button fills in the paper's recipe for this model."
+    return (f"Paper recipe: {recipe['row_reason']}; LoRA on {', '.join(recipe['targets'])}; warm-up "
+            f"{recipe['warmup_steps']} steps, dropout {recipe['dropout']}. The paper evaluates {recipe['evaluation']}.")
+
+
+def heal_config(values: dict, recipe: dict | None) -> HealConfig:
+    """The HealConfig of the form's values (widget key -> value); the recipe adds what the form does not show."""
+    fields = {name: values[key] for key, name in HEAL_WIDGETS.items()}
+    numbers = {HEAL_WIDGETS[key]: (float if key == "ph_lr" else int)(values[key]) for key, _, _ in HEAL_NUMBERS}
+    extra = {"warmup_steps": recipe["warmup_steps"], "dropout": recipe["dropout"]} if recipe else {}
+    return HealConfig(**{**fields, **numbers, **extra})
 
 
 @dataclass

@@ -164,21 +164,26 @@ def job_view(run_id: int, run_key: str, draw: Callable[[Run], None], missing: st
             draw(run)
 
 
-def points_status(run: Run, done: int, total: int | None, phase: str | None, cancel_key: str, cancelled: str) -> None:
-    """A point-by-point job's status line: a progress bar with its phase and a Cancel button while it
-    runs, else its outcome (`cancelled`: what to tell the user then)."""
-    status = f"Run #{run.id} · {run.status} · {done}{f' / {total}' if total else ''} points"
+def job_status(run: Run, fraction: float, status: str, doing: str | None, cancel_key: str, cancelled: str) -> None:
+    """A background job's status line: a progress bar with what it does (or what a queued job waits
+    for) and a Cancel button while it runs, else its outcome (`cancelled`: what to tell the user then)."""
     if run.status in jobs.ACTIVE:
-        doing = jobs.queue_reason(get_store(), run.id) if run.status == "queued" else phase or "starting"
-        st.progress(done / total if total else 0.0, text=f"{status} · {doing}")
+        doing = jobs.queue_reason(get_store(), run.id) if run.status == "queued" else doing or "starting"
+        st.progress(fraction if run.status == "running" else 0.0, text=f"{status} · {doing}")
         if st.button("Cancel", key=cancel_key):
             jobs.cancel(get_store(), run.id)
     elif run.status == "failed":
         st.error(f"{status}: {run.error}", icon="🚫")
     elif run.status == "cancelled":
-        st.info(f"{status}: cancelled. {cancelled}")
+        st.info(f"{status}: cancelled. {cancelled}".strip())
     else:
         st.success(status)
+
+
+def points_status(run: Run, done: int, total: int | None, doing: str | None, cancel_key: str, cancelled: str) -> None:
+    """job_status for a point-by-point job (sweep, classification): points done / total."""
+    status = f"Run #{run.id} · {run.status} · {done}{f' / {total}' if total else ''} points"
+    job_status(run, done / total if total else 0.0, status, doing, cancel_key, cancelled)
 
 
 def download_row(buttons: list[tuple], note: str | None = None) -> None:

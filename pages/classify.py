@@ -9,7 +9,7 @@ from explorer import jobs
 from explorer.classify_figures import accuracy_vs_k_figure, classify_frame
 from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
 from explorer.store import Run
-from explorer.sweep import latest_phase
+from explorer.progress import current_phase
 from pages import check_text, get_store, job_view, model_picker, points_status, show_page, user_errors
 
 RUN_KEY = "classify_run"
@@ -52,7 +52,7 @@ def run_view(run: Run) -> None:
     store = get_store()
     points = classify_points(store, run.id)
     plan = next((e for e in store.events(run.id) if e.get("kind") == "plan"), None)
-    points_status(run, len(points), plan["points"] if plan else None, latest_phase(store, run.id), "cl_cancel",
+    points_status(run, len(points), plan["points"] if plan else None, current_phase(store.events(run.id)), "cl_cancel",
                   "Start it again to measure the remaining points.")
     if plan:
         st.caption(f"{plan['source']} · train {plan['n_train']}, test {plan['n_test']} · {plan['num_layers']} layers")

@@ -1,10 +1,6 @@
-"""Prune & heal: remove the picked block, see what it cost, repair it (linear map or (Q)LoRA) and watch it live.
-
-The block comes from the heatmap page (st.session_state["selected_block"]), a strategy, or the
-number inputs. Pruning (and a linear repair) is an in-memory copy for a quick look beside the
-unpruned model (explorer.preview) and export. Healing runs as a background job (explorer.jobs):
-the live section reads only the store, so a reload, another tab or a restarted server shows it.
-"""
+"""Prune & heal: remove the picked block (from the heatmap, a strategy or by hand), compare it with the unpruned
+model, repair it (a linear map, explorer.preview) or heal it with (Q)LoRA in a background job (explorer.jobs) whose
+live view reads only the store, so a reload, another tab or a restarted server shows it."""
 
 from __future__ import annotations
 
@@ -15,40 +11,28 @@ import streamlit as st
 from explorer import jobs
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
-from explorer.export import mergekit_yaml
+from explorer.export import DTYPES, mergekit_yaml
 from explorer.heal import TARGETS, HealConfig, default_eval_task
 from explorer.heal_figures import heal_figure
 from explorer.models import LoadedModel, pick_device
 from explorer.parallel import visible_gpus
-from explorer.preview import PAGE_REPAIRS, Preview, comparison_frame, heal_rows, latest_similarity, make_preview
+from explorer.preview import (HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, Preview, comparison_frame, heal_config, heal_defaults,
+                              heal_rows, heal_widget_values, latest_similarity, make_preview, recipe_caption,
+                              recipe_widget_values)
 from explorer.progress import heal_progress, progress_text
 from explorer.runs import heal_description
 from explorer.prune import STRATEGIES, strategy_block
 from explorer.recipe import recipe_for
 from explorer.store import Run
 from explorer.tasks import task_names
-from pages import current_model, get_store, job_view, model_picker, show_page, user_errors
+from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.preview.Preview, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 MANUAL = "manual (numbers below)"
-HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
-                "ph_seq": "seq_len", "ph_every": "eval_every", "ph_qlora": "quantize", "ph_task": "eval_task",
-                "ph_limit": "eval_limit", "ph_val": "val_samples", "ph_source": "source",
-                "ph_targets": "targets"}  # widget key -> HealConfig field
-DTYPES = ["bf16", "fp16", "fp32"]
-
-
-def follow_run(run: Run) -> None:
-    """Set the form to the settings of the heal run on screen (after a reload: the running or newest job)."""
-    s = run.settings
-    st.session_state.update({key: s["heal"][name] for key, name in HEAL_WIDGETS.items() if s["heal"].get(name) is not None})
-    st.session_state.update({START_KEY: s["start"], SIZE_KEY: s["n"], "ph_allow_final": s.get("allow_final", False),
-                             "ph_strategy": MANUAL, "ph_save_model": s.get("save", False), "ph_dtype": s.get("dtype") or "bf16"})
-REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
-               "the block (no training); LoRA heal: train adapters (Start healing, a background job below).")
+RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.recipe.PaperRecipe.to_json())
 
 
 def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
@@ -82,54 +66,35 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
     return start, n, allow_final or strategy == "top-cut"
 
 
-RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.recipe.PaperRecipe.to_json())
-
-
 def apply_paper_recipe(loaded: LoadedModel) -> None:
-    """Fill the widgets with the paper's recipe for this model (its table row, FFN targets)."""
-    config = recipe_for(loaded.model, loaded.name)
-    st.session_state.update({key: getattr(config.heal_config(), name) for key, name in HEAL_WIDGETS.items()})
-    st.session_state[RECIPE_KEY] = config.to_json()
+    """Fill the form with the paper's recipe for this model (its table row, FFN targets)."""
+    recipe = recipe_for(loaded.model, loaded.name)
+    st.session_state.update(recipe_widget_values(recipe))
+    st.session_state[RECIPE_KEY] = recipe.to_json()
 
 
 def heal_settings(loaded: LoadedModel) -> HealConfig:
     """The healing and evaluation settings; the quick evaluation after pruning uses the same ones.
     Values live in session state (the recipe button and a followed run write them) and are each
     widget's default too (see pages/sweep.settings_form)."""
-    defaults = {**HealConfig().to_json(), "quantize": pick_device() == "cuda", "eval_task": default_eval_task()}
-    d = {key: st.session_state.setdefault(key, defaults[name]) for key, name in HEAL_WIDGETS.items()}
-    recipe = st.session_state.get(RECIPE_KEY)
+    d = {key: st.session_state.setdefault(key, value) for key, value in heal_defaults(pick_device(), default_eval_task()).items()}
+    values = {}
     with st.expander("Healing and evaluation settings", expanded=False):
         st.button("📄 Paper recipe", key="ph_paper", on_click=apply_paper_recipe, args=(loaded,),
                   help="QLoRA on the FFN modules, alpha = rank, dropout 0.05, 5000 steps of batch 16 on C4, 100 warm-up "
                   "steps then cosine; learning rate and rank from the paper's table (Gromov et al., App. A).")
-        st.caption(f"Paper recipe: {recipe['row_reason']}; LoRA on {', '.join(recipe['targets'])}; warm-up "
-                   f"{recipe['warmup_steps']} steps, dropout {recipe['dropout']}. The paper evaluates {recipe['evaluation']}."
-                   if recipe else "Defaults are a few-minute CPU demo; the button fills in the paper's recipe for this model.")
+        st.caption(recipe_caption(st.session_state.get(RECIPE_KEY)))
+        for column, (key, label, options) in zip(st.columns(4) * 3, HEAL_NUMBERS):
+            values[key] = column.number_input(label, value=d[key], key=key, **options)
         c = st.columns(4)
-        steps = c[0].number_input("Steps", min_value=1, value=d["ph_steps"], key="ph_steps")
-        rank = c[1].number_input("LoRA rank", min_value=1, value=d["ph_rank"], key="ph_rank")
-        alpha = c[2].number_input("LoRA alpha", min_value=1, value=d["ph_alpha"], key="ph_alpha")
-        lr = c[3].number_input("Learning rate", min_value=1e-7, value=d["ph_lr"], format="%.0e", key="ph_lr")
-        c = st.columns(4)
-        batch = c[0].number_input("Batch size", min_value=1, value=d["ph_batch"], key="ph_batch")
-        seq_len = c[1].number_input("Tokens per sample", min_value=8, value=d["ph_seq"], step=32, key="ph_seq")
-        every = c[2].number_input("Evaluate every (steps)", min_value=1, value=d["ph_every"], key="ph_every")
-        quantize = c[3].checkbox("QLoRA (nf4 base)", value=d["ph_qlora"], key="ph_qlora",
-                                 help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
-        c = st.columns(4)
-        tasks = task_names()
-        task = c[0].selectbox("Accuracy task", tasks, index=tasks.index(d["ph_task"]), key="ph_task")
-        limit = c[1].number_input("Questions per evaluation", min_value=1, value=d["ph_limit"], key="ph_limit")
-        val_samples = c[2].number_input("Held-out samples (loss)", min_value=1, value=d["ph_val"], key="ph_val")
-        source = c[3].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(d["ph_source"]), key="ph_source",
-                                help="Training split of the source; the loss uses its held-out documents.")
-        targets = st.radio("LoRA on", TARGETS, index=TARGETS.index(d["ph_targets"]), key="ph_targets", horizontal=True,
-                           format_func=lambda t: "feed-forward modules only (the paper)" if t == "ffn" else "all linear projections")
-    extra = {"warmup_steps": recipe["warmup_steps"], "dropout": recipe["dropout"]} if recipe else {}
-    return HealConfig(rank=int(rank), alpha=int(alpha), lr=float(lr), steps=int(steps), batch_size=int(batch),
-                      seq_len=int(seq_len), eval_every=int(every), quantize=quantize, eval_task=task,
-                      eval_limit=int(limit), val_samples=int(val_samples), source=source, targets=targets, **extra)
+        values["ph_qlora"] = c[0].checkbox("QLoRA (nf4 base)", value=d["ph_qlora"], key="ph_qlora",
+                                           help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
+        values["ph_task"] = c[1].selectbox("Accuracy task", task_names(), index=task_names().index(d["ph_task"]), key="ph_task")
+        values["ph_source"] = c[2].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(d["ph_source"]),
+                                             key="ph_source", help="Training split of the source; the loss uses its held-out documents.")
+        values["ph_targets"] = st.radio("LoRA on", TARGETS, index=TARGETS.index(d["ph_targets"]), key="ph_targets", horizontal=True,
+                                        format_func=lambda t: "feed-forward modules only (the paper)" if t == "ffn" else "all linear projections")
+    return heal_config(values, st.session_state.get(RECIPE_KEY))
 
 
 def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str, repair: str) -> None:
@@ -148,12 +113,8 @@ def show_pruned(model: dict, pruned: dict) -> None:
     preview: Preview = pruned["preview"]
     result, rows, block = preview.result, preview.rows, preview.result.block
     st.success(f"Removed {block.describe(result.removed_params)}.")
-    before, after = rows["unpruned"], list(rows.values())[-1]
-    c = st.columns(3)
-    c[0].metric("Parameters", f"{result.params_after / 1e6:.1f}M", f"{-result.removed_params / 1e6:.1f}M", delta_color="off")
-    c[1].metric("Held-out loss", f"{after['val_loss']:.3f}", f"{after['val_loss'] - before['val_loss']:+.3f}", delta_color="inverse")
-    c[2].metric(f"Accuracy ({after['task']})", f"{after['accuracy']:.0%}", f"{after['accuracy'] - before['accuracy']:+.0%}")
-    st.dataframe(comparison_frame(rows), hide_index=True)
+    after = list(rows.values())[-1]
+    st.dataframe(comparison_frame(rows), hide_index=True)  # loss, accuracy and agreement of every model side by side
     st.caption(f"Accuracy with its 95% Wilson interval; chance {after['chance']:.0%}; the completion is greedy."
                + (f" Linear repair folded into layer {preview.fit.layer}: held-out relative residual "
                   f"{preview.fit.heldout_residual:.2f} (unrepaired {preview.fit.heldout_residual_unrepaired:.2f})." if preview.fit else ""))
@@ -176,19 +137,8 @@ def run_summary(run: Run, events: list[dict]) -> None:
     state = heal_progress(events, heal["steps"], heal["eval_every"], time.time())
     status = f"Heal run #{run.id} · {run.status} · step {state['step']} / {heal['steps']}"
     st.caption(f"Showing heal run #{run.id}: {heal_description(run.settings)}.")
-    if run.status == "queued":
-        st.progress(0.0, text=f"{status} · {jobs.queue_reason(get_store(), run.id)}")
-    elif run.status in jobs.ACTIVE:
-        st.progress(state["fraction"], text=progress_text([status, state["phase"]], state["eta_s"]))
-    if run.status in jobs.ACTIVE:
-        if st.button("Cancel", key="ph_cancel"):
-            jobs.cancel(get_store(), run.id)
-    elif run.status == "failed":
-        st.error(f"{status}: {run.error}", icon="🚫")
-    elif run.status == "cancelled":
-        st.info(f"{status}: cancelled.")
-    else:
-        st.success(status)
+    job_status(run, state["fraction"], status, progress_text([state["phase"]], state["eta_s"]), "ph_cancel", "")
+    if run.status == "done":
         if rows := heal_rows(run.result or {}):
             st.dataframe(comparison_frame(rows), hide_index=True)
         st.info(f"Healed, merged model saved to `{run.result['folder']}`." if (run.result or {}).get("folder") else
@@ -210,7 +160,7 @@ def main() -> None:
         return
     if RUN_KEY not in st.session_state and (latest := jobs.latest_job(get_store(), "heal", loaded.name)):
         st.session_state[RUN_KEY] = latest.id  # a reload shows the running (or newest) job, and the form its settings
-        follow_run(latest)
+        st.session_state.update({**heal_widget_values(latest.settings), "ph_strategy": MANUAL})
     st.subheader("Block")
     start, n, allow_final = block_picker(loaded, model)
     config = heal_settings(loaded)
@@ -223,7 +173,7 @@ def main() -> None:
         heal_clicked = st.button("Start healing", key="ph_heal", help="A background job: it survives reloads and can be cancelled.")
         save = st.checkbox("Save healed model", value=st.session_state.setdefault("ph_save_model", False), key="ph_save_model",
                            help="Writes the merged model to runs/<id>/ in EXPLORER_HOME (hundreds of MB for the embedded model).")
-        dtype = st.selectbox("Saved weights", DTYPES, index=DTYPES.index(st.session_state.setdefault("ph_dtype", "bf16")),
+        dtype = st.selectbox("Saved weights", list(DTYPES), index=list(DTYPES).index(st.session_state.setdefault("ph_dtype", "bf16")),
                              key="ph_dtype", help="bf16 and fp16 take half the disk of fp32.", width=140)
     with user_errors():
         config.check()

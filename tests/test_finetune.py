@@ -6,6 +6,7 @@ one sentence for each kind of bad input."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -153,8 +154,10 @@ def test_cli_writes_predictions_and_accuracy_for_every_k_and_mode(tiny_dirs, pol
 def test_background_job_records_points(tiny_dirs, polarity, store):
     settings = ClassifySettings(model=str(tiny_dirs["opt"]), data_file=str(polarity), train=8, keep=(2,), modes=("head-ft",),
                                 finetune={"steps": 1}, limit=4, device="cpu")
-    run_id = store.create_run("classify", settings.model, settings.to_json(), status="queued")
-    jobs.run_job(store, run_id)
+    run_id = jobs.submit(store, "classify", settings.model, settings.to_json())  # a real runner process
+    deadline = time.time() + 300
+    while store.get_run(run_id).status in jobs.ACTIVE and time.time() < deadline:
+        time.sleep(0.5)
     run = store.get_run(run_id)
     assert run.status == "done", run.error
     assert [(p["k"], p["mode"], len(p["predictions"])) for p in run.result["points"]] == [(2, "head-ft", 4)]

@@ -100,3 +100,30 @@ def test_sweep_label_and_chance_caption():
         "Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
         "**similarity healed**: above chance at every point measured; "
         "**simple**: at chance from 30% of layers dropped (n = 3)")
+
+
+def test_heal_form_values_round_trip():
+    """The Prune & heal form: defaults, a followed run's values and the recipe's give back the same HealConfig."""
+    from explorer.heal import HealConfig
+    from explorer.preview import HEAL_NUMBERS, HEAL_WIDGETS, heal_config, heal_defaults, heal_widget_values, recipe_caption
+
+    defaults = heal_defaults("cpu", "quiz-capitals")
+    assert set(defaults) == set(HEAL_WIDGETS) and {key for key, _, _ in HEAL_NUMBERS} <= set(defaults)
+    assert heal_config(defaults, None) == HealConfig(eval_task="quiz-capitals", quantize=False)
+    wanted = HealConfig(rank=2, alpha=2, lr=3e-5, steps=7, eval_task="quiz-cities", targets="ffn", quantize=False)
+    settings = {"heal": wanted.to_json(), "start": 3, "n": 2, "save": True, "dtype": "fp16"}
+    values = heal_widget_values(settings)
+    assert (values["ph_start"], values["ph_n"], values["ph_save_model"], values["ph_dtype"]) == (3, 2, True, "fp16")
+    recipe = {"warmup_steps": 100, "dropout": 0.05, "row_reason": "the paper's row", "targets": ["up_proj"], "evaluation": "MMLU"}
+    assert heal_config(values, None) == wanted
+    assert heal_config(values, recipe).warmup_steps == 100
+    assert "Defaults are a few-minute CPU demo" in recipe_caption(None) and "the paper's row" in recipe_caption(recipe)
+
+
+def test_recipe_fills_training_values_only(tiny_llama):
+    from explorer.preview import recipe_widget_values
+    from explorer.recipe import recipe_for
+
+    values = recipe_widget_values(recipe_for(tiny_llama.model, "meta-llama/Llama-2-7b-hf"))
+    assert values["ph_rank"] == 2 and values["ph_alpha"] == 2 and values["ph_targets"] == "ffn" and values["ph_steps"] == 5000
+    assert "ph_task" not in values and "ph_limit" not in values  # the evaluation stays the user's

@@ -93,7 +93,7 @@ def test_embedded_pruned_loss_and_quiz_equal_in_memory(embedded, embedded_stream
     ours, reference = run_task(streamed, "quiz-capitals", limit=4), run_task(pruned, "quiz-capitals", limit=4)
     for a, b in zip(ours.per_question, reference.per_question):
         assert (a.pred, a.alt_preds) == (b.pred, b.alt_preds)
-        assert a.scores == pytest.approx(b.scores, abs=TOL)
+        assert a.scores == pytest.approx(b.scores, rel=TOL, abs=TOL)  # the in-memory scorer shares the few-shot prefix's KV cache
 
 
 def test_embedded_mmlu_letter_scores_equal_in_memory(embedded, embedded_streamed, mmlu_dir):
@@ -103,7 +103,7 @@ def test_embedded_mmlu_letter_scores_equal_in_memory(embedded, embedded_streamed
     reference = run_task(embedded, "mmlu", limit=4, **options)
     for a, b in zip(ours.per_question, reference.per_question):
         assert a.pred == b.pred
-        assert a.scores == pytest.approx(b.scores, abs=TOL)
+        assert a.scores == pytest.approx(b.scores, rel=TOL, abs=TOL)  # the in-memory scorer shares the few-shot prefix's KV cache
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
