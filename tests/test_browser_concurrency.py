@@ -49,7 +49,7 @@ def test_tabs_pressing_run_at_once_all_get_one_shared_run(app_url, browser, page
         assert time.perf_counter() - started < 1.0  # all pressed within a second
         origins = []
         for tab in pages:
-            caption = tab.get_by_text(re.compile(f"· {SAMPLES} samples · (computed now|loaded from cache)"))
+            caption = tab.get_by_text(re.compile(rf"{SAMPLES} samples × \d+ tokens · (computed now|loaded from cache)"))
             caption.wait_for()
             origins.append(re.search(r"computed now|loaded from cache", caption.inner_text()).group())
             tab.locator(CHART).wait_for()
