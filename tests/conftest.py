@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+OWN_HOME = "EXPLORER_HOME" not in os.environ  # a folder this session makes, and so removes (see pytest_sessionfinish)
 os.environ.setdefault("EXPLORER_HOME", tempfile.mkdtemp(prefix="explorer-test-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -194,3 +196,17 @@ def page(browser, request):
         Path(f"{stem}.txt").write_text(text)
         print(f"Page text at failure (screenshot {stem}.png):\n{text}")
     context.close()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Remove the session's EXPLORER_HOME (each holds a ~0.5 GB dequantized model copy, and
+    repeated runs filled a disk). After a failure only the models and run folders go: the
+    logs and the failure screenshots stay for a look."""
+    if not OWN_HOME:
+        return
+    home = Path(os.environ["EXPLORER_HOME"])
+    if exitstatus == 0:
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        for folder in ("models", "runs", "pruned", "uploads"):
+            shutil.rmtree(home / folder, ignore_errors=True)
