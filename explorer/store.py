@@ -111,7 +111,8 @@ class Store:
                 db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (a full disk, a lost lock): keep the real error
+                db.execute("ROLLBACK")
             raise
         finally:
             db.isolation_level = ""

@@ -125,3 +125,12 @@ def test_help_prints_for_every_command(command, capsys):
         main([*command, "--help"])
     assert stop.value.code == 0
     assert "usage: python -m explorer" in capsys.readouterr().out
+
+
+def test_console_script_is_the_cli():
+    """`make install` installs the package editable (pyproject.toml), so `explorer ...` is `python -m explorer ...`."""
+    script = Path(sys.executable).parent / "explorer"
+    if not script.exists():
+        pytest.skip(f"{script} is not installed: run `make install` (pip install -e .)")
+    done = subprocess.run([str(script), "similarity", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--bootstrap" in done.stdout
