@@ -8,7 +8,6 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-MODE_ORDER = ("icl", "prompt-ft", "head-ft")
 MODE_COLORS = {"icl": "#7f7f7f", "prompt-ft": "#1f77b4", "head-ft": "#d62728"}
 STRATEGY_DASH = {"top-cut": "solid", "similarity": "dash"}
 COLUMNS = ["strategy", "mode", "k", "start", "n", "num_layers", "accuracy", "ci_low", "ci_high", "chance",
@@ -44,24 +43,3 @@ def accuracy_vs_k_figure(points: list[dict]) -> go.Figure:
         yaxis=dict(title="accuracy (95% Wilson interval)", range=[0, 1]), legend=dict(orientation="h", y=-0.2),
     )
     return fig
-
-
-def markdown_table(points: list[dict]) -> str:
-    """Accuracy % [95% interval] per k (rows) and (strategy, mode) (columns), with the finetuning
-    seconds per point: the README's table of a classify run."""
-    frame = classify_frame(points)
-    curves = sorted({(s, m) for s, m in zip(frame.strategy, frame["mode"])}, key=lambda c: (c[0] != "top-cut", c[0], MODE_ORDER.index(c[1])))
-    header = "| k | " + " | ".join(f"{s} {m}" for s, m in curves) + " |"
-    lines = [header, "| ---: |" + " --- |" * len(curves)]
-    for k, rows in frame.groupby("k", sort=True):
-        cells = []
-        for strategy, mode in curves:
-            row = rows[(rows.strategy == strategy) & (rows["mode"] == mode)]
-            if row.empty:
-                cells.append("")
-                continue
-            r = row.iloc[0]
-            cost = f" ({r.train_seconds:.0f} s)" if r["mode"] != "icl" else ""
-            cells.append(f"{100 * r.accuracy:.0f} [{100 * r.ci_low:.0f}, {100 * r.ci_high:.0f}]{cost}")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

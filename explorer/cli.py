@@ -143,7 +143,9 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repair", choices=("none", "linear"), default="none",
+    from explorer.repair import REPAIRS
+
+    parser.add_argument("--repair", choices=REPAIRS, default="none",
                         help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.repair)")
     parser.add_argument("--ridge", type=float, default=None, help="linear repair's ridge, relative to trace(MᵀM)/d (default 1e-4)")
 
@@ -330,6 +332,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.repair import REPAIRS
+
     _model_arguments(parser)
     parser.add_argument("--device-map", default=None, help="'auto' spreads a large model over the devices (accelerate)")
     parser.add_argument("--teaching", action="store_true", help="the teaching preset: the embedded model on CPU in a few minutes (explorer.sweep.teaching_preset)")
@@ -345,7 +349,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
     parser.add_argument("--limit", type=int, default=None, help="questions per point")
     parser.add_argument("--heal-steps", type=int, default=None, help="LoRA steps per point (0, the default: no healing)")
-    parser.add_argument("--repair", choices=("none", "linear"), default=None, help="linear: also measure each point after a linear repair")
+    parser.add_argument("--repair", choices=REPAIRS, default=None, help="linear: also measure each point after a linear repair")
     parser.add_argument("--text-file", default=None, help="text for the heatmap, held-out loss and healing (default: embedded)")
     parser.add_argument("--samples", type=int, default=None, help="calibration samples for the heatmap")
     parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")

@@ -52,7 +52,7 @@ from explorer.models import LoadedModel, decoder_layers
 from explorer.prune import PruneResult, prune_block
 from explorer.scoring import inference
 
-REPAIRS = ("none", "linear")
+REPAIRS = ("none", "linear")  # what --repair, the sweep setting and its page radio offer (a LoRA heal is separate)
 # Where each family keeps the MLP's last projection, relative to a decoder layer.
 DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.fc2", "mlp.c_proj", "mlp.dense_4h_to_h", "fc2")
 # A norm applied to the MLP output before the residual add (gemma2, gemma3): T cannot pass through it.

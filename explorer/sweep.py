@@ -40,6 +40,7 @@ from explorer.data import check_settings, split_documents
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, load_model
 from explorer.prune import STRATEGIES, prune_block, strategy_block
+from explorer.repair import REPAIRS
 
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
 REPAIR_AXIS = ("none", "linear", "lora")
@@ -99,7 +100,7 @@ class SweepSettings:
                 raise ExplorerError(f"Fractions of layers dropped must be in [0, 1): got {bad[0]:g}.")
         if self.stride < 1:
             raise ExplorerError(f"The stride must be at least 1 (got {self.stride}).")
-        if self.repair not in ("none", "linear"):
+        if self.repair not in REPAIRS:
             raise ExplorerError(f"Unknown repair '{self.repair}': choose none or linear (a LoRA heal is --heal-steps).")
         check_settings(self.repair_samples, self.seq_len, self.batch_size)
         if self.heal_steps < 0:

@@ -14,6 +14,7 @@ from explorer.prune import STRATEGIES
 from explorer.similarity import cached_distances
 from explorer.store import Run
 from explorer.progress import progress_text, sweep_progress
+from explorer.repair import REPAIRS
 from explorer.runs import sweep_description, sweep_label
 from explorer.sweep import MODES, SweepSettings, cached_heatmap, parse_fractions, teaching_preset, widget_values
 from explorer.sweep_figures import accuracy_figure, chance_caption, loss_figure, points_frame
@@ -75,7 +76,7 @@ def settings_form(model: dict) -> SweepSettings:
                            help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
         limit = int(b.number_input("Questions per point", 1, 100_000, state["sw_limit"], key="sw_limit"))
         heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, state["sw_heal"], key="sw_heal"))
-        repair = r.radio("Linear repair per point", ("none", "linear"), index=("none", "linear").index(state["sw_repair"]),
+        repair = r.radio("Linear repair per point", REPAIRS, index=REPAIRS.index(state["sw_repair"]),
                          key="sw_repair", horizontal=True, help="linear: a fitted map folded in, no training (one fit a point)")
         with st.expander("Text and samples"):
             text = st.text_input("Text for heatmap, held-out loss and healing", state["sw_text"], key="sw_text",
