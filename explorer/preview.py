@@ -19,7 +19,7 @@ from explorer.models import LoadedModel
 from explorer.paths import explorer_home
 from explorer.prune import PruneResult, prune_block
 from explorer.repair import LinearFit, RepairConfig, repair_block, repair_record
-from explorer.similarity import SimilarityResult, similarity_key
+from explorer.similarity import SimilarityResult, similarity_runs
 
 PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
 REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
@@ -100,8 +100,7 @@ class Preview:
 
 def latest_similarity(loaded: LoadedModel, store) -> SimilarityResult | None:
     """The newest finished heatmap of this model (any text settings), for the similarity strategy."""
-    prefix = similarity_key(loaded, "")
-    runs = [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
+    runs = similarity_runs(store, loaded)
     return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
