@@ -10,7 +10,10 @@ import time
 import pytest
 
 PLOT = ".st-key-ph_live_plot .js-plotly-plot"
-STEPS = 4
+# Enough steps that training spans several of the page's 2 s redraws on a fast machine too
+# (about 0.5 s a step plus 0.8 s an evaluation on the 2-core reference machine).
+STEPS = 12
+EVAL_EVERY = 4
 SCREENSHOT = "/tmp/heal.png"
 
 
@@ -43,7 +46,7 @@ def test_prune_then_heal_live(app_url, page, embedded):
     set_number(page, "First layer l", 20)
     wait_idle(page)
     page.get_by_text("Healing and evaluation settings").click()
-    for label, value in (("Steps", STEPS), ("Batch size", 2), ("Tokens per sample", 32), ("Evaluate every (steps)", 2),
+    for label, value in (("Steps", STEPS), ("Batch size", 2), ("Tokens per sample", 32), ("Evaluate every (steps)", EVAL_EVERY),
                          ("Questions per evaluation", 4), ("Held-out samples (loss)", 2)):
         set_number(page, label, value)
         wait_idle(page)

@@ -17,6 +17,10 @@ MAIN = '[data-testid="stMain"]'
 ACCURACY = ".st-key-sw_acc .js-plotly-plot"
 PROGRESS = re.compile(r"Run #(\d+) · (\w+) · (\d+) / (\d+) points")
 FRACTIONS = "0, 0.1, 0.2"  # n = 0, 3, 6 of 30 layers, three strategies: 9 points
+# Enough questions that measuring the 9 points spans several of the page's 2 s redraws even on a
+# fast machine (about 10 s on the 2-core reference machine; with 4 questions it took 3 s here and
+# under 2 s in CI, where no redraw fell between the first point and the last).
+QUESTIONS = 32
 
 
 def set_value(page, label: str, value) -> None:
@@ -61,7 +65,7 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     page.get_by_role("button", name="Start sweep").wait_for(timeout=180_000)  # the page loads the model first
     page.get_by_text("Chosen fractions").click()
     set_value(page, "Fractions of layers dropped, each in [0, 1)", FRACTIONS)
-    set_value(page, "Questions per point", 4)
+    set_value(page, "Questions per point", QUESTIONS)
     page.get_by_text("Text and samples").click()
     set_value(page, "Held-out samples", 2)
     set_value(page, "Heatmap samples", 2)
