@@ -16,15 +16,12 @@ asks for the Ray executor, and `ray_available()` tells the page whether to offer
 from __future__ import annotations
 
 import importlib.util
-import os
-from pathlib import Path
 from typing import Callable, Iterator
 
 from explorer.blocks import Block
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 
-REPO = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.5
 # A local instance started for one sweep: no dashboard, loopback, and a small object store
 # (points are a few numbers; the model never travels through it: each worker loads its own).
@@ -47,9 +44,8 @@ def connect(address: str | None = None, **local) -> None:
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:  # the workers import explorer from this checkout, as the driver does
-            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-            ray.init(**{**LOCAL_INSTANCE, **local}, runtime_env={"env_vars": env}, log_to_driver=False)
+        else:  # the workers import explorer as installed in this environment (`pip install -e .`)
+            ray.init(**{**LOCAL_INSTANCE, **local}, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ExplorerError(f"Could not start or join {where} ({exc}); check the address or use the local executor.") from exc

@@ -60,10 +60,9 @@ def submit(store: Store, kind: str, model_name: str, settings: dict) -> int:
         raise ExplorerError(f"Unknown job kind '{kind}': choose one of {', '.join(JOBS)}.")
     run_id = store.create_run(kind, model_name, settings, status="queued")
     command = [sys.executable, "-m", "explorer", "job", str(run_id), "--store", str(store.path)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with open(log_path(store, run_id), "ab") as log:
+    with open(log_path(store, run_id), "ab") as log:  # `-m` from the checkout's root imports this checkout's explorer
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     store.update_run(run_id, pid=process.pid)
     threading.Thread(target=process.wait, name=f"wait-job-{run_id}", daemon=True).start()  # no zombie when it ends

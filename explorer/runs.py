@@ -17,7 +17,10 @@ import pandas as pd
 
 from explorer.blocks import default_size
 from explorer.data import C4, EMBEDDED
-from explorer.store import Run
+from explorer.errors import ExplorerError
+from explorer.jobs import ACTIVE
+from explorer.policy import Policy, check_delete
+from explorer.store import Run, Store
 
 SETTINGS_SHOWN = 5
 
@@ -178,6 +181,17 @@ def format_bytes(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}" if size < 10 * scale else f"{size / scale:.0f} {unit}"
     return f"{size} B"
+
+
+def delete_run(store: Store, run: Run, policy: Policy, files: list[Path]) -> int:
+    """Delete a finished run and these of its files (see `run_files`); returns the bytes freed.
+    The operator's switch is enforced here, not only by the page hiding its button: a request
+    built by hand is refused too. A queued or running job must be cancelled first."""
+    check_delete(policy)
+    if run.status in ACTIVE:
+        raise ExplorerError(f"Run #{run.id} is still {run.status}: cancel it before deleting it.")
+    store.delete_run(run.id)
+    return delete_files(files)
 
 
 def delete_files(paths: list[Path]) -> int:

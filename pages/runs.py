@@ -13,7 +13,7 @@ from explorer.compare import comparison_figure, settings_differences
 from explorer.errors import ExplorerError
 from explorer.figures import figure_png, png_export_available
 from explorer.runs import (
-    delete_files,
+    delete_run,
     disk_usage,
     figures_html,
     format_bytes,
@@ -97,8 +97,7 @@ def delete(run: Run) -> None:
                                    + ", ".join(f"`{p}`" for p in files), value=True, key="runs_delete_files")
     yes, no = st.columns(2)
     if yes.button("Yes, delete", type="primary", key="runs_delete_yes"):
-        store.delete_run(run.id)
-        freed = delete_files(files) if remove else 0
+        freed = delete_run(store, run, visitor_policy(), files if remove else [])
         st.session_state.pop(CONFIRM_KEY, None)
         st.session_state.pop(SELECTED_KEY, None)
         st.toast(f"Run #{run.id} deleted" + (f", {format_bytes(freed)} freed." if remove else "."))

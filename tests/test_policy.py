@@ -23,6 +23,8 @@ from explorer.policy import (
     is_loopback,
     server_policy,
 )
+from explorer.runs import delete_run
+from explorer.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,3 +141,24 @@ def test_a_visitor_cannot_delete_runs(served_room, monkeypatch):
     assert not [b for b in at.button if b.label.startswith("Delete run")]
     assert any(f"{ALLOW_DELETE}=1" in caption.value for caption in at.caption)
     Store().get_run(run_id)  # still there
+
+
+def test_delete_run_enforces_the_switch_and_spares_running_jobs(tmp_path):
+    """The backend refuses a delete the operator did not allow, whatever the page shows."""
+    store = Store(tmp_path / "store.sqlite")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"x" * 1000)
+    run = store.create_run("prune", "m", {"out": str(folder)}, status="done")
+    room, local = server_policy("0.0.0.0", {}), server_policy("127.0.0.1", {})
+    with pytest.raises(ExplorerError, match=f"{ALLOW_DELETE}=1"):
+        delete_run(store, store.get_run(run), room, [folder])
+    assert store.get_run(run).id == run and folder.exists()
+    queued = store.create_run("sweep", "m", {}, status="queued")
+    with pytest.raises(ExplorerError, match="cancel it before deleting"):
+        delete_run(store, store.get_run(queued), local, [])
+    assert store.get_run(queued).status == "queued"
+    assert delete_run(store, store.get_run(run), local, [folder]) == 1000
+    assert not folder.exists()
+    with pytest.raises(ExplorerError):
+        store.get_run(run)
