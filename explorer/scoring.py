@@ -157,6 +157,36 @@ def _expanded(cache, batch: int):
     return view
 
 
+@contextmanager
+def _head_at(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor) -> Iterator[list[bool]]:
+    """While open, the model's LM head sees only the hidden states at (rows[k], columns[k]) and
+    its logits come out [1, K, V]: scoring needs a few positions of each padded row (a prefix's
+    last token, an answer's own tokens), and the head costs several decoder layers per position
+    (a 49k-word vocabulary against a 576-wide model). Any elementwise step after the head (Gemma's
+    soft-capping) still applies. Yields a flag list that is non-empty once the head was called
+    as a module; a model that multiplies by its embedding directly gives full logits instead."""
+    fired: list[bool] = []
+
+    def pick(module, args):
+        fired.append(True)
+        hidden = args[0]
+        return (hidden[rows.to(hidden.device), columns.to(hidden.device)][None], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(pick)
+    try:
+        yield fired
+    finally:
+        handle.remove()
+
+
+def logits_at(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor, **inputs) -> tuple[object, torch.Tensor]:
+    """(the model's output, float32 logits [K, V] at positions (rows[k], columns[k]) of its input),
+    with the LM head run on those positions only (`_head_at`)."""
+    with _head_at(model, rows, columns) as fired:
+        out = model(**inputs)
+    return out, (out.logits[0] if fired else out.logits[rows, columns.to(out.logits.device)]).float()
+
+
 def _shared_prefix_logprobs(
     loaded: LoadedModel, parameters: set[str], prefixes: list[list[int]], tails: list[list[list[int]]],
     shared: tuple[object, int] | None = None,
@@ -165,26 +195,25 @@ def _shared_prefix_logprobs(
     from the prefix's last token to the tail's last token (position t predicts token t + 1).
 
     The prefixes run once, right-padded, keeping their KV cache and only the logits of their last
-    token; the cache is then repeated per tail and the tails run on it in one batch. Scoring k
-    answers to one question thus costs one pass over the question, not k. `parameters`: what the
-    model's forward accepts (`_forward_parameters`). `shared`: (KV cache, length) of tokens that
-    come before every prefix (a few-shot header, `_shared_cache`); the prefixes then hold only
-    what follows it and run on a broadcast copy of that cache."""
+    token; the cache is then repeated per tail and the tails run on it in one batch, the head on
+    their real tokens only. Scoring k answers to one question thus costs one pass over the
+    question, not k. `parameters`: what the model's forward accepts (`_forward_parameters`).
+    `shared`: (KV cache, length) of tokens that come before every prefix (a few-shot header,
+    `_shared_cache`); the prefixes then hold only what follows it and run on a broadcast copy of
+    that cache."""
     model, pad_id = loaded.model, loaded.tokenizer.pad_token_id or 0
     input_ids, mask = pad_batch(prefixes, pad_id)
     lengths = mask.sum(dim=1)
     flat = [tail for group in tails for tail in group]
-    keep = {"logits_to_keep": lengths - 1} if "logits_to_keep" in parameters else {}
     offset, extra = 0, {}
     if shared is not None:
         cache, offset = shared
         mask = torch.cat([torch.ones(len(prefixes), offset, dtype=mask.dtype), mask], dim=1)
         extra = {"past_key_values": _expanded(cache, len(prefixes)),
                  "position_ids": (offset + torch.arange(input_ids.shape[1])).expand(len(prefixes), -1).to(loaded.device)}
-    out = model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device),
-                use_cache=any(flat), **keep, **extra)
-    columns = torch.arange(len(prefixes)) if keep else lengths - 1
-    last = torch.log_softmax(out.logits[torch.arange(len(prefixes)), columns.to(out.logits.device)].float(), dim=-1)
+    out, last = logits_at(model, torch.arange(len(prefixes)), lengths - 1, input_ids=input_ids.to(loaded.device),
+                          attention_mask=mask.to(loaded.device), use_cache=any(flat), **extra)
+    last = torch.log_softmax(last, dim=-1)
     result = [[last[b, None]] * len(group) for b, group in enumerate(tails)]
     if not any(flat):
         return result
@@ -195,15 +224,17 @@ def _shared_prefix_logprobs(
     positions = {}  # without position_ids the prefixes have one length (_mixes_prefix_lengths): default positions
     if "position_ids" in parameters:
         positions = {"position_ids": (offset + lengths[owner, None] + torch.arange(tail_ids.shape[1])).to(loaded.device)}
-    logits = model(
-        input_ids=tail_ids.to(loaded.device), attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(loaded.device),
-        past_key_values=cache, use_cache=False, **positions,
-    ).logits
-    row = 0
+    real = tail_mask.bool()
+    rows, columns = real.nonzero(as_tuple=True)  # row-major: each tail's tokens in order, tail after tail
+    _, logits = logits_at(
+        model, rows, columns, input_ids=tail_ids.to(loaded.device),
+        attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(loaded.device), past_key_values=cache,
+        use_cache=False, **positions,
+    )
+    pieces = iter(torch.log_softmax(logits, dim=-1).split([len(tail) for tail in flat]))
     for b, group in enumerate(tails):
-        for k, tail in enumerate(group):
-            result[b][k] = torch.cat([last[b, None], torch.log_softmax(logits[row, : len(tail)].float(), dim=-1)])
-            row += 1
+        for k in range(len(group)):
+            result[b][k] = torch.cat([last[b, None], next(pieces)])
     return result
 
 
