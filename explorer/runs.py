@@ -75,11 +75,11 @@ def headline(run: Run) -> str:
 def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     """The run's numbers as one table: what the CSV export writes."""
     from explorer.bootstrap import bootstrap
-    from explorer.figures import distances_frame
+    from explorer.figures.similarity import distances_frame
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
-    from explorer.sweep_figures import metrics_frame as scores_frame
-    from explorer.sweep_figures import points_frame
+    from explorer.figures.sweep import metrics_frame as scores_frame
+    from explorer.figures.sweep import points_frame
 
     result = run.result or {}
     if run.kind == "similarity" and result.get("distances"):
@@ -102,10 +102,10 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
 def run_figures(run: Run, events: list[dict]) -> list:
     """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
     from explorer.bootstrap import bootstrap
-    from explorer.figures import heatmap_figure
+    from explorer.figures.similarity import heatmap_figure
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
-    from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
+    from explorer.figures.sweep import accuracy_figure, loss_figure, metrics_figure
 
     if run.kind == "similarity" and run.result:
         similarity = SimilarityResult.from_json(run.result)

@@ -11,7 +11,7 @@ import streamlit as st
 from explorer import jobs, policy
 from explorer.compare import comparison_figure, settings_differences
 from explorer.errors import ExplorerError
-from explorer.figures import figure_png, png_export_available
+from explorer.figures.similarity import figure_png, png_export_available
 from explorer.runs import (
     delete_run,
     disk_usage,

@@ -73,7 +73,7 @@ def test_figure_points_carry_their_own_block(tiny_llama):
     agree with the distance matrix and an independent argmin per row."""
     import numpy as np
 
-    from explorer.figures import distances_frame, heatmap_figure
+    from explorer.figures.similarity import distances_frame, heatmap_figure
     from explorer.similarity import compute_distances
 
     ids = tiny_llama.tokenizer(["The cat sat on the mat while the dog slept by the door."] * 2)["input_ids"]

@@ -1,0 +1,1 @@
+"""Every plotly figure the app draws, one module per page's plots."""
