@@ -75,11 +75,11 @@ def headline(run: Run) -> str:
 def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
     """The run's numbers as one table: what the CSV export writes."""
     from explorer.bootstrap import bootstrap
-    from explorer.figures import distances_frame
+    from explorer.figures.metrics import metrics_frame as scores_frame
+    from explorer.figures.similarity import distances_frame
+    from explorer.figures.sweep import points_frame
     from explorer.metrics import MetricScores
     from explorer.similarity import SimilarityResult
-    from explorer.sweep_figures import metrics_frame as scores_frame
-    from explorer.sweep_figures import points_frame
 
     result = run.result or {}
     if run.kind == "similarity" and result.get("distances"):
@@ -97,31 +97,6 @@ def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
         return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list) and k != "predictions"}
                                   for e in events])
     return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
-
-
-def run_figures(run: Run, events: list[dict]) -> list:
-    """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
-    from explorer.bootstrap import bootstrap
-    from explorer.figures import heatmap_figure
-    from explorer.metrics import MetricScores
-    from explorer.similarity import SimilarityResult
-    from explorer.sweep_figures import accuracy_figure, loss_figure, metrics_figure
-
-    if run.kind == "similarity" and run.result:
-        similarity = SimilarityResult.from_json(run.result)
-        return [heatmap_figure(similarity, boot=bootstrap(similarity))]
-    if run.kind == "sweep" and (points := [e for e in events if e.get("kind") == "point"]):
-        return [accuracy_figure(points), loss_figure(points)]
-    if run.kind == "metrics" and run.result:
-        scores = MetricScores.from_json(run.result)
-        return [metrics_figure(scores, default_size(scores.num_layers))]
-    return []
-
-
-def figures_html(figures: list) -> str:
-    """All figures in one self-contained HTML page (plotly.js inlined once, works offline)."""
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    return "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
 
 
 def run_json(run: Run, events: list[dict]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import jobs
-from explorer.classify_figures import accuracy_vs_k_figure, classify_frame
+from explorer.figures.classify import accuracy_vs_k_figure, classify_frame
 from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
 from explorer.store import Run
 from explorer.progress import current_phase

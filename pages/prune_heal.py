@@ -13,7 +13,7 @@ from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.export import DTYPES, mergekit_yaml
 from explorer.heal import TARGETS, HealConfig, default_eval_task
-from explorer.heal_figures import heal_figure
+from explorer.figures.heal import heal_figure
 from explorer.models import LoadedModel, pick_device
 from explorer.parallel import visible_gpus
 from explorer.preview import (HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, Preview, comparison_frame, heal_config, heal_defaults,

@@ -9,19 +9,18 @@ import pandas as pd
 import streamlit as st
 
 from explorer import jobs, policy
-from explorer.compare import comparison_figure, settings_differences
+from explorer.compare import settings_differences
 from explorer.errors import ExplorerError
-from explorer.figures import figure_png, png_export_available
+from explorer.figures.export import figure_png, figures_html, png_export_available
+from explorer.figures.runs import comparison_figure, run_figures
 from explorer.runs import (
     delete_run,
     disk_usage,
-    figures_html,
     format_bytes,
     headline,
     mergekit_text,
     metrics_frame,
     model_folder,
-    run_figures,
     run_files,
     run_json,
     settings_summary,

@@ -12,8 +12,8 @@ import streamlit as st
 from explorer.blocks import check_block, default_size
 from explorer.bootstrap import Bootstrap, block_notes, bootstrap, selection_text, summary
 from explorer.data import save_upload
-from explorer.figures import (LEGEND, distances_frame, figure_png, heatmap_figure, min_distance_figure,
-                               png_export_available, stability_figure)
+from explorer.figures.export import figure_png, png_export_available
+from explorer.figures.similarity import LEGEND, distances_frame, heatmap_figure, min_distance_figure, stability_figure
 from explorer.models import LoadedModel
 from explorer.paths import explorer_home
 from explorer.prune import removed_parameters

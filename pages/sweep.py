@@ -17,7 +17,7 @@ from explorer.progress import progress_text, sweep_progress
 from explorer.repair import REPAIRS
 from explorer.runs import sweep_description, sweep_label
 from explorer.sweep import MODES, SweepSettings, cached_heatmap, parse_fractions, teaching_preset, widget_values
-from explorer.sweep_figures import accuracy_figure, chance_caption, loss_figure, points_frame
+from explorer.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.tasks import task_names
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
                    user_errors)

@@ -22,7 +22,7 @@ from explorer.prune import prune_block
 from explorer.runs import headline
 from explorer.store import Run, Store
 from explorer.sweep import SweepSettings, describe_point, run_sweep, start_sweep
-from explorer.sweep_figures import points_frame
+from explorer.figures.sweep import points_frame
 
 TASK, LIMIT = "quiz-capitals", 12
 

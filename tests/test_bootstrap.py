@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from explorer.bootstrap import bootstrap, choice_notes, optimal_with_uncertainty, result_json, summary
-from explorer.figures import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
+from explorer.figures.similarity import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
 from explorer.models import LoadedModel, decoder_layers
 from explorer.prune import strategy_block
 from explorer.runs import headline

@@ -131,8 +131,8 @@ def test_rank_correlation_table(scores):
 
 def test_correlation_figure_shows_the_table(scores):
     """The page's annotated heatmap carries exactly the table's values, labelled by metric."""
+    from explorer.figures.metrics import correlation_figure
     from explorer.metrics import METRICS
-    from explorer.sweep_figures import correlation_figure
 
     table = scores.rank_correlations(2)
     heat = correlation_figure(scores, 2).data[0]

@@ -15,7 +15,7 @@ from explorer.similarity import (
 )
 from explorer.store import Run
 from explorer.sweep import MODES, WIDGETS, SweepSettings, teaching_preset, widget_values
-from explorer.sweep_figures import chance_caption
+from explorer.figures.sweep import chance_caption
 
 TOY = SimilarityResult("toy", 4, [[0.5, 0.2, 0.3, 0.1], [0.4, 0.3, 0.2], [0.5, 0.6], [0.9]], samples=1)
 

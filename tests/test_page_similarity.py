@@ -66,29 +66,3 @@ def test_empty_upload_is_a_message_not_a_traceback(app):
     at = calibrate(app, 4, 32)
     assert not at.exception
     assert any("No usable text" in e for e in errors(at))
-
-
-def test_figure_points_carry_their_own_block(tiny_llama):
-    """Every clickable point's customdata (l, n) is the cell it is drawn on, and the CSV rows
-    agree with the distance matrix and an independent argmin per row."""
-    import numpy as np
-
-    from explorer.figures import distances_frame, heatmap_figure
-    from explorer.similarity import compute_distances
-
-    ids = tiny_llama.tokenizer(["The cat sat on the mat while the dog slept by the door."] * 2)["input_ids"]
-    result = compute_distances(tiny_llama, ids, batch_size=2)
-    L = result.num_layers
-    frame = distances_frame(result)
-    assert len(frame) == sum(L - n + 1 for n in range(1, L + 1))
-    for n, row in enumerate(result.distances, 1):
-        rows = frame[frame.n == n].sort_values("l")
-        assert np.allclose(rows.distance, row)
-        assert rows.l[rows.is_optimal].tolist() == ([int(np.argmin(row[: L - n]))] if n < L else [])
-        assert rows.l[rows.is_simple].tolist() == ([L - 1 - n] if n < L else [])
-    for y_axis, scale in (("n", 1), ("fraction", L)):
-        fig = heatmap_figure(result, selected=(1, 2), y_axis=y_axis)
-        for trace in fig.data:
-            l, n = np.asarray(trace.customdata)[:, :2].astype(int).T
-            assert np.array_equal(trace.x, l) and np.allclose(np.asarray(trace.y) * scale, n)
-        assert [tuple(t.customdata[0][:2]) for t in fig.data if t.name == "selected block"] == [(1, 2)]

@@ -13,15 +13,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.export import mergekit_yaml, save_pruned
+from explorer.figures.export import figures_html
+from explorer.figures.runs import run_figures
 from explorer.metrics import cached_scores
 from explorer.prune import prune_block
 from explorer.runs import (
-    figures_html,
     headline,
     mergekit_text,
     metrics_frame,
     model_folder,
-    run_figures,
     run_json,
     settings_summary,
 )

@@ -235,7 +235,7 @@ def test_points_reusing_the_unpruned_forward_equal_whole_pruned_models(embedded,
 def test_linear_repair_is_an_axis(tiny_llama, tmp_path):
     """repair="linear" adds a linear-repair twin of each point, measured on the pruned view with the
     fitted map folded in (the shared weights untouched); a stored point with only "healed" keys as before."""
-    from explorer.sweep_figures import accuracy_figure
+    from explorer.figures.sweep import accuracy_figure
 
     store = Store(tmp_path / "runs.sqlite")
     settings = SweepSettings(**{**TINY, "model": "tiny", "strategies": ("simple",), "fractions": (0.5,), "repair": "linear",

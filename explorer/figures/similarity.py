@@ -17,13 +17,13 @@ import plotly.graph_objects as go
 
 from explorer.blocks import Block
 from explorer.bootstrap import STABLE_FROM, Bootstrap
-from explorer.errors import ExplorerError
+from explorer.figures.style import LEGEND_ABOVE, MARGIN, interval_bars, title
 from explorer.similarity import SimilarityResult
 
 YAxis = Literal["n", "fraction"]
 
 COLORSCALE = "Viridis"
-MARGIN = dict(l=70, r=20, t=80, b=60)
+HEATMAP_MARGIN = dict(l=70, r=20, t=80, b=60)
 COLORBAR_SPACE = 90  # pixels right of the grid for the colour bar
 FULL_OPACITY = dict(marker=dict(opacity=1))  # keep every marker bright after a click selects one
 LEGEND = ("Click a cell to select the block [l, l+n). ☆ the best block, the row's minimum over blocks that keep "
@@ -166,11 +166,11 @@ def heatmap_figure(
                                color="red", line=dict(width=3)))
     _axes(fig, L, y_axis)
     fig.update_layout(
-        width=MARGIN["l"] + MARGIN["r"] + L * cell + COLORBAR_SPACE,
-        height=MARGIN["t"] + MARGIN["b"] + L * cell,
-        margin=MARGIN,
-        title=dict(text=f"{result.model}: d(x<sup>l</sup>, x<sup>l+n</sup>) over {result.samples} samples", font_size=14),
-        legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom", bgcolor="rgba(0,0,0,0)"),
+        width=HEATMAP_MARGIN["l"] + HEATMAP_MARGIN["r"] + L * cell + COLORBAR_SPACE,
+        height=HEATMAP_MARGIN["t"] + HEATMAP_MARGIN["b"] + L * cell,
+        margin=HEATMAP_MARGIN,
+        title=title(f"{result.model}: d(x<sup>l</sup>, x<sup>l+n</sup>) over {result.samples} samples"),
+        legend=dict(**LEGEND_ABOVE, bgcolor="rgba(0,0,0,0)"),
         plot_bgcolor="white",
         hovermode="closest",
         hoverdistance=-1,
@@ -188,9 +188,8 @@ def min_distance_figure(result: SimilarityResult, boot: Bootstrap | None = None)
     notes = [boot.hover_line(k, s) if boot else "" for k, s in zip(n, starts)]
     error_y = None
     if boot:
-        error_y = dict(type="data", symmetric=False,
-                       array=[boot.ci_high[k - 1][s] - d for k, s, d in zip(n, starts, distance)],
-                       arrayminus=[d - boot.ci_low[k - 1][s] for k, s, d in zip(n, starts, distance)])
+        error_y = interval_bars(distance, [boot.ci_low[k - 1][s] for k, s in zip(n, starts)],
+                                [boot.ci_high[k - 1][s] for k, s in zip(n, starts)])
     fig = go.Figure(go.Scatter(
         x=n, y=distance, mode="lines+markers", name="best block", error_y=error_y,
         customdata=[[s, k / L, note] for s, k, note in zip(starts, n, notes)],
@@ -199,7 +198,7 @@ def min_distance_figure(result: SimilarityResult, boot: Bootstrap | None = None)
     ))
     ticks = list(range(0, L + 1, max(1, L // 6)))[1:] or [L]
     fig.update_layout(
-        title=dict(text="Best block's distance for each block size", font_size=14),
+        title=title("Best block's distance for each block size"),
         xaxis=dict(title="block size n (fraction of layers n / L)", range=[0.5, L + 0.5],
                    tickvals=ticks, ticktext=[f"{k}<br>{k / L:.0%}" for k in ticks]),
         yaxis=dict(title="min angular distance", rangemode="tozero"),
@@ -224,31 +223,9 @@ def stability_figure(result: SimilarityResult, boot: Bootstrap) -> go.Figure:
     ])
     fig.add_hline(y=STABLE_FROM, line_dash="dot", annotation_text="unstable below", annotation_position="bottom right")
     fig.update_layout(
-        title=dict(text=f"How often each block is chosen ({boot.draws} resamples of the samples)", font_size=14),
+        title=title(f"How often each block is chosen ({boot.draws} resamples of the samples)"),
         xaxis_title="block size n (bar label: first layer)", yaxis=dict(title="share of resamples", tickformat=".0%",
                                                                         range=[0, 1]),
-        barmode="group", height=320, margin=dict(l=60, r=20, t=60, b=50),
-        legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"),
+        barmode="group", height=320, margin=MARGIN, legend=LEGEND_ABOVE,
     )
     return fig
-
-
-def figure_png(fig: go.Figure, scale: float = 2.0) -> bytes:
-    """PNG through kaleido, which drives a local Chrome/Chromium (kaleido >= 1 ships none)."""
-    try:
-        return fig.to_image(format="png", scale=scale)
-    except Exception as exc:  # kaleido raises its own types for a missing or crashing browser
-        raise ExplorerError(
-            f"PNG export needs Chrome or Chromium for kaleido ({type(exc).__name__}); "
-            "use the camera button on the chart or the HTML download instead."
-        ) from exc
-
-
-def png_export_available() -> bool:
-    """Whether kaleido can find a Chrome/Chromium (it honours the BROWSER_PATH environment variable)."""
-    try:
-        from choreographer.browsers.chromium import Chromium
-
-        return Chromium.find_browser(skip_local=False) is not None
-    except ImportError:
-        return False

@@ -1,8 +1,8 @@
-"""Figures of the sweep (the paper's Figures 1-2) and of the metric comparison, as plotly figures.
+"""The Sweep page's figures (the paper's Figures 1-2): accuracy and normalized loss against the
+fraction of layers dropped, one line per (strategy, repair).
 
-Kept apart from `explorer.figures` (the heatmap) so each page's figures live in one file.
-Every builder takes plain results (point dicts, MetricScores) and returns a go.Figure; the
-same frames feed the CSV downloads, so a plot and its data never disagree.
+Every builder takes the sweep's point dicts and returns a go.Figure; the same frame feeds the
+CSV download, so a plot and its data never disagree.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.metrics import METRICS, MetricScores
+from explorer.figures.style import BLUE, GREEN, GREY, LEGEND_BELOW, MARGIN, ORANGE, rgba, title
 from explorer.sweep import curve_name, first_at_chance, point_repair
 
-STRATEGY_COLORS = {"similarity": "#1f77b4", "simple": "#ff7f0e", "top-cut": "#2ca02c"}
+STRATEGY_COLORS = {"similarity": BLUE, "simple": ORANGE, "top-cut": GREEN}
 REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line per (strategy, repair)
-METRIC_COLORS = {"last_token": "#1f77b4", "all_tokens": "#9467bd", "block_influence": "#d62728", "brute_force": "#2b2b2b"}
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
     "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
@@ -46,16 +45,11 @@ def _curves(frame: pd.DataFrame):
         yield strategy, repair, curve_name(strategy, repair), curve
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
-    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def _layout(fig: go.Figure, title: str, y_title: str, **yaxis) -> go.Figure:
+def _layout(fig: go.Figure, text: str, y_title: str, **yaxis) -> go.Figure:
     fig.update_layout(
-        title=dict(text=title, font_size=14), height=420, margin=dict(l=60, r=20, t=60, b=50),
+        title=title(text), height=420, margin=MARGIN,
         xaxis=dict(title="fraction of layers dropped n / L", tickformat=".0%", rangemode="tozero"),
-        yaxis=dict(title=y_title, **yaxis), legend=dict(orientation="h", y=-0.2), hovermode="closest",
+        yaxis=dict(title=y_title, **yaxis), legend=LEGEND_BELOW, hovermode="closest",
     )
     return fig
 
@@ -66,10 +60,10 @@ def accuracy_figure(points: list[dict]) -> go.Figure:
     frame = points_frame(points)
     fig = go.Figure()
     for strategy, repair, label, curve in _curves(frame):
-        color = STRATEGY_COLORS.get(strategy, "#7f7f7f")
+        color = STRATEGY_COLORS.get(strategy, GREY)
         band = dict(mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label)
         fig.add_trace(go.Scatter(x=curve.fraction, y=curve.ci_high, **band))
-        fig.add_trace(go.Scatter(x=curve.fraction, y=curve.ci_low, fill="tonexty", fillcolor=_rgba(color, 0.15), **band))
+        fig.add_trace(go.Scatter(x=curve.fraction, y=curve.ci_low, fill="tonexty", fillcolor=rgba(color, 0.15), **band))
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.accuracy, mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=color, dash=REPAIR_DASHES.get(repair, "solid")),
@@ -100,7 +94,7 @@ def loss_figure(points: list[dict]) -> go.Figure:
     for strategy, repair, label, curve in _curves(frame):
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.normalized_loss, mode="lines+markers", name=label,
-            line=dict(color=STRATEGY_COLORS.get(strategy, "#7f7f7f"), dash=REPAIR_DASHES.get(repair, "solid")),
+            line=dict(color=STRATEGY_COLORS.get(strategy, GREY), dash=REPAIR_DASHES.get(repair, "solid")),
             error_y=dict(type="data", array=curve.normalized_loss_se.fillna(0),
                          visible=bool(curve.normalized_loss_se.notna().any())),
             customdata=curve[["n", "val_loss", "val_loss_se"]].fillna(float("nan")).to_numpy(),
@@ -109,63 +103,3 @@ def loss_figure(points: list[dict]) -> go.Figure:
         ))
     fig.add_hline(y=1, line=dict(color="gray", dash="dot"), annotation_text="uniform guessing", annotation_position="top left")
     return _layout(fig, "Normalized held-out loss vs layers dropped", "(loss − unpruned) / (ln|V| − unpruned)")
-
-
-def metrics_frame(scores: MetricScores, n: int) -> pd.DataFrame:
-    """Each metric's score per block start l for block size n (the metric page's CSV)."""
-    frame = pd.DataFrame({"l": range(scores.num_layers - n + 1), **scores.scores(n)})
-    frame.insert(1, "n", n)
-    return frame
-
-
-def metrics_figure(scores: MetricScores, n: int) -> go.Figure:
-    """Every metric against l, min-max scaled to [0, 1] (their units differ; the shapes and the
-    argmins are what compare); the star is the block each metric would prune."""
-    frame = metrics_frame(scores, n)
-    fig = go.Figure()
-    for name in scores.scores(n):
-        raw = frame[name]
-        span = raw.max() - raw.min()
-        scaled = (raw - raw.min()) / span if span > 0 else raw * 0
-        fig.add_trace(go.Scatter(
-            x=frame.l, y=scaled, mode="lines+markers", name=METRICS[name], customdata=raw, line=dict(color=METRIC_COLORS[name]),
-            hovertemplate="l = %{x}<br>score %{customdata:.4g}<extra>" + METRICS[name] + "</extra>",
-        ))
-        best = int(raw.idxmin())
-        fig.add_trace(go.Scatter(
-            x=[frame.l[best]], y=[scaled[best]], mode="markers", showlegend=False,
-            marker=dict(symbol="star", size=15, color=METRIC_COLORS[name], line=dict(color="black", width=1)),
-            hovertemplate=f"{METRICS[name]} prunes layers {best}-{best + n - 1}<extra></extra>",
-        ))
-    fig.update_layout(
-        title=dict(text=f"Block scores for n = {n} (lower = safer to drop; stars = each metric's choice)", font_size=14),
-        xaxis=dict(title="first layer l of the block [l, l+n)", dtick=max(1, scores.num_layers // 15)),
-        yaxis=dict(title="score, min-max scaled", range=[-0.05, 1.05]), height=420,
-        margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2),
-    )
-    return fig
-
-
-def correlation_figure(scores: MetricScores, n: int) -> go.Figure:
-    """Spearman rank correlations between the metrics as a small annotated heatmap: readable at any
-    window width, where a wide table clipped its values off-screen."""
-    table = scores.rank_correlations(n)
-    names = list(table)
-    labels = [METRICS[name] for name in names]
-    values = [[table[a][b] for b in names] for a in names]
-    fig = go.Figure(go.Heatmap(
-        z=values, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu", showscale=False,
-        text=[[f"{v:.2f}" for v in row] for row in values], texttemplate="%{text}",
-        hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(autorange="reversed"))
-    return fig
-
-
-def influence_figure(scores: MetricScores) -> go.Figure:
-    """ShortGPT's per-layer Block Influence: how much each layer turns the residual stream."""
-    fig = go.Figure(go.Bar(x=list(range(scores.num_layers)), y=scores.layer_influence,
-                           hovertemplate="layer %{x}: BI %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=dict(text="Block Influence per layer, 1 − cos(x^i, x^(i+1))", font_size=14),
-                      xaxis_title="layer i", yaxis_title="BI", height=320, margin=dict(l=60, r=20, t=60, b=50))
-    return fig

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-MODE_COLORS = {"icl": "#7f7f7f", "prompt-ft": "#1f77b4", "head-ft": "#d62728"}
+from explorer.figures.style import BLUE, GREEN, GREY, LEGEND_BELOW, MARGIN, RED, interval_bars, title
+
+MODE_COLORS = {"icl": GREY, "prompt-ft": BLUE, "head-ft": RED}
 STRATEGY_DASH = {"top-cut": "solid", "similarity": "dash"}
 COLUMNS = ["strategy", "mode", "k", "start", "n", "num_layers", "accuracy", "ci_low", "ci_high", "chance",
            "n_train", "n_test", "steps", "train_seconds", "eval_seconds", "trainable_params", "train_loss_before", "train_loss_after"]
@@ -28,8 +30,8 @@ def accuracy_vs_k_figure(points: list[dict]) -> go.Figure:
     for (strategy, mode), curve in frame.groupby(["strategy", "mode"], sort=True):
         fig.add_trace(go.Scatter(
             x=curve.k, y=curve.accuracy, mode="lines+markers", name=f"{mode} ({strategy})",
-            line=dict(color=MODE_COLORS.get(mode, "#2ca02c"), dash=STRATEGY_DASH.get(strategy, "dot")),
-            error_y=dict(type="data", symmetric=False, array=curve.ci_high - curve.accuracy, arrayminus=curve.accuracy - curve.ci_low),
+            line=dict(color=MODE_COLORS.get(mode, GREEN), dash=STRATEGY_DASH.get(strategy, "dot")),
+            error_y=interval_bars(curve.accuracy, curve.ci_low, curve.ci_high),
             customdata=curve[["ci_low", "ci_high", "train_seconds"]],
             hovertemplate="k=%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}]<br>finetuning %{customdata[2]:.1f}s<extra></extra>",
         ))
@@ -38,8 +40,8 @@ def accuracy_vs_k_figure(points: list[dict]) -> go.Figure:
         fig.add_hline(y=frame.chance.iloc[0], line_dash="dot", line_color="black", annotation_text="chance")
         sizes = f" (train {frame.n_train.iloc[0]}, test {frame.n_test.iloc[0]})"
     fig.update_layout(
-        title=dict(text=f"Held-out accuracy vs layers kept{sizes}", font_size=14), height=440,
-        margin=dict(l=60, r=20, t=60, b=50), xaxis=dict(title="layers kept k"),
-        yaxis=dict(title="accuracy (95% Wilson interval)", range=[0, 1]), legend=dict(orientation="h", y=-0.2),
+        title=title(f"Held-out accuracy vs layers kept{sizes}"), height=440, margin=MARGIN,
+        xaxis=dict(title="layers kept k"), yaxis=dict(title="accuracy (95% Wilson interval)", range=[0, 1]),
+        legend=LEGEND_BELOW,
     )
     return fig
