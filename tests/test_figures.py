@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer.figures.runs import comparison_figure
+from explorer.figures.runs import comparison_figure, run_figures
 from explorer.figures.similarity import distances_frame, heatmap_figure
 from explorer.similarity import compute_distances
 
@@ -49,6 +49,15 @@ def test_two_heals_share_axes(store):
     assert by_name[f"#{a.id} accuracy"].xaxis == by_name[f"#{b.id} accuracy"].xaxis  # one subplot, shared axes
     sweep = store.get_run(store.create_run("sweep", "m", {}))
     assert comparison_figure(a, [], sweep, []) is None  # different kinds: nothing to overlay
+
+
+def test_runs_page_draws_a_heal_runs_curves(store):
+    run = store.get_run(store.create_run("heal", "m", {"heal": {"steps": 3}}))
+    events = [{**e, "chance": 0.25} if e["kind"] == "eval" else e for e in _heal_events([3.0, 2.5, 2.2], [0.5, 0.7])]
+    (fig,) = run_figures(run, events)
+    ys = {tuple(trace.y) for trace in fig.data if trace.y is not None}
+    assert (3.0, 2.5, 2.2) in ys and (0.5, 0.7) in ys  # its train loss and accuracy curves
+    assert run_figures(run, [{"kind": "phase", "phase": "loading the model"}]) == []  # nothing measured yet
 
 
 def test_two_sweeps_one_line_per_run_and_strategy(store):

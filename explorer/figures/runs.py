@@ -19,6 +19,7 @@ RUN_COLORS = (BLUE, RED)
 def run_figures(run: Run, events: list[dict]) -> list[go.Figure]:
     """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
     from explorer.bootstrap import bootstrap
+    from explorer.figures.heal import heal_figure
     from explorer.figures.metrics import metrics_figure
     from explorer.figures.similarity import heatmap_figure
     from explorer.figures.sweep import accuracy_figure, loss_figure
@@ -30,6 +31,8 @@ def run_figures(run: Run, events: list[dict]) -> list[go.Figure]:
         return [heatmap_figure(similarity, boot=bootstrap(similarity))]
     if run.kind == "sweep" and (points := [e for e in events if e.get("kind") == "point"]):
         return [accuracy_figure(points), loss_figure(points)]
+    if run.kind == "heal" and any(e.get("kind") in ("train", "eval") for e in events):
+        return [heal_figure(events, run.settings["heal"]["steps"])]
     if run.kind == "metrics" and run.result:
         scores = MetricScores.from_json(run.result)
         return [metrics_figure(scores, default_size(scores.num_layers))]
