@@ -171,21 +171,31 @@ class PrefixReuse:
         self.base, self.tape = record(loaded, starts, evaluate)
         self.replayed = 0
 
-    def measure(self, block: Block) -> dict:
+    def measure(self, block: Block, prepare: Callable[[LoadedModel], None] | None = None, changed: int | None = None) -> dict:
         """`evaluate` of `loaded` without `block`: equal to the full pruned forward (within float
-        rounding), running only the layers after the block where the recording allows."""
+        rounding), running only the layers after the block where the recording allows.
+        `prepare` edits the pruned view before it runs, changing no layer below `changed` (a linear
+        repair folds its map into layer start - 1): those layers still replay."""
         from explorer.sweep import pruned_view
 
-        if block.n == 0:
+        if block.n == 0 and prepare is None:
             return self.base
-        if block.start == 0 or block.start not in self.tape.outputs or not self.tape.replayable:
-            return self.evaluate(pruned_view(self.loaded, block))
-        view = pruned_view(self.loaded, block)
-        handles = _replaying(view, self.tape, block.start)
+        replay = block.start if changed is None else min(changed, block.start)
+
+        def view() -> LoadedModel:
+            pruned = pruned_view(self.loaded, block)
+            if prepare is not None:
+                prepare(pruned)
+            return pruned
+
+        if replay == 0 or replay not in self.tape.outputs or not self.tape.replayable:
+            return self.evaluate(view())
+        replaying = view()
+        handles = _replaying(replaying, self.tape, replay)
         try:
-            metrics = self.evaluate(view)
+            metrics = self.evaluate(replaying)
         except _OutOfStep:
-            return self.evaluate(pruned_view(self.loaded, block))
+            return self.evaluate(view())
         finally:
             for handle in handles:
                 handle.remove()

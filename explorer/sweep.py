@@ -45,7 +45,7 @@ from explorer.repair import REPAIRS
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
 REPAIR_AXIS = ("none", "linear", "lora")
 OnEvent = Callable[[dict], None]
-Measured = tuple[Block, dict[bool, dict], float]  # a block, measure_block's metrics, seconds it took
+Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metrics by repair, seconds it took
 # An executor measures blocks (measure_block on each) and yields them as they finish, in any order;
 # it stops early, yielding no more, once should_stop() turns true. Local: measure_locally; Ray: explorer.distributed.
 Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], bool]], Iterator[Measured]]
@@ -302,30 +302,37 @@ def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
     return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
 
 
+def linear_applies(settings: SweepSettings, block: Block) -> bool:
+    """Whether the sweep measures this block after a linear repair: asked for, and a kept layer
+    before the block to fold the map into (n = 0 removes nothing: its point is the unpruned one)."""
+    return settings.repair == "linear" and not (block.n and block.start == 0)
+
+
 def measure_block(
     loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool], reuse=None,
     timings: dict[str, float] | None = None,
-) -> dict[bool, dict]:
-    """Metrics of the pruned copy ({False: ...}), and of the healed copy ({True: ...}) when healing.
-    With healing, the heal run's own evaluations (step 0 = pruned, merged = healed) are the points:
-    healing changes weights, so a healed sweep never reuses the unpruned forward. Without it,
-    `reuse` (a `reuse.PrefixReuse` of the same evaluation) runs only the layers after the block."""
+) -> dict[str, dict]:
+    """Metrics by repair: the pruned copy ("none"), the healed copy ("lora") when healing, and the
+    linearly repaired copy ("linear") when `linear_applies`. With healing, the heal run's own
+    evaluations (step 0 = pruned, merged = healed) are the points: healing changes weights, so a
+    healed point never reuses the unpruned forward. Without it, `reuse` (a `reuse.PrefixReuse`
+    of the same evaluation) runs only the layers after the block, and for a linear repair the
+    layers from the one its map folds into."""
     from explorer.heal import heal, quick_eval
 
     config = eval_config(settings)
-    if not settings.heal_steps and reuse is not None:
-        return {False: reuse.measure(block)}
-    pruned = pruned_view(loaded, block)
-    if not settings.heal_steps:
-        return {False: quick_eval(pruned, config, timings)}
-    evals: dict[bool, dict] = {}
+    measured: dict[str, dict] = {}
+    if settings.heal_steps:
+        def keep(event: dict) -> None:
+            if event["kind"] == "eval" and (event["step"] == 0 or event.get("merged")):
+                measured["lora" if event.get("merged") else "none"] = event
 
-    def keep(event: dict) -> None:
-        if event["kind"] == "eval" and (event["step"] == 0 or event.get("merged")):
-            evals[bool(event.get("merged"))] = event
-
-    heal(pruned, config, keep, should_stop)
-    return evals
+        heal(pruned_view(loaded, block), config, keep, should_stop)
+    else:
+        measured["none"] = reuse.measure(block) if reuse is not None else quick_eval(pruned_view(loaded, block), config, timings)
+    if linear_applies(settings, block):
+        measured["linear"] = measure_linear(loaded, block, settings, reuse, timings) if block.n else measured["none"]
+    return measured
 
 
 def measure_locally(
@@ -350,7 +357,8 @@ def measure_locally(
         started = time.perf_counter()
         if reuse and not settings.heal_steps and recording is None:
             before = dict(timings or {})
-            recording = PrefixReuse(loaded, {b.start for b in blocks}, _timed_eval(eval_config(settings), timings))
+            starts = {b.start for b in blocks} | {b.start - 1 for b in blocks if b.n and linear_applies(settings, b)}
+            recording = PrefixReuse(loaded, starts, _timed_eval(eval_config(settings), timings))
             _lap(timings, "recording", started)
             if timings is not None:  # the recording's own loss and scoring count as recording
                 timings.update({part: before.get(part, 0.0) for part in ("loss", "scoring")})
@@ -360,20 +368,30 @@ def measure_locally(
         yield block, measured, time.perf_counter() - started
 
 
-def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings) -> dict:
+def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, reuse=None,
+                   timings: dict[str, float] | None = None) -> dict:
     """Metrics of the pruned view after a linear repair, with the fit's held-out residual. The map
-    folds into a private copy of one down-projection, so the shared weights stay untouched."""
+    folds into a private copy of one down-projection, so the shared weights stay untouched; with
+    `reuse`, the layers below that one replay the unpruned recording."""
     from explorer.heal import quick_eval
     from explorer.repair import RepairConfig, fit_block, fold_private
 
     config = RepairConfig(source=settings.text, samples=settings.repair_samples, seq_len=settings.seq_len,
                           batch_size=settings.batch_size)
-    repaired = pruned_view(loaded, block)
-    if not block.n:  # nothing removed, nothing to fit
-        return quick_eval(repaired, eval_config(settings))
+    fitting = time.perf_counter()
     fit = fit_block(loaded, block, config)
-    fold_private(repaired.model, fit.layer, fit.transform)
-    return {**quick_eval(repaired, eval_config(settings)), "heldout_residual": fit.heldout_residual}
+    _lap(timings, "fit", fitting)
+
+    def fold(view: LoadedModel) -> None:
+        fold_private(view.model, fit.layer, fit.transform)
+
+    if reuse is not None:
+        metrics = reuse.measure(block, prepare=fold, changed=fit.layer)
+    else:
+        repaired = pruned_view(loaded, block)
+        fold(repaired)
+        metrics = quick_eval(repaired, eval_config(settings), timings)
+    return {**metrics, "heldout_residual": fit.heldout_residual}
 
 
 def run_sweep(
@@ -429,7 +447,7 @@ def run_sweep(
             for repair in repairs:
                 if (strategy, n, repair) in done:
                     continue
-                if repair == "linear" and block.n and block.start == 0:
+                if repair == "linear" and not linear_applies(settings, block):
                     _phase(store, run_id, on_event, f"{strategy} n={n}: no linear repair for a block at layer 0 (no kept layer before it)")
                     continue
                 blocks.setdefault((block.start, block.n), block)
@@ -439,20 +457,14 @@ def run_sweep(
     executor = executor or functools.partial(measure_locally, reuse=reuse, timings=timings)
     for block, measured, seconds in executor(loaded, list(blocks.values()), settings, should_stop):
         bookkeeping = time.perf_counter()
-        # The executor's measurement gives the unrepaired point and, when healing, the healed one;
-        # a linear repair is one least-squares fit on top, measured here.
-        by_repair = {"lora" if healed else "none": metrics for healed, metrics in measured.items()}
         for index, (strategy, n, repair) in enumerate(wanted.pop((block.start, block.n))):
             if index and should_stop():  # asked once per point: the executor asked before the block's first
                 raise SweepCancelled(cancelled.format(len(done)))
-            fitted = time.perf_counter()
-            if repair not in by_repair:
-                by_repair[repair] = measure_linear(loaded, block, settings)
-            metrics = {k: v for k, v in by_repair[repair].items() if k not in ("kind", "step", "merged")}
+            metrics = {k: v for k, v in measured[repair].items() if k not in ("kind", "step", "merged")}
             waiting.append({
                 "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": repair == "lora",
                 "repair": repair, "start": block.start, "num_layers": num_layers, **metrics,
-                "seconds": (seconds if index == 0 else 0.0) + time.perf_counter() - fitted, "shared": index > 0,
+                "seconds": seconds if index == 0 else 0.0, "shared": index > 0,
                 "fingerprint": loaded.fingerprint,
             })
             if base_loss is None and (baseline := next((p for p in waiting if p["n"] == 0 and p["repair"] == "none"), None)):
@@ -493,13 +505,15 @@ def _lap(timings: dict[str, float] | None, part: str, since: float) -> None:
 def profile_parts(timings: dict[str, float]) -> dict[str, float]:
     """Seconds of the points' work by part: recording the unpruned evaluation (once per sweep),
     model preparation (pruned view and replay set-up: the evaluation minus its loss and
-    scoring), held-out loss, task scoring, and bookkeeping (store writes, events)."""
-    loss, scoring = timings.get("loss", 0.0), timings.get("scoring", 0.0)
+    scoring and the fits), held-out loss, task scoring, linear-repair fits, and bookkeeping (store
+    writes, events)."""
+    loss, scoring, fit = timings.get("loss", 0.0), timings.get("scoring", 0.0), timings.get("fit", 0.0)
     return {
         "recording": timings.get("recording", 0.0),
-        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring),
+        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring - fit),
         "loss": loss,
         "scoring": scoring,
+        "fit": fit,
         "bookkeeping": timings.get("bookkeeping", 0.0),
     }
 

@@ -53,3 +53,26 @@ def test_replayed_points_equal_the_full_pruned_forward(family, overrides, evalua
     for block in BLOCKS:
         _assert_close(reuse.measure(block), evaluate(pruned_view(loaded, block)))
     assert reuse.replayed == len(BLOCKS)  # no point fell back to the full forward
+
+
+def test_linear_repair_replays_the_layers_below_its_fold(embedded):
+    """A linear repair changes layer start - 1 only: the layers below it replay, and the point
+    equals the repaired pruned model run whole."""
+    from explorer.repair import RepairConfig, fit_block, fold_private
+
+    model = tiny_family_model("llama", len(embedded.tokenizer), num_hidden_layers=LAYERS)
+    loaded = LoadedModel(model, embedded.tokenizer, "llama", "test:llama-linear")
+    block = BLOCKS[1]  # [3, 5): the map folds into layer 2, layers 0-1 replay
+    fit = fit_block(loaded, block, RepairConfig(source="embedded", samples=8, seq_len=128, batch_size=4))
+
+    def fold(view: LoadedModel) -> None:
+        fold_private(view.model, fit.layer, fit.transform)
+
+    whole = pruned_view(loaded, block)
+    fold(whole)
+    reuse = PrefixReuse(loaded, {block.start, fit.layer}, _loss_and_quiz)
+    repaired = reuse.measure(block, prepare=fold, changed=fit.layer)
+    _assert_close(repaired, _loss_and_quiz(whole))
+    assert reuse.replayed == 1
+    # the map did change the point, by more than the replay's tolerance (random weights: a small change)
+    assert abs(repaired["loss"] - reuse.measure(block)["loss"]) > 1e-5
