@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from explorer.errors import ExplorerError
+from explorer.options import add_options, given
 from explorer.threads import configure
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id, a folder or a .gguf file")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes nf4 weights")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code from the hub (models you trust only)")
 
 
 def _load(args: argparse.Namespace):
@@ -143,22 +144,22 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.repair import REPAIRS
+    from explorer.repair import REPAIRS, RepairConfig
 
     parser.add_argument("--repair", choices=REPAIRS, default="none",
                         help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.repair)")
-    parser.add_argument("--ridge", type=float, default=None, help="linear repair's ridge, relative to trace(MᵀM)/d (default 1e-4)")
+    add_options(parser, RepairConfig, ("ridge",))
 
 
-def _repair_config(args: argparse.Namespace, samples: int | None = None):
+def _repair_config(args: argparse.Namespace, source: str | None, samples: int | None = None):
     """The linear repair's settings from the command's own text options, checked before the model loads; None for --repair none."""
     from explorer.repair import RepairConfig
 
     if args.repair != "linear":
         return None
-    given = {"source": args.text_file, "seq_len": args.seq_len, "batch_size": args.batch_size, "ridge": args.ridge,
-             "samples": samples}  # heal leaves unset options None: the repair's defaults apply
-    config = RepairConfig(**{key: value for key, value in given.items() if value is not None})
+    chosen = {"source": source, "seq_len": args.seq_len, "batch_size": args.batch_size, "ridge": args.ridge,
+              "samples": samples}  # heal leaves unset options None: the repair's defaults apply
+    config = RepairConfig(**{key: value for key, value in chosen.items() if value is not None})
     config.check()
     return config
 
@@ -187,7 +188,7 @@ def _prune(args: argparse.Namespace) -> None:
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True)
-    repair = _repair_config(args, args.samples)
+    repair = _repair_config(args, args.text_file, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
     similarity = None
@@ -222,11 +223,7 @@ def _prune(args: argparse.Namespace) -> None:
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--task", default="mmlu", help="a registered task: mmlu, mmlu-cloze, a quiz, ...")
-    parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs (dev/, test/, val/); default: cais/mmlu online")
-    parser.add_argument("--subjects", default=None, help="comma-separated MMLU subjects (default: all)")
-    parser.add_argument("--shots", type=int, default=None, help="solved examples before each question")
-    parser.add_argument("--split", default=None, help="test (default), val or dev")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
+    _task_arguments(parser)
     parser.add_argument("--limit", type=int, default=None, help="score at most this many questions")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reference", default=None,
@@ -292,6 +289,16 @@ def _reference_model(args: argparse.Namespace) -> str | None:
         return None
 
 
+def _task_arguments(parser: argparse.ArgumentParser) -> None:
+    """The task's options, the same on eval, sweep and heal (its evaluation task); `_task_options` reads them."""
+    group = parser.add_argument_group("task options")
+    group.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs (dev/, test/, val/) for the mmlu tasks; default: cais/mmlu online")
+    group.add_argument("--subjects", default=None, help="comma-separated MMLU subjects (default: all)")
+    group.add_argument("--shots", type=int, default=None, help="solved examples before each question")
+    group.add_argument("--split", default=None, help="test (default), val or dev")
+    group.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
+
+
 def _task_options(args: argparse.Namespace) -> dict:
     """Only the options given reach the task, so a task that takes none of them still builds."""
     options = {key: getattr(args, key) for key in ("mmlu_dir", "subjects", "shots", "split") if getattr(args, key) is not None}
@@ -332,29 +339,12 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.repair import REPAIRS
+    from explorer.sweep import SweepSettings
 
     _model_arguments(parser)
-    parser.add_argument("--device-map", default=None, help="'auto' spreads a large model over the devices (accelerate)")
     parser.add_argument("--teaching", action="store_true", help="the teaching preset: the embedded model on CPU in a few minutes (explorer.sweep.teaching_preset)")
-    parser.add_argument("--strategies", default=None, help="comma-separated: similarity, simple, top-cut (default: all three)")
-    points = parser.add_mutually_exclusive_group()
-    points.add_argument("--fractions", default=None, help="comma-separated fractions of layers to drop, each in [0, 1)")
-    points.add_argument("--stride", type=int, default=None, help="every stride-th n from 0 to L-1 (default 1)")
-    parser.add_argument("--task", default=None, help="a registered task (default: the strongest small-model quiz)")
-    parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs for the mmlu tasks")
-    parser.add_argument("--subjects", default=None, help="comma-separated MMLU subjects")
-    parser.add_argument("--shots", type=int, default=None)
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other task option")
-    parser.add_argument("--limit", type=int, default=None, help="questions per point")
-    parser.add_argument("--heal-steps", type=int, default=None, help="LoRA steps per point (0, the default: no healing)")
-    parser.add_argument("--repair", choices=REPAIRS, default=None, help="linear: also measure each point after a linear repair")
-    parser.add_argument("--text-file", default=None, help="text for the heatmap, held-out loss and healing (default: embedded)")
-    parser.add_argument("--samples", type=int, default=None, help="calibration samples for the heatmap")
-    parser.add_argument("--val-samples", type=int, default=None, help="held-out samples for the loss")
-    parser.add_argument("--seq-len", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_options(parser, SweepSettings)  # one option per setting; the model's are _model_arguments', the task's _task_arguments'
+    _task_arguments(parser)
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
                         help="local: one point after another here; ray: points in parallel on Ray workers (requirements-distributed.txt)")
     parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local instance on loopback)")
@@ -364,19 +354,10 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def _sweep_settings(args: argparse.Namespace):
     """The sweep's settings: the options given on the command line over the defaults, or over
     the teaching preset with --teaching (so an option left out never overrides the preset)."""
-    from explorer.sweep import SweepSettings, parse_fractions, teaching_preset
+    from explorer.sweep import SweepSettings, teaching_preset
 
-    given = {
-        "model": args.model, "device": args.device, "device_map": args.device_map, "load_in_4bit": args.load_in_4bit,
-        "trust_remote_code": args.trust_remote_code,
-        "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip()) if args.strategies is not None else None,
-        "fractions": parse_fractions(args.fractions) if args.fractions is not None else None,
-        "stride": args.stride, "task": args.task, "limit": args.limit, "task_options": _task_options(args),
-        "heal_steps": args.heal_steps, "repair": args.repair, "text": args.text_file, "sim_samples": args.samples,
-        "val_samples": args.val_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
-    }
-    given = {key: value for key, value in given.items() if value is not None}
-    return teaching_preset(**given) if args.teaching else SweepSettings(**given)
+    chosen = given(SweepSettings, args, task_options=_task_options(args))
+    return teaching_preset(**chosen) if args.teaching else SweepSettings(**chosen)
 
 
 def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[dict], None], cancelled: type) -> dict:
@@ -431,32 +412,16 @@ def _sweep(args: argparse.Namespace) -> None:
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     from explorer.heal import HealConfig
 
-    d = HealConfig()
     _model_arguments(parser)
     parser.add_argument("--start", type=int, required=True, help="first layer of the block to remove")
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
-    # Training options default to None, so those given override --recipe's values and the rest keep them.
     parser.add_argument("--recipe", choices=["paper"], default=None,
                         help="start from the paper's recipe for this model (explorer.recipe); options given override it")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit (no weights read)")
-    parser.add_argument("--steps", type=int, default=None, help=f"default {d.steps}")
-    parser.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank}; the paper: 2 to 64 by model)")
-    parser.add_argument("--alpha", type=int, default=None, help=f"LoRA alpha (default {d.alpha}; the paper: the rank)")
-    parser.add_argument("--dropout", type=float, default=None, help=f"default {d.dropout}")
-    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate, warm-up then cosine decay (default {d.lr:g})")
-    parser.add_argument("--warmup-steps", type=int, default=None, help=f"default {d.warmup_steps} (the paper: 100)")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
-    parser.add_argument("--seq-len", type=int, default=None, help=f"default {d.seq_len}")
-    parser.add_argument("--targets", choices=["all-linear", "ffn"], default=None,
-                        help=f"LoRA on every linear projection or the feed-forward ones only (the paper); default {d.targets}")
-    parser.add_argument("--text-file", default=None, help=f"healing text: 'embedded', 'c4', or a .txt/.jsonl/.parquet file (default {d.source})")
-    parser.add_argument("--eval-every", type=int, default=d.eval_every)
-    parser.add_argument("--eval-task", default=None, help="task scored during healing (default: a knowledge quiz)")
-    parser.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per evaluation")
-    parser.add_argument("--val-samples", type=int, default=d.val_samples, help="held-out documents for the validation loss")
-    parser.add_argument("--mmlu-dir", default=None, help="local MMLU CSVs, for --eval-task mmlu / mmlu-cloze")
-    parser.add_argument("--qlora", action="store_true", default=None, help="train on an nf4 copy of the base (default on CUDA)")
+    # One option per HealConfig field, each None unless given: those given override --recipe's values and the rest keep them.
+    add_options(parser, HealConfig)
+    _task_arguments(parser)  # the options of --eval-task
     _repair_arguments(parser)  # fitted on --text-file's calibration documents, before healing
     parser.add_argument("--out", default=None, help="folder for the merged model, run.json and mergekit.yaml "
                                                     "(without it nothing is saved: the metrics are printed)")
@@ -486,20 +451,13 @@ def _heal_config(args: argparse.Namespace, model) -> tuple["HealConfig", dict]:
     from explorer.heal import HealConfig
     from explorer.recipe import recipe_for
 
-    given = {
-        "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "lr": args.lr, "warmup_steps": args.warmup_steps,
-        "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "quantize": args.qlora,
-        "source": args.text_file, "targets": args.targets,
-    }
-    base = HealConfig(eval_every=args.eval_every, eval_task=args.eval_task, eval_limit=args.eval_limit,
-                      eval_options={"mmlu_dir": args.mmlu_dir} if args.mmlu_dir else {}, val_samples=args.val_samples)
-    about = {}
+    base, about = HealConfig(), {}
     if args.recipe == "paper":
         recipe = recipe_for(model, args.model)
         base = recipe.heal_config(base)
         about = {"recipe": "paper", "table_row": recipe.table_row, "row_reason": recipe.row_reason,
                  "evaluation": recipe.evaluation}
-    config = replace(base, **{key: value for key, value in given.items() if value is not None})
+    config = replace(base, **given(HealConfig, args, eval_options=_task_options(args)))
     config.check()
     return config, about
 
@@ -528,7 +486,7 @@ def _heal(args: argparse.Namespace) -> None:
         return
     if args.out is not None:
         _check_out(args.out, folder=True)
-    repair = _repair_config(args)
+    repair = _repair_config(args, args.source)
     ranks = data_parallel(args.device)
     if ranks is not None:
         ranks.check_batch(config.batch_size)

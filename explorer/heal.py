@@ -29,7 +29,7 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,7 @@ from explorer.concurrency import exclusive
 from explorer.data import EMBEDDED, batches, make_samples, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers, load_model
+from explorer.options import SHARED, setting
 from explorer.parallel import Ranks
 
 Event = dict
@@ -56,26 +57,34 @@ FFN_ON_LAYER = ("fc1", "fc2")  # OPT-style layers hold their feed-forward projec
 class HealConfig:
     """One healing run. Defaults are a CPU demo; `explorer.recipe` resolves the paper's values."""
 
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    lr: float = 3e-4
-    warmup_steps: int = 4  # linear warm-up, then cosine decay to zero (the paper's schedule shape)
-    steps: int = 40
-    batch_size: int = 4
-    seq_len: int = 128
-    train_samples: int | None = None  # distinct training documents; None = steps x batch_size (no repeats)
-    quantize: bool | None = None  # QLoRA; None = on with CUDA, off on CPU
-    source: str = EMBEDDED  # healing text: "embedded", "c4" or a .txt/.jsonl/.parquet file (train split)
-    eval_every: int = 10
-    eval_task: str | None = None  # None = default_eval_task()
-    eval_limit: int = 32  # questions per evaluation
-    eval_options: dict = field(default_factory=dict)  # task options, e.g. {"mmlu_dir": ..., "subjects": [...]}
-    val_samples: int = 16  # held-out documents for the validation loss
-    eval_batch_size: int = 8
-    gradient_checkpointing: bool = False  # trades compute for memory on big models
-    seed: int = 0
-    targets: str = "all-linear"  # LoRA on every linear projection of the layers, or "ffn" (the paper's choice)
+    rank: int = setting(8, "LoRA rank (the paper: 2 to 64 by model)", label="LoRA rank")
+    alpha: int = setting(16, "LoRA alpha, the adapter's scale (the paper: the rank)", label="LoRA alpha")
+    dropout: float = setting(0.05, "LoRA dropout (the paper: 0.05)", label="LoRA dropout")
+    lr: float = setting(3e-4, "peak learning rate: linear warm-up, then cosine decay to zero (the paper's schedule shape)",
+                        label="Learning rate")
+    warmup_steps: int = setting(4, "steps of linear warm-up (the paper: 100)", label="Warm-up steps")
+    steps: int = setting(40, "training steps", label="Steps")
+    batch_size: int = setting(4, "training documents per step", label="Batch size")
+    seq_len: int = setting(128, "tokens per training document", label="Tokens per sample")
+    train_samples: int | None = setting(None, "distinct training documents (default: steps x batch size, no repeats)",
+                                        label="Training documents")
+    quantize: bool | None = setting(None, "QLoRA: train on a 4-bit nf4 copy of the base with bf16 compute (bitsandbytes), "
+                                    "as the paper does (default: on with CUDA, off on CPU)", flag="--qlora", label="QLoRA (nf4 base)")
+    source: str = setting(EMBEDDED, "healing text: 'embedded', 'c4' or a .txt/.jsonl/.parquet file; training reads its "
+                          "train split, the loss its held-out documents", flag="--text-file", label="Healing text")
+    eval_every: int = setting(10, "training steps between evaluations", label="Evaluate every (steps)")
+    eval_task: str | None = setting(None, "task scored during healing (default: a knowledge quiz)",
+                                    label="Accuracy task")
+    eval_limit: int = setting(32, "questions per evaluation", label="Questions per evaluation")
+    eval_options: dict = setting(help="the evaluation task's options (the task options --mmlu-dir, --subjects, --shots, "
+                                 "--split, --option)", factory=dict, cli=SHARED)
+    val_samples: int = setting(16, "held-out documents for the validation loss", label="Held-out samples (loss)")
+    eval_batch_size: int = setting(8, "questions and documents per evaluation batch", label="Evaluation batch size")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory for big models, "
+                                           "more compute", label="Gradient checkpointing")
+    seed: int = setting(0, "seed of the adapters' initialisation and the training order", label="Seed")
+    targets: str = setting("all-linear", "LoRA on every linear projection of the layers, or on the feed-forward ones only "
+                           "(the paper's choice)", choices=TARGETS, label="LoRA on")
 
     def check(self) -> None:
         """Reject impossible values and unknown tasks before any model loads."""

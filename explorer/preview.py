@@ -16,6 +16,7 @@ from explorer.heal import HealConfig, cached_quick_eval, complete, quick_eval
 from explorer.agreement import agreement
 from explorer.export import save_prune
 from explorer.models import LoadedModel
+from explorer.options import widget
 from explorer.paths import explorer_home
 from explorer.prune import PruneResult, prune_block
 from explorer.repair import LinearFit, RepairConfig, repair_block, repair_record
@@ -28,13 +29,13 @@ HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph
                 "ph_seq": "seq_len", "ph_every": "eval_every", "ph_qlora": "quantize", "ph_task": "eval_task",
                 "ph_limit": "eval_limit", "ph_val": "val_samples", "ph_source": "source",
                 "ph_targets": "targets"}  # the page's widget key -> HealConfig field
-HEAL_NUMBERS = (  # the form's number inputs, in order: (widget key, label, number_input options)
-    ("ph_steps", "Steps", {"min_value": 1}), ("ph_rank", "LoRA rank", {"min_value": 1}),
-    ("ph_alpha", "LoRA alpha", {"min_value": 1}), ("ph_lr", "Learning rate", {"min_value": 1e-7, "format": "%.0e"}),
-    ("ph_batch", "Batch size", {"min_value": 1}), ("ph_seq", "Tokens per sample", {"min_value": 8, "step": 32}),
-    ("ph_every", "Evaluate every (steps)", {"min_value": 1}), ("ph_limit", "Questions per evaluation", {"min_value": 1}),
-    ("ph_val", "Held-out samples (loss)", {"min_value": 1}),
-)
+TARGET_NAMES = {"all-linear": "all linear projections", "ffn": "feed-forward modules only (the paper)"}  # HealConfig.targets
+HEAL_LABELS = {key: widget(HealConfig, name) for key, name in HEAL_WIDGETS.items()}  # label and help, as the CLI's
+HEAL_NUMBERS = tuple(  # the form's number inputs, in order: (widget key, label, number_input options with the help)
+    (key, HEAL_LABELS[key]["label"], {**options, "help": HEAL_LABELS[key]["help"]}) for key, options in (
+        ("ph_steps", {"min_value": 1}), ("ph_rank", {"min_value": 1}), ("ph_alpha", {"min_value": 1}),
+        ("ph_lr", {"min_value": 1e-7, "format": "%.0e"}), ("ph_batch", {"min_value": 1}), ("ph_seq", {"min_value": 8, "step": 32}),
+        ("ph_every", {"min_value": 1}), ("ph_limit", {"min_value": 1}), ("ph_val", {"min_value": 1})))
 
 
 def heal_defaults(device: str, eval_task: str) -> dict:
@@ -51,14 +52,11 @@ def heal_widget_values(settings: dict) -> dict:
             "ph_save_model": settings.get("save", False), "ph_dtype": settings.get("dtype") or "bf16"}
 
 
-RECIPE_FIELDS = ("steps", "rank", "alpha", "lr", "batch_size", "seq_len", "quantize", "source", "targets")
-
-
 def recipe_widget_values(recipe) -> dict:
-    """The form's training values for the paper's recipe (an explorer.recipe.PaperRecipe); the
-    evaluation settings stay the user's."""
-    config = recipe.heal_config()
-    return {key: getattr(config, name) for key, name in HEAL_WIDGETS.items() if name in RECIPE_FIELDS}
+    """The form's training values for the paper's recipe (an explorer.recipe.PaperRecipe): the
+    HealConfig fields the recipe sets; the evaluation settings stay the user's."""
+    config, names = recipe.heal_config(), recipe.to_json().keys() & HealConfig.__dataclass_fields__.keys()
+    return {key: getattr(config, name) for key, name in HEAL_WIDGETS.items() if name in names}
 
 
 def recipe_caption(recipe: dict | None) -> str:

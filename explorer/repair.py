@@ -49,6 +49,7 @@ from explorer.blocks import Block, check_block
 from explorer.data import EMBEDDED, batches, check_settings, make_samples, pad_batch, source_fingerprint
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers
+from explorer.options import setting
 from explorer.prune import PruneResult, prune_block
 from explorer.scoring import inference
 
@@ -63,12 +64,12 @@ POST_MLP_NORMS = ("post_feedforward_layernorm", "post_mlp_layernorm")
 class RepairConfig:
     """How the linear map is fitted: calibration text (train split), held-out text for the residual."""
 
-    source: str = EMBEDDED  # 'embedded', 'c4' or a .txt/.jsonl/.parquet file
-    samples: int = 64  # calibration documents (train split)
-    heldout_samples: int = 16  # held-out documents for the fit's relative residual
-    seq_len: int = 128
-    batch_size: int = 8
-    ridge: float = 1e-4  # lambda = ridge * trace(MᵀM) / d
+    source: str = setting(EMBEDDED, "calibration text: 'embedded', 'c4' or a .txt/.jsonl/.parquet file")
+    samples: int = setting(64, "calibration documents (train split)")
+    heldout_samples: int = setting(16, "held-out documents for the fit's relative residual")
+    seq_len: int = setting(128, "tokens per document")
+    batch_size: int = setting(8, "documents per forward pass")
+    ridge: float = setting(1e-4, "linear repair's ridge, relative to trace(MᵀM)/d")  # lambda = ridge * trace(MᵀM) / d
 
     def check(self) -> None:
         check_settings(self.samples, self.seq_len, self.batch_size)

@@ -31,7 +31,7 @@ import functools
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterator
 
 from explorer.blocks import Block
@@ -39,6 +39,7 @@ from explorer.concurrency import exclusive
 from explorer.data import check_settings, split_documents
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, load_model
+from explorer.options import SHARED, setting, widget
 from explorer.prune import STRATEGIES, prune_block, strategy_block
 from explorer.repair import REPAIRS
 
@@ -59,25 +60,33 @@ class SweepCancelled(ExplorerError):
 class SweepSettings:
     """Everything that determines a sweep's points; equal settings (and weights) resume each other."""
 
-    model: str = "embedded"
-    strategies: tuple[str, ...] = STRATEGIES
-    fractions: tuple[float, ...] | None = None  # fractions n / L to drop; None = every `stride`-th n
-    stride: int = 1
-    task: str = ""  # "" = default_task()
-    limit: int = 32  # questions per point
-    task_options: dict = field(default_factory=dict)
-    heal_steps: int = 0  # 0 = no healing; else LoRA steps per point (HealConfig's other defaults)
-    repair: str = "none"  # "linear": also measure each point after a linear repair (explorer.repair)
-    repair_samples: int = 64  # calibration documents for the linear fit
-    text: str = "embedded"  # text for the heatmap, the held-out loss and healing
-    val_samples: int = 16
-    sim_samples: int = 32
-    seq_len: int = 128
-    batch_size: int = 8
-    device: str | None = None
-    device_map: str | dict | None = None  # "auto": accelerate spreads a large model over the devices
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False
+    model: str = setting("embedded", "the model", cli=SHARED)
+    strategies: tuple[str, ...] = setting(STRATEGIES, "comma-separated strategies to compare, of similarity, simple and top-cut",
+                                          label="Strategies")
+    fractions: tuple[float, ...] | None = setting(  # None = every `stride`-th n
+        None, "comma-separated fractions of layers to drop, each in [0, 1)", label="Fractions of layers dropped, each in [0, 1)",
+        parse=lambda text: parse_fractions(text), exclusive="points")
+    stride: int = setting(1, "every stride-th n from 0 to L-1", label="Stride", exclusive="points")
+    task: str = setting("", "a registered task (default: the strongest small-model quiz): quizzes give a small "
+                         "model a clear signal above chance; MMLU needs a larger model", label="Task")  # "" = default_task()
+    limit: int = setting(32, "questions per point", label="Questions per point")
+    task_options: dict = setting(help="the task's options (--mmlu-dir, --subjects, --shots, --split, --option)",
+                                 factory=dict, cli=SHARED)
+    heal_steps: int = setting(0, "LoRA healing steps per point, 0 for none (its other settings: heal's)",
+                              label="Healing steps per point (0 = none)")
+    repair: str = setting("none", "linear: also measure each point after a linear repair (a fitted map folded in, "
+                          "no training; one fit a point)", choices=REPAIRS, label="Linear repair per point")
+    repair_samples: int = setting(64, "calibration documents for each point's linear repair", label="Repair samples")
+    text: str = setting("embedded", "text for the heatmap, the held-out loss and healing: 'embedded', 'c4' or a "
+                        ".txt/.jsonl/.parquet file", flag="--text-file", label="Text for heatmap, held-out loss and healing")
+    val_samples: int = setting(16, "held-out documents for the loss", label="Held-out samples")
+    sim_samples: int = setting(32, "calibration samples for the heatmap", flag="--samples", label="Heatmap samples")
+    seq_len: int = setting(128, "tokens per sample", label="Tokens per sample")
+    batch_size: int = setting(8, "samples per forward pass", label="Batch size")
+    device: str | None = setting(None, "the device", cli=SHARED)
+    device_map: str | dict | None = setting(None, "'auto' spreads a large model over the devices (accelerate)")
+    load_in_4bit: bool = setting(False, "bitsandbytes nf4 weights", cli=SHARED)
+    trust_remote_code: bool = setting(False, "run the model's own code from the hub (models you trust only)", cli=SHARED)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -158,6 +167,7 @@ WIDGETS = {  # the Sweep page's widget key -> SweepSettings field
     "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair",
 }
 MODES = ["Every n with a stride", "Chosen fractions"]  # the page's choice of block sizes
+LABELS = {key: widget(SweepSettings, name) for key, name in {**WIDGETS, "sw_fractions": "fractions"}.items()}  # label, help
 
 
 def widget_values(settings: SweepSettings) -> dict:

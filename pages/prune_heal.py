@@ -16,9 +16,9 @@ from explorer.heal import TARGETS, HealConfig, default_eval_task
 from explorer.figures.heal import heal_figure
 from explorer.models import LoadedModel, pick_device
 from explorer.parallel import visible_gpus
-from explorer.preview import (HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, Preview, comparison_frame, heal_config, heal_defaults,
-                              heal_rows, heal_widget_values, latest_similarity, make_preview, recipe_caption,
-                              recipe_widget_values)
+from explorer.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, TARGET_NAMES, Preview, comparison_frame,
+                              heal_config, heal_defaults, heal_rows, heal_widget_values, latest_similarity, make_preview,
+                              recipe_caption, recipe_widget_values)
 from explorer.progress import heal_progress, progress_text
 from explorer.runs import heal_description
 from explorer.prune import STRATEGIES, strategy_block
@@ -87,13 +87,13 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
         for column, (key, label, options) in zip(st.columns(4) * 3, HEAL_NUMBERS):
             values[key] = column.number_input(label, value=d[key], key=key, **options)
         c = st.columns(4)
-        values["ph_qlora"] = c[0].checkbox("QLoRA (nf4 base)", value=d["ph_qlora"], key="ph_qlora",
-                                           help="4-bit NormalFloat base weights with bf16 compute (bitsandbytes), as in the paper.")
-        values["ph_task"] = c[1].selectbox("Accuracy task", task_names(), index=task_names().index(d["ph_task"]), key="ph_task")
-        values["ph_source"] = c[2].selectbox("Healing text", [EMBEDDED, C4], index=[EMBEDDED, C4].index(d["ph_source"]),
-                                             key="ph_source", help="Training split of the source; the loss uses its held-out documents.")
-        values["ph_targets"] = st.radio("LoRA on", TARGETS, index=TARGETS.index(d["ph_targets"]), key="ph_targets", horizontal=True,
-                                        format_func=lambda t: "feed-forward modules only (the paper)" if t == "ffn" else "all linear projections")
+        values["ph_qlora"] = c[0].checkbox(**HEAL_LABELS["ph_qlora"], value=d["ph_qlora"], key="ph_qlora")
+        values["ph_task"] = c[1].selectbox(**HEAL_LABELS["ph_task"], options=task_names(), index=task_names().index(d["ph_task"]),
+                                           key="ph_task")
+        values["ph_source"] = c[2].selectbox(**HEAL_LABELS["ph_source"], options=[EMBEDDED, C4],
+                                             index=[EMBEDDED, C4].index(d["ph_source"]), key="ph_source")
+        values["ph_targets"] = st.radio(**HEAL_LABELS["ph_targets"], options=TARGETS, index=TARGETS.index(d["ph_targets"]),
+                                        key="ph_targets", horizontal=True, format_func=TARGET_NAMES.get)
     return heal_config(values, st.session_state.get(RECIPE_KEY))
 
 

@@ -16,7 +16,7 @@ from explorer.store import Run
 from explorer.progress import progress_text, sweep_progress
 from explorer.repair import REPAIRS
 from explorer.runs import sweep_description, sweep_label
-from explorer.sweep import MODES, SweepSettings, cached_heatmap, parse_fractions, teaching_preset, widget_values
+from explorer.sweep import LABELS, MODES, SweepSettings, cached_heatmap, parse_fractions, teaching_preset, widget_values
 from explorer.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.tasks import task_names
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
@@ -61,31 +61,29 @@ def settings_form(model: dict) -> SweepSettings:
         st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
                   help=f"Embedded model on CPU in a few minutes: n = 0, {preset.stride}, {2 * preset.stride}, …, "
                        f"{' and '.join(preset.strategies)}, {preset.limit} quiz questions per point.")
-        strategies = st.multiselect("Strategies", STRATEGIES, default=state["sw_strategies"], key="sw_strategies")
+        strategies = st.multiselect(**LABELS["sw_strategies"], options=STRATEGIES, default=state["sw_strategies"], key="sw_strategies")
         left, right = st.columns(2)
         mode = left.radio("Block sizes", MODES, index=MODES.index(state["sw_mode"]), key="sw_mode", horizontal=True)
         if mode == MODES[0]:
-            stride, fractions = int(right.number_input("Stride", 1, 64, state["sw_stride"], key="sw_stride")), None
+            stride = int(right.number_input(**LABELS["sw_stride"], min_value=1, max_value=64, value=state["sw_stride"], key="sw_stride"))
+            fractions = None
         else:
             stride = 1
-            fractions = parse_fractions(right.text_input("Fractions of layers dropped, each in [0, 1)",
-                                                         state["sw_fractions"], key="sw_fractions"))
+            fractions = parse_fractions(right.text_input(**LABELS["sw_fractions"], value=state["sw_fractions"], key="sw_fractions"))
         a, b, c, r = st.columns(4)
         tasks = task_names()
-        task = a.selectbox("Task", tasks, index=tasks.index(state["sw_task"]), key="sw_task",
-                           help="Quizzes give a small model a clear signal above chance; MMLU needs a larger model.")
-        limit = int(b.number_input("Questions per point", 1, 100_000, state["sw_limit"], key="sw_limit"))
-        heal_steps = int(c.number_input("Healing steps per point (0 = none)", 0, 10_000, state["sw_heal"], key="sw_heal"))
-        repair = r.radio("Linear repair per point", REPAIRS, index=REPAIRS.index(state["sw_repair"]),
-                         key="sw_repair", horizontal=True, help="linear: a fitted map folded in, no training (one fit a point)")
+        task = a.selectbox(**LABELS["sw_task"], options=tasks, index=tasks.index(state["sw_task"]), key="sw_task")
+        limit = int(b.number_input(**LABELS["sw_limit"], min_value=1, max_value=100_000, value=state["sw_limit"], key="sw_limit"))
+        heal_steps = int(c.number_input(**LABELS["sw_heal"], min_value=0, max_value=10_000, value=state["sw_heal"], key="sw_heal"))
+        repair = r.radio(**LABELS["sw_repair"], options=REPAIRS, index=REPAIRS.index(state["sw_repair"]), key="sw_repair",
+                         horizontal=True)
         with st.expander("Text and samples"):
-            text = st.text_input("Text for heatmap, held-out loss and healing", state["sw_text"], key="sw_text",
-                                 help="'embedded', 'c4' or a .txt/.jsonl/.parquet path")
+            text = st.text_input(**LABELS["sw_text"], value=state["sw_text"], key="sw_text")
             d, e, f, g = st.columns(4)
-            val = int(d.number_input("Held-out samples", 1, 4096, state["sw_val"], key="sw_val"))
-            sim = int(e.number_input("Heatmap samples", 1, 4096, state["sw_sim"], key="sw_sim"))
-            seq = int(f.number_input("Tokens per sample", 2, 8192, state["sw_seq"], key="sw_seq"))
-            batch = int(g.number_input("Batch size", 1, 512, state["sw_batch"], key="sw_batch"))
+            val = int(d.number_input(**LABELS["sw_val"], min_value=1, max_value=4096, value=state["sw_val"], key="sw_val"))
+            sim = int(e.number_input(**LABELS["sw_sim"], min_value=1, max_value=4096, value=state["sw_sim"], key="sw_sim"))
+            seq = int(f.number_input(**LABELS["sw_seq"], min_value=2, max_value=8192, value=state["sw_seq"], key="sw_seq"))
+            batch = int(g.number_input(**LABELS["sw_batch"], min_value=1, max_value=512, value=state["sw_batch"], key="sw_batch"))
     return SweepSettings(
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
