@@ -2,13 +2,14 @@
 
 Two sweeps, each run both ways in one process on the model loaded once, every run on a fresh
 store (so each computes its own similarity heatmap, as a first sweep does):
-  teaching: `sweep --teaching` (two strategies, every third n, 64 quiz questions a point);
+  teaching: `sweep --teaching` (two strategies, every third n, 64 quiz questions a point, each
+  point also after a linear repair, whose fit runs on the unpruned model either way);
   three strategies: the same with top-cut added.
 "whole" is the path before issue 14 (`run_sweep(..., reuse=False)`: every point runs its whole
 pruned model); "reuse" records the unpruned evaluation once and runs only each block's later
 layers (`explorer.reuse.PrefixReuse`). Points must be equal (accuracy exactly, loss within 1e-5).
 Goal from issue 14: >= 3x faster end to end. The profile columns split the points' time into
-recording, model preparation, held-out loss, task scoring and bookkeeping (`sweep.profile_parts`);
+recording, model preparation, held-out loss, task scoring, linear fits and bookkeeping (`sweep.profile_parts`);
 the rest of the wall time is the similarity heatmap and the plan.
 """
 
@@ -48,7 +49,7 @@ def _run(loaded, settings, reuse: bool) -> dict:
 
 def _equal(ours: list[dict], reference: list[dict]) -> bool:
     return len(ours) == len(reference) and all(
-        (a["strategy"], a["n"], a["start"], a["accuracy"]) == (b["strategy"], b["n"], b["start"], b["accuracy"])
+        (a["strategy"], a["n"], a["repair"], a["start"], a["accuracy"]) == (b["strategy"], b["n"], b["repair"], b["start"], b["accuracy"])
         and abs(a["val_loss"] - b["val_loss"]) <= 1e-5
         for a, b in zip(ours, reference)
     )
@@ -84,8 +85,8 @@ def table(result: dict) -> str:
         f"{result['model']} ({result['num_layers']} layers), {result['device']} ({result['torch_threads']} threads, "
         f"load average after {result['load_average_after'][0]:.1f} on {result['cpu_count']} CPUs)",
         "",
-        "| sweep | points | path | wall s | CPU s | recording | preparation | loss | scoring | bookkeeping | speedup (wall / CPU) | same points |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| sweep | points | path | wall s | CPU s | recording | preparation | loss | scoring | linear fits | bookkeeping | speedup (wall / CPU) | same points |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, sweep in result["sweeps"].items():
         for path in ("whole", "reuse"):
@@ -94,7 +95,7 @@ def table(result: dict) -> str:
             lines.append(
                 f"| {name} ({', '.join(sweep['strategies'])}; stride {sweep['stride']}) | {sweep['points']} | {path} "
                 f"| {run['seconds']:.1f} | {run['cpu_seconds']:.1f} | "
-                + " | ".join(f"{parts[p]:.1f}" for p in ("recording", "preparation", "loss", "scoring", "bookkeeping"))
+                + " | ".join(f"{parts[p]:.1f}" for p in ("recording", "preparation", "loss", "scoring", "fit", "bookkeeping"))
                 + f" | {speed} | {'yes' if sweep['same_points'] else 'NO'} |"
             )
     return "\n".join(lines)
