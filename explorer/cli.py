@@ -370,8 +370,8 @@ def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
-    page's job reaper leaves it alone); a rerun with the same settings resumes it."""
+    """Run a sweep in the foreground as a store run (Store.running records its outcome; no pid, so
+    a page's job reaper leaves it alone); a rerun with the same settings resumes it."""
     from explorer.store import Store
     from explorer.sweep import describe_point, execute, start_sweep
 

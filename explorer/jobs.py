@@ -13,9 +13,9 @@ Cancelling is immediate in every phase: `cancel` marks the run cancelled and sen
 which the runner raises `JobCancelled` wherever it is (loading, evaluating, training, merging,
 saving, between sweep points) and exits without recording anything; a runner still alive
 after `GRACE_SECONDS` is killed. The runner runs the job inside `Store.running`, which records
-the outcome only while the run is still "running", so a cancelled run never turns "done". The process that
-started a runner waits for it in a daemon thread, so a finished runner never lingers as a
-defunct (zombie) process.
+the outcome only while the run is still "running", so a cancelled run never turns "done". The
+process that started a runner waits for it in a daemon thread, so a finished runner never
+lingers as a defunct (zombie) process.
 """
 
 from __future__ import annotations

@@ -425,7 +425,7 @@ def run_sweep(
     sizes = settings.block_sizes(num_layers)
     done = _reusable_points(store, run_id, settings, loaded.fingerprint)
     for key, point in sorted(done.items()):
-        if point.pop("run_id") != run_id:  # resumed from an earlier run: copy it into this one (the store times it anew)
+        if point.pop("run_id") != run_id:  # resumed from an earlier run: copy it into this one, timed anew
             store.add_event(run_id, {**{k: v for k, v in point.items() if k != "time"}, "resumed": True})
     if done:
         _phase(store, run_id, on_event, f"resuming: {len(done)} points already measured")
