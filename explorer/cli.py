@@ -360,26 +360,20 @@ def _sweep_settings(args: argparse.Namespace):
     return teaching_preset(**chosen) if args.teaching else SweepSettings(**chosen)
 
 
-def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[dict], None], cancelled: type) -> dict:
-    """`execute(store, run_id, report)` in this process, which owns the run's status: cancelled on
-    Ctrl-C or `cancelled`, failed on any other error (the points so far stay), done with its result."""
-    try:
-        result = execute(store, run_id, report)
-    except (cancelled, KeyboardInterrupt) as exc:
-        store.fail_run(run_id, str(exc) or "interrupted", status="cancelled")
-        raise
-    except BaseException as exc:
-        store.fail_run(run_id, str(exc) or type(exc).__name__)
-        raise
-    store.finish_run(run_id, result)
-    return result
+def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[dict], None]) -> dict:
+    """`execute(store, run_id, report, should_stop)` in this process, inside the store's lifecycle
+    (Store.running): cancelled on Ctrl-C or when a page cancels the run (it stops at the next
+    point), failed on any other error (the points so far stay), done with its result."""
+    with store.running(run_id) as run:
+        run.result = execute(store, run_id, report, run.cancelled)
+    return run.result
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    """Run a sweep in the foreground as a store run (this process owns its status; no pid, so a
-    page's job reaper leaves it alone); a rerun with the same settings resumes it."""
+    """Run a sweep in the foreground as a store run (Store.running records its outcome; no pid, so
+    a page's job reaper leaves it alone); a rerun with the same settings resumes it."""
     from explorer.store import Store
-    from explorer.sweep import SweepCancelled, describe_point, execute, start_sweep
+    from explorer.sweep import describe_point, execute, start_sweep
 
     if args.ray_address and args.executor != "ray":
         raise ExplorerError("--ray-address needs --executor ray.")
@@ -399,7 +393,7 @@ def _sweep(args: argparse.Namespace) -> None:
     def report(event: dict) -> None:
         print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
 
-    result = _run_in_foreground(store, run_id, execute, report, SweepCancelled)
+    result = _run_in_foreground(store, run_id, execute, report)
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
     try:
@@ -499,18 +493,15 @@ def _heal(args: argparse.Namespace) -> None:
         "processes": ranks.size if ranks is not None else 1, "save": args.out is not None, "dtype": args.dtype,
         "repair": repair.to_json() if repair else None,
     }
-    store = Store() if main else None  # the other ranks never touch the store
-    run_id = store.create_run("heal", args.model, settings) if main else None
-    try:
-        result = heal_run(store, run_id, settings, lambda: False, args.out, ranks, lambda e: _print_heal_event(e, config.steps))
-    except BaseException as exc:
-        if main:
-            store.fail_run(run_id, str(exc) or type(exc).__name__, status="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed")
-        raise
-    if main:
-        store.finish_run(run_id, result)
-        print(f"healed model saved to {result['folder']} (run {run_id})" if result.get("folder") else
-              f"healed model not saved (give --out to save it); run {run_id}")
+    if not main:  # the other ranks train their share and never touch the store
+        heal_run(None, None, settings, lambda: False, args.out, ranks)
+        return
+    store = Store()
+    run_id = store.create_run("heal", args.model, settings)
+    with store.running(run_id) as run:
+        run.result = heal_run(store, run_id, settings, run.cancelled, args.out, ranks, lambda e: _print_heal_event(e, config.steps))
+    print(f"healed model saved to {run.result['folder']} (run {run_id})" if run.result.get("folder") else
+          f"healed model not saved (give --out to save it); run {run_id}")
 
 
 def _classify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -537,7 +528,7 @@ def _classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _classify(args: argparse.Namespace) -> None:
     """The accuracy-vs-k curve in the foreground, as a store run (the background job's code path)."""
-    from explorer.finetune import ClassifyCancelled, ClassifySettings, describe_point, execute, parse_ints
+    from explorer.finetune import ClassifySettings, describe_point, execute, parse_ints
     from explorer.store import Store
 
     finetune = {"steps": args.steps, "weights": args.weights, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size}
@@ -556,7 +547,7 @@ def _classify(args: argparse.Namespace) -> None:
         if event.get("kind") in ("point", "phase"):
             print(describe_point(event) if event["kind"] == "point" else event["phase"], file=sys.stderr, flush=True)
 
-    result = _run_in_foreground(store, run_id, execute, report, ClassifyCancelled)
+    result = _run_in_foreground(store, run_id, execute, report)
     _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from explorer.data import pad_batch
-from explorer.errors import ExplorerError
+from explorer.errors import Cancelled, ExplorerError
 from explorer.models import LoadedModel, load_model
 from explorer.prune import strategy_block
 from explorer.scoring import encode_pair, inference, max_length
@@ -49,7 +49,7 @@ OnEvent = Callable[[dict], None]
 ShouldStop = Callable[[], bool]
 
 
-class ClassifyCancelled(ExplorerError):
+class ClassifyCancelled(Cancelled):
     """The user stopped the run; the points measured so far stay in the store."""
 
 
@@ -407,7 +407,7 @@ def classify_points(store, run_id: int) -> list[dict]:
 
 
 def _add(store, run_id: int, event: dict, on_event: OnEvent) -> None:
-    store.add_event(run_id, len(store.events(run_id)), event)
+    store.add_event(run_id, event)
     on_event(event)
 
 

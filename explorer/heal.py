@@ -39,7 +39,7 @@ from torch import nn
 from explorer.blocks import Block
 from explorer.concurrency import exclusive
 from explorer.data import EMBEDDED, batches, make_samples, pad_batch
-from explorer.errors import ExplorerError
+from explorer.errors import Cancelled, ExplorerError
 from explorer.models import LoadedModel, decoder_layers, load_model
 from explorer.options import SHARED, setting
 from explorer.parallel import Ranks
@@ -125,7 +125,7 @@ class HealConfig:
         return hashlib.sha1(json.dumps(self.to_json(), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-class HealCancelled(ExplorerError):
+class HealCancelled(Cancelled):
     """The user stopped the run; not a failure."""
 
 

@@ -12,10 +12,10 @@ reboot) is found by `reap`, which every listing calls, and marked failed.
 Cancelling is immediate in every phase: `cancel` marks the run cancelled and sends SIGTERM, on
 which the runner raises `JobCancelled` wherever it is (loading, evaluating, training, merging,
 saving, between sweep points) and exits without recording anything; a runner still alive
-after `GRACE_SECONDS` is killed. The runner records its outcome only while the run is still
-"running" (`Store.transition`), so a cancelled run never turns "done". The process that
-started a runner waits for it in a daemon thread, so a finished runner never lingers as a
-defunct (zombie) process.
+after `GRACE_SECONDS` is killed. The runner runs the job inside `Store.running`, which records
+the outcome only while the run is still "running", so a cancelled run never turns "done". The
+process that started a runner waits for it in a daemon thread, so a finished runner never
+lingers as a defunct (zombie) process.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from explorer.errors import ExplorerError
+from explorer.errors import Cancelled, ExplorerError
 from explorer.store import Run, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,7 @@ POLL_SECONDS = 1.0
 GRACE_SECONDS = 5.0  # after SIGTERM, how long a runner may take to exit before SIGKILL
 DIED = "process died"
 CANCELLED = "cancelled by the user"
+SIGTERMED = "stopped by SIGTERM"  # what a runner records when the signal did not come from cancel()
 
 
 def log_path(store: Store, run_id: int) -> Path:
@@ -102,9 +103,7 @@ def reap(store: Store) -> list[int]:
     for status in ACTIVE:
         for run in store.list_runs(status=status):
             if run.kind in JOBS and run.pid and not is_alive(run.pid, run.id):
-                current = store.get_run(run.id)  # it may have finished between the listing and now
-                if current.status == status:
-                    store.fail_run(run.id, DIED)
+                if store.transition(run.id, status, status="failed", error=DIED):  # unless it ended meanwhile
                     dead.append(run.id)
     return dead
 
@@ -127,9 +126,8 @@ def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS) -> None:
     """Mark the run cancelled and SIGTERM its runner, which exits at once; a daemon thread
     SIGKILLs it if it is still alive after `grace` seconds."""
     run = store.get_run(run_id)
-    if run.status not in ACTIVE:
-        return
-    store.update_run(run_id, status="cancelled", error=CANCELLED)
+    if not store.transition(run_id, ACTIVE, status="cancelled", error=CANCELLED):
+        return  # it had already ended
     if run.pid and is_alive(run.pid, run_id):
         try:
             os.kill(run.pid, signal.SIGTERM)
@@ -167,7 +165,7 @@ class StopFlag:
     def _on_signal(self, signum, frame) -> None:
         self.signalled = True
         if not self.depth:
-            raise JobCancelled(CANCELLED)
+            raise JobCancelled(SIGTERMED)
 
     @contextmanager
     def critical(self) -> Iterator[None]:
@@ -177,7 +175,7 @@ class StopFlag:
         finally:
             self.depth -= 1
         if self.signalled and not self.depth:
-            raise JobCancelled(CANCELLED)
+            raise JobCancelled(SIGTERMED)
 
     def __call__(self) -> bool:
         return self.signalled or self.store.get_run(self.run_id).status == "cancelled"
@@ -220,7 +218,8 @@ def check_runnable(store: Store, run_id: int) -> Run:
 
 
 def run_job(store: Store, run_id: int) -> None:
-    """The body of `python -m explorer job RUN_ID`: wait, run, record the outcome."""
+    """The body of `python -m explorer job RUN_ID`: wait, then run the job inside `Store.running`,
+    which records its outcome. Only a bug's traceback leaves (it goes to the job's log)."""
     from explorer.threads import configure
 
     run = check_runnable(store, run_id)
@@ -232,19 +231,10 @@ def run_job(store: Store, run_id: int) -> None:
             if stop():
                 return
             time.sleep(POLL_SECONDS)
-        if not store.transition(run_id, "queued", status="running"):
-            return  # cancelled while queued
-        result = JOBS[run.kind](store, store.get_run(run_id), stop)
-        with stop.critical():
-            store.transition(run_id, "running", status="done", result=result)
-    except JobCancelled:
-        store.transition(run_id, "running", status="cancelled", error="stopped by SIGTERM")  # not via cancel(): say so
-    except ExplorerError as exc:
-        store.transition(run_id, "running", status="failed", error=str(exc))
-    except BaseException as exc:
-        store.transition(run_id, "running", status="failed",
-                         error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}")
-        raise  # the traceback goes to the job's log
+        with store.running(run_id, cancelled=(JobCancelled,), shield=stop.critical) as job:
+            job.result = JOBS[run.kind](store, store.get_run(run_id), stop)
+    except (JobCancelled, ExplorerError):  # recorded (or, cancelled while queued, refused) by Store.running
+        return
 
 
 def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
@@ -273,7 +263,7 @@ def heal_ranks(store: Store, run_id: int) -> None:
         heal_run(store, run_id, run.settings, lambda: store.get_run(run_id).status == "cancelled", run_folder(store, run_id), ranks)
     except ExplorerError as exc:
         if ranks is None or ranks.is_main:
-            store.add_event(run_id, 0, {"kind": "error", "step": 0, "error": str(exc)})
+            store.add_event(run_id, {"kind": "error", "error": str(exc)})
         raise
 
 
@@ -291,7 +281,7 @@ def _heal_on_ranks(store: Store, run: Run, should_stop: Callable[[], bool]) -> d
                 ranks.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(ranks.pid, signal.SIGKILL)
-            raise ExplorerError("Healing was cancelled.")
+            raise Cancelled("Healing was cancelled.")
         time.sleep(POLL_SECONDS)
     if ranks.returncode != 0:
         errors = [e["error"] for e in store.events(run.id) if e.get("kind") == "error"]
@@ -325,7 +315,7 @@ def heal_run(
 
     def on_event(event: dict) -> None:
         if main:
-            store.add_event(run_id, event["step"], event)
+            store.add_event(run_id, event, step=event["step"])
             echo(event)
 
     on_event({"kind": "phase", "step": 0, "phase": "loading the model"})

@@ -1,13 +1,14 @@
 """Progress and ETA of a background job, as pure functions of its stored events.
 
 Pages and the CLI only format what these return, so every screen tells the same story and the
-tests check it with synthetic event lists. Events are the store's dicts (each with "kind",
-"step" and "time"). A heal run's work is a sequence of items, each priced by measurement:
-evaluations (the time from an "evaluating ..." phase event to its "eval" event), training
-steps (the time from the previous event to a "train" event) and merging (its phase to the next
-event). The ETA is the sum of the items still to do; the item in progress is priced at its
-estimate minus the time it has run, but never below a tenth of that estimate or of the time it
-has already taken, so an overrunning phase never shows "0 s" and then jumps.
+tests check it with synthetic event lists. Events are the store's dicts in the order they were
+added (each with "kind" and "time"; a heal run's also with its training "step"). A heal run's
+work is a sequence of items, each priced by measurement: evaluations (the time from an
+"evaluating ..." phase event to its "eval" event), training steps (the time from the previous
+event to a "train" event) and merging (its phase to the next event). The ETA is the sum of the
+items still to do; the item in progress is priced at its estimate minus the time it has run,
+but never below a tenth of that estimate or of the time it has already taken, so an overrunning
+phase never shows "0 s" and then jumps.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ One file under `EXPLORER_HOME`, opened per operation in WAL mode so the Streamli
 background jobs and the CLI read and write it at once. Rows are never rewritten by a failing
 run except its own, so a crash cannot lose saved work. The schema is versioned: each entry
 of MIGRATIONS upgrades one version, applied in order on open.
+
+A run's own outcome is recorded in one place, `Store.running`: the background runner, the CLI's
+foreground runs and `Store.cached` all run their work inside it. Others end a run only from the
+outside, through `transition`: a user's cancel (jobs.cancel) and the reaping of a dead runner.
+Events are numbered by the store (`seq`, per run, in the order they were added), which is the
+order readers get them in; `step` is a heal run's training step, absent from other events.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ import json
 import sqlite3
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from explorer.concurrency import single_flight
-from explorer.errors import ExplorerError
+from explorer.errors import Cancelled, ExplorerError
 from explorer.paths import explorer_home
 
 MIGRATIONS = (
@@ -45,6 +51,25 @@ MIGRATIONS = (
         data TEXT NOT NULL
     );
     CREATE INDEX events_run ON events (run_id, step);
+    """,
+    # 2: events get a per-run sequence number assigned by the store (the reading order), and `step`
+    # becomes what it means, a heal run's training step: NULL for the other kinds, whose callers
+    # filled it with an ordinal. Existing events keep the order readers saw (step, then insertion).
+    """
+    CREATE TABLE events_numbered (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        step INTEGER,
+        time REAL NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    INSERT INTO events_numbered (run_id, seq, step, time, data)
+        SELECT events.run_id, ROW_NUMBER() OVER (PARTITION BY events.run_id ORDER BY events.step, events.rowid) - 1,
+               CASE WHEN runs.kind = 'heal' THEN events.step END, events.time, events.data
+        FROM events LEFT JOIN runs ON runs.id = events.run_id;
+    DROP TABLE events;
+    ALTER TABLE events_numbered RENAME TO events;
     """,
 )
 
@@ -142,27 +167,52 @@ class Store:
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {columns}, updated = ? WHERE id = ?", (*fields.values(), time.time(), run_id))
 
-    def transition(self, run_id: int, expected: str, **fields) -> bool:
-        """update_run only while the run's status is still `expected`, in one statement; returns
-        whether it changed. A job's runner records its outcome this way, so a run the user
-        cancelled meanwhile is never flipped to done or failed."""
+    def transition(self, run_id: int, expected: str | tuple[str, ...], **fields) -> bool:
+        """update_run only while the run's status is still `expected` (one status or several), in one
+        statement; returns whether it changed. Every outcome is recorded this way, so a run the user
+        cancelled meanwhile is never flipped to done or failed, nor a finished one to cancelled."""
+        expected = (expected,) if isinstance(expected, str) else expected
         if "result" in fields:
             fields["result"] = json.dumps(fields["result"])
         columns = ", ".join(f"{name} = ?" for name in fields)
+        marks = ", ".join("?" * len(expected))
         with self._connect() as db:
-            cursor = db.execute(f"UPDATE runs SET {columns}, updated = ? WHERE id = ? AND status = ?",
-                                (*fields.values(), time.time(), run_id, expected))
+            cursor = db.execute(f"UPDATE runs SET {columns}, updated = ? WHERE id = ? AND status IN ({marks})",
+                                (*fields.values(), time.time(), run_id, *expected))
             return cursor.rowcount == 1
 
-    def finish_run(self, run_id: int, result: dict) -> None:
-        self.update_run(run_id, status="done", result=result)
+    @contextmanager
+    def running(self, run_id: int, cancelled: tuple[type[BaseException], ...] = (),
+                shield: Callable[[], ContextManager[object]] = nullcontext) -> Iterator["Running"]:
+        """A run's lifecycle: marks the queued (or just created) run running, yields a `Running`
+        whose `result` the body sets, and on exit records the outcome: done with that result;
+        cancelled on `Cancelled`, Ctrl-C or one of the caller's `cancelled` types; failed on
+        anything else, with `failure_message`. The exception always propagates. Each outcome is
+        recorded only while the run is still running, so a cancel from outside stands.
 
-    def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
-        self.update_run(run_id, status=status, error=error)
+        `shield` (the job runner's StopFlag.critical) wraps each outcome's write, so an
+        asynchronous cancel cannot interrupt it halfway; it is raised once the write is done.
+        A run that is no longer queued or running (cancelled while it waited) is refused with an
+        ExplorerError before the body runs."""
+        if not self.transition(run_id, ("queued", "running"), status="running"):
+            raise ExplorerError(f"Run {run_id} is {self.get_run(run_id).status}, so it was not started.")
+        run = Running(self, run_id)
+        try:
+            yield run
+        except (Cancelled, KeyboardInterrupt, *cancelled) as exc:
+            with shield():
+                self.transition(run_id, "running", status="cancelled", error=" ".join(str(exc).split()) or "interrupted")
+            raise
+        except BaseException as exc:
+            with shield():
+                self.transition(run_id, "running", status="failed", error=failure_message(exc))
+            raise
+        with shield():
+            self.transition(run_id, "running", status="done", result=run.result)
 
     def cached(self, kind: str, cache_key: str, model: str, settings: dict, compute: Callable[[], dict]) -> tuple[int, dict, bool]:
         """(run id, result, from cache): a finished run's result for this key, or `compute()` run as a
-        new run, its failure recorded on the run before it propagates.
+        new run (Store.running records its outcome; a failure propagates).
 
         Single flight: callers asking for the same key at once (sessions, threads, a CLI beside the
         server) compute it once; the others wait and get that run, marked as from the cache. A
@@ -172,14 +222,9 @@ class Store:
         with single_flight(self.path.parent / f"{self.path.name}.locks", f"{self.path}|{kind}|{cache_key}"):
             if done := self.find_done(kind, cache_key):
                 return done.id, done.result, True
-            run_id = self.create_run(kind, model, settings, cache_key=cache_key)
-            try:
-                result = compute()
-            except BaseException as exc:
-                self.fail_run(run_id, str(exc) or type(exc).__name__)
-                raise
-            self.finish_run(run_id, result)
-        return run_id, result, False
+            with self.running(self.create_run(kind, model, settings, cache_key=cache_key)) as run:
+                run.result = compute()
+        return run.id, run.result, False
 
     def get_run(self, run_id: int) -> Run:
         with self._connect() as db:
@@ -210,15 +255,44 @@ class Store:
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
-    def add_event(self, run_id: int, step: int, data: dict) -> None:
+    def add_event(self, run_id: int, data: dict, *, step: int | None = None) -> int:
+        """Append an event to the run and return its sequence number (0, 1, ... per run), assigned
+        in the same statement as the insert, so writers never collide or re-read the run's events.
+        `step` is a heal run's training step; other events have none."""
         with self._connect() as db:
-            db.execute("INSERT INTO events (run_id, step, time, data) VALUES (?, ?, ?, ?)", (run_id, step, time.time(), json.dumps(data)))
+            return db.execute(
+                "INSERT INTO events (run_id, seq, step, time, data) "
+                "SELECT ?, COALESCE(MAX(seq), -1) + 1, ?, ?, ? FROM events WHERE run_id = ? RETURNING seq",
+                (run_id, step, time.time(), json.dumps(data), run_id),
+            ).fetchone()[0]
 
     def events(self, run_id: int) -> list[dict]:
-        """Events in order, each as its data plus 'step' and 'time'."""
+        """Events in the order they were added, each as its data plus 'time' (and 'step' where it has one)."""
         with self._connect() as db:
-            rows = db.execute("SELECT step, time, data FROM events WHERE run_id = ? ORDER BY step, rowid", (run_id,)).fetchall()
-        return [{**json.loads(r["data"]), "step": r["step"], "time": r["time"]} for r in rows]
+            rows = db.execute("SELECT step, time, data FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+        return [{**json.loads(r["data"]), **({} if r["step"] is None else {"step": r["step"]}), "time": r["time"]} for r in rows]
+
+
+@dataclass
+class Running:
+    """The run inside `Store.running`: the body sets `result`, which is recorded when it ends."""
+
+    store: Store
+    id: int
+    result: dict | None = None
+
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled from outside (a page's Cancel): the between-steps check."""
+        return self.store.get_run(self.id).status == "cancelled"
+
+
+def failure_message(exc: BaseException) -> str:
+    """The one line a failed run records: an ExplorerError's own sentence (what is wrong, what to
+    do); anything else is a bug, recorded as its type and the first line of its message."""
+    if isinstance(exc, ExplorerError):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _retry_locked(statement: Callable[[], object], attempts: int = 50) -> None:

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 from explorer.blocks import Block
 from explorer.concurrency import exclusive
 from explorer.data import check_settings, split_documents
-from explorer.errors import ExplorerError
+from explorer.errors import Cancelled, ExplorerError
 from explorer.models import LoadedModel, load_model
 from explorer.options import SHARED, setting, widget
 from explorer.prune import STRATEGIES, prune_block, strategy_block
@@ -52,7 +52,7 @@ Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metr
 Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], bool]], Iterator[Measured]]
 
 
-class SweepCancelled(ExplorerError):
+class SweepCancelled(Cancelled):
     """The user stopped the sweep; its finished points stay and a restart resumes from them."""
 
 
@@ -277,13 +277,8 @@ def _normalized_se(se: float | None, base_loss: float, vocab_size: int) -> float
 def _phase(store, run_id: int, on_event: OnEvent, text: str) -> None:
     """A progress line, stored (the page shows the latest) and passed on (the CLI prints it)."""
     event = {"kind": "phase", "phase": text}
-    _add(store, run_id, event)
+    store.add_event(run_id, event)
     on_event(event)
-
-
-def _add(store, run_id: int, event: dict) -> None:
-    """Append an event; steps number all of a run's events in order."""
-    store.add_event(run_id, len(store.events(run_id)), {k: v for k, v in event.items() if k not in ("step", "time")})
 
 
 def eval_config(settings: SweepSettings):
@@ -430,8 +425,8 @@ def run_sweep(
     sizes = settings.block_sizes(num_layers)
     done = _reusable_points(store, run_id, settings, loaded.fingerprint)
     for key, point in sorted(done.items()):
-        if point.pop("run_id") != run_id:  # resumed from an earlier run: copy it into this one
-            _add(store, run_id, {**point, "resumed": True})
+        if point.pop("run_id") != run_id:  # resumed from an earlier run: copy it into this one, timed anew
+            store.add_event(run_id, {**{k: v for k, v in point.items() if k != "time"}, "resumed": True})
     if done:
         _phase(store, run_id, on_event, f"resuming: {len(done)} points already measured")
     similarity = None
@@ -444,7 +439,7 @@ def run_sweep(
         _phase(store, run_id, on_event, f"using the similarity heatmap of run {sim_id}")
     repairs = [r for r in REPAIR_AXIS if r == "none" or r == settings.repair or (r == "lora" and settings.heal_steps)]
     total = len(sizes) * len(settings.strategies) * len(repairs)
-    _add(store, run_id, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
+    store.add_event(run_id, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
     _phase(store, run_id, on_event, f"measuring {total - len(done)} points")
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     base_loss = next((p["val_loss"] for (_, n, repair), p in done.items() if n == 0 and repair == "none"), None)
@@ -483,7 +478,7 @@ def run_sweep(
                 point.update(agreement(point.get("predictions"), unpruned))
                 point["normalized_loss"] = _normalized(point["val_loss"], base_loss, vocab)
                 point["normalized_loss_se"] = _normalized_se(point.get("val_loss_se"), base_loss, vocab)
-                _add(store, run_id, point)
+                store.add_event(run_id, point)
                 done[point_key(point)] = point
                 on_event(point)
             waiting = waiting if base_loss is None else []
@@ -539,8 +534,8 @@ def load_for_sweep(settings: SweepSettings) -> LoadedModel:
 def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Load the model once and run the sweep stored as `run_id`; returns its result.
 
-    The caller owns the run's status (jobs.run_job for the page, the CLI in the foreground):
-    a failure or cancellation raises, and the points measured so far stay in the store."""
+    The caller runs it inside Store.running (jobs.run_job for the page, the CLI in the foreground),
+    which records the outcome: a failure or cancellation raises, and the points so far stay."""
     stored = store.get_run(run_id).settings
     settings = SweepSettings.from_json(stored)
     settings.check()

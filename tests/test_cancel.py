@@ -150,3 +150,29 @@ def test_a_finished_runner_leaves_no_zombie_and_job_refuses_finished_runs(store,
         assert "Traceback" not in done.stderr
     assert store.get_run(similarity).status == "done"
     assert store.get_run(run_id).status == "done" and store.events(run_id) == events
+
+
+def test_cancel_from_a_page_stops_a_foreground_cli_run(store):
+    """A CLI sweep or classify run is a store run without a runner process (no pid): a page's
+    Cancel marks it cancelled and the CLI's work sees it at its next check and stops; the run stays
+    cancelled (Store.running never turns it done) and the error reaches the CLI."""
+    import threading
+
+    from explorer.cli import _run_in_foreground
+    from explorer.sweep import SweepCancelled
+
+    run_id = store.create_run("sweep", "tiny", {})
+    checks: list[float] = []
+
+    def execute(store: Store, run_id: int, report, should_stop) -> dict:
+        report({"kind": "phase", "phase": "measuring"})
+        while not should_stop():  # the work between points
+            checks.append(time.monotonic())
+            time.sleep(0.05)
+        raise SweepCancelled("The sweep was cancelled; 0 points are saved and a restart resumes.")
+
+    threading.Timer(0.5, jobs.cancel, (store, run_id)).start()
+    with pytest.raises(SweepCancelled):
+        _run_in_foreground(store, run_id, execute, lambda event: None)
+    run = store.get_run(run_id)
+    assert (run.status, run.error, run.result) == ("cancelled", jobs.CANCELLED, None) and len(checks) >= 2

@@ -202,7 +202,8 @@ def test_page_draws_a_finished_run_and_explains_bad_input(tiny_models, polarity)
     settings = ClassifySettings(model="tiny", data_file=str(polarity), train=8, keep=(1, 3), modes=("icl", "head-ft"),
                                 finetune={"steps": 1}, limit=4)
     run_id = store.create_run("classify", "tiny", settings.to_json())
-    store.finish_run(run_id, run_classify(tiny_models["gpt2"], settings, store, run_id))
+    with store.running(run_id) as run:
+        run.result = run_classify(tiny_models["gpt2"], settings, store, run_id)
     at = AppTest.from_file("../app.py", default_timeout=120)
     at.run()
     at.switch_page("pages/classify.py").run()

@@ -36,7 +36,8 @@ def _sweep(store: Store, loaded, model_dir, strategies: tuple[str, ...]) -> int:
     settings = SweepSettings(model=str(model_dir), device="cpu", strategies=strategies, fractions=(0.0, 0.5), limit=2,
                              val_samples=2, sim_samples=2, seq_len=16)
     run_id = start_sweep(store, settings)
-    store.finish_run(run_id, run_sweep(loaded, settings, store, run_id))
+    with store.running(run_id) as run:
+        run.result = run_sweep(loaded, settings, store, run_id)
     return run_id
 
 
@@ -55,9 +56,9 @@ def runs(tiny_llama, tiny_llama_dir, tmp_path_factory) -> dict[str, int]:
     (folder / "mergekit.yaml").write_text(mergekit_yaml(str(tiny_llama_dir), 4, pruned.block))
     block = {"start": 1, "n": 2, "num_layers": 4, "removed": [1, 2]}
     ids["prune"] = store.create_run("prune", "tiny", {"model": str(tiny_llama_dir), "start": 1, "n": 2})
-    store.finish_run(ids["prune"], {"model": str(tiny_llama_dir), "block": block, "folder": str(folder)})
+    store.update_run(ids["prune"], status="done", result={"model": str(tiny_llama_dir), "block": block, "folder": str(folder)})
     ids["failed"] = store.create_run("heal", "tiny", {"model": {"source": str(tiny_llama_dir)}, "start": 1, "n": 1})
-    store.fail_run(ids["failed"], "Out of memory while healing with batch size 64.")
+    store.update_run(ids["failed"], status="failed", error="Out of memory while healing with batch size 64.")
     return ids
 
 

@@ -119,7 +119,7 @@ def damaged_home(tmp_path, monkeypatch):
     store = Store()
     for number in range(40):
         run_id = store.create_run("similarity", "m", {"n": number, "pad": "x" * 2000})
-        store.add_event(run_id, 0, {"pad": "y" * 2000})
+        store.add_event(run_id, {"pad": "y" * 2000})
     damage_midway(store.path)
     get_store.clear()  # the app's cached store belongs to the session's home
     yield store.path
