@@ -165,32 +165,34 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def collect_stats(loaded: LoadedModel, block: Block, ids: list[list[int]], batch_size: int) -> FitStats:
-    """Accumulate MᵀM, Mᵀ(L - Y + M) and the norms over every real token of `ids`, each token's
-    row divided by its |l| (the relative objective of the module docstring).
+def collect_stats(loaded: LoadedModel, blocks: list[Block], ids: list[list[int]], batch_size: int) -> list[FitStats]:
+    """For each block: MᵀM, Mᵀ(L - Y + M) and the norms over every real token of `ids`, each
+    token's row divided by its |l| (the relative objective of the module docstring).
 
     Hooks capture M (the down-projection's output in layer start-1), Y (that layer's output)
-    and L (the output of layer start+n-1); the forward pass stops there. Float64 sums keep
-    the normal equations accurate over tens of thousands of tokens."""
-    down = check_repairable(loaded, block)
+    and L (the output of layer start+n-1) of every block in one forward pass, which stops after
+    the deepest of them: a sweep fitting many blocks pays one pass over the calibration text, not
+    one a block. Float64 sums keep the normal equations accurate over tens of thousands of tokens."""
+    downs = {block.start - 1: check_repairable(loaded, block) for block in blocks}
     layers = decoder_layers(loaded.model)
+    down = next(iter(downs.values()))
     d = down.weight.shape[1] if type(down).__name__ == "Conv1D" else down.weight.shape[0]
-    mtm = torch.zeros(d, d, dtype=torch.float64)
-    mty = torch.zeros(d, d, dtype=torch.float64)
-    yty = mm = 0.0
-    tokens = 0
-    seen: dict[str, torch.Tensor] = {}
+    sums = [FitStats(torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0.0, 0.0, 0)
+            for _ in blocks]
+    last = max(block.end - 1 for block in blocks)
+    seen: dict[tuple[str, int], torch.Tensor] = {}
 
-    def keep(name: str, stop: bool = False):
+    def keep(key: tuple[str, int], stop: bool = False):
         def hook(module, args, output):
-            seen[name] = _hidden(output)
+            seen[key] = _hidden(output)
             if stop:
                 raise _Stop
 
         return hook
 
-    handles = [down.register_forward_hook(keep("m")), layers[block.start - 1].register_forward_hook(keep("y"))]
-    handles.append(layers[block.end - 1].register_forward_hook(keep("l", stop=True)))
+    outputs = set(downs) | {block.end - 1 for block in blocks}  # Y of some blocks, L of others: a layer's output
+    handles = [module.register_forward_hook(keep(("m", i))) for i, module in downs.items()]
+    handles += [layers[i].register_forward_hook(keep(("out", i), stop=i == last)) for i in outputs]
     try:
         with inference(loaded.model):
             for chunk in batches(ids, batch_size):
@@ -200,25 +202,32 @@ def collect_stats(loaded: LoadedModel, block: Block, ids: list[list[int]], batch
                     loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=False)
                 except _Stop:
                     pass
-                real = mask.bool().to(seen["m"].device)
-                m, y, l = (seen[key][real].to("cpu", torch.float64) for key in "myl")
-                if not (torch.isfinite(m).all() and torch.isfinite(y).all() and torch.isfinite(l).all()):
-                    raise ExplorerError(
-                        f"The activations around {block.describe()} are not finite (NaN or inf): the model's weights or "
-                        "precision are broken for this text; nothing was repaired."
-                    )
-                scale = l.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                target = (l - y + m) / scale
-                m = m / scale
-                mtm += m.T @ m
-                mty += m.T @ target
-                yty += float((target * target).sum())
-                mm += float((m * m).sum())
-                tokens += m.shape[0]
+                real = mask.bool()
+                rows = {key: value[real.to(value.device)].to("cpu", torch.float64) for key, value in seen.items()}
+                for block, stats in zip(blocks, sums):
+                    _accumulate(stats, block, rows[("m", block.start - 1)], rows[("out", block.start - 1)],
+                                rows[("out", block.end - 1)])
     finally:
         for handle in handles:
             handle.remove()
-    return FitStats(mtm, mty, yty, mm, tokens)
+    return sums
+
+
+def _accumulate(stats: FitStats, block: Block, m: torch.Tensor, y: torch.Tensor, l: torch.Tensor) -> None:
+    """Add one batch's real tokens (float64 rows) to a block's sums."""
+    if not (torch.isfinite(m).all() and torch.isfinite(y).all() and torch.isfinite(l).all()):
+        raise ExplorerError(
+            f"The activations around {block.describe()} are not finite (NaN or inf): the model's weights or "
+            "precision are broken for this text; nothing was repaired."
+        )
+    scale = l.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    target = (l - y + m) / scale
+    m = m / scale
+    stats.mtm += m.T @ m
+    stats.mty += m.T @ target
+    stats.yty += float((target * target).sum())
+    stats.mm += float((m * m).sum())
+    stats.tokens += m.shape[0]
 
 
 def solve(stats: FitStats, ridge: float) -> tuple[torch.Tensor, float]:
@@ -261,11 +270,16 @@ def fold_private(model: nn.Module, layer: int, transform: torch.Tensor) -> None:
     fold(down, transform)
 
 
-def fit_block(loaded: LoadedModel, block: Block, config: RepairConfig) -> LinearFit:
-    """Fit T for `block` on the unpruned model: calibration text to fit, held-out text to score it."""
+def fit_blocks(loaded: LoadedModel, blocks: list[Block], config: RepairConfig) -> list[LinearFit]:
+    """Fit T for each block on the unpruned model: calibration text to fit, held-out text to score
+    it, one forward pass over each for all the blocks (`collect_stats`). Each fit's `seconds` is
+    an equal share of the time they took together."""
     config.check()
+    if not blocks:
+        return []
     started = time.perf_counter()
-    check_repairable(loaded, block)
+    for block in blocks:
+        check_repairable(loaded, block)
     train = make_samples(loaded.tokenizer, config.source, config.samples, config.seq_len, split="train").ids
     d = loaded.model.config.get_text_config(decoder=True).hidden_size
     if (count := sum(len(x) for x in train)) < d:  # before the forward pass: it cannot succeed
@@ -273,13 +287,24 @@ def fit_block(loaded: LoadedModel, block: Block, config: RepairConfig) -> Linear
             f"The linear fit is singular: it needs at least {d} calibration tokens (the hidden size) and the text "
             f"gave {count}: use more samples or a longer sequence length."
         )
-    stats = collect_stats(loaded, block, train, config.batch_size)
-    transform, lam = solve(stats, config.ridge)
+    fitted = [solve(stats, config.ridge) + (stats.tokens,) for stats in collect_stats(loaded, blocks, train, config.batch_size)]
     heldout = make_samples(loaded.tokenizer, config.source, config.heldout_samples, config.seq_len, split="heldout").ids
-    test = collect_stats(loaded, block, heldout, config.batch_size)
-    unrepaired = math.sqrt(max(test.mm - 2 * float(torch.trace(test.mty)) + test.yty, 0.0) / test.yty) if test.yty else 0.0
-    return LinearFit(transform, block.start - 1, lam, stats.tokens, test.tokens, test.residual(transform), unrepaired,
-                     time.perf_counter() - started)
+    tests = collect_stats(loaded, blocks, heldout, config.batch_size)
+    share = (time.perf_counter() - started) / max(len(blocks), 1)
+    return [
+        LinearFit(transform, block.start - 1, lam, tokens, test.tokens, test.residual(transform), _unrepaired(test), share)
+        for block, (transform, lam, tokens), test in zip(blocks, fitted, tests)
+    ]
+
+
+def _unrepaired(test: FitStats) -> float:
+    """||M - target|| / ||target||: the residual of T = I, the block simply removed."""
+    return math.sqrt(max(test.mm - 2 * float(torch.trace(test.mty)) + test.yty, 0.0) / test.yty) if test.yty else 0.0
+
+
+def fit_block(loaded: LoadedModel, block: Block, config: RepairConfig) -> LinearFit:
+    """`fit_blocks` for one block."""
+    return fit_blocks(loaded, [block], config)[0]
 
 
 def repair_block(

@@ -313,16 +313,33 @@ def linear_applies(settings: SweepSettings, block: Block) -> bool:
     return settings.repair == "linear" and not (block.n and block.start == 0)
 
 
+@dataclass
+class Shared:
+    """What a local sweep without healing computes once for all its blocks: the unpruned model's
+    recorded evaluation (`reuse.PrefixReuse`) and the linear fits, from one forward pass over the
+    calibration text (`repair.fit_blocks`), keyed by (start, n)."""
+
+    recording: object  # explorer.reuse.PrefixReuse
+    fits: dict[tuple[int, int], object]  # explorer.repair.LinearFit
+
+
+def repair_config(settings: SweepSettings):
+    """The RepairConfig of a sweep's linear repairs."""
+    from explorer.repair import RepairConfig
+
+    return RepairConfig(source=settings.text, samples=settings.repair_samples, seq_len=settings.seq_len,
+                        batch_size=settings.batch_size)
+
+
 def measure_block(
-    loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool], reuse=None,
-    timings: dict[str, float] | None = None,
+    loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool],
+    shared: Shared | None = None, timings: dict[str, float] | None = None,
 ) -> dict[str, dict]:
     """Metrics by repair: the pruned copy ("none"), the healed copy ("lora") when healing, and the
     linearly repaired copy ("linear") when `linear_applies`. With healing, the heal run's own
     evaluations (step 0 = pruned, merged = healed) are the points: healing changes weights, so a
-    healed point never reuses the unpruned forward. Without it, `reuse` (a `reuse.PrefixReuse`
-    of the same evaluation) runs only the layers after the block, and for a linear repair the
-    layers from the one its map folds into."""
+    healed point never reuses the unpruned forward. Without it, `shared` (see `Shared`) runs only
+    the layers after the block, and for a linear repair the layers from the one its map folds into."""
     from explorer.heal import heal, quick_eval
 
     config = eval_config(settings)
@@ -333,10 +350,12 @@ def measure_block(
                 measured["lora" if event.get("merged") else "none"] = event
 
         heal(pruned_view(loaded, block), config, keep, should_stop)
+    elif shared is not None:
+        measured["none"] = shared.recording.measure(block)
     else:
-        measured["none"] = reuse.measure(block) if reuse is not None else quick_eval(pruned_view(loaded, block), config, timings)
+        measured["none"] = quick_eval(pruned_view(loaded, block), config, timings)
     if linear_applies(settings, block):
-        measured["linear"] = measure_linear(loaded, block, settings, reuse, timings) if block.n else measured["none"]
+        measured["linear"] = measure_linear(loaded, block, settings, shared, timings) if block.n else measured["none"]
     return measured
 
 
@@ -349,49 +368,57 @@ def measure_locally(
     timings: dict[str, float] | None = None,
 ) -> Iterator[Measured]:
     """The local executor: one block after another in this process, in the order given. Without
-    healing and with `reuse`, the unpruned model's evaluation is recorded once (`reuse.PrefixReuse`,
-    before the first block) and every block runs only the layers after it; `reuse=False` measures
-    each pruned model whole (the same numbers, slower). `timings` accumulates seconds per part of
-    the work (`profile_parts`)."""
+    healing and with `reuse`, the unpruned model's evaluation is recorded and the linear fits made
+    once (`Shared`, before the first block), and every block runs only the layers after it;
+    `reuse=False` measures each pruned model whole and fits each block alone (the same numbers,
+    slower). `timings` accumulates seconds per part of the work (`profile_parts`)."""
+    from explorer.repair import fit_blocks
     from explorer.reuse import PrefixReuse
 
-    recording: PrefixReuse | None = None
+    shared: Shared | None = None
     for block in blocks:
         if should_stop():
             return
         started = time.perf_counter()
-        if reuse and not settings.heal_steps and recording is None:
+        if reuse and not settings.heal_steps and shared is None:
             before = dict(timings or {})
-            starts = {b.start for b in blocks} | {b.start - 1 for b in blocks if b.n and linear_applies(settings, b)}
-            recording = PrefixReuse(loaded, starts, _timed_eval(eval_config(settings), timings))
+            linear = [b for b in blocks if b.n and linear_applies(settings, b)]
+            recording = PrefixReuse(loaded, {b.start for b in blocks} | {b.start - 1 for b in linear},
+                                    _timed_eval(eval_config(settings), timings))
             _lap(timings, "recording", started)
             if timings is not None:  # the recording's own loss and scoring count as recording
                 timings.update({part: before.get(part, 0.0) for part in ("loss", "scoring")})
+            fitting = time.perf_counter()
+            shared = Shared(recording, {(b.start, b.n): fit for b, fit in zip(linear, fit_blocks(loaded, linear, repair_config(settings)))})
+            for part in ("fit", "evaluation"):  # the fits are evaluation work, as when each block fits its own
+                _lap(timings, part, fitting)
         measuring = time.perf_counter()
-        measured = measure_block(loaded, block, settings, should_stop, recording, timings)
+        measured = measure_block(loaded, block, settings, should_stop, shared, timings)
         _lap(timings, "evaluation", measuring)
         yield block, measured, time.perf_counter() - started
 
 
-def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, reuse=None,
+def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, shared: Shared | None = None,
                    timings: dict[str, float] | None = None) -> dict:
     """Metrics of the pruned view after a linear repair, with the fit's held-out residual. The map
     folds into a private copy of one down-projection, so the shared weights stay untouched; with
-    `reuse`, the layers below that one replay the unpruned recording."""
+    `shared`, the fit is the one made with all the others and the layers below the one it folds
+    into replay the unpruned recording."""
     from explorer.heal import quick_eval
-    from explorer.repair import RepairConfig, fit_block, fold_private
+    from explorer.repair import fit_block, fold_private
 
-    config = RepairConfig(source=settings.text, samples=settings.repair_samples, seq_len=settings.seq_len,
-                          batch_size=settings.batch_size)
-    fitting = time.perf_counter()
-    fit = fit_block(loaded, block, config)
-    _lap(timings, "fit", fitting)
+    if shared is not None:
+        fit = shared.fits[(block.start, block.n)]
+    else:
+        fitting = time.perf_counter()
+        fit = fit_block(loaded, block, repair_config(settings))
+        _lap(timings, "fit", fitting)
 
     def fold(view: LoadedModel) -> None:
         fold_private(view.model, fit.layer, fit.transform)
 
-    if reuse is not None:
-        metrics = reuse.measure(block, prepare=fold, changed=fit.layer)
+    if shared is not None:
+        metrics = shared.recording.measure(block, prepare=fold, changed=fit.layer)
     else:
         repaired = pruned_view(loaded, block)
         fold(repaired)

@@ -14,7 +14,7 @@ from torch import nn
 from explorer.blocks import check_block
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers
-from explorer.repair import RepairConfig, collect_stats, down_projection, fit_block, fold, repair_block, solve
+from explorer.repair import RepairConfig, collect_stats, down_projection, fit_block, fit_blocks, fold, repair_block, solve
 from tests.families import FAMILIES, tiny_family_model
 
 FOLDABLE = [f for f in FAMILIES if f not in ("gemma2", "gemma3_text")]
@@ -108,7 +108,7 @@ def test_bad_input_gets_one_sentence(tiny_llama):
         repair_block(tiny_llama, 0, 2, config)
     with pytest.raises(ExplorerError, match="needs at least 64 calibration tokens"):  # hidden size 64
         repair_block(tiny_llama, 1, 2, RepairConfig(samples=1, heldout_samples=1, seq_len=20))
-    stats = collect_stats(tiny_llama, check_block(1, 2, 4), [[5, 6, 7, 8]] * 4, batch_size=2)
+    (stats,) = collect_stats(tiny_llama, [check_block(1, 2, 4)], [[5, 6, 7, 8]] * 4, batch_size=2)
     with pytest.raises(ExplorerError, match="needs at least 64 calibration tokens .* got 16"):
         solve(stats, 1e-4)
     broken = copy.deepcopy(tiny_llama.model)
@@ -204,3 +204,19 @@ def test_prune_heal_page_shows_the_linear_repair_beside_the_pruned_model(embedde
     assert list(frame["model"]) == ["unpruned", "pruned", "linear repair"]
     assert any("Linear repair completes" in m.value for m in at.markdown)
     assert any("held-out relative residual" in c.value for c in at.caption)
+
+
+def test_blocks_fitted_together_equal_each_fitted_alone(tiny_llama):
+    """One shared forward pass (the sweep's) gives every block the fit it gets alone, including
+    blocks whose layers overlap (one block's Y is another's L)."""
+    config = RepairConfig(samples=8, heldout_samples=4, seq_len=32)
+    blocks = [check_block(1, 1, 4), check_block(2, 1, 4), check_block(1, 2, 4), check_block(3, 1, 4, allow_final=True)]
+    together = fit_blocks(tiny_llama, blocks, config)
+    for block, fit in zip(blocks, together):
+        alone = fit_block(tiny_llama, block, config)
+        assert fit.layer == alone.layer == block.start - 1
+        assert torch.allclose(fit.transform, alone.transform, atol=1e-9)
+        assert (fit.train_tokens, fit.heldout_tokens) == (alone.train_tokens, alone.heldout_tokens)
+        assert fit.heldout_residual == pytest.approx(alone.heldout_residual, abs=1e-9)
+        assert fit.heldout_residual_unrepaired == pytest.approx(alone.heldout_residual_unrepaired, abs=1e-9)
+    assert fit_blocks(tiny_llama, [], config) == []

@@ -250,5 +250,11 @@ def test_linear_repair_is_an_axis(tiny_llama, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_llama.model.parameters()))
     assert set(result["first_at_chance"]) == {"simple", "simple linear"}
     assert {trace.name for trace in accuracy_figure(result["points"]).data if trace.name} == {"simple", "simple linear"}
+    other = Store(tmp_path / "whole.sqlite")
+    whole = run_sweep(tiny_llama, settings, other, start_sweep(other, settings), reuse=False)  # each block fitted alone
+    for ours, reference in zip(result["points"], whole["points"], strict=True):
+        assert point_key(ours) == point_key(reference) and ours["accuracy"] == reference["accuracy"]
+        assert ours["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+        assert ours.get("heldout_residual") == pytest.approx(reference.get("heldout_residual"), abs=1e-9)
     legacy = {"strategy": "simple", "n": 2, "healed": True}
     assert point_key(legacy) == ("simple", 2, "lora")
