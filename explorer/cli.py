@@ -92,13 +92,18 @@ def _streamed_similarity_arguments(parser: argparse.ArgumentParser) -> None:
     _stream_arguments(parser)
 
 
-def _similarity_arguments(parser: argparse.ArgumentParser) -> None:
-    _model_arguments(parser)
-    parser.add_argument("--text-file", default="embedded", help="'embedded', 'c4', or a .txt/.jsonl/.parquet file")
-    parser.add_argument("--samples", type=int, default=64)
+def _text_arguments(parser: argparse.ArgumentParser, samples: int, split: str) -> None:
+    """The text a pass reads: --text-file, --samples of it (`split` documents), --seq-len, --batch-size, and --out."""
+    parser.add_argument("--text-file", default="embedded", help=f"'embedded', 'c4', or a .txt/.jsonl/.parquet file ({split} split)")
+    parser.add_argument("--samples", type=int, default=samples)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", required=True)
+
+
+def _similarity_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    _text_arguments(parser, samples=64, split="train")
 
 
 def _similarity(args: argparse.Namespace) -> None:
@@ -257,11 +262,7 @@ def _loss_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     _stream_arguments(parser)
     _drop_arguments(parser)
-    parser.add_argument("--text-file", default="embedded", help="'embedded', 'c4', or a .txt/.jsonl/.parquet file (held-out split)")
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", required=True)
+    _text_arguments(parser, samples=32, split="held-out")
 
 
 def _loss(args: argparse.Namespace) -> None:
