@@ -22,7 +22,7 @@ from explorer.heal import HealConfig, merge, train_adapter, training_batches, tr
 from explorer.models import LoadedModel, load_model
 from explorer.prune import prune_block, strategy_block
 from explorer.repair import RepairConfig, repair_block
-from explorer.similarity import cached_distances
+from explorer.cache import cached_distances
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -3,7 +3,7 @@
 A sweep point is "get the pruned model" + "measure it" (held-out loss + task accuracy with
 `explorer.sweep.eval_config`). The measurement is the same whichever way the pruned model was
 obtained, so the benchmark times the two parts separately, for the "simple" block of each n:
-  (a) ours: `sweep.pruned_view` on the model loaded once (module tree copied, weights shared);
+  (a) ours: `prune.pruned_view` on the model loaded once (module tree copied, weights shared);
   (b) reload: `load_model` + `prune_block(inplace=True)` per point, what a script looping over
       `python -m explorer prune` / `eval` pays;
   (c) for reference, `prune_block` on a deep copy (one load, but a weight copy per point);
@@ -23,10 +23,10 @@ import sys
 import torch
 
 from explorer.blocks import Block
-from explorer.heal import quick_eval
+from explorer.evaluate import quick_eval
 from explorer.models import LoadedModel, load_model, parameter_count
-from explorer.prune import prune_block, strategy_block
-from explorer.sweep import SweepSettings, eval_config, parse_fractions, pruned_view
+from explorer.prune import prune_block, pruned_view, strategy_block
+from explorer.sweep import SweepSettings, eval_config, parse_fractions
 from benchmarks import arguments, environment, report, timed
 
 ARMS = {

@@ -117,7 +117,7 @@ def _similarity(args: argparse.Namespace) -> None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     _check_out(args.out)
     from explorer.bootstrap import bootstrap, result_json, summary
-    from explorer.similarity import cached_distances
+    from explorer.cache import cached_distances
 
     from explorer.stream import StreamedModel
 
@@ -183,7 +183,7 @@ def _prune(args: argparse.Namespace) -> None:
     from explorer.export import save_prune
     from explorer.prune import STRATEGIES, prune_block, strategy_block
     from explorer.repair import repair_block, repair_record
-    from explorer.similarity import cached_distances
+    from explorer.cache import cached_distances
 
     if (args.start is None) == (args.strategy is None):
         raise ExplorerError("Give either --start (the block's first layer) or --strategy (similarity, simple or top-cut).")

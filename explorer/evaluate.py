@@ -4,6 +4,7 @@
 `TaskReport`, the one result shape the CLI writes, the pages plot and the jobs store.
 `validation_loss` is the mean next-token loss on held-out text (documents never used for
 calibration or healing), and `normalized_loss` puts it on the paper's 0-to-random scale.
+`quick_eval` is both at once, the snapshot every healing and sweep curve plots.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -20,6 +21,9 @@ from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.scoring import inference
 from explorer.tasks import QuestionResult, Task, check_limit, get_task
+
+if TYPE_CHECKING:
+    from explorer.heal import HealConfig
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -193,6 +197,33 @@ def _logits(loaded: LoadedModel, ids: list[list[int]], batch_size: int) -> Itera
         input_ids, mask = pad_batch(chunk, loaded.tokenizer.pad_token_id or 0)
         input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
         yield input_ids, mask, loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+
+
+def quick_eval(loaded: LoadedModel, config: HealConfig, timings: dict[str, float] | None = None) -> dict:
+    """Held-out loss (with its standard error over documents) and task accuracy (with its 95% Wilson
+    interval): the numbers every curve plots. `timings` accumulates the seconds spent in "loss" and
+    "scoring" (the sweep benchmark's profile)."""
+    from explorer.agreement import predictions
+
+    config = config.resolved(loaded.device)
+    started = time.perf_counter()
+    val_loss, val_loss_se = validation_loss_with_error(loaded, config.source, config.val_samples, config.seq_len,
+                                                       config.eval_batch_size)
+    scored = time.perf_counter()
+    report = run_task(loaded, config.eval_task, config.eval_limit, config.eval_batch_size, **config.eval_options)
+    if timings is not None:
+        timings["loss"] = timings.get("loss", 0.0) + scored - started
+        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - scored
+    return {
+        "val_loss": val_loss,
+        "val_loss_se": val_loss_se,  # standard error over the held-out documents
+        "task": config.eval_task,
+        "accuracy": report.accuracy,
+        "ci_low": report.ci_low,
+        "ci_high": report.ci_high,
+        "chance": report.chance,
+        "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.agreement)
+    }
 
 
 def normalized_loss(loss: float, base_loss: float, vocab_size: int) -> float:

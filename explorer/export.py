@@ -85,16 +85,44 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
     return folder
 
 
+def block_record(block: Block) -> dict:
+    """A removed block as run.json records it."""
+    return {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed}
+
+
+def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: Block, record: dict,
+               dtype: str | None = None) -> Path:
+    """The one export of a pruned, repaired or healed model: its folder with run.json (`save_pruned`)
+    plus the mergekit YAML of the unhealed slice, which rebuilds the pruned starting point from the
+    original checkpoint."""
+    out = save_pruned(loaded, folder, record, dtype)
+    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, block.num_layers, block))
+    return out
+
+
 def save_prune(result, folder: str | Path, model_id: str, extra: dict, dtype: str | None = None) -> Path:
     """A pruned model (`prune.PruneResult`) saved with its run.json (block, parameter counts and
     `extra`) and the mergekit YAML: what the CLI's prune and the page's Save button write."""
     block, loaded = result.block, result.loaded
     record = {"kind": "prune", "model": model_id, "model_name": loaded.name, "fingerprint": loaded.fingerprint,
-              "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
-              "params_before": result.params_before, "params_after": result.params_after, "dtype": dtype, **extra}
-    out = save_pruned(loaded, folder, record, dtype)
-    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, block.num_layers, block))
-    return out
+              "block": block_record(block), "params_before": result.params_before, "params_after": result.params_after,
+              "dtype": dtype, **extra}
+    return save_model(loaded, folder, model_id, block, record, dtype)
+
+
+def heal_record(outcome, model_id: str, model_name: str) -> dict:
+    """The run.json of a healed model (`heal.HealOutcome`), also the heal job's result."""
+    return {
+        "kind": "heal",
+        "model": model_id,
+        "model_name": model_name,
+        "block": block_record(outcome.block),
+        "params_before": outcome.params_before,
+        "params_after": outcome.params_after,
+        "heal": outcome.config.to_json(),
+        "repair": outcome.repair or {"method": "none"},
+        "metrics": {name: {k: v for k, v in m.items() if k not in ("kind", "step", "merged")} for name, m in outcome.metrics.items()},
+    }
 
 
 def kept_ranges(block: Block) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ SST-2 / AG News and finds classification accuracy holds. Three modes per pruned 
 What trains (`FinetuneConfig.weights`): "lora" adapters on the kept layers' linear projections
 (`heal.training_model`, on a copy), "all" kept weights (small models: embeddings, layers, norm,
 LM head), or "none" (head-ft only: a linear probe on frozen features). The pruned model is a
-weight-sharing view (`sweep.pruned_view`); training always works on its own copy.
+weight-sharing view (`prune.pruned_view`); training always works on its own copy.
 
 The curve (`run_classify`): for each strategy ("top-cut", "similarity"), each k (layers kept)
 and each mode, one "point" event with every held-out example's prediction and gold label, the
@@ -415,8 +415,8 @@ def run_classify(loaded: LoadedModel, settings: ClassifySettings, store, run_id:
                  on_event: OnEvent = lambda event: None, should_stop: ShouldStop = lambda: False) -> dict:
     """Every (strategy, k, mode) point as an event of `run_id`; returns the run's result.
     Two strategies that cut the same block (k = L) share one measurement."""
-    from explorer.similarity import cached_distances
-    from explorer.sweep import pruned_view
+    from explorer.cache import cached_distances
+    from explorer.prune import pruned_view
 
     task = settings.check()
     config = settings.finetune_config()

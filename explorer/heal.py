@@ -30,19 +30,19 @@ import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from explorer.blocks import Block
-from explorer.concurrency import exclusive
 from explorer.data import EMBEDDED, batches, make_samples, pad_batch
 from explorer.errors import Cancelled, ExplorerError
+from explorer.evaluate import quick_eval
 from explorer.models import LoadedModel, decoder_layers, load_model
 from explorer.options import SHARED, setting
 from explorer.parallel import Ranks
+from explorer.tasks import default_eval_task
 
 Event = dict
 OnEvent = Callable[[Event], None]
@@ -127,15 +127,6 @@ class HealConfig:
 
 class HealCancelled(Cancelled):
     """The user stopped the run; not a failure."""
-
-
-def default_eval_task() -> str:
-    """A knowledge quiz when one is registered (a 135M model is at chance on MMLU), else MMLU cloze."""
-    from explorer.tasks import task_names
-
-    names = task_names()
-    quizzes = [name for name in names if name.startswith("quiz-")]
-    return "quiz-capitals" if "quiz-capitals" in quizzes else (quizzes[0] if quizzes else "mmlu-cloze")
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -288,52 +279,6 @@ def training_batches(loaded: LoadedModel, config: HealConfig) -> list[tuple[torc
     return out
 
 
-def quick_eval(loaded: LoadedModel, config: HealConfig, timings: dict[str, float] | None = None) -> dict:
-    """Held-out loss (with its standard error over documents) and task accuracy (with its 95% Wilson
-    interval): the numbers every curve plots. `timings` accumulates the seconds spent in "loss" and
-    "scoring" (the sweep benchmark's profile)."""
-    from explorer.agreement import predictions
-    from explorer.evaluate import run_task, validation_loss_with_error
-
-    config = config.resolved(loaded.device)
-    started = time.perf_counter()
-    val_loss, val_loss_se = validation_loss_with_error(loaded, config.source, config.val_samples, config.seq_len,
-                                                       config.eval_batch_size)
-    scored = time.perf_counter()
-    report = run_task(loaded, config.eval_task, config.eval_limit, config.eval_batch_size, **config.eval_options)
-    if timings is not None:
-        timings["loss"] = timings.get("loss", 0.0) + scored - started
-        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - scored
-    return {
-        "val_loss": val_loss,
-        "val_loss_se": val_loss_se,  # standard error over the held-out documents
-        "task": config.eval_task,
-        "accuracy": report.accuracy,
-        "ci_low": report.ci_low,
-        "ci_high": report.ci_high,
-        "chance": report.chance,
-        "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.agreement)
-    }
-
-
-EVAL_FIELDS = ("source", "val_samples", "seq_len", "eval_task", "eval_limit", "eval_options", "eval_batch_size")
-
-
-def cached_quick_eval(loaded: LoadedModel, config: HealConfig, store=None) -> dict:
-    """quick_eval stored as a "quick-eval" run keyed by the model's fingerprint and the evaluation
-    settings, so the unpruned model's "before pruning" numbers are computed once and shared by
-    the page, every heal job and the CLI (evaluation is deterministic). No store: just compute."""
-    from explorer.data import source_fingerprint
-
-    config = config.resolved(loaded.device)
-    if store is None:
-        return quick_eval(loaded, config)
-    settings = {name: getattr(config, name) for name in EVAL_FIELDS}
-    digest = json.dumps({**settings, "source": source_fingerprint(config.source)}, sort_keys=True, default=str)
-    key = f"{loaded.fingerprint}|{hashlib.sha1(digest.encode()).hexdigest()[:16]}"
-    return store.cached("quick-eval", key, loaded.name, settings, lambda: quick_eval(loaded, config))[1]
-
-
 def _evaluate_adapter(peft_model, loaded: LoadedModel, config: HealConfig) -> dict:
     """quick_eval of the model with its live adapter; the scorers switch dropout off and back."""
     return quick_eval(LoadedModel(peft_model.get_base_model(), loaded.tokenizer, loaded.name, loaded.fingerprint), config)
@@ -413,14 +358,26 @@ def train_adapter(
             evaluate(step)
 
 
+@dataclass
+class HealResult:
+    """What `heal` produced: the merged model and the two evaluations callers keep (the "eval"
+    events of the pruned model at step 0 and of the merged model; None off the main process)."""
+
+    healed: LoadedModel
+    after_pruning: Event | None
+    after_healing: Event | None
+    steps: int  # training steps done (all of them: a stopped heal raises HealCancelled)
+
+
 def heal(
     loaded_pruned: LoadedModel,
     config: HealConfig,
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
     ranks: Ranks | None = None,
-) -> LoadedModel:
-    """Train LoRA adapters on the pruned model and return the merged, healed model.
+) -> HealResult:
+    """Train LoRA adapters on the pruned model and return the merged, healed model with its
+    evaluations before and after healing.
 
     Events (each a dict with "kind" and "step"): "eval" at step 0 (after pruning, before
     healing) and every `eval_every` steps; "train" after every update (train_loss, lr,
@@ -436,11 +393,13 @@ def heal(
     on_event, should_stop, main = _main_only(on_event, should_stop, ranks, config)
     on_event({"kind": "phase", "step": 0, "phase": "preparing adapters" + (" on the nf4 base (QLoRA)" if config.quantize else "")})
     peft_model = training_model(loaded_pruned, config)
+    evaluations: dict[int, Event] = {}
 
     def evaluate(step: int) -> None:
         if main:
             on_event({"kind": "phase", "step": step, "phase": f"evaluating at step {step}" if step else "evaluating the pruned model"})
-            on_event({"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)})
+            evaluations[step] = {"kind": "eval", "step": step, **_evaluate_adapter(peft_model, loaded_pruned, config)}
+            on_event(evaluations[step])
             if step:
                 on_event({"kind": "phase", "step": step, "phase": "training"})
         if ranks is not None:
@@ -457,10 +416,12 @@ def heal(
         f"{loaded_pruned.name} (healed)",
         f"{loaded_pruned.fingerprint}|healed:{config.key()}",
     )
+    merged = None
     if main:
         on_event({"kind": "phase", "step": config.steps, "phase": "evaluating the healed model"})
-        on_event({"kind": "eval", "step": config.steps, "merged": True, **quick_eval(healed, config)})
-    return healed
+        merged = {"kind": "eval", "step": config.steps, "merged": True, **quick_eval(healed, config)}
+        on_event(merged)
+    return HealResult(healed, evaluations.get(0), merged, config.steps)
 
 
 def _main_only(on_event: OnEvent, should_stop: ShouldStop, ranks: Ranks | None, config: HealConfig) -> tuple[OnEvent, ShouldStop, bool]:
@@ -494,34 +455,33 @@ def prune_and_heal(
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
     allow_final: bool = False,
-    store=None,
+    reference: Callable[[LoadedModel, HealConfig], dict] = quick_eval,
     ranks: Ranks | None = None,
     repair=None,
 ) -> HealOutcome:
-    """The whole run behind the job and the CLI: evaluate the unpruned model (the "before
-    pruning" reference event; cached in `store`), prune [start, start+n) IN PLACE (the
-    caller's own copy; saves a model's worth of memory), heal, and collect the metrics.
-    With `ranks` only the main process evaluates and reports (heal's data-parallel rules)."""
+    """The whole run behind the job and the CLI: evaluate the unpruned model with `reference`
+    (the "before pruning" event; the job passes `cache.cached_quick_eval` on its store), prune
+    [start, start+n) IN PLACE (the caller's own copy; saves a model's worth of memory), heal,
+    and collect the metrics. With `ranks` only the main process evaluates and reports (heal's
+    data-parallel rules)."""
     from explorer.agreement import agreement
     from explorer.blocks import check_block
     from explorer.prune import prune_block
 
     config = config.resolved(loaded.device)
     check_block(start, n, loaded.num_layers, allow_final)
-    metrics: dict = {}
+    before: Event = {}
 
     def record(event: Event) -> None:
         if event["kind"] == "eval":
-            event.update(agreement(event.get("predictions"), metrics["before_pruning"].get("predictions")))
-        if event["kind"] == "eval" and (event.get("merged") or event["step"] == 0):
-            metrics["healed" if event.get("merged") else "after_pruning"] = event
+            event.update(agreement(event.get("predictions"), before.get("predictions")))
         on_event(event)
 
     emit, agreed_stop, main = _main_only(on_event, should_stop, ranks, config)
     emit({"kind": "phase", "step": 0, "phase": "evaluating the unpruned model"})
     if main:
-        metrics["before_pruning"] = {"kind": "reference", "step": 0, **cached_quick_eval(loaded, config, store)}
-        on_event(metrics["before_pruning"])
+        before.update({"kind": "reference", "step": 0, **reference(loaded, config)})
+        on_event(before)
     if agreed_stop():
         raise HealCancelled("Healing was cancelled before pruning.")
     repaired = None
@@ -533,43 +493,8 @@ def prune_and_heal(
         emit({"kind": "phase", "step": 0, "phase": "fitting the linear repair"})
         pruned, fit = repair_block(loaded, start, n, repair, allow_final=allow_final, inplace=True)
         repaired = repair_record(repair, fit)
-    healed = heal(pruned.loaded, config, record, should_stop, ranks)
-    return HealOutcome(healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics, repaired)
+    result = heal(pruned.loaded, config, record, should_stop, ranks)
+    metrics = {"before_pruning": before, "after_pruning": result.after_pruning, "healed": result.after_healing} if main else {}
+    return HealOutcome(result.healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics, repaired)
 
 
-def save_healed(outcome: HealOutcome, folder: str | Path, model_id: str, record: dict, dtype: str | None = None) -> Path:
-    """The merged model folder (export.save_pruned, with run.json) plus the mergekit YAML of the
-    unhealed slice, which rebuilds the pruned starting point from the original checkpoint."""
-    from explorer.export import mergekit_yaml, save_pruned
-
-    out = save_pruned(outcome.healed, folder, record, dtype)
-    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, outcome.block.num_layers, outcome.block))
-    return out
-
-
-def outcome_record(outcome: HealOutcome, model_id: str, model_name: str) -> dict:
-    """The run.json of a healed model, also the job's result."""
-    block = outcome.block
-    return {
-        "kind": "heal",
-        "model": model_id,
-        "model_name": model_name,
-        "block": {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed},
-        "params_before": outcome.params_before,
-        "params_after": outcome.params_after,
-        "heal": outcome.config.to_json(),
-        "repair": outcome.repair or {"method": "none"},
-        "metrics": {name: {k: v for k, v in m.items() if k not in ("kind", "step", "merged")} for name, m in outcome.metrics.items()},
-    }
-
-
-def complete(loaded: LoadedModel, prompt: str, max_new_tokens: int = 24) -> str:
-    """Greedy continuation of `prompt`: the quickest look at what pruning or healing did."""
-    if not prompt.strip():
-        raise ExplorerError("Give a prompt to complete.")
-    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
-    with exclusive(loaded.model), torch.no_grad():
-        output = loaded.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
-        )
-    return loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -306,7 +306,9 @@ def heal_run(
     With `ranks` (data-parallel under `accelerate launch`, explorer.parallel) every rank loads the
     model on its own device and trains its share; only the main process writes events, the
     model and run.json (which records the world size) and returns the record; others return {}."""
-    from explorer.heal import HealConfig, outcome_record, prune_and_heal, save_healed
+    from explorer.cache import cached_quick_eval
+    from explorer.export import heal_record, save_model
+    from explorer.heal import HealConfig, prune_and_heal
     from explorer.repair import RepairConfig
     from explorer.models import load_model
 
@@ -328,16 +330,16 @@ def heal_run(
     config = HealConfig(**settings.get("heal", {}))
     repair = RepairConfig(**settings["repair"]) if settings.get("repair") else None  # linear repair before healing
     outcome = prune_and_heal(
-        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False), store, ranks,
-        repair,
+        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False),
+        lambda unpruned, resolved: cached_quick_eval(unpruned, resolved, store), ranks, repair,
     )
     if not main:
         return {}
-    record = {**outcome_record(outcome, model["source"], loaded.name), "world_size": ranks.size if ranks is not None else 1}
+    record = {**heal_record(outcome, model["source"], loaded.name), "world_size": ranks.size if ranks is not None else 1}
     if not (settings.get("save", False) or ranks is not None):  # several ranks hand their result over in run.json
         return record
     on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
-    saved = save_healed(outcome, folder, model["source"], {**record, "run_id": run_id}, settings.get("dtype"))
+    saved = save_model(outcome.healed, folder, model["source"], outcome.block, {**record, "run_id": run_id}, settings.get("dtype"))
     return {**record, "folder": str(saved)}
 
 

@@ -13,23 +13,24 @@ Four scores for the block [l, l+n), lower = safer to drop, all from the same cal
 - brute force (optional, costly): the measured validation-loss increase when [l, l+n) is
   removed, one prune + loss pass per l: the ground truth the cheap metrics try to predict.
 
-The first three come from ONE forward pass per batch: hooks keep every real token of
-x^0..x^L, and one Gram matrix per token gives all (l, n) pairs and the adjacent-layer cosines.
+The first three come from ONE forward pass per batch (`similarity.residual_states`, the pass the
+heatmap uses, keeping every real token of x^0..x^L), and one Gram matrix per token gives all
+(l, n) pairs and the adjacent-layer cosines; a streamed model works too.
 Memory per batch is (L+1) x real tokens x hidden floats; lower the batch size for big models.
 """
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from explorer.concurrency import exclusive
-from explorer.data import batches, make_samples, pad_batch
+from explorer.data import make_samples
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
-from explorer.similarity import LastTokenRecorder, Progress, pairwise_angular, similarity_key
+from explorer.similarity import Progress, pairwise_angular, residual_states, similarity_key
 
 METRICS = {
     "last_token": "Angular distance, last token (paper)",
@@ -37,18 +38,6 @@ METRICS = {
     "block_influence": "Block Influence, summed (ShortGPT)",
     "brute_force": "Measured loss increase (brute force)",
 }
-
-
-class TokenRecorder(LastTokenRecorder):
-    """LastTokenRecorder's hooks, keeping every real token: each state is [real tokens, hidden],
-    flattened sample after sample, so sample i's last token sits at cumsum(lengths)[i] - 1."""
-
-    def collect(self, mask: torch.Tensor) -> None:  # type: ignore[override]
-        self.mask = mask.bool()
-        self.states = []
-
-    def _take(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[self.mask.to(hidden.device)].float()
 
 
 @dataclass
@@ -131,36 +120,21 @@ def compute_scores(
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> MetricScores:
-    """Last-token and all-token angular distances and per-layer Block Influence in one pass."""
-    if not samples:
-        raise ExplorerError("No calibration samples: give some text.")
-    model = loaded.model
+    """Last-token and all-token angular distances and per-layer Block Influence from one
+    all-token `residual_states` pass (in memory or streamed)."""
     num_layers = loaded.num_layers
-    pad_id = loaded.tokenizer.pad_token_id or 0
     last_total = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
     token_total = torch.zeros_like(last_total)
     cos_total = torch.zeros(num_layers, dtype=torch.float64)
     done = tokens = 0
-    device = model.get_input_embeddings().weight.device
-    with exclusive(model), TokenRecorder(model) as recorder:  # no other caller sees these hooks
-        for chunk in batches(samples, batch_size):
-            input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
-            recorder.collect(mask)  # on the device, so the per-layer hooks never copy it from the host
-            try:
-                model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-            except torch.OutOfMemoryError as exc:
-                raise ExplorerError(f"Out of memory with batch size {batch_size}: use a smaller batch or shorter sequences.") from exc
-            states = recorder.stacked()  # [L+1, real tokens, hidden]
-            if states.shape[0] != num_layers + 1:
-                raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
+    with closing(residual_states(loaded, samples, batch_size, "all", progress)) as states_per_batch:
+        for states, mask in states_per_batch:  # states: [L+1, real tokens, hidden]
             last = mask.sum(dim=1).cumsum(0) - 1
             last_total += pairwise_angular(states[:, last.to(states.device)]).sum(dim=0).double().cpu()
             token_total += pairwise_angular(states).sum(dim=0).double().cpu()
             cos_total += torch.nn.functional.cosine_similarity(states[:-1], states[1:], dim=-1).sum(dim=1).double().cpu()
-            done += len(chunk)
+            done += mask.shape[0]
             tokens += states.shape[1]
-            if progress:
-                progress(done, len(samples))
     last_mean, token_mean = last_total / done, token_total / tokens
 
     def rows(mean: torch.Tensor) -> list[list[float]]:
@@ -199,49 +173,6 @@ def brute_force_losses(
         if progress:
             progress(start + 1, len(starts))
     return {"n": n, "base_loss": base, "loss_increase": increases}
-
-
-def cached_scores(
-    loaded: LoadedModel,
-    source: str,
-    samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    store=None,
-    progress: Progress | None = None,
-) -> tuple[int, MetricScores, bool]:
-    """The one-pass metrics for these settings, as a 'metrics' run; returns (run id, scores, from_cache)."""
-    from explorer.store import Store
-
-    store = store or Store()
-    data = make_samples(loaded.tokenizer, source, samples, seq_len)
-    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
-    run_id, result, hit = store.cached(
-        "metrics", similarity_key(loaded, data.fingerprint), loaded.name, settings,
-        lambda: compute_scores(loaded, data.ids, batch_size, progress).to_json(),
-    )
-    return run_id, MetricScores.from_json(result), hit
-
-
-def cached_brute_force(
-    loaded: LoadedModel,
-    n: int,
-    source: str,
-    samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    store=None,
-    progress: Progress | None = None,
-) -> tuple[int, dict, bool]:
-    """brute_force_losses as a 'brute-force' run keyed by model, held-out text and n."""
-    from explorer.store import Store
-
-    store = store or Store()
-    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size, "n": n}
-    return store.cached(
-        "brute-force", brute_force_key(loaded, n, source, samples, seq_len), loaded.name, settings,
-        lambda: brute_force_losses(loaded, n, source, samples, seq_len, batch_size, progress),
-    )
 
 
 def brute_force_key(loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int) -> str:

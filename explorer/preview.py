@@ -12,15 +12,18 @@ from typing import Callable
 
 import pandas as pd
 
-from explorer.heal import HealConfig, cached_quick_eval, complete, quick_eval
+from explorer.heal import HealConfig
 from explorer.agreement import agreement
+from explorer.cache import cached_quick_eval, similarity_runs
+from explorer.evaluate import quick_eval
 from explorer.export import save_prune
 from explorer.models import LoadedModel
 from explorer.options import widget
 from explorer.paths import explorer_home
 from explorer.prune import PruneResult, prune_block
 from explorer.repair import LinearFit, RepairConfig, repair_block, repair_record
-from explorer.similarity import SimilarityResult, similarity_runs
+from explorer.generate import complete
+from explorer.similarity import SimilarityResult
 
 PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
 REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "

@@ -18,6 +18,7 @@ Strategies (which block to remove for a given n):
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 from torch import nn
@@ -115,6 +116,19 @@ def prune_block(
         f"{loaded.fingerprint}|pruned:{start}:{n}",
     )
     return PruneResult(pruned, block, params_before, parameter_count(model))
+
+
+def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
+    """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
+    edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
+    buffers are not. A point then costs no weight copy and no extra memory, which is what lets
+    a sweep over a model that fills the GPU keep one load. Safe because evaluation never
+    writes weights and healing trains on its own copy (heal.training_model)."""
+    model = loaded.model
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    with exclusive(model):  # a copy taken while another caller's hooks are on would keep them
+        shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
+    return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
 
 
 def strategy_block(

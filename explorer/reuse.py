@@ -176,7 +176,7 @@ class PrefixReuse:
         rounding), running only the layers after the block where the recording allows.
         `prepare` edits the pruned view before it runs, changing no layer below `changed` (a linear
         repair folds its map into layer start - 1): those layers still replay."""
-        from explorer.sweep import pruned_view
+        from explorer.prune import pruned_view
 
         if block.n == 0 and prepare is None:
             return self.base

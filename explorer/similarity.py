@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import closing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -24,7 +24,6 @@ from explorer.blocks import Block, check_block, final_keeping_starts
 from explorer.data import C4, EMBEDDED, batches, pad_batch
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers
-from explorer.store import Run
 
 Progress = Callable[[int, int], None]
 
@@ -107,27 +106,45 @@ def pairwise_angular(states: torch.Tensor) -> torch.Tensor:
     return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
 
 
-class LastTokenRecorder:
-    """Hooks that keep the last real token of x^0 (input of layer 0) and x^(l+1) (output of layer l)."""
+TOKENS = ("last", "all")  # which tokens a recording pass keeps: the last real one of each sample, or every real one
 
-    def __init__(self, model: torch.nn.Module):
+
+def token_index(mask: torch.Tensor, tokens: str) -> torch.Tensor:
+    """What `take_tokens` selects from a batch with attention `mask` [B, T]: each sample's last
+    real position ("last") or the mask of every real token ("all")."""
+    if tokens not in TOKENS:
+        raise ExplorerError(f"Unknown token selection '{tokens}': choose {' or '.join(TOKENS)}.")
+    return mask.sum(dim=1) - 1 if tokens == "last" else mask.bool()
+
+
+def take_tokens(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] hidden states -> float32 [B, H] (last tokens) or [real tokens, H] (every real
+    token, sample after sample, so sample i's last token sits at cumsum(lengths)[i] - 1)."""
+    index = index.to(hidden.device)
+    if index.dtype == torch.bool:
+        return hidden[index].float()
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index].float()
+
+
+class StateRecorder:
+    """Hooks that keep the selected tokens (`TOKENS`) of x^0 (input of layer 0) and x^(l+1)
+    (output of layer l): [batch, hidden] per layer for the last token, never [batch, tokens, hidden]."""
+
+    def __init__(self, model: torch.nn.Module, tokens: str = "last"):
         self.layers = decoder_layers(model)
-        self.last_index: torch.Tensor | None = None
+        self.tokens = tokens
+        self.index: torch.Tensor | None = None
         self.states: list[torch.Tensor] = []
         self.handles = []
 
-    def _take(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, self.last_index.to(hidden.device)].float()
-
-    def __enter__(self) -> "LastTokenRecorder":
+    def __enter__(self) -> "StateRecorder":
         def pre_hook(_module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            self.states.append(self._take(hidden))
+            self.states.append(take_tokens(hidden, self.index))
 
         def post_hook(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            self.states.append(self._take(hidden))
+            self.states.append(take_tokens(hidden, self.index))
 
         self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
         self.handles.extend(layer.register_forward_hook(post_hook) for layer in self.layers)
@@ -137,8 +154,9 @@ class LastTokenRecorder:
         for handle in self.handles:
             handle.remove()
 
-    def collect(self, last_index: torch.Tensor) -> None:
-        self.last_index = last_index
+    def collect(self, mask: torch.Tensor) -> None:
+        # The index lives on the mask's device, so the per-layer hooks never copy (and sync) from the host.
+        self.index = token_index(mask, self.tokens)
         self.states = []
 
     def stacked(self) -> torch.Tensor:
@@ -150,28 +168,51 @@ def _input_device(model: torch.nn.Module) -> torch.device:
 
 
 def _recorded_states(
-    loaded: LoadedModel, samples: list[list[int]], batch_size: int, progress: Progress | None
-) -> Iterator[tuple[torch.Tensor, int]]:
-    """([L+1, B, H] last-token states, B) per batch from one in-memory forward each."""
+    loaded: LoadedModel, samples: list[list[int]], batch_size: int, tokens: str, progress: Progress | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(states [L+1, selected tokens, H], attention mask [B, T]) per batch from one in-memory forward each."""
     model = loaded.model
     pad_id = loaded.tokenizer.pad_token_id or 0
     device = _input_device(model)
     done = 0
-    with LastTokenRecorder(model) as recorder:
+    with StateRecorder(model, tokens) as recorder:
         for chunk in batches(samples, batch_size):
             input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
-            # The index lives on the device, so the per-layer hooks never copy (and sync) from the host.
-            recorder.collect(mask.sum(dim=1) - 1)
+            recorder.collect(mask)
             try:
                 model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
             except torch.OutOfMemoryError as exc:
                 raise ExplorerError(
                     f"Out of memory with batch size {batch_size}: use a smaller batch, shorter sequences or 4-bit loading."
                 ) from exc
-            yield recorder.stacked(), len(chunk)
+            yield recorder.stacked(), mask
             done += len(chunk)
             if progress:
                 progress(done, len(samples))
+
+
+def residual_states(
+    loaded: LoadedModel, samples: list[list[int]], batch_size: int, tokens: str = "last", progress: Progress | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The one recording pass behind every similarity metric: (states [L+1, selected tokens, H]
+    of x^0..x^L, attention mask [B, T]) per batch, for the tokens chosen by `tokens` ("last" or
+    "all"). A `StreamedModel` (explorer.stream) gives the same states layer by layer, never
+    holding the whole model (`progress` then counts layers, not samples). The model is held
+    (`exclusive`) until the pass is closed, so no other caller sees its hooks, even on an error."""
+    from explorer.stream import StreamedModel
+
+    if not samples:
+        raise ExplorerError("No calibration samples: give some text.")
+    token_index(torch.ones(1, 1), tokens)  # an unknown selection fails before any forward
+    if isinstance(loaded, StreamedModel):
+        states_per_batch = loaded.token_states(samples, batch_size, tokens, progress)
+    else:
+        states_per_batch = _recorded_states(loaded, samples, batch_size, tokens, progress)
+    with exclusive(loaded.model), closing(states_per_batch):
+        for states, mask in states_per_batch:
+            if states.shape[0] != loaded.num_layers + 1:
+                raise ExplorerError(f"Captured {states.shape[0]} states for {loaded.num_layers} layers; is the model pruned in place?")
+            yield states, mask
 
 
 @torch.no_grad()
@@ -181,31 +222,16 @@ def compute_distances(
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> SimilarityResult:
-    """Average d(x^l, x^(l+n)) over samples for every n in 1..L and l in 0..L-n.
-
-    A `StreamedModel` (explorer.stream) gives the same states layer by layer, never holding
-    the whole model (`progress` then counts layers, not samples); the pairs are accumulated
-    here either way."""
-    from explorer.stream import StreamedModel
-
-    if not samples:
-        raise ExplorerError("No calibration samples: give some text.")
-    num_layers = loaded.num_layers
+    """Average d(x^l, x^(l+n)) over samples for every n in 1..L and l in 0..L-n, from the
+    last-token `residual_states` pass (in memory or streamed)."""
     per_sample: list[torch.Tensor] = []  # [batch, L+1, L+1] each: small (S x 31 x 31 for 30 layers)
     done = 0
-    if isinstance(loaded, StreamedModel):
-        states_per_batch = loaded.last_token_states(samples, batch_size, progress)  # progress in layers
-    else:
-        states_per_batch = _recorded_states(loaded, samples, batch_size, progress)
-    # The shared model is held until its hooks are off (the generator closed), even on an error.
-    with exclusive(loaded.model), closing(states_per_batch):
-        for states, count in states_per_batch:
-            if states.shape[0] != num_layers + 1:
-                raise ExplorerError(f"Captured {states.shape[0]} states for {num_layers} layers; is the model pruned in place?")
+    with closing(residual_states(loaded, samples, batch_size, "last", progress)) as states_per_batch:
+        for states, mask in states_per_batch:
             per_sample.append(pairwise_angular(states).double().cpu())
-            done += count
+            done += mask.shape[0]
     matrices = torch.cat(per_sample)
-    return SimilarityResult(loaded.name, num_layers, _rows(matrices.mean(dim=0)), done,
+    return SimilarityResult(loaded.name, loaded.num_layers, _rows(matrices.mean(dim=0)), done,
                             [_rows(matrix, PER_SAMPLE_DIGITS) for matrix in matrices])
 
 
@@ -230,29 +256,6 @@ def distances_key(loaded: LoadedModel, samples_fingerprint: str) -> str:
     return f"{similarity_key(loaded, samples_fingerprint)}|per-sample"
 
 
-def cached_distances(
-    loaded: LoadedModel,
-    source: str,
-    samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    store=None,
-    progress: Progress | None = None,
-) -> tuple[int, SimilarityResult, bool]:
-    """Compute (or fetch from the store) the distances; returns (run id, result, from_cache)."""
-    from explorer.data import make_samples
-    from explorer.store import Store
-
-    store = store or Store()
-    data = make_samples(loaded.tokenizer, source, samples, seq_len)
-    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
-    run_id, result, hit = store.cached(
-        "similarity", distances_key(loaded, data.fingerprint), loaded.name, settings,
-        lambda: replace(compute_distances(loaded, data.ids, batch_size, progress), seq_len=seq_len, source=source).to_json(),
-    )
-    return run_id, SimilarityResult.from_json(result), hit
-
-
 # The similarity page's calibration-source radio: label -> source ("upload"/"path" ask for a file).
 SOURCES = {
     "Embedded corpus (offline)": EMBEDDED,
@@ -260,12 +263,6 @@ SOURCES = {
     "Upload a file": "upload",
     "Local file path": "path",
 }
-
-
-def similarity_runs(store, loaded: LoadedModel) -> list[Run]:
-    """Finished similarity runs of this exact model (same fingerprint), newest first."""
-    prefix = similarity_key(loaded, "")
-    return [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
 
 
 def similarity_widgets(settings: dict) -> dict:

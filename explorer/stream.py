@@ -400,25 +400,29 @@ class StreamedModel:
             done += logits.shape[0]
 
     @torch.no_grad()
-    def last_token_states(
-        self, samples: list[list[int]], batch_size: int, progress: Callable[[int, int], None] | None = None
-    ) -> Iterator[tuple[torch.Tensor, int]]:
-        """([L+1, B, H] float32 last-real-token states x^0..x^L, B) per batch, as the in-memory
-        `LastTokenRecorder` collects them (x^L before the final norm); `progress(layers done, L)`."""
+    def token_states(
+        self, samples: list[list[int]], batch_size: int, tokens: str = "last", progress: Callable[[int, int], None] | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(float32 states [L+1, selected tokens, H] of x^0..x^L, attention mask) per batch, the
+        tokens chosen as the in-memory `similarity.StateRecorder` chooses them (x^L before the
+        final norm); `progress(layers done, L)`."""
+        from explorer.similarity import take_tokens, token_index
+
         if self.skip:
             raise ExplorerError("Distances are measured on the unpruned model: stream it without skipped layers.")
         states: list[list[torch.Tensor]] = []
+        masks: list[torch.Tensor] = []
 
         def keep(k: int, b: int, hidden: torch.Tensor, mask: torch.Tensor) -> None:
             if k == 0:
                 states.append([])
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            states[b].append(hidden[rows, mask.sum(dim=1) - 1].float().cpu())
+                masks.append(mask)
+            states[b].append(take_tokens(hidden, token_index(mask, tokens)).cpu())
 
         with self.lock:
             self.forward(samples, batch_size, keep, progress).store.close()
-        for batch in states:
-            yield torch.stack(batch), batch[0].shape[0]
+        for batch, mask in zip(states, masks):
+            yield torch.stack(batch), mask
 
 
 @dataclass

@@ -26,22 +26,20 @@ pruned model whole.
 
 from __future__ import annotations
 
-import copy
 import functools
-import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterator
 
 from explorer.blocks import Block
-from explorer.concurrency import exclusive
 from explorer.data import check_settings, split_documents
 from explorer.errors import Cancelled, ExplorerError
 from explorer.models import LoadedModel, load_model
 from explorer.options import SHARED, setting, widget
-from explorer.prune import STRATEGIES, prune_block, strategy_block
+from explorer.prune import STRATEGIES, pruned_view, strategy_block
 from explorer.repair import REPAIRS
+from explorer.tasks import default_eval_task
 
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
 REPAIR_AXIS = ("none", "linear", "lora")
@@ -68,7 +66,7 @@ class SweepSettings:
         parse=lambda text: parse_fractions(text), exclusive="points")
     stride: int = setting(1, "every stride-th n from 0 to L-1", label="Stride", exclusive="points")
     task: str = setting("", "a registered task (default: the strongest small-model quiz): quizzes give a small "
-                         "model a clear signal above chance; MMLU needs a larger model", label="Task")  # "" = default_task()
+                         "model a clear signal above chance; MMLU needs a larger model", label="Task")  # "" = tasks.default_eval_task()
     limit: int = setting(32, "questions per point", label="Questions per point")
     task_options: dict = setting(help="the task's options (--mmlu-dir, --subjects, --shots, --split, --option)",
                                  factory=dict, cli=SHARED)
@@ -92,7 +90,7 @@ class SweepSettings:
         object.__setattr__(self, "strategies", tuple(self.strategies))
         if self.fractions is not None:
             object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
-        object.__setattr__(self, "task", self.task or default_task())
+        object.__setattr__(self, "task", self.task or default_eval_task())
 
     def check(self) -> None:
         """Reject impossible settings before any model loads."""
@@ -139,13 +137,6 @@ class SweepSettings:
     def from_json(cls, data: dict) -> "SweepSettings":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def default_task() -> str:
-    """The task with the strongest signal on small models (a knowledge quiz; see heal.default_eval_task)."""
-    from explorer.heal import default_eval_task
-
-    return default_eval_task()
 
 
 def teaching_preset(**overrides) -> SweepSettings:
@@ -294,19 +285,6 @@ def eval_config(settings: SweepSettings):
     )
 
 
-def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
-    """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
-    edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
-    buffers are not. A point then costs no weight copy and no extra memory, which is what lets
-    a sweep over a model that fills the GPU keep one load. Safe because evaluation never
-    writes weights and healing trains on its own copy (heal.training_model)."""
-    model = loaded.model
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    with exclusive(model):  # a copy taken while another caller's hooks are on would keep them
-        shell = LoadedModel(copy.deepcopy(model, shared), loaded.tokenizer, loaded.name, loaded.fingerprint)
-    return prune_block(shell, block.start, block.n, allow_final=block.includes_final, inplace=True).loaded
-
-
 def linear_applies(settings: SweepSettings, block: Block) -> bool:
     """Whether the sweep measures this block after a linear repair: asked for, and a kept layer
     before the block to fold the map into (n = 0 removes nothing: its point is the unpruned one)."""
@@ -340,16 +318,14 @@ def measure_block(
     evaluations (step 0 = pruned, merged = healed) are the points: healing changes weights, so a
     healed point never reuses the unpruned forward. Without it, `shared` (see `Shared`) runs only
     the layers after the block, and for a linear repair the layers from the one its map folds into."""
-    from explorer.heal import heal, quick_eval
+    from explorer.evaluate import quick_eval
+    from explorer.heal import heal
 
     config = eval_config(settings)
     measured: dict[str, dict] = {}
     if settings.heal_steps:
-        def keep(event: dict) -> None:
-            if event["kind"] == "eval" and (event["step"] == 0 or event.get("merged")):
-                measured["lora" if event.get("merged") else "none"] = event
-
-        heal(pruned_view(loaded, block), config, keep, should_stop)
+        healed = heal(pruned_view(loaded, block), config, should_stop=should_stop)
+        measured.update(none=healed.after_pruning, lora=healed.after_healing)
     elif shared is not None:
         measured["none"] = shared.recording.measure(block)
     else:
@@ -404,7 +380,7 @@ def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, s
     folds into a private copy of one down-projection, so the shared weights stay untouched; with
     `shared`, the fit is the one made with all the others and the layers below the one it folds
     into replay the unpruned recording."""
-    from explorer.heal import quick_eval
+    from explorer.evaluate import quick_eval
     from explorer.repair import fit_block, fold_private
 
     if shared is not None:
@@ -445,7 +421,7 @@ def run_sweep(
     normalized loss and agreement need). The local executor (the default) takes `reuse` and
     `timings` (see `measure_locally`)."""
     from explorer.agreement import agreement
-    from explorer.similarity import cached_distances
+    from explorer.cache import cached_distances
 
     settings.check()
     num_layers = loaded.num_layers
@@ -523,8 +499,8 @@ def start_sweep(store, settings: SweepSettings, model_name: str | None = None, e
 
 
 def _timed_eval(config, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
-    """The sweep's evaluation of one model (heal.quick_eval), timing its loss and scoring."""
-    from explorer.heal import quick_eval
+    """The sweep's evaluation of one model (evaluate.quick_eval), timing its loss and scoring."""
+    from explorer.evaluate import quick_eval
 
     return lambda model: quick_eval(model, config, timings)
 

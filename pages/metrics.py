@@ -7,8 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from explorer.blocks import Block, default_size
+from explorer.cache import cached_brute_force, cached_scores
 from explorer.figures.metrics import correlation_figure, influence_figure, metrics_figure, metrics_frame
-from explorer.metrics import METRICS, MetricScores, brute_force_key, cached_brute_force, cached_scores
+from explorer.metrics import METRICS, MetricScores, brute_force_key
 from explorer.models import LoadedModel
 from pages import check_text, current_model, get_store, model_picker, show_page, user_errors
 

@@ -12,7 +12,7 @@ from explorer import jobs
 from explorer.blocks import check_block
 from explorer.data import C4, EMBEDDED
 from explorer.export import DTYPES, mergekit_yaml
-from explorer.heal import TARGETS, HealConfig, default_eval_task
+from explorer.heal import TARGETS, HealConfig
 from explorer.figures.heal import heal_figure
 from explorer.models import LoadedModel, pick_device
 from explorer.parallel import visible_gpus
@@ -24,7 +24,7 @@ from explorer.runs import heal_description
 from explorer.prune import STRATEGIES, strategy_block
 from explorer.recipe import recipe_for
 from explorer.store import Run
-from explorer.tasks import task_names
+from explorer.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page

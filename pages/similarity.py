@@ -18,8 +18,8 @@ from explorer.models import LoadedModel
 from explorer.paths import explorer_home
 from explorer.prune import removed_parameters
 from explorer.runs import similarity_caption, similarity_label
-from explorer.similarity import (SOURCES, SimilarityResult, cached_distances, kept_result, shown_result, similarity_runs,
-                                  similarity_widgets)
+from explorer.cache import cached_distances, similarity_runs
+from explorer.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_widgets
 from explorer.store import Run
 from pages import (MODEL_KEY, current_model, download_row, get_store, model_picker, show_page, user_errors,
                    visitor_policy)

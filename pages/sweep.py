@@ -8,10 +8,10 @@ import time
 import streamlit as st
 
 from explorer import jobs
+from explorer.cache import cached_distances
 from explorer.distributed import ray_available
 from explorer.models import LoadedModel
 from explorer.prune import STRATEGIES
-from explorer.similarity import cached_distances
 from explorer.store import Run
 from explorer.progress import progress_text, sweep_progress
 from explorer.repair import REPAIRS

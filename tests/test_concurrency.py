@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from explorer.concurrency import exclusive, model_lock
-from explorer.heal import complete
-from explorer.metrics import cached_scores
+from explorer.cache import cached_distances, cached_scores
+from explorer.generate import complete
 from explorer.prune import prune_block
-from explorer.similarity import cached_distances, compute_distances
+from explorer.similarity import compute_distances
 from explorer.data import make_samples
 
 THREADS = 6

@@ -18,7 +18,7 @@ from explorer.finetune import (
 )
 from explorer.models import LoadedModel
 from explorer.prune import strategy_block
-from explorer.sweep import pruned_view
+from explorer.prune import pruned_view
 from explorer.tasks import get_task
 from tests.families import tiny_family_model
 from tests.test_classification import pang_lee_rows

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from explorer.errors import ExplorerError
+from explorer.cache import cached_quick_eval
+from explorer.evaluate import quick_eval
 from explorer.heal import (
     HealConfig,
-    cached_quick_eval,
     heal,
     is_quantized,
     lora_targets,
     merge,
-    quick_eval,
     train_adapter,
     training_batches,
     training_model,
@@ -140,7 +140,8 @@ def test_qlora_gradients_match_the_dequantized_model_after_an_evaluation(tiny_ll
 def test_heal_reports_every_step_and_evaluations(tiny_llama):
     pruned = prune_block(tiny_llama, 1, 1).loaded
     events = []
-    healed = heal(pruned, HealConfig(**{**TINY, "steps": 3, "eval_every": 2}), events.append)
+    result = heal(pruned, HealConfig(**{**TINY, "steps": 3, "eval_every": 2}), events.append)
+    healed = result.healed
     kinds = [(e["kind"], e["step"]) for e in events if e["kind"] != "phase"]
     assert kinds == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("eval", 3)]
     assert events[-1]["merged"] is True and events[-1]["task"].startswith("quiz-")
@@ -148,6 +149,8 @@ def test_heal_reports_every_step_and_evaluations(tiny_llama):
     assert [e["tokens"] for e in train_events] == sorted({e["tokens"] for e in train_events})  # cumulative, growing
     assert all(0 <= e["ci_low"] <= e["accuracy"] <= e["ci_high"] <= 1 for e in events if e["kind"] == "eval")
     assert healed.num_layers == 3
+    evals = [e for e in events if e["kind"] == "eval"]
+    assert (result.after_pruning, result.after_healing, result.steps) == (evals[0], evals[-1], 3)
     phases = [e["phase"] for e in events if e["kind"] == "phase"]
     assert phases == ["preparing adapters", "evaluating the pruned model", "training", "evaluating at step 2", "training",
                       "merging the adapter", "evaluating the healed model"]

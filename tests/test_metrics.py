@@ -14,7 +14,8 @@ import torch
 
 from explorer.data import make_samples
 from explorer.errors import ExplorerError
-from explorer.metrics import MetricScores, cached_brute_force, cached_scores, compute_scores, ranks, spearman
+from explorer.cache import cached_brute_force, cached_scores
+from explorer.metrics import MetricScores, compute_scores, ranks, spearman
 from explorer.similarity import compute_distances
 
 

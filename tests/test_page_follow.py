@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.heal import HealConfig
-from explorer.similarity import cached_distances
+from explorer.cache import cached_distances
 from explorer.store import Store
 from explorer.sweep import SweepSettings
 

@@ -10,9 +10,8 @@ from explorer.bootstrap import block_notes, bootstrap, choice_notes, selection_t
 from explorer.models import decoder_layers, parameter_count
 from explorer.prune import prune_block, removed_parameters
 from explorer.runs import similarity_caption, similarity_label, source_name, sweep_label
-from explorer.similarity import (
-    SOURCES, SimilarityResult, kept_result, shown_result, similarity_key, similarity_runs, similarity_widgets,
-)
+from explorer.cache import similarity_runs
+from explorer.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_key, similarity_widgets
 from explorer.store import Run
 from explorer.sweep import MODES, WIDGETS, SweepSettings, teaching_preset, widget_values
 from explorer.figures.sweep import chance_caption

@@ -62,7 +62,7 @@ def test_two_processes_heal_like_one_on_the_combined_batches(tiny_llama, tiny_ll
 
     single_events: list[dict] = []
     pruned = prune_block(tiny_llama, 1, 1).loaded
-    single = heal(pruned, config, single_events.append).model.state_dict()
+    single = heal(pruned, config, single_events.append).healed.model.state_dict()
     parallel = load_file(out / "model.safetensors")
     base = pruned.model.state_dict()
     trained = [name for name in parallel if "proj" in name]

@@ -11,7 +11,7 @@ from explorer.blocks import Block
 from explorer.evaluate import run_task, validation_loss
 from explorer.models import LoadedModel
 from explorer.reuse import PrefixReuse
-from explorer.sweep import pruned_view
+from explorer.prune import pruned_view
 from tests.families import tiny_family_model
 
 LAYERS = 6

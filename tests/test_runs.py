@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.cache import cached_distances, cached_scores
 from explorer.export import mergekit_yaml, save_pruned
 from explorer.figures.export import figures_html
 from explorer.figures.runs import run_figures
-from explorer.metrics import cached_scores
 from explorer.prune import prune_block
 from explorer.runs import (
     headline,
@@ -25,7 +25,6 @@ from explorer.runs import (
     run_json,
     settings_summary,
 )
-from explorer.similarity import cached_distances
 from explorer.store import Store
 from explorer.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
 

@@ -17,7 +17,8 @@ import torch
 from explorer.data import make_samples
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel, decoder_layers, final_norm
-from explorer.similarity import SimilarityResult, cached_distances, compute_distances
+from explorer.cache import cached_distances
+from explorer.similarity import SimilarityResult, compute_distances
 from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-4

@@ -13,7 +13,8 @@ from explorer.cli import _sweep_arguments, _sweep_settings, main
 from explorer.errors import ExplorerError
 from explorer.evaluate import run_task, validation_loss
 from explorer.data import make_samples
-from explorer.similarity import cached_distances, compute_distances
+from explorer.cache import cached_distances
+from explorer.similarity import compute_distances
 from explorer.store import Store
 from explorer.sweep import (
     SweepCancelled,
