@@ -15,6 +15,7 @@ from explorer.cli import main
 from explorer.data import make_samples
 from explorer.errors import ExplorerError
 from explorer.evaluate import run_task, validation_loss
+from explorer.metrics import compute_scores
 from explorer.models import embedded_folder, embedded_gguf_path, load_model
 from explorer.prune import prune_block
 from explorer.scoring import loglikelihoods
@@ -119,6 +120,19 @@ def test_families_stream_exactly(family, embedded, tmp_path):
     requests = [("The capital of France is", " Paris"), ("The capital of France is", " Rome"), ("One two", " three four")]
     for (a, n_a, g_a), (b, n_b, g_b) in zip(loglikelihoods(streamed, requests), loglikelihoods(loaded, requests)):
         assert (n_a, g_a) == (n_b, g_b) and a == pytest.approx(b, abs=TOL)
+
+
+def test_all_token_metrics_stream_like_in_memory(embedded, tmp_path):
+    """The metrics ride the same recording pass as the distances, so a streamed model gives
+    the all-token distances and Block Influence too, equal to the in-memory ones."""
+    folder = family_folder("llama", embedded.tokenizer, tmp_path)
+    samples = make_samples(embedded.tokenizer, "embedded", 5, 24).ids
+    streamed = compute_scores(open_streamed(folder, device="cpu"), samples, 2)
+    loaded = compute_scores(load_model(folder, device="cpu"), samples, 2)
+    assert (streamed.samples, streamed.tokens) == (loaded.samples, loaded.tokens)
+    for name in ("last_token", "all_tokens"):
+        assert max_gap(getattr(streamed, name), getattr(loaded, name)) < TOL
+    assert max_gap([streamed.layer_influence], [loaded.layer_influence]) < TOL
 
 
 def test_bfloat16_streams_like_bfloat16_in_memory(embedded, tmp_path):
