@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
+from typing import Callable
 
 from explorer.data import make_samples, source_fingerprint
 from explorer.evaluate import quick_eval
@@ -21,22 +22,22 @@ from explorer.similarity import Progress, SimilarityResult, compute_distances, d
 from explorer.store import Run, Store
 
 
-def cached_distances(
-    loaded: LoadedModel,
-    source: str,
-    samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    store: Store | None = None,
-    progress: Progress | None = None,
-) -> tuple[int, SimilarityResult, bool]:
-    """Compute (or fetch from the store) the distances; returns (run id, result, from_cache)."""
+def _calibration_run(kind: str, key: Callable[[LoadedModel, str], str], loaded: LoadedModel, source: str, samples: int,
+                     seq_len: int, batch_size: int, store: Store | None, compute: Callable[[list[list[int]]], dict]):
+    """(run id, result JSON, from_cache) of a one-pass measurement over calibration samples, keyed by
+    the model and the samples' fingerprint (the batch size is kept but never changes the result)."""
     store = store or Store()
     data = make_samples(loaded.tokenizer, source, samples, seq_len)
     settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
-    run_id, result, hit = store.cached(
-        "similarity", distances_key(loaded, data.fingerprint), loaded.name, settings,
-        lambda: replace(compute_distances(loaded, data.ids, batch_size, progress), seq_len=seq_len, source=source).to_json(),
+    return store.cached(kind, key(loaded, data.fingerprint), loaded.name, settings, lambda: compute(data.ids))
+
+
+def cached_distances(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                     store: Store | None = None, progress: Progress | None = None) -> tuple[int, SimilarityResult, bool]:
+    """Compute (or fetch from the store) the distances; returns (run id, result, from_cache)."""
+    run_id, result, hit = _calibration_run(
+        "similarity", distances_key, loaded, source, samples, seq_len, batch_size, store,
+        lambda ids: replace(compute_distances(loaded, ids, batch_size, progress), seq_len=seq_len, source=source).to_json(),
     )
     return run_id, SimilarityResult.from_json(result), hit
 
@@ -47,36 +48,18 @@ def similarity_runs(store: Store, loaded: LoadedModel) -> list[Run]:
     return [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
 
 
-def cached_scores(
-    loaded: LoadedModel,
-    source: str,
-    samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    store: Store | None = None,
-    progress: Progress | None = None,
-) -> tuple[int, MetricScores, bool]:
+def cached_scores(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                  store: Store | None = None, progress: Progress | None = None) -> tuple[int, MetricScores, bool]:
     """The one-pass metrics for these settings, as a 'metrics' run; returns (run id, scores, from_cache)."""
-    store = store or Store()
-    data = make_samples(loaded.tokenizer, source, samples, seq_len)
-    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
-    run_id, result, hit = store.cached(
-        "metrics", similarity_key(loaded, data.fingerprint), loaded.name, settings,
-        lambda: compute_scores(loaded, data.ids, batch_size, progress).to_json(),
+    run_id, result, hit = _calibration_run(
+        "metrics", similarity_key, loaded, source, samples, seq_len, batch_size, store,
+        lambda ids: compute_scores(loaded, ids, batch_size, progress).to_json(),
     )
     return run_id, MetricScores.from_json(result), hit
 
 
-def cached_brute_force(
-    loaded: LoadedModel,
-    n: int,
-    source: str,
-    samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    store: Store | None = None,
-    progress: Progress | None = None,
-) -> tuple[int, dict, bool]:
+def cached_brute_force(loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                       store: Store | None = None, progress: Progress | None = None) -> tuple[int, dict, bool]:
     """brute_force_losses as a 'brute-force' run keyed by model, held-out text and n."""
     store = store or Store()
     settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size, "n": n}
