@@ -88,6 +88,7 @@ def sizes(args: argparse.Namespace) -> dict:
 def measure(args: argparse.Namespace) -> dict:
     from explorer.models import embedded_folder
 
+    shown = args.model  # what the result records: "embedded", not this machine's cache path
     if args.model == "embedded":
         args.model = str(embedded_folder())
     runs = {}
@@ -108,7 +109,7 @@ def measure(args: argparse.Namespace) -> dict:
     for run in runs.values():
         run.pop("value")
     return {"runs": runs, "sizes": sizes(args), "max_distance_gap": gap, "loss_gap": loss_gap,
-            "model": args.model, "samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
+            "model": shown, "samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "loss_batch_size": args.loss_batch_size, "threads": args.threads, "machine": platform.processor() or platform.machine(),
             "load": os.getloadavg(), "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
 

@@ -141,7 +141,7 @@ def app_url(embedded):
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,  # the app, and the jobs it starts, import this checkout
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60

@@ -4,8 +4,10 @@ start a short heal as a background job, and watch the live plot gain points.
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,6 @@ PLOT = ".st-key-ph_live_plot .js-plotly-plot"
 # (about 0.5 s a step plus 0.8 s an evaluation on the 2-core reference machine).
 STEPS = 12
 EVAL_EVERY = 4
-SCREENSHOT = "/tmp/heal.png"
 
 
 def set_number(page, label: str, value: float) -> None:
@@ -68,7 +69,7 @@ def test_prune_then_heal_live(app_url, page, embedded):
         seen.append((step_reached(page), plotted_points(page)))
     page.set_viewport_size({"width": 1400, "height": 2400})  # Streamlit scrolls its main block, not the page
     page.locator(PLOT).scroll_into_view_if_needed()
-    page.screenshot(path=SCREENSHOT)
+    page.screenshot(path=str(Path(os.environ["EXPLORER_HOME"]) / "heal.png"))  # for a look by hand
     steps, points = zip(*seen)
     assert max(points) > points[0], f"the plot never gained points: {seen}"
     assert len(set(steps)) >= 3, f"the step counter did not advance while polling: {seen}"
