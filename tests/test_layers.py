@@ -11,7 +11,7 @@ import pytest
 
 EXPLORER = Path(__file__).resolve().parent.parent / "explorer"
 COMPUTE = ("similarity", "metrics", "heal", "scoring", "evaluate", "reuse", "repair", "prune", "stream", "bootstrap",
-           "generate")
+           "generate", "sweep/measure", "sweep/settings", "sweep/points")
 STATE = {"explorer.store", "explorer.jobs", "explorer.runs", "explorer.cache"}
 
 
