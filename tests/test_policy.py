@@ -121,6 +121,7 @@ def test_a_visitor_gets_no_remote_code_box_and_no_server_paths(served_room, tmp_
     assert "Trust remote code" not in [box.label for box in at.checkbox]
     assert any(f"{ALLOW_REMOTE_CODE}=1" in caption.value for caption in at.sidebar.caption)
     assert any(f"{ALLOW_SERVER_PATHS}=1" in error.value for error in at.error)
+    assert at.sidebar.text_input(key="model_path").label == "Hugging Face model id"  # no folder offered
 
 
 def test_the_operator_switches_the_box_on(served_room, tmp_path, monkeypatch):
