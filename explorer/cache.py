@@ -32,6 +32,12 @@ def _calibration_run(kind: str, key: Callable[[LoadedModel, str], str], loaded: 
     return store.cached(kind, key(loaded, data.fingerprint), loaded.name, settings, lambda: compute(data.ids))
 
 
+def distances_run(store: Store, loaded: LoadedModel, source: str, samples: int, seq_len: int) -> Run | None:
+    """The finished run `cached_distances` would return for these settings, or None: it would compute."""
+    data = make_samples(loaded.tokenizer, source, samples, seq_len)
+    return store.find_done("similarity", distances_key(loaded, data.fingerprint))
+
+
 def cached_distances(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
                      store: Store | None = None, progress: Progress | None = None) -> tuple[int, SimilarityResult, bool]:
     """Compute (or fetch from the store) the distances; returns (run id, result, from_cache)."""
@@ -56,6 +62,11 @@ def cached_scores(loaded: LoadedModel, source: str, samples: int, seq_len: int, 
         lambda ids: compute_scores(loaded, ids, batch_size, progress).to_json(),
     )
     return run_id, MetricScores.from_json(result), hit
+
+
+def brute_force_run(store: Store, loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int) -> Run | None:
+    """The finished run `cached_brute_force` would return for these settings, or None: it would measure."""
+    return store.find_done("brute-force", brute_force_key(loaded, n, source, samples, seq_len))
 
 
 def cached_brute_force(loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int, batch_size: int = 8,

@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from explorer.blocks import Block, default_size
-from explorer.cache import cached_brute_force, cached_scores
+from explorer.cache import brute_force_run, cached_brute_force, cached_scores
 from explorer.figures.metrics import correlation_figure, influence_figure, metrics_figure, metrics_frame
-from explorer.metrics import METRICS, MetricScores, brute_force_key
+from explorer.metrics import METRICS, MetricScores
 from explorer.models import LoadedModel
 from pages import check_text, current_model, get_store, model_picker, show_page, user_errors
 
@@ -41,7 +41,7 @@ def compute(loaded: LoadedModel, settings: dict) -> None:
 def attach_brute_force(loaded: LoadedModel, scores: MetricScores, settings: dict, n: int, measure: bool) -> None:
     """Add the brute-force losses for n: from the store when measured before, else only when asked."""
     store = get_store()
-    cached = store.find_done("brute-force", brute_force_key(loaded, n, settings["source"], settings["samples"], settings["seq_len"]))
+    cached = brute_force_run(store, loaded, n, settings["source"], settings["samples"], settings["seq_len"])
     if cached is None and not measure:
         return
     if cached is None:

@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.cache import cached_distances
+from explorer.cache import cached_distances, distances_run
 from explorer.distributed import ray_available
 from explorer.models import LoadedModel
 from explorer.prune import STRATEGIES
@@ -16,7 +16,7 @@ from explorer.store import Run
 from explorer.progress import progress_text, sweep_progress
 from explorer.repair import REPAIRS
 from explorer.runs import sweep_description, sweep_label
-from explorer.sweep import LABELS, MODES, SweepSettings, cached_heatmap, parse_fractions, teaching_preset, widget_values
+from explorer.sweep import LABELS, MODES, SweepSettings, parse_fractions, teaching_preset, widget_values
 from explorer.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.tasks import task_names
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
@@ -94,7 +94,8 @@ def settings_form(model: dict) -> SweepSettings:
 
 def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
     """The similarity strategy needs a heatmap: say whether one is cached, offer to compute it now."""
-    if "similarity" not in settings.strategies or cached_heatmap(loaded, settings, get_store()):
+    if "similarity" not in settings.strategies or distances_run(get_store(), loaded, settings.text, settings.sim_samples,
+                                                                   settings.seq_len):
         return
     st.info("No similarity heatmap is cached for these text settings: the sweep computes it first "
             "(one forward pass per batch), or compute it now.")

@@ -37,7 +37,7 @@ from explorer.sweep.measure import (
     repair_config,
 )
 from explorer.sweep.points import curve_name, describe_point, first_at_chance, point_key, point_repair, summary, sweep_points
-from explorer.sweep.run import OnEvent, SweepCancelled, cached_heatmap, execute, load_for_sweep, run_sweep, start_sweep
+from explorer.sweep.run import OnEvent, SweepCancelled, execute, load_for_sweep, run_sweep, start_sweep
 from explorer.sweep.settings import (
     LABELS,
     MODES,
@@ -62,7 +62,6 @@ __all__ = [
     "SweepCancelled",
     "SweepSettings",
     "WIDGETS",
-    "cached_heatmap",
     "curve_name",
     "describe_point",
     "eval_config",

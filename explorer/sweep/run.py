@@ -23,16 +23,6 @@ class SweepCancelled(Cancelled):
     """The user stopped the sweep; its finished points stay and a restart resumes from them."""
 
 
-def cached_heatmap(loaded: LoadedModel, settings: SweepSettings, store):
-    """The finished similarity run the sweep's "similarity" strategy would reuse, or None
-    (then the sweep computes it first)."""
-    from explorer.data import make_samples
-    from explorer.similarity import distances_key
-
-    data = make_samples(loaded.tokenizer, settings.text, settings.sim_samples, settings.seq_len)
-    return store.find_done("similarity", distances_key(loaded, data.fingerprint))
-
-
 def _phase(store, run_id: int, on_event: OnEvent, text: str) -> None:
     """A progress line, stored (the page shows the latest) and passed on (the CLI prints it)."""
     event = {"kind": "phase", "phase": text}
@@ -59,7 +49,7 @@ def run_sweep(
     normalized loss and agreement need). The local executor (the default) takes `reuse` and
     `timings` (see `measure_locally`)."""
     from explorer.agreement import agreement
-    from explorer.cache import cached_distances
+    from explorer.cache import cached_distances, distances_run
 
     settings.check()
     num_layers = loaded.num_layers
@@ -72,7 +62,7 @@ def run_sweep(
         _phase(store, run_id, on_event, f"resuming: {len(done)} points already measured")
     similarity = None
     if "similarity" in settings.strategies and max(sizes) > 0:
-        if not cached_heatmap(loaded, settings, store):
+        if not distances_run(store, loaded, settings.text, settings.sim_samples, settings.seq_len):
             _phase(store, run_id, on_event, "no similarity heatmap cached for these settings: computing it first")
         sim_id, similarity, _ = cached_distances(
             loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store
