@@ -21,7 +21,6 @@ Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metr
 Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], bool]], Iterator[Measured]]
 
 
-
 def eval_config(settings: SweepSettings):
     """Healing and evaluation settings: the sweep's task, limit and held-out text; evaluations
     only before and after healing (eval_every = steps)."""
@@ -68,18 +67,14 @@ def measure_block(
     evaluations (step 0 = pruned, merged = healed) are the points: healing changes weights, so a
     healed point never reuses the unpruned forward. Without it, `shared` (see `Shared`) runs only
     the layers after the block, and for a linear repair the layers from the one its map folds into."""
-    from explorer.evaluate import quick_eval
     from explorer.heal import heal
 
-    config = eval_config(settings)
     measured: dict[str, dict] = {}
     if settings.heal_steps:
-        healed = heal(pruned_view(loaded, block), config, should_stop=should_stop)
+        healed = heal(pruned_view(loaded, block), eval_config(settings), should_stop=should_stop)
         measured.update(none=healed.after_pruning, lora=healed.after_healing)
-    elif shared is not None:
-        measured["none"] = shared.recording.measure(block)
     else:
-        measured["none"] = quick_eval(pruned_view(loaded, block), config, timings)
+        measured["none"] = _evaluate_view(loaded, block, settings, shared, timings)
     if linear_applies(settings, block):
         measured["linear"] = measure_linear(loaded, block, settings, shared, timings) if block.n else measured["none"]
     return measured
@@ -130,7 +125,6 @@ def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, s
     folds into a private copy of one down-projection, so the shared weights stay untouched; with
     `shared`, the fit is the one made with all the others and the layers below the one it folds
     into replay the unpruned recording."""
-    from explorer.evaluate import quick_eval
     from explorer.repair import fit_block, fold_private
 
     if shared is not None:
@@ -143,13 +137,25 @@ def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, s
     def fold(view: LoadedModel) -> None:
         fold_private(view.model, fit.layer, fit.transform)
 
-    if shared is not None:
-        metrics = shared.recording.measure(block, prepare=fold, changed=fit.layer)
-    else:
-        repaired = pruned_view(loaded, block)
-        fold(repaired)
-        metrics = quick_eval(repaired, eval_config(settings), timings)
+    metrics = _evaluate_view(loaded, block, settings, shared, timings, prepare=fold, changed=fit.layer)
     return {**metrics, "heldout_residual": fit.heldout_residual}
+
+
+def _evaluate_view(
+    loaded: LoadedModel, block: Block, settings: SweepSettings, shared: Shared | None, timings: dict[str, float] | None,
+    prepare: Callable[[LoadedModel], None] | None = None, changed: int | None = None,
+) -> dict:
+    """The sweep's evaluation of the block's pruned view, edited by `prepare` (which changes no layer
+    below `changed`): replaying the shared recording's layers below the block when there is one,
+    else the whole view."""
+    from explorer.evaluate import quick_eval
+
+    if shared is not None:
+        return shared.recording.measure(block, prepare=prepare, changed=changed)
+    view = pruned_view(loaded, block)
+    if prepare is not None:
+        prepare(view)
+    return quick_eval(view, eval_config(settings), timings)
 
 
 def _timed_eval(config, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
