@@ -19,10 +19,10 @@ import time
 import torch
 
 from benchmarks import RESULTS, report
-from explorer.data import make_samples, pad_batch
-from explorer.heal import HealConfig, merge, train_step, training_batches, training_model
-from explorer.models import LoadedModel, parameter_count
-from explorer.similarity import compute_distances
+from explorer.lm.data import make_samples, pad_batch
+from explorer.surgery.heal import HealConfig, merge, train_step, training_batches, training_model
+from explorer.lm.models import LoadedModel, parameter_count
+from explorer.analysis.similarity import compute_distances
 
 
 def random_llama(tokenizer, layers: int = 24, hidden: int = 1024) -> LoadedModel:
@@ -97,7 +97,7 @@ def lora_run(loaded: LoadedModel, config: HealConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
-    from explorer.models import EMBEDDED, resolve_source
+    from explorer.lm.models import EMBEDDED, resolve_source
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks gpu")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded model's)")

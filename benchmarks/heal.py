@@ -1,7 +1,7 @@
 """Healing throughput: our LoRA loop against a plain peft loop, and fp32 LoRA against QLoRA.
 
 In one process, on the same pruned model and the same padded batches, it times:
-  (a) ours: `explorer.heal.training_model` + `train_adapter` (schedule, NaN/OOM guards,
+  (a) ours: `explorer.surgery.heal.training_model` + `train_adapter` (schedule, NaN/OOM guards,
       per-step events and cancel checks; evaluations off),
   (b) a plain peft loop written here: `get_peft_model` with the same LoraConfig on a copy of
       the pruned model, then forward(labels) / backward / AdamW.step / zero_grad,
@@ -23,9 +23,9 @@ from dataclasses import replace
 
 import torch
 
-from explorer.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
-from explorer.models import LoadedModel, load_model
-from explorer.prune import prune_block, strategy_block
+from explorer.surgery.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
+from explorer.lm.models import LoadedModel, load_model
+from explorer.surgery.prune import prune_block, strategy_block
 from benchmarks import arguments, environment, report
 
 ARMS = {"a": "ours (training_model + train_adapter)", "b": "plain peft loop", "q": "ours, QLoRA (nf4 base)"}

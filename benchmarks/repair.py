@@ -2,7 +2,7 @@
 
 On the embedded model, for the similarity block at each n (default 3, 6, 9), in one process:
   L_unpruned, L_pruned: held-out loss (validation_loss: held-out documents, never fitted on)
-  linear: explorer.repair.repair_block with RepairConfig's defaults (fit + fold), timed
+  linear: explorer.surgery.repair.repair_block with RepairConfig's defaults (fit + fold), timed
   lora:   a LoRA heal of HealConfig's default length (training_model + train_adapter + merge,
           its periodic evaluations off so only the repair itself is timed), timed
 and reports the fraction of the damage recovered, (L_pruned - L_repaired) / (L_pruned - L_unpruned):
@@ -17,12 +17,12 @@ import sys
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.evaluate import validation_loss
-from explorer.heal import HealConfig, merge, train_adapter, training_batches, training_model
-from explorer.models import LoadedModel, load_model
-from explorer.prune import prune_block, strategy_block
-from explorer.repair import RepairConfig, repair_block
-from explorer.cache import cached_distances
+from explorer.evaluation.evaluate import validation_loss
+from explorer.surgery.heal import HealConfig, merge, train_adapter, training_batches, training_model
+from explorer.lm.models import LoadedModel, load_model
+from explorer.surgery.prune import prune_block, strategy_block
+from explorer.surgery.repair import RepairConfig, repair_block
+from explorer.state.cache import cached_distances
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

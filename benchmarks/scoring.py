@@ -26,10 +26,10 @@ from typing import Callable
 
 import torch
 
-from explorer.evaluate import run_task
-from explorer.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
-from explorer.models import load_model
-from explorer.tasks import get_task
+from explorer.evaluation.evaluate import run_task
+from explorer.evaluation.lmeval import run_lmeval, write_mmlu_tasks, write_quiz_task
+from explorer.lm.models import load_model
+from explorer.evaluation.tasks import get_task
 from benchmarks import arguments, environment, report, timed
 
 LETTERS = "ABCD"

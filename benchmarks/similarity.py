@@ -19,9 +19,9 @@ import sys
 
 import torch
 
-from explorer.data import batches, make_samples, pad_batch
-from explorer.models import LoadedModel, load_model
-from explorer.similarity import angular_distance, compute_distances
+from explorer.lm.data import batches, make_samples, pad_batch
+from explorer.lm.models import LoadedModel, load_model
+from explorer.analysis.similarity import angular_distance, compute_distances
 from benchmarks import arguments, environment, report, timed
 
 PASSES = {

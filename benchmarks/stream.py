@@ -45,11 +45,11 @@ def worker(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from explorer.data import make_samples
-    from explorer.evaluate import validation_loss
-    from explorer.models import load_model
-    from explorer.similarity import compute_distances
-    from explorer.stream import open_streamed
+    from explorer.lm.data import make_samples
+    from explorer.evaluation.evaluate import validation_loss
+    from explorer.lm.models import load_model
+    from explorer.analysis.similarity import compute_distances
+    from explorer.lm.stream import open_streamed
     from transformers import AutoTokenizer
 
     mode, work = args.worker
@@ -71,7 +71,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 def sizes(args: argparse.Namespace) -> dict:
     """Bytes of the embeddings, the largest decoder layer and the activations, from the checkpoint."""
-    from explorer.stream import open_streamed
+    from explorer.lm.stream import open_streamed
 
     streamed = open_streamed(args.model, device="cpu")
     config = streamed.model.config.get_text_config()
@@ -86,7 +86,7 @@ def sizes(args: argparse.Namespace) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from explorer.models import embedded_folder
+    from explorer.lm.models import embedded_folder
 
     shown = args.model  # what the result records: "embedded", not this machine's cache path
     if args.model == "embedded":

@@ -1,7 +1,7 @@
 """Sweep cost per point: one model load per sweep against re-loading the model for every point.
 
 A sweep point is "get the pruned model" + "measure it" (held-out loss + task accuracy with
-`explorer.sweep.eval_config`). The measurement is the same whichever way the pruned model was
+`explorer.experiments.sweep.eval_config`). The measurement is the same whichever way the pruned model was
 obtained, so the benchmark times the two parts separately, for the "simple" block of each n:
   (a) ours: `prune.pruned_view` on the model loaded once (module tree copied, weights shared);
   (b) reload: `load_model` + `prune_block(inplace=True)` per point, what a script looping over
@@ -22,11 +22,11 @@ import sys
 
 import torch
 
-from explorer.blocks import Block
-from explorer.evaluate import quick_eval
-from explorer.models import LoadedModel, load_model, parameter_count
-from explorer.prune import prune_block, pruned_view, strategy_block
-from explorer.sweep import SweepSettings, eval_config, parse_fractions
+from explorer.lm.blocks import Block
+from explorer.evaluation.evaluate import quick_eval
+from explorer.lm.models import LoadedModel, load_model, parameter_count
+from explorer.surgery.prune import prune_block, pruned_view, strategy_block
+from explorer.experiments.sweep import SweepSettings, eval_config, parse_fractions
 from benchmarks import arguments, environment, report, timed
 
 ARMS = {

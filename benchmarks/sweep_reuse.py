@@ -7,7 +7,7 @@ store (so each computes its own similarity heatmap, as a first sweep does):
   three strategies: the same with top-cut added.
 "whole" is the path before issue 14 (`run_sweep(..., reuse=False)`: every point runs its whole
 pruned model); "reuse" records the unpruned evaluation once and runs only each block's later
-layers (`explorer.reuse.PrefixReuse`). Points must be equal (accuracy exactly, loss within 1e-5).
+layers (`explorer.surgery.reuse.PrefixReuse`). Points must be equal (accuracy exactly, loss within 1e-5).
 Goal from issue 14: >= 3x faster end to end. The profile columns split the points' time into
 recording, model preparation, held-out loss, task scoring, linear fits and bookkeeping (`sweep.profile_parts`);
 the rest of the wall time is the similarity heatmap and the plan.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from explorer.models import load_model
-from explorer.prune import STRATEGIES
-from explorer.store import Store
-from explorer.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
+from explorer.lm.models import load_model
+from explorer.surgery.prune import STRATEGIES
+from explorer.state.store import Store
+from explorer.experiments.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
 from benchmarks import arguments, environment, report, timed
 
 GOAL = 3.0

@@ -2,7 +2,7 @@
 default threads (every process takes every core) against explorer/threads.py's policy.
 
 In one process, on the same pruned model, adapters and batches, it times LoRA training steps
-(`explorer.heal.train_step`) while a neighbour process multiplies matrices in a loop (what
+(`explorer.surgery.heal.train_step`) while a neighbour process multiplies matrices in a loop (what
 the server computing a heatmap, or any other torch process, does to a running job):
   (idle)   no neighbour, torch's default threads: the reference,
   (before) neighbour and heal step both with torch's default threads (one per core),
@@ -24,10 +24,10 @@ import time
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.heal import HealConfig, train_step, training_batches, training_model
-from explorer.models import load_model
-from explorer.prune import prune_block, strategy_block
-from explorer.threads import cores, threads_for
+from explorer.surgery.heal import HealConfig, train_step, training_batches, training_model
+from explorer.lm.models import load_model
+from explorer.surgery.prune import prune_block, strategy_block
+from explorer.core.threads import cores, threads_for
 
 NEIGHBOUR = """
 import sys, torch

@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from explorer.errors import ExplorerError
-from explorer.options import add_options, given
-from explorer.threads import configure
+from explorer.core.errors import ExplorerError
+from explorer.core.options import add_options, given
+from explorer.core.threads import configure
 
 if TYPE_CHECKING:
-    from explorer.heal import HealConfig
+    from explorer.surgery.heal import HealConfig
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -65,7 +65,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from explorer.models import load_model
+    from explorer.lm.models import load_model
 
     return load_model(args.model, device=args.device, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
 
@@ -78,8 +78,8 @@ def _stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_for_analysis(args: argparse.Namespace):
-    """The model in memory, or streamed layer by layer (explorer.stream) with a line saying why."""
-    from explorer.stream import open_for_analysis
+    """The model in memory, or streamed layer by layer (explorer.lm.stream) with a line saying why."""
+    from explorer.lm.stream import open_for_analysis
 
     return open_for_analysis(
         args.model, args.stream, device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True),
@@ -107,7 +107,7 @@ def _similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _similarity(args: argparse.Namespace) -> None:
-    from explorer.data import check_settings, split_documents
+    from explorer.lm.data import check_settings, split_documents
 
     check_settings(args.samples, args.seq_len, args.batch_size)
     if args.bootstrap < 0:
@@ -116,10 +116,10 @@ def _similarity(args: argparse.Namespace) -> None:
     if next(iter(split_documents(args.text_file, "train")), None) is None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     _check_out(args.out)
-    from explorer.bootstrap import bootstrap, result_json, summary
-    from explorer.cache import cached_distances
+    from explorer.analysis.bootstrap import bootstrap, result_json, summary
+    from explorer.state.cache import cached_distances
 
-    from explorer.stream import StreamedModel
+    from explorer.lm.stream import StreamedModel
 
     loaded = _load_for_analysis(args)
     label = "layers" if isinstance(loaded, StreamedModel) else "samples"
@@ -130,7 +130,7 @@ def _similarity(args: argparse.Namespace) -> None:
 
 
 def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.bootstrap import DRAWS, SEED
+    from explorer.analysis.bootstrap import DRAWS, SEED
 
     _streamed_similarity_arguments(parser)
     parser.add_argument("--bootstrap", type=int, default=DRAWS, metavar="B",
@@ -149,16 +149,16 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.repair import REPAIRS, RepairConfig
+    from explorer.surgery.repair import REPAIRS, RepairConfig
 
     parser.add_argument("--repair", choices=REPAIRS, default="none",
-                        help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.repair)")
+                        help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.surgery.repair)")
     add_options(parser, RepairConfig, ("ridge",))
 
 
 def _repair_config(args: argparse.Namespace, source: str | None, samples: int | None = None):
     """The linear repair's settings from the command's own text options, checked before the model loads; None for --repair none."""
-    from explorer.repair import RepairConfig
+    from explorer.surgery.repair import RepairConfig
 
     if args.repair != "linear":
         return None
@@ -170,7 +170,7 @@ def _repair_config(args: argparse.Namespace, source: str | None, samples: int | 
 
 
 def _dtype_argument(parser: argparse.ArgumentParser) -> None:
-    from explorer.export import DTYPES
+    from explorer.export.folder import DTYPES
 
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="type of the saved weights (default: as loaded; bf16 halves fp32)")
@@ -178,12 +178,12 @@ def _dtype_argument(parser: argparse.ArgumentParser) -> None:
 
 def _prune(args: argparse.Namespace) -> None:
     """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
-    from explorer.blocks import check_block
-    from explorer.data import check_settings
-    from explorer.export import save_prune
-    from explorer.prune import STRATEGIES, prune_block, strategy_block
-    from explorer.repair import repair_block, repair_record
-    from explorer.cache import cached_distances
+    from explorer.lm.blocks import check_block
+    from explorer.lm.data import check_settings
+    from explorer.export.folder import save_prune
+    from explorer.surgery.prune import STRATEGIES, prune_block, strategy_block
+    from explorer.surgery.repair import repair_block, repair_record
+    from explorer.state.cache import cached_distances
 
     if (args.start is None) == (args.strategy is None):
         raise ExplorerError("Give either --start (the block's first layer) or --strategy (similarity, simple or top-cut).")
@@ -245,8 +245,8 @@ def _drop_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _dropped(loaded, drop: str | None):
     """The model with the --drop block removed (a pruned copy in memory, skipped layers when streamed)."""
-    from explorer.prune import prune_block
-    from explorer.stream import StreamedModel
+    from explorer.surgery.prune import prune_block
+    from explorer.lm.stream import StreamedModel
 
     if drop is None:
         return loaded
@@ -267,8 +267,8 @@ def _loss_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _loss(args: argparse.Namespace) -> None:
     """Validation loss (nats per token) on held-out documents, optionally with a block dropped."""
-    from explorer.data import check_settings
-    from explorer.evaluate import validation_loss
+    from explorer.lm.data import check_settings
+    from explorer.evaluation.evaluate import validation_loss
 
     check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out)
@@ -313,9 +313,9 @@ def _task_options(args: argparse.Namespace) -> dict:
 
 def _eval(args: argparse.Namespace) -> None:
     """Score one task; the task (data, subjects, options) is checked before the model loads."""
-    from explorer.data import check_settings
-    from explorer.evaluate import run_task
-    from explorer.tasks import check_limit, get_task
+    from explorer.lm.data import check_settings
+    from explorer.evaluation.evaluate import run_task
+    from explorer.evaluation.tasks import check_limit, get_task
 
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)
@@ -325,9 +325,9 @@ def _eval(args: argparse.Namespace) -> None:
     report = run_task(_dropped(_load_for_analysis(args), args.drop), task, limit=args.limit, batch_size=args.batch_size)
     data = report.to_json()
     if reference := _reference_model(args):
-        from explorer.agreement import agreement, cached_reference, describe, predictions
-        from explorer.models import load_model
-        from explorer.store import Store
+        from explorer.evaluation.agreement import agreement, cached_reference, describe, predictions
+        from explorer.lm.models import load_model
+        from explorer.state.store import Store
 
         unpruned = load_model(reference, device=args.device, trust_remote_code=args.trust_remote_code)
         same = agreement(predictions(report.per_question),
@@ -340,10 +340,10 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.sweep import SweepSettings
+    from explorer.experiments.sweep import SweepSettings
 
     _model_arguments(parser)
-    parser.add_argument("--teaching", action="store_true", help="the teaching preset: the embedded model on CPU in a few minutes (explorer.sweep.teaching_preset)")
+    parser.add_argument("--teaching", action="store_true", help="the teaching preset: the embedded model on CPU in a few minutes (explorer.experiments.sweep.teaching_preset)")
     add_options(parser, SweepSettings)  # one option per setting; the model's are _model_arguments', the task's _task_arguments'
     _task_arguments(parser)
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -355,7 +355,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def _sweep_settings(args: argparse.Namespace):
     """The sweep's settings: the options given on the command line over the defaults, or over
     the teaching preset with --teaching (so an option left out never overrides the preset)."""
-    from explorer.sweep import SweepSettings, teaching_preset
+    from explorer.experiments.sweep import SweepSettings, teaching_preset
 
     chosen = given(SweepSettings, args, task_options=_task_options(args))
     return teaching_preset(**chosen) if args.teaching else SweepSettings(**chosen)
@@ -373,8 +373,8 @@ def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[
 def _sweep(args: argparse.Namespace) -> None:
     """Run a sweep in the foreground as a store run (Store.running records its outcome; no pid, so
     a page's job reaper leaves it alone); a rerun with the same settings resumes it."""
-    from explorer.store import Store
-    from explorer.sweep import describe_point, execute, start_sweep
+    from explorer.state.store import Store
+    from explorer.experiments.sweep import describe_point, execute, start_sweep
 
     if args.ray_address and args.executor != "ray":
         raise ExplorerError("--ray-address needs --executor ray.")
@@ -384,7 +384,7 @@ def _sweep(args: argparse.Namespace) -> None:
     store = Store()
     executor = None
     if args.executor == "ray":
-        from explorer.distributed import ray_available
+        from explorer.experiments.sweep.distributed import ray_available
 
         if not ray_available():
             raise ExplorerError("Ray is not installed: pip install -r requirements-distributed.txt, or use --executor local.")
@@ -405,14 +405,14 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.heal import HealConfig
+    from explorer.surgery.heal import HealConfig
 
     _model_arguments(parser)
     parser.add_argument("--start", type=int, required=True, help="first layer of the block to remove")
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
     parser.add_argument("--recipe", choices=["paper"], default=None,
-                        help="start from the paper's recipe for this model (explorer.recipe); options given override it")
+                        help="start from the paper's recipe for this model (explorer.surgery.recipe); options given override it")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit (no weights read)")
     # One option per HealConfig field, each None unless given: those given override --recipe's values and the rest keep them.
     add_options(parser, HealConfig)
@@ -425,7 +425,7 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_heal_event(event: dict, steps: int) -> None:
     """One progress line per event, on stderr like the other commands' progress."""
-    from explorer.agreement import describe
+    from explorer.evaluation.agreement import describe
 
     if event["kind"] == "train":
         line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
@@ -443,8 +443,8 @@ def _heal_config(args: argparse.Namespace, model) -> tuple["HealConfig", dict]:
     `model` (a loaded model or a weightless skeleton); and what to report about the recipe."""
     from dataclasses import replace
 
-    from explorer.heal import HealConfig
-    from explorer.recipe import recipe_for
+    from explorer.surgery.heal import HealConfig
+    from explorer.surgery.recipe import recipe_for
 
     base, about = HealConfig(), {}
     if args.recipe == "paper":
@@ -461,15 +461,15 @@ def _heal(args: argparse.Namespace) -> None:
     """Prune and heal in the foreground as a store run (the job runner's code path, also printing).
 
     Under `accelerate launch --multi_gpu --num_processes K` each process runs this: they train data-parallel
-    (explorer.parallel) and only the main process creates the run, writes and prints."""
-    from explorer.heal import target_modules
+    (explorer.surgery.parallel) and only the main process creates the run, writes and prints."""
+    from explorer.surgery.heal import target_modules
     from explorer.jobs import heal_run
-    from explorer.parallel import data_parallel
-    from explorer.store import Store
+    from explorer.surgery.parallel import data_parallel
+    from explorer.state.store import Store
 
     skeleton = None
     if args.recipe or args.dry_run:  # the recipe depends on the architecture: read from the config, no weights
-        from explorer.models import model_skeleton
+        from explorer.lm.models import model_skeleton
 
         skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
     config, about = _heal_config(args, skeleton)  # bad settings fail before the model loads
@@ -506,7 +506,7 @@ def _heal(args: argparse.Namespace) -> None:
 
 
 def _classify_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.finetune import ClassifySettings, FinetuneConfig
+    from explorer.surgery.finetune import ClassifySettings, FinetuneConfig
 
     d, f = ClassifySettings(), FinetuneConfig()
     _model_arguments(parser)
@@ -529,8 +529,8 @@ def _classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _classify(args: argparse.Namespace) -> None:
     """The accuracy-vs-k curve in the foreground, as a store run (the background job's code path)."""
-    from explorer.finetune import ClassifySettings, describe_point, execute, parse_ints
-    from explorer.store import Store
+    from explorer.surgery.finetune import ClassifySettings, describe_point, execute, parse_ints
+    from explorer.state.store import Store
 
     finetune = {"steps": args.steps, "weights": args.weights, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size}
     settings = ClassifySettings(
@@ -560,7 +560,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 def _job(args: argparse.Namespace) -> None:
     """Internal: the background runner `explorer.jobs.submit` starts."""
     from explorer.jobs import run_job
-    from explorer.store import Store
+    from explorer.state.store import Store
 
     run_job(Store(args.store), args.run_id)
     # The outcome is in the store: leave now. Python's own teardown of torch and transformers took
@@ -573,7 +573,7 @@ def _job(args: argparse.Namespace) -> None:
 def _heal_ranks(args: argparse.Namespace) -> None:
     """Internal: one rank of a multi-GPU heal job (started by the job runner under accelerate)."""
     from explorer.jobs import heal_ranks
-    from explorer.store import Store
+    from explorer.state.store import Store
 
     heal_ranks(Store(args.store), args.run_id)
 

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from explorer.errors import Cancelled, ExplorerError
-from explorer.store import Run, Store
+from explorer.core.errors import Cancelled, ExplorerError
+from explorer.state.store import Run, Store
 
 REPO = Path(__file__).resolve().parents[1]
 ACTIVE = ("queued", "running")
@@ -194,7 +194,7 @@ def blocker(store: Store, run_id: int) -> Run | None:
 
 def queue_reason(store: Store, run_id: int) -> str:
     """What a queued job waits for, e.g. 'waiting for run #4 (heal, training)'."""
-    from explorer.progress import current_phase
+    from explorer.views.progress import current_phase
 
     ahead = blocker(store, run_id)
     if ahead is None:
@@ -220,7 +220,7 @@ def check_runnable(store: Store, run_id: int) -> Run:
 def run_job(store: Store, run_id: int) -> None:
     """The body of `python -m explorer job RUN_ID`: wait, then run the job inside `Store.running`,
     which records its outcome. Only a bug's traceback leaves (it goes to the job's log)."""
-    from explorer.threads import configure
+    from explorer.core.threads import configure
 
     run = check_runnable(store, run_id)
     configure("runner")
@@ -255,7 +255,7 @@ def heal_ranks(store: Store, run_id: int) -> None:
     _heal_on_ranks under accelerate): trains its share; the main rank writes the events and the
     model and stops every rank once the run is cancelled. A failure becomes an "error" event
     the runner reports."""
-    from explorer.parallel import data_parallel
+    from explorer.surgery.parallel import data_parallel
 
     run = store.get_run(run_id)
     ranks = data_parallel(run.settings["model"].get("device"))
@@ -271,7 +271,7 @@ def _heal_on_ranks(store: Store, run: Run, should_stop: Callable[[], bool]) -> d
     """Run the heal on `processes` ranks and return the main rank's record (from run.json)."""
     import json
 
-    from explorer.parallel import launch_command
+    from explorer.surgery.parallel import launch_command
 
     command = launch_command(run.settings["processes"], "heal-ranks", str(run.id), "--store", str(store.path))
     ranks = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -303,14 +303,14 @@ def heal_run(
     """The heal behind the job and the CLI: every event goes to run `run_id` in the store (and to
     `echo`), the merged model to `folder`; returns run.json's record plus the folder.
 
-    With `ranks` (data-parallel under `accelerate launch`, explorer.parallel) every rank loads the
+    With `ranks` (data-parallel under `accelerate launch`, explorer.surgery.parallel) every rank loads the
     model on its own device and trains its share; only the main process writes events, the
     model and run.json (which records the world size) and returns the record; others return {}."""
-    from explorer.cache import cached_quick_eval
-    from explorer.export import heal_record, save_model
-    from explorer.heal import HealConfig, prune_and_heal
-    from explorer.repair import RepairConfig
-    from explorer.models import load_model
+    from explorer.state.cache import cached_quick_eval
+    from explorer.export.folder import heal_record, save_model
+    from explorer.surgery.heal import HealConfig, prune_and_heal
+    from explorer.surgery.repair import RepairConfig
+    from explorer.lm.models import load_model
 
     model = settings["model"]
     main = ranks is None or ranks.is_main
@@ -344,15 +344,15 @@ def heal_run(
 
 
 def sweep_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """explorer.sweep.execute, which records its own points, result and failures."""
-    from explorer.sweep import execute
+    """explorer.experiments.sweep.execute, which records its own points, result and failures."""
+    from explorer.experiments.sweep import execute
 
     return execute(store, run.id, should_stop=should_stop)
 
 
 def classify_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """explorer.finetune.execute: the accuracy-vs-k curve, one point event at a time."""
-    from explorer.finetune import execute
+    """explorer.surgery.finetune.execute: the accuracy-vs-k curve, one point event at a time."""
+    from explorer.surgery.finetune import execute
 
     return execute(store, run.id, should_stop=should_stop)
 

@@ -15,12 +15,13 @@ from typing import Callable, Iterator
 
 import streamlit as st
 
-from explorer import jobs, policy
-from explorer.errors import ExplorerError
-from explorer.models import EMBEDDED, LoadedModel, load_model, pick_device
-from explorer.paths import explorer_home
-from explorer.store import Run, Store
-from explorer.threads import configure
+from explorer import jobs
+from explorer.core import policy
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import EMBEDDED, LoadedModel, load_model, pick_device
+from explorer.core.paths import explorer_home
+from explorer.state.store import Run, Store
+from explorer.core.threads import configure
 
 MODEL_KEY = "model_source"
 
@@ -52,8 +53,8 @@ def cached_model(source: str, device: str, load_in_4bit: bool, trust_remote_code
 
 @st.cache_resource(show_spinner="Reading the model's embeddings…", max_entries=2)
 def cached_streamed(source: str, device: str, trust_remote_code: bool):
-    """A model to stream layer by layer (explorer.stream); only its embeddings stay loaded."""
-    from explorer.stream import open_streamed
+    """A model to stream layer by layer (explorer.lm.stream); only its embeddings stay loaded."""
+    from explorer.lm.stream import open_streamed
 
     return open_streamed(source, device=device, trust_remote_code=trust_remote_code)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import jobs
-from explorer.figures.classify import accuracy_vs_k_figure, classify_frame
-from explorer.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
-from explorer.store import Run
-from explorer.progress import current_phase
+from explorer.views.figures.classify import accuracy_vs_k_figure, classify_frame
+from explorer.surgery.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
+from explorer.state.store import Run
+from explorer.views.progress import current_phase
 from pages import check_text, get_store, job_view, model_picker, points_status, show_page, user_errors
 
 RUN_KEY = "classify_run"

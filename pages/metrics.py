@@ -6,11 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explorer.blocks import Block, default_size
-from explorer.cache import brute_force_run, cached_brute_force, cached_scores
-from explorer.figures.metrics import correlation_figure, influence_figure, metrics_figure, metrics_frame
-from explorer.metrics import METRICS, MetricScores
-from explorer.models import LoadedModel
+from explorer.lm.blocks import Block, default_size
+from explorer.state.cache import brute_force_run, cached_brute_force, cached_scores
+from explorer.views.figures.metrics import correlation_figure, influence_figure, metrics_figure, metrics_frame
+from explorer.analysis.metrics import METRICS, MetricScores
+from explorer.lm.models import LoadedModel
 from pages import check_text, current_model, get_store, model_picker, show_page, user_errors
 
 SCORES_KEY = "metric_scores"  # {"fingerprint", "run_id", "scores" (json), "settings"}

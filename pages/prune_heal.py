@@ -1,5 +1,5 @@
 """Prune & heal: remove the picked block (from the heatmap, a strategy or by hand), compare it with the unpruned
-model, repair it (a linear map, explorer.preview) or heal it with (Q)LoRA in a background job (explorer.jobs) whose
+model, repair it (a linear map, explorer.views.preview) or heal it with (Q)LoRA in a background job (explorer.jobs) whose
 live view reads only the store, so a reload, another tab or a restarted server shows it."""
 
 from __future__ import annotations
@@ -9,30 +9,30 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.blocks import check_block
-from explorer.data import C4, EMBEDDED
-from explorer.export import DTYPES, mergekit_yaml
-from explorer.heal import TARGETS, HealConfig
-from explorer.figures.heal import heal_figure
-from explorer.models import LoadedModel, pick_device
-from explorer.parallel import visible_gpus
-from explorer.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, TARGET_NAMES, Preview, comparison_frame,
+from explorer.lm.blocks import check_block
+from explorer.lm.data import C4, EMBEDDED
+from explorer.export.folder import DTYPES, mergekit_yaml
+from explorer.surgery.heal import TARGETS, HealConfig
+from explorer.views.figures.heal import heal_figure
+from explorer.lm.models import LoadedModel, pick_device
+from explorer.surgery.parallel import visible_gpus
+from explorer.views.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, TARGET_NAMES, Preview, comparison_frame,
                               heal_config, heal_defaults, heal_rows, heal_widget_values, latest_similarity, make_preview,
                               recipe_caption, recipe_widget_values)
-from explorer.progress import heal_progress, progress_text
-from explorer.runs import heal_description
-from explorer.prune import STRATEGIES, strategy_block
-from explorer.recipe import recipe_for
-from explorer.store import Run
-from explorer.tasks import default_eval_task, task_names
+from explorer.views.progress import heal_progress, progress_text
+from explorer.views.runs import heal_description
+from explorer.surgery.prune import STRATEGIES, strategy_block
+from explorer.surgery.recipe import recipe_for
+from explorer.state.store import Run
+from explorer.evaluation.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
-PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.preview.Preview, "saved"}
+PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.views.preview.Preview, "saved"}
 RUN_KEY = "ph_run"
 START_KEY, SIZE_KEY = "ph_start", "ph_n"
 MANUAL = "manual (numbers below)"
-RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.recipe.PaperRecipe.to_json())
+RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.surgery.recipe.PaperRecipe.to_json())
 
 
 def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:

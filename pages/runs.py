@@ -8,12 +8,13 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from explorer import jobs, policy
-from explorer.compare import settings_differences
-from explorer.errors import ExplorerError
-from explorer.figures.export import figure_png, figures_html, png_export_available
-from explorer.figures.runs import comparison_figure, run_figures
-from explorer.runs import (
+from explorer import jobs
+from explorer.core import policy
+from explorer.views.compare import settings_differences
+from explorer.core.errors import ExplorerError
+from explorer.views.figures.export import figure_png, figures_html, png_export_available
+from explorer.views.figures.runs import comparison_figure, run_figures
+from explorer.views.runs import (
     delete_run,
     disk_usage,
     format_bytes,
@@ -25,7 +26,7 @@ from explorer.runs import (
     run_json,
     settings_summary,
 )
-from explorer.store import Run
+from explorer.state.store import Run
 from pages import get_store, show_page, user_errors, visitor_policy
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"

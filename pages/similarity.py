@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.blocks import check_block, default_size
-from explorer.bootstrap import Bootstrap, block_notes, bootstrap, selection_text, summary
-from explorer.data import save_upload
-from explorer.figures.export import figure_png, png_export_available
-from explorer.figures.similarity import LEGEND, distances_frame, heatmap_figure, min_distance_figure, stability_figure
-from explorer.models import LoadedModel
-from explorer.paths import explorer_home
-from explorer.prune import removed_parameters
-from explorer.runs import similarity_caption, similarity_label
-from explorer.cache import cached_distances, similarity_runs
-from explorer.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_widgets
-from explorer.store import Run
+from explorer.lm.blocks import check_block, default_size
+from explorer.analysis.bootstrap import Bootstrap, block_notes, bootstrap, selection_text, summary
+from explorer.lm.data import save_upload
+from explorer.views.figures.export import figure_png, png_export_available
+from explorer.views.figures.similarity import LEGEND, distances_frame, heatmap_figure, min_distance_figure, stability_figure
+from explorer.lm.models import LoadedModel
+from explorer.core.paths import explorer_home
+from explorer.surgery.prune import removed_parameters
+from explorer.views.runs import similarity_caption, similarity_label
+from explorer.state.cache import cached_distances, similarity_runs
+from explorer.analysis.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_widgets
+from explorer.state.store import Run
 from pages import (MODEL_KEY, current_model, download_row, get_store, model_picker, show_page, user_errors,
                    visitor_policy)
 
@@ -32,7 +32,7 @@ START_KEY, SIZE_KEY = "block_start", "block_n"
 
 def data_source() -> str | None:
     """The calibration source: 'embedded', 'c4' or a file path; None until a file is given. A path
-    on the server is offered only where the operator allows it (explorer.policy)."""
+    on the server is offered only where the operator allows it (explorer.core.policy)."""
     choices = [label for label, value in SOURCES.items() if value != "path" or visitor_policy().server_paths]
     choice = SOURCES[st.radio("Calibration text", choices, horizontal=True, key="sim_source")]
     if choice == "upload":

@@ -8,17 +8,17 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.cache import cached_distances, distances_run
-from explorer.distributed import ray_available
-from explorer.models import LoadedModel
-from explorer.prune import STRATEGIES
-from explorer.store import Run
-from explorer.progress import progress_text, sweep_progress
-from explorer.repair import REPAIRS
-from explorer.runs import sweep_description, sweep_label
-from explorer.sweep import LABELS, MODES, SweepSettings, parse_fractions, teaching_preset, widget_values
-from explorer.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
-from explorer.tasks import task_names
+from explorer.state.cache import cached_distances, distances_run
+from explorer.experiments.sweep.distributed import ray_available
+from explorer.lm.models import LoadedModel
+from explorer.surgery.prune import STRATEGIES
+from explorer.state.store import Run
+from explorer.views.progress import progress_text, sweep_progress
+from explorer.surgery.repair import REPAIRS
+from explorer.views.runs import sweep_description, sweep_label
+from explorer.experiments.sweep import LABELS, MODES, SweepSettings, parse_fractions, teaching_preset, widget_values
+from explorer.views.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
+from explorer.evaluation.tasks import task_names
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
                    user_errors)
 

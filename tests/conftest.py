@@ -65,7 +65,7 @@ def full_disk():
 @pytest.fixture(autouse=True, scope="session")
 def loopback_app_tests():
     """AppTest runs pages in this process with no server, where Streamlit's listening address is
-    unset (every interface, so explorer.policy would lock visitors out): the tests act as the
+    unset (every interface, so explorer.core.policy would lock visitors out): the tests act as the
     operator at the machine, on loopback. Tests of a served room set the address themselves."""
     from streamlit import config
 
@@ -84,7 +84,7 @@ def mmlu_dir() -> Path:
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2-135M-Instruct, loaded once per test session on the CPU."""
-    from explorer.models import load_model
+    from explorer.lm.models import load_model
 
     return load_model("embedded", device="cpu")
 
@@ -115,14 +115,14 @@ def tiny_llama_dir(tmp_path_factory, embedded) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
-    from explorer.models import load_model
+    from explorer.lm.models import load_model
 
     return load_model(str(tiny_llama_dir), device="cpu")
 
 
 @pytest.fixture()
 def store(tmp_path):
-    from explorer.store import Store
+    from explorer.state.store import Store
 
     return Store(tmp_path / "runs.sqlite")
 

@@ -13,16 +13,16 @@ import statistics
 import pytest
 import torch
 
-from explorer.agreement import agreement, predictions
+from explorer.evaluation.agreement import agreement, predictions
 from explorer.cli import main
-from explorer.evaluate import ratio_standard_error, run_task, validation_loss, validation_loss_with_error
-from explorer.data import make_samples
-from explorer.heal import HealConfig, prune_and_heal
-from explorer.prune import prune_block
-from explorer.runs import headline
-from explorer.store import Run, Store
-from explorer.sweep import SweepSettings, describe_point, run_sweep, start_sweep
-from explorer.figures.sweep import points_frame
+from explorer.evaluation.evaluate import ratio_standard_error, run_task, validation_loss, validation_loss_with_error
+from explorer.lm.data import make_samples
+from explorer.surgery.heal import HealConfig, prune_and_heal
+from explorer.surgery.prune import prune_block
+from explorer.views.runs import headline
+from explorer.state.store import Run, Store
+from explorer.experiments.sweep import SweepSettings, describe_point, run_sweep, start_sweep
+from explorer.views.figures.sweep import points_frame
 
 TASK, LIMIT = "quiz-capitals", 12
 
@@ -64,7 +64,7 @@ def test_eval_of_a_pruned_folder_reports_agreement(tiny_llama, tiny_llama_dir, t
 
 
 def test_heal_events_carry_agreement(tiny_llama, tiny_llama_dir):
-    from explorer.models import load_model
+    from explorer.lm.models import load_model
 
     copy = load_model(str(tiny_llama_dir), device="cpu")
     config = HealConfig(steps=1, eval_every=1, batch_size=2, seq_len=16, eval_task=TASK, eval_limit=LIMIT, val_samples=2,

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from explorer.cli import main
-from explorer.data import UPLOAD_NAME_CHARS, documents, make_samples, save_upload
-from explorer.errors import ExplorerError
-from explorer.heal import HealConfig
-from explorer.models import load_model
+from explorer.lm.data import UPLOAD_NAME_CHARS, documents, make_samples, save_upload
+from explorer.core.errors import ExplorerError
+from explorer.surgery.heal import HealConfig
+from explorer.lm.models import load_model
 
 MISSING_MODEL = "/nonexistent-lpe/model"  # loading it would fail with a different message
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.bootstrap import bootstrap, choice_notes, optimal_with_uncertainty, result_json, summary
-from explorer.figures.similarity import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
-from explorer.models import LoadedModel, decoder_layers
-from explorer.prune import strategy_block
-from explorer.runs import headline
-from explorer.similarity import SimilarityResult, compute_distances
-from explorer.store import Run
+from explorer.analysis.bootstrap import bootstrap, choice_notes, optimal_with_uncertainty, result_json, summary
+from explorer.views.figures.similarity import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
+from explorer.lm.models import LoadedModel, decoder_layers
+from explorer.surgery.prune import strategy_block
+from explorer.views.runs import headline
+from explorer.analysis.similarity import SimilarityResult, compute_distances
+from explorer.state.store import Run
 
 TEXTS = [
     "The cat sat on the mat while the dog slept by the door.",
@@ -147,7 +147,7 @@ def test_paper_style_rescales_each_row(tiny_result):
 def test_readme_science_figures_at_the_teaching_calibration(embedded):
     """README, 'What the embedded model shows': 16 documents x 64 tokens of the embedded corpus (the
     teaching sweep's heatmap) leave 11 of the 29 best blocks unstable and 27 shallow."""
-    from explorer.data import make_samples
+    from explorer.lm.data import make_samples
 
     result = compute_distances(embedded, make_samples(embedded.tokenizer, "embedded", 16, 64).ids, batch_size=8)
     boot = bootstrap(result)

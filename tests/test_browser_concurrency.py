@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from explorer.store import Store
+from explorer.state.store import Store
 
 TABS = 4
 SAMPLES, TOKENS = 8, 64  # settings no other test uses, so the run is computed here

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.sweep import SweepSettings
+from explorer.experiments.sweep import SweepSettings
 
 MAIN = '[data-testid="stMain"]'
 ACCURACY = ".st-key-sw_acc .js-plotly-plot"

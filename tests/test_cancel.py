@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from explorer import jobs
-from explorer.store import Store
+from explorer.state.store import Store
 from tests.test_jobs import heal_settings, stop, trained_steps, wait_for
 
 LATENCY = jobs.GRACE_SECONDS + 2.0  # cancel to a vanished runner: it leaves by itself (~1 s), or is SIGKILLed at 5 s
@@ -159,7 +159,7 @@ def test_cancel_from_a_page_stops_a_foreground_cli_run(store):
     import threading
 
     from explorer.cli import _run_in_foreground
-    from explorer.sweep import SweepCancelled
+    from explorer.experiments.sweep import SweepCancelled
 
     run_id = store.create_run("sweep", "tiny", {})
     checks: list[float] = []

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from explorer.data import embedded_corpus_dir
-from explorer.errors import ExplorerError
-from explorer.models import LoadedModel
-from explorer.tasks import get_task, task_names
-from explorer.tasks.classification import MAX_SHOTS
+from explorer.lm.data import embedded_corpus_dir
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import LoadedModel
+from explorer.evaluation.tasks import get_task, task_names
+from explorer.evaluation.tasks.classification import MAX_SHOTS
 
 ROWS = 20  # rows 9 and 19 become the demonstration pool, the other 18 are scored
 

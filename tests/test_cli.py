@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from explorer.cli import COMMANDS, main
-from explorer.data import make_samples, split_documents
-from explorer.similarity import compute_distances
+from explorer.lm.data import make_samples, split_documents
+from explorer.analysis.similarity import compute_distances
 
 REPO = Path(__file__).resolve().parents[1]
 

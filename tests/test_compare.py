@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from explorer.compare import flat_settings, settings_differences
+from explorer.views.compare import flat_settings, settings_differences
 
 
 def test_flat_settings_and_only_differences(store):

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from explorer.concurrency import exclusive, model_lock
-from explorer.cache import cached_distances, cached_scores
-from explorer.generate import complete
-from explorer.prune import prune_block
-from explorer.similarity import compute_distances
-from explorer.data import make_samples
+from explorer.core.concurrency import exclusive, model_lock
+from explorer.state.cache import cached_distances, cached_scores
+from explorer.lm.generate import complete
+from explorer.surgery.prune import prune_block
+from explorer.analysis.similarity import compute_distances
+from explorer.lm.data import make_samples
 
 THREADS = 6
 
@@ -88,7 +88,7 @@ def test_model_lock_is_per_model_and_reentrant(tiny_llama):
 
 SLOW_COMPUTE = """
 import sys, time
-from explorer.store import Store
+from explorer.state.store import Store
 def compute():
     time.sleep(1.5)
     return {"pid": __import__("os").getpid()}
@@ -102,7 +102,7 @@ def test_processes_computing_the_same_key_compute_it_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", SLOW_COMPUTE, str(path)], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
     ids = {p.communicate(timeout=60)[0].strip() for p in procs}
-    from explorer.store import Store
+    from explorer.state.store import Store
 
     assert len(ids) == 1
     assert len(Store(path).list_runs("similarity")) == 1

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from explorer.store import Store
-from explorer.sweep import SweepCancelled, SweepSettings, execute, start_sweep, sweep_points
+from explorer.state.store import Store
+from explorer.experiments.sweep import SweepCancelled, SweepSettings, execute, start_sweep, sweep_points
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-distributed.txt")
 RAY = {"executor": "ray"}
@@ -17,7 +17,7 @@ VARYING = {"seconds", "time", "step", "shared", "resumed"}  # timing, arrival or
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from explorer.distributed import connect
+    from explorer.experiments.sweep.distributed import connect
 
     connect(num_cpus=2)
     yield

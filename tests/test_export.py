@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from explorer.blocks import Block, check_block
-from explorer.export import EMBEDDED_HUB_ID, mergekit_yaml, save_pruned
-from explorer.prune import prune_block
+from explorer.lm.blocks import Block, check_block
+from explorer.export.folder import EMBEDDED_HUB_ID, mergekit_yaml, save_pruned
+from explorer.surgery.prune import prune_block
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Israeli troops moved into the West Bank town overnight, witnesses said."
@@ -48,7 +48,7 @@ def test_saved_pruned_model_reloads_with_same_logits(embedded, tmp_path):
 def test_peft_model_is_merged_on_save_and_stays_live(tiny_llama, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from explorer.models import LoadedModel
+    from explorer.lm.models import LoadedModel
 
     pruned = prune_block(tiny_llama, 1, 2).loaded
     torch.manual_seed(0)
@@ -129,9 +129,9 @@ def test_cli_prune_writes_folder(embedded, tmp_path):
 
 
 def test_cli_prune_similarity_strategy(tiny_llama, tiny_llama_dir, tmp_path):
-    from explorer.data import make_samples
-    from explorer.prune import strategy_block
-    from explorer.similarity import compute_distances
+    from explorer.lm.data import make_samples
+    from explorer.surgery.prune import strategy_block
+    from explorer.analysis.similarity import compute_distances
 
     out = tmp_path / "sim"
     done = _cli("--model", str(tiny_llama_dir), "--strategy", "similarity", "--n", "2",

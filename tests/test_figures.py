@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer.figures.runs import comparison_figure, run_figures
-from explorer.figures.similarity import distances_frame, heatmap_figure
-from explorer.similarity import compute_distances
+from explorer.views.figures.runs import comparison_figure, run_figures
+from explorer.views.figures.similarity import distances_frame, heatmap_figure
+from explorer.analysis.similarity import compute_distances
 
 
 def test_figure_points_carry_their_own_block(tiny_llama):
@@ -72,7 +72,7 @@ def test_two_sweeps_one_line_per_run_and_strategy(store):
 
 def test_error_bars_span_each_interval(store):
     """Accuracy error bars end exactly at each point's ci_low and ci_high (comparison and classify)."""
-    from explorer.figures.classify import accuracy_vs_k_figure
+    from explorer.views.figures.classify import accuracy_vs_k_figure
 
     run = store.get_run(store.create_run("heal", "m", {}))
     events = _heal_events([3.0], [0.5, 0.7])

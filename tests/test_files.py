@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from explorer import jobs
-from explorer.errors import ExplorerError
-from explorer.export import save_pruned
-from explorer.runs import delete_files, disk_usage, format_bytes, run_files
+from explorer.core.errors import ExplorerError
+from explorer.export.folder import save_pruned
+from explorer.views.runs import delete_files, disk_usage, format_bytes, run_files
 
 
 def test_bf16_halves_the_model_and_reloads_with_the_same_predictions(tiny_llama, tmp_path):

@@ -11,15 +11,16 @@ import time
 import pytest
 import torch
 
-from explorer import cli, jobs
-from explorer.errors import ExplorerError
-from explorer.finetune import (
+from explorer import cli
+from explorer import jobs
+from explorer.core.errors import ExplorerError
+from explorer.surgery.finetune import (
     ClassifySettings, FinetuneConfig, build_classifier, encode_task, measure, run_classify, train,
 )
-from explorer.models import LoadedModel
-from explorer.prune import strategy_block
-from explorer.prune import pruned_view
-from explorer.tasks import get_task
+from explorer.lm.models import LoadedModel
+from explorer.surgery.prune import strategy_block
+from explorer.surgery.prune import pruned_view
+from explorer.evaluation.tasks import get_task
 from tests.families import tiny_family_model
 from tests.test_classification import pang_lee_rows
 
@@ -196,7 +197,7 @@ def test_page_draws_a_finished_run_and_explains_bad_input(tiny_models, polarity)
     finetune with no training split shows one sentence instead of starting a job."""
     from streamlit.testing.v1 import AppTest
 
-    from explorer.store import Store
+    from explorer.state.store import Store
 
     store = Store()
     settings = ClassifySettings(model="tiny", data_file=str(polarity), train=8, keep=(1, 3), modes=("icl", "head-ft"),

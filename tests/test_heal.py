@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from explorer.errors import ExplorerError
-from explorer.cache import cached_quick_eval
-from explorer.evaluate import quick_eval
-from explorer.heal import (
+from explorer.core.errors import ExplorerError
+from explorer.state.cache import cached_quick_eval
+from explorer.evaluation.evaluate import quick_eval
+from explorer.surgery.heal import (
     HealConfig,
     heal,
     is_quantized,
@@ -25,7 +25,7 @@ from explorer.heal import (
     training_batches,
     training_model,
 )
-from explorer.prune import prune_block
+from explorer.surgery.prune import prune_block
 
 # One fixed batch, repeated: the loss on it must fall if the adapters learn anything.
 TINY = dict(steps=6, batch_size=2, seq_len=32, train_samples=2, lr=2e-3, warmup_steps=0, eval_limit=2, val_samples=2)

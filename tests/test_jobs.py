@@ -11,7 +11,7 @@ import time
 import pytest
 
 from explorer import jobs
-from explorer.store import Store
+from explorer.state.store import Store
 
 TIMEOUT = 240
 

@@ -1,5 +1,5 @@
 """The layering rule: compute modules are pure functions of models and inputs; the run store and
-its caching wrappers (explorer.cache), the job runner and the run views are a layer above them,
+its caching wrappers (explorer.state.cache), the job runner and the run views are a layer above them,
 so a compute module never imports that layer (not even inside a function)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 EXPLORER = Path(__file__).resolve().parent.parent / "explorer"
 COMPUTE = ("similarity", "metrics", "heal", "scoring", "evaluate", "reuse", "repair", "prune", "stream", "bootstrap",
            "generate", "sweep/measure", "sweep/settings", "sweep/points")
-STATE = {"explorer.store", "explorer.jobs", "explorer.runs", "explorer.cache"}
+STATE = {"explorer.state.store", "explorer.jobs", "explorer.views.runs", "explorer.state.cache"}
 
 
 def imported(path: Path) -> set[str]:
@@ -34,5 +34,5 @@ def test_compute_modules_never_import_the_state_layer(module):
 
 def test_the_check_sees_an_import_inside_a_function(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("def f():\n    from explorer import store\n    import explorer.cache\n")
-    assert imported(sample) & STATE == {"explorer.store", "explorer.cache"}
+    sample.write_text("def f():\n    from explorer import store\n    import explorer.state.cache\n")
+    assert imported(sample) & STATE == {"explorer.state.store", "explorer.state.cache"}

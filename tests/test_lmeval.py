@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from explorer.errors import ExplorerError
-from explorer.evaluate import run_task
-from explorer.lmeval import read_boolq, run_lmeval, write_boolq_task, write_mmlu_tasks, write_quiz_task
-from explorer.scoring import loglikelihoods
-from explorer.tasks import get_task
-from explorer.tasks.mmlu import read_csv
-from explorer.tasks.quiz import QUIZZES, generate
+from explorer.core.errors import ExplorerError
+from explorer.evaluation.evaluate import run_task
+from explorer.evaluation.lmeval import read_boolq, run_lmeval, write_boolq_task, write_mmlu_tasks, write_quiz_task
+from explorer.evaluation.scoring import loglikelihoods
+from explorer.evaluation.tasks import get_task
+from explorer.evaluation.tasks.mmlu import read_csv
+from explorer.evaluation.tasks.quiz import QUIZZES, generate
 
 LETTERS = "ABCD"
 SUBJECT = "high_school_geography"

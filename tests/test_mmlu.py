@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from explorer.cli import main
-from explorer.errors import ExplorerError
-from explorer.evaluate import run_task
-from explorer.tasks import get_task
-from explorer.tasks.mmlu import read_csv
+from explorer.core.errors import ExplorerError
+from explorer.evaluation.evaluate import run_task
+from explorer.evaluation.tasks import get_task
+from explorer.evaluation.tasks.mmlu import read_csv
 
 SUBJECTS = ["high_school_geography", "anatomy"]
 LM_EVAL_MMLU = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks" / "mmlu"

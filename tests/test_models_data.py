@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.data import (
+from explorer.lm.data import (
     batches,
     check_settings,
     documents,
@@ -22,9 +22,9 @@ from explorer.data import (
     source_fingerprint,
     split_documents,
 )
-from explorer.errors import ExplorerError
-from explorer.models import embedded_gguf_path, layers_path, load_model, parameter_count, resolve_source
-from explorer.tasks import get_task
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import embedded_gguf_path, layers_path, load_model, parameter_count, resolve_source
+from explorer.evaluation.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_embedded_gguf_file_equals_cached_embedded_model(embedded):
 def test_embedded_source_reads_the_gguf_when_its_copy_cannot_be_written(embedded, tmp_path, full_disk):
     """On a full disk the dequantized copy fails to save: the embedded source falls back to the
     shipped GGUF (slower, same model) and leaves no partial copy behind."""
-    script = "from explorer.models import resolve_source; print(resolve_source('embedded'))"
+    script = "from explorer.lm.models import resolve_source; print(resolve_source('embedded'))"
     env = {**os.environ, "EXPLORER_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                           preexec_fn=full_disk)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.heal import HealConfig
-from explorer.cache import cached_distances
-from explorer.store import Store
-from explorer.sweep import SweepSettings
+from explorer.surgery.heal import HealConfig
+from explorer.state.cache import cached_distances
+from explorer.state.store import Store
+from explorer.experiments.sweep import SweepSettings
 
 TIMEOUT = 180  # the first page run loads the embedded model into the page's cache
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from explorer.blocks import check_block
-from explorer.bootstrap import block_notes, bootstrap, choice_notes, selection_text
-from explorer.models import decoder_layers, parameter_count
-from explorer.prune import prune_block, removed_parameters
-from explorer.runs import similarity_caption, similarity_label, source_name, sweep_label
-from explorer.cache import similarity_runs
-from explorer.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_key, similarity_widgets
-from explorer.store import Run
-from explorer.sweep import MODES, WIDGETS, SweepSettings, teaching_preset, widget_values
-from explorer.figures.sweep import chance_caption
+from explorer.lm.blocks import check_block
+from explorer.analysis.bootstrap import block_notes, bootstrap, choice_notes, selection_text
+from explorer.lm.models import decoder_layers, parameter_count
+from explorer.surgery.prune import prune_block, removed_parameters
+from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
+from explorer.state.cache import similarity_runs
+from explorer.analysis.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_key, similarity_widgets
+from explorer.state.store import Run
+from explorer.experiments.sweep import MODES, WIDGETS, SweepSettings, teaching_preset, widget_values
+from explorer.views.figures.sweep import chance_caption
 
 TOY = SimilarityResult("toy", 4, [[0.5, 0.2, 0.3, 0.1], [0.4, 0.3, 0.2], [0.5, 0.6], [0.9]], samples=1)
 
@@ -103,8 +103,8 @@ def test_sweep_label_and_chance_caption():
 
 def test_heal_form_values_round_trip():
     """The Prune & heal form: defaults, a followed run's values and the recipe's give back the same HealConfig."""
-    from explorer.heal import HealConfig
-    from explorer.preview import HEAL_NUMBERS, HEAL_WIDGETS, heal_config, heal_defaults, heal_widget_values, recipe_caption
+    from explorer.surgery.heal import HealConfig
+    from explorer.views.preview import HEAL_NUMBERS, HEAL_WIDGETS, heal_config, heal_defaults, heal_widget_values, recipe_caption
 
     defaults = heal_defaults("cpu", "quiz-capitals")
     assert set(defaults) == set(HEAL_WIDGETS) and {key for key, _, _ in HEAL_NUMBERS} <= set(defaults)
@@ -120,8 +120,8 @@ def test_heal_form_values_round_trip():
 
 
 def test_recipe_fills_training_values_only(tiny_llama):
-    from explorer.preview import recipe_widget_values
-    from explorer.recipe import recipe_for
+    from explorer.views.preview import recipe_widget_values
+    from explorer.surgery.recipe import recipe_for
 
     values = recipe_widget_values(recipe_for(tiny_llama.model, "meta-llama/Llama-2-7b-hf"))
     assert values["ph_rank"] == 2 and values["ph_alpha"] == 2 and values["ph_targets"] == "ffn" and values["ph_steps"] == 5000

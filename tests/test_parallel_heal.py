@@ -14,10 +14,10 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from explorer.heal import HealConfig, heal, training_batches
-from explorer.parallel import label_tokens
-from explorer.prune import prune_block
-from explorer.store import Store
+from explorer.surgery.heal import HealConfig, heal, training_batches
+from explorer.surgery.parallel import label_tokens
+from explorer.surgery.prune import prune_block
+from explorer.state.store import Store
 
 STEPS, BATCH, SEQ = 3, 4, 48
 WORDS = "the river city council said on monday that a new bridge would open next year after long delays".split()

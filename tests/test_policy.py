@@ -11,8 +11,8 @@ import pytest
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 
-from explorer.errors import ExplorerError
-from explorer.policy import (
+from explorer.core.errors import ExplorerError
+from explorer.core.policy import (
     ALLOW_DELETE,
     ALLOW_REMOTE_CODE,
     ALLOW_SERVER_PATHS,
@@ -23,8 +23,8 @@ from explorer.policy import (
     is_loopback,
     server_policy,
 )
-from explorer.runs import delete_run
-from explorer.store import Store
+from explorer.views.runs import delete_run
+from explorer.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_the_operator_switches_the_box_on(served_room, tmp_path, monkeypatch):
 
 
 def test_a_visitor_cannot_delete_runs(served_room, monkeypatch):
-    from explorer.store import Store
+    from explorer.state.store import Store
 
     monkeypatch.delenv(ALLOW_DELETE, raising=False)
     run_id = Store().create_run("similarity", "m", {}, status="done")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.errors import ExplorerError
-from explorer.prune import STRATEGIES, prune_block, strategy_block
-from explorer.similarity import SimilarityResult, compute_distances
+from explorer.core.errors import ExplorerError
+from explorer.surgery.prune import STRATEGIES, prune_block, strategy_block
+from explorer.analysis.similarity import SimilarityResult, compute_distances
 
 PROMPT = "The Australian government said on Tuesday that the bushfires near Sydney"
 
@@ -103,7 +103,7 @@ def test_empty_block_returns_identical_model(embedded):
 
 
 def test_inplace_prunes_the_given_model(tiny_llama_dir):
-    from explorer.models import load_model
+    from explorer.lm.models import load_model
 
     loaded = load_model(str(tiny_llama_dir), device="cpu")
     result = prune_block(loaded, 0, 2, inplace=True)
@@ -188,7 +188,7 @@ def test_other_families(model_type, extra):
     kept layers' weights; per-layer lists (sliding/full layer types) follow their layers."""
     from transformers import AutoModelForCausalLM
 
-    from explorer.models import LoadedModel, layers_path
+    from explorer.lm.models import LoadedModel, layers_path
 
     model = _tiny(model_type, **extra)
     types = getattr(model.config, "layer_types", None)

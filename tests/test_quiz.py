@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 import torch
 
-from explorer.errors import ExplorerError
-from explorer.evaluate import run_task
-from explorer.tasks import get_task, task_names
-from explorer.tasks.quiz import CHOICES, QUIZZES, Quiz, QuizTask, generate, load_facts, split
+from explorer.core.errors import ExplorerError
+from explorer.evaluation.evaluate import run_task
+from explorer.evaluation.tasks import get_task, task_names
+from explorer.evaluation.tasks.quiz import CHOICES, QUIZZES, Quiz, QuizTask, generate, load_facts, split
 
 
 def _facts_from_packages() -> dict[str, dict[str, str]]:

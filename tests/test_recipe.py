@@ -1,6 +1,6 @@
 """The paper's healing recipe (Gromov et al., 2403.17887, App. A), resolved per model.
 
-The expected values are the paper's table written out here independently of explorer.recipe;
+The expected values are the paper's table written out here independently of explorer.surgery.recipe;
 the dry run reads a config with no weight file beside it, which proves it loads no weights.
 """
 
@@ -12,8 +12,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.cli import main
-from explorer.heal import HealConfig, lora_config, training_model
-from explorer.recipe import paper_recipe, table_row
+from explorer.surgery.heal import HealConfig, lora_config, training_model
+from explorer.surgery.recipe import paper_recipe, table_row
 from tests.families import tiny_family_model
 
 # (model id, table row, peak lr, rank, sequence length): App. A of the paper.

@@ -1,4 +1,4 @@
-"""Linear repair (explorer.repair): the fit against an exactly linear block, the fold against the
+"""Linear repair (explorer.surgery.repair): the fit against an exactly linear block, the fold against the
 explicit map for every foldable family, the repaired embedded model against the unrepaired one,
 the exported folder with plain transformers, and the refusals."""
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.blocks import check_block
-from explorer.errors import ExplorerError
-from explorer.models import LoadedModel, decoder_layers
-from explorer.repair import RepairConfig, collect_stats, down_projection, fit_block, fit_blocks, fold, repair_block, solve
+from explorer.lm.blocks import check_block
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import LoadedModel, decoder_layers
+from explorer.surgery.repair import RepairConfig, collect_stats, down_projection, fit_block, fit_blocks, fold, repair_block, solve
 from tests.families import FAMILIES, tiny_family_model
 
 FOLDABLE = [f for f in FAMILIES if f not in ("gemma2", "gemma3_text")]
@@ -120,8 +120,8 @@ def test_bad_input_gets_one_sentence(tiny_llama):
 
 def test_linear_repair_lowers_heldout_loss_on_the_embedded_model(embedded):
     """Fitted on the train split, scored on held-out documents (never used to fit)."""
-    from explorer.evaluate import validation_loss
-    from explorer.prune import prune_block
+    from explorer.evaluation.evaluate import validation_loss
+    from explorer.surgery.prune import prune_block
 
     config = RepairConfig(samples=40, heldout_samples=2, seq_len=96)  # ~3,800 tokens: several per hidden dimension (576)
     for start, n in [(20, 3), (14, 4), (24, 5)]:
@@ -160,8 +160,8 @@ def test_cli_exports_a_stock_model_that_generates_alike_with_and_without_cache(t
 
 
 def test_page_preview_puts_the_repair_beside_the_pruned_model(tiny_llama, tmp_path, monkeypatch):
-    from explorer.heal import HealConfig
-    from explorer.preview import comparison_frame, make_preview
+    from explorer.surgery.heal import HealConfig
+    from explorer.views.preview import comparison_frame, make_preview
 
     monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))
     config = HealConfig(eval_task="quiz-capitals", eval_limit=4, val_samples=2, seq_len=32)

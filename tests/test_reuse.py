@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.blocks import Block
-from explorer.evaluate import run_task, validation_loss
-from explorer.models import LoadedModel
-from explorer.reuse import PrefixReuse
-from explorer.prune import pruned_view
+from explorer.lm.blocks import Block
+from explorer.evaluation.evaluate import run_task, validation_loss
+from explorer.lm.models import LoadedModel
+from explorer.surgery.reuse import PrefixReuse
+from explorer.surgery.prune import pruned_view
 from tests.families import tiny_family_model
 
 LAYERS = 6
@@ -58,7 +58,7 @@ def test_replayed_points_equal_the_full_pruned_forward(family, overrides, evalua
 def test_linear_repair_replays_the_layers_below_its_fold(embedded):
     """A linear repair changes layer start - 1 only: the layers below it replay, and the point
     equals the repaired pruned model run whole."""
-    from explorer.repair import RepairConfig, fit_block, fold_private
+    from explorer.surgery.repair import RepairConfig, fit_block, fold_private
 
     model = tiny_family_model("llama", len(embedded.tokenizer), num_hidden_layers=LAYERS)
     loaded = LoadedModel(model, embedded.tokenizer, "llama", "test:llama-linear")

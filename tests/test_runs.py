@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.cache import cached_distances, cached_scores
-from explorer.export import mergekit_yaml, save_pruned
-from explorer.figures.export import figures_html
-from explorer.figures.runs import run_figures
-from explorer.prune import prune_block
-from explorer.runs import (
+from explorer.state.cache import cached_distances, cached_scores
+from explorer.export.folder import mergekit_yaml, save_pruned
+from explorer.views.figures.export import figures_html
+from explorer.views.figures.runs import run_figures
+from explorer.surgery.prune import prune_block
+from explorer.views.runs import (
     headline,
     mergekit_text,
     metrics_frame,
@@ -25,8 +25,8 @@ from explorer.runs import (
     run_json,
     settings_summary,
 )
-from explorer.store import Store
-from explorer.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
+from explorer.state.store import Store
+from explorer.experiments.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
 
 TIMEOUT = 120
 

@@ -9,10 +9,10 @@ from typing import Iterator
 import pytest
 import torch
 
-from explorer.data import split_documents
-from explorer.errors import ExplorerError
-from explorer.models import LoadedModel
-from explorer.scoring import _shared_clusters, candidate_ids, encode_pair, loglikelihoods, next_token_logprobs
+from explorer.lm.data import split_documents
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import LoadedModel
+from explorer.evaluation.scoring import _shared_clusters, candidate_ids, encode_pair, loglikelihoods, next_token_logprobs
 from tests.families import tiny_family_model
 
 

@@ -14,11 +14,11 @@ import math
 import pytest
 import torch
 
-from explorer.data import make_samples
-from explorer.errors import ExplorerError
-from explorer.models import LoadedModel, decoder_layers, final_norm
-from explorer.cache import cached_distances
-from explorer.similarity import SimilarityResult, compute_distances
+from explorer.lm.data import make_samples
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import LoadedModel, decoder_layers, final_norm
+from explorer.state.cache import cached_distances
+from explorer.analysis.similarity import SimilarityResult, compute_distances
 from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-4

@@ -10,9 +10,9 @@ from contextlib import closing
 
 import pytest
 
-import explorer.store as store_module
-from explorer.errors import ExplorerError
-from explorer.store import MIGRATIONS, Store
+import explorer.state.store as store_module
+from explorer.core.errors import ExplorerError
+from explorer.state.store import MIGRATIONS, Store
 
 
 def test_new_store_is_fully_migrated(store):
@@ -144,7 +144,7 @@ def test_corrupt_file_is_a_user_error(tmp_path):
 def test_running_records_each_outcome_in_one_format(store):
     """Store.running, the one owner of a run's outcome: done with the result; an ExplorerError's
     own sentence on one line; a bug as its type and first line; cancelled on a cancel."""
-    from explorer.errors import Cancelled
+    from explorer.core.errors import Cancelled
 
     def outcome(body, status="running", cancelled=()) -> tuple:
         run_id = store.create_run("sweep", "m", {}, status=status)

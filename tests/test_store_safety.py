@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.errors import ExplorerError
-from explorer.store import MIGRATIONS, Store
+from explorer.core.errors import ExplorerError
+from explorer.state.store import MIGRATIONS, Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,8 @@ def test_read_only_home_is_reported_as_read_only(tmp_path, read_only):
 
 FILL_STORE = """
 import sys
-from explorer.errors import ExplorerError
-from explorer.store import Store
+from explorer.core.errors import ExplorerError
+from explorer.state.store import Store
 store = Store(sys.argv[1])
 try:
     store.create_run("similarity", "m", {"text": "x" * 3_000_000})
@@ -78,7 +78,7 @@ def test_full_disk_is_reported_as_full(tmp_path, full_disk):
 
 CREATE_STORE = """
 import sys, time
-from explorer.store import Store
+from explorer.state.store import Store
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 Store(sys.argv[1]).create_run("similarity", "m", {})

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from explorer.cli import _sweep_arguments, _sweep_settings, main
-from explorer.errors import ExplorerError
-from explorer.evaluate import run_task, validation_loss
-from explorer.data import make_samples
-from explorer.cache import cached_distances
-from explorer.similarity import compute_distances
-from explorer.store import Store
-from explorer.sweep import (
+from explorer.core.errors import ExplorerError
+from explorer.evaluation.evaluate import run_task, validation_loss
+from explorer.lm.data import make_samples
+from explorer.state.cache import cached_distances
+from explorer.analysis.similarity import compute_distances
+from explorer.state.store import Store
+from explorer.experiments.sweep import (
     SweepCancelled,
     SweepSettings,
     first_at_chance,
@@ -236,7 +236,7 @@ def test_points_reusing_the_unpruned_forward_equal_whole_pruned_models(embedded,
 def test_linear_repair_is_an_axis(tiny_llama, tmp_path):
     """repair="linear" adds a linear-repair twin of each point, measured on the pruned view with the
     fitted map folded in (the shared weights untouched); a stored point with only "healed" keys as before."""
-    from explorer.figures.sweep import accuracy_figure
+    from explorer.views.figures.sweep import accuracy_figure
 
     store = Store(tmp_path / "runs.sqlite")
     settings = SweepSettings(**{**TINY, "model": "tiny", "strategies": ("simple",), "fractions": (0.5,), "repair": "linear",

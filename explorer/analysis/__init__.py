@@ -1,0 +1,1 @@
+"""Which layers are redundant: angular distances, their uncertainty, other metrics."""

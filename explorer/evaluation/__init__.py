@@ -1,0 +1,1 @@
+"""What a model scores: likelihood scoring, tasks, held-out loss, agreement."""

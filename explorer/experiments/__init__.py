@@ -1,0 +1,1 @@
+"""Runs made of many measurements: sweeps, classification after cutting."""

@@ -1,0 +1,148 @@
+"""What a sweep measures: its settings (the CLI options and the Sweep page's widgets come from
+their field metadata), the teaching preset, and the page's widget values for a preset or a saved
+sweep."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from explorer.lm.data import check_settings, split_documents
+from explorer.core.errors import ExplorerError
+from explorer.core.options import SHARED, setting, widget
+from explorer.surgery.prune import STRATEGIES
+from explorer.surgery.repair import REPAIRS
+from explorer.evaluation.tasks import default_eval_task
+
+Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
+
+
+REPAIR_AXIS = ("none", "linear", "lora")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything that determines a sweep's points; equal settings (and weights) resume each other."""
+
+    model: str = setting("embedded", "the model", cli=SHARED)
+    strategies: tuple[str, ...] = setting(STRATEGIES, "comma-separated strategies to compare, of similarity, simple and top-cut",
+                                          label="Strategies")
+    fractions: tuple[float, ...] | None = setting(  # None = every `stride`-th n
+        None, "comma-separated fractions of layers to drop, each in [0, 1)", label="Fractions of layers dropped, each in [0, 1)",
+        parse=lambda text: parse_fractions(text), exclusive="points")
+    stride: int = setting(1, "every stride-th n from 0 to L-1", label="Stride", exclusive="points")
+    task: str = setting("", "a registered task (default: the strongest small-model quiz): quizzes give a small "
+                         "model a clear signal above chance; MMLU needs a larger model", label="Task")  # "" = tasks.default_eval_task()
+    limit: int = setting(32, "questions per point", label="Questions per point")
+    task_options: dict = setting(help="the task's options (--mmlu-dir, --subjects, --shots, --split, --option)",
+                                 factory=dict, cli=SHARED)
+    heal_steps: int = setting(0, "LoRA healing steps per point, 0 for none (its other settings: heal's)",
+                              label="Healing steps per point (0 = none)")
+    repair: str = setting("none", "linear: also measure each point after a linear repair (a fitted map folded in, "
+                          "no training; one fit a point)", choices=REPAIRS, label="Linear repair per point")
+    repair_samples: int = setting(64, "calibration documents for each point's linear repair", label="Repair samples")
+    text: str = setting("embedded", "text for the heatmap, the held-out loss and healing: 'embedded', 'c4' or a "
+                        ".txt/.jsonl/.parquet file", flag="--text-file", label="Text for heatmap, held-out loss and healing")
+    val_samples: int = setting(16, "held-out documents for the loss", label="Held-out samples")
+    sim_samples: int = setting(32, "calibration samples for the heatmap", flag="--samples", label="Heatmap samples")
+    seq_len: int = setting(128, "tokens per sample", label="Tokens per sample")
+    batch_size: int = setting(8, "samples per forward pass", label="Batch size")
+    device: str | None = setting(None, "the device", cli=SHARED)
+    device_map: str | dict | None = setting(None, "'auto' spreads a large model over the devices (accelerate)")
+    load_in_4bit: bool = setting(False, "bitsandbytes nf4 weights", cli=SHARED)
+    trust_remote_code: bool = setting(False, "run the model's own code from the hub (models you trust only)", cli=SHARED)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategies", tuple(self.strategies))
+        if self.fractions is not None:
+            object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        object.__setattr__(self, "task", self.task or default_eval_task())
+
+    def check(self) -> None:
+        """Reject impossible settings before any model loads."""
+        from explorer.evaluation.tasks import check_limit, get_task
+
+        if not self.strategies:
+            raise ExplorerError("Choose at least one strategy.")
+        if unknown := [s for s in self.strategies if s not in STRATEGIES]:
+            raise ExplorerError(f"Unknown strategy '{unknown[0]}': choose from {', '.join(STRATEGIES)}.")
+        if self.fractions is not None:
+            if not self.fractions:
+                raise ExplorerError("Give at least one fraction of layers to drop.")
+            if bad := [f for f in self.fractions if not 0 <= f < 1]:
+                raise ExplorerError(f"Fractions of layers dropped must be in [0, 1): got {bad[0]:g}.")
+        if self.stride < 1:
+            raise ExplorerError(f"The stride must be at least 1 (got {self.stride}).")
+        if self.repair not in REPAIRS:
+            raise ExplorerError(f"Unknown repair '{self.repair}': choose none or linear (a LoRA heal is --heal-steps).")
+        check_settings(self.repair_samples, self.seq_len, self.batch_size)
+        if self.heal_steps < 0:
+            raise ExplorerError(f"Healing steps must be 0 (no healing) or more (got {self.heal_steps}).")
+        check_limit(self.limit)
+        check_settings(self.val_samples, self.seq_len, self.batch_size)
+        check_settings(self.sim_samples, self.seq_len, self.batch_size)
+        get_task(self.task, **self.task_options)  # unknown task or options fail here
+        next(iter(split_documents(self.text, "train")), None)  # a missing text file fails here
+
+    def block_sizes(self, num_layers: int) -> list[int]:
+        """The n values: f * L rounded half up for each fraction (at most L - 1), or 0, stride, 2*stride, ...
+        below L. n = 0 is always included: it is the baseline every other point is normalized by."""
+        if self.fractions is None:
+            sizes = set(range(0, num_layers, self.stride))
+        else:
+            sizes = {min(math.floor(f * num_layers + 0.5), num_layers - 1) for f in self.fractions}
+        return sorted(sizes | {0})
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["strategies"] = list(self.strategies)
+        data["fractions"] = list(self.fractions) if self.fractions is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SweepSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def teaching_preset(**overrides) -> SweepSettings:
+    """The embedded model on CPU in a few minutes: every third n, the paper's two strategies,
+    short samples, no healing, and the linear-repair curve (one closed-form fit per point, no training). With 64 quiz questions per
+    point the unpruned model's 95% interval ([0.74, 0.91]) and a collapsed model's (about
+    [0.23, 0.45]) stay apart; with 24 the intervals overlap and the collapse is hard to see.
+    The loss uses 32 held-out documents (of the 34 the embedded corpus holds out): each point's
+    standard error over documents is 0.012-0.078 on the normalized scale, below the smallest step
+    between successive points (0.075); 8 documents gave 0.015-0.119 (README, science section)."""
+    preset = dict(model="embedded", strategies=("similarity", "simple"), stride=3, limit=64, val_samples=32,
+                  sim_samples=16, seq_len=64, heal_steps=0, repair="linear")
+    return SweepSettings(**{**preset, **overrides})
+
+
+WIDGETS = {  # the Sweep page's widget key -> SweepSettings field
+    "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
+    "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
+    "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair",
+}
+
+
+MODES = ["Every n with a stride", "Chosen fractions"]  # the page's choice of block sizes
+
+
+LABELS = {key: widget(SweepSettings, name) for key, name in {**WIDGETS, "sw_fractions": "fractions"}.items()}  # label, help
+
+
+def widget_values(settings: SweepSettings) -> dict:
+    """The Sweep page's widget values for these settings, so the form shows a preset or saved sweep."""
+    values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
+    values["sw_strategies"] = list(settings.strategies)
+    if settings.fractions is not None:
+        return {**values, "sw_mode": MODES[1], "sw_fractions": ", ".join(f"{f:g}" for f in settings.fractions)}
+    return {**values, "sw_mode": MODES[0], "sw_fractions": "0, 0.1, 0.2, 0.3, 0.4, 0.5"}
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """'0, 0.1, 0.25' -> (0.0, 0.1, 0.25); the range is checked by SweepSettings.check."""
+    try:
+        return tuple(float(item) for item in text.replace(";", ",").split(",") if item.strip())
+    except ValueError as exc:
+        raise ExplorerError(f"Fractions must be comma-separated numbers such as 0, 0.1, 0.25 (got '{text}').") from exc

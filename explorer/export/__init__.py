@@ -1,0 +1,1 @@
+"""Taking a pruned model elsewhere: model folders, run records, mergekit."""

@@ -1,0 +1,1 @@
+"""Model access: loading, streaming, text data, blocks, generation."""

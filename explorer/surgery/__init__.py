@@ -1,0 +1,1 @@
+"""Changing a model: pruning, replaying, linear repair, healing, finetuning."""

@@ -1,0 +1,1 @@
+"""What pages show, computed without Streamlit: previews, run listings, progress, figures."""
