@@ -119,11 +119,9 @@ def _similarity(args: argparse.Namespace) -> None:
     from explorer.analysis.bootstrap import bootstrap, result_json, summary
     from explorer.state.cache import cached_distances
 
-    from explorer.lm.stream import StreamedModel
-
     loaded = _load_for_analysis(args)
-    label = "layers" if isinstance(loaded, StreamedModel) else "samples"
-    _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress(label))
+    _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size,
+                                    progress=_progress(loaded.progress_unit))
     boot = bootstrap(result, args.bootstrap, args.seed)
     _write_json(args.out, result_json(result, boot))
     print(summary(result, boot))
@@ -170,7 +168,7 @@ def _repair_config(args: argparse.Namespace, source: str | None, samples: int | 
 
 
 def _dtype_argument(parser: argparse.ArgumentParser) -> None:
-    from explorer.export.folder import DTYPES
+    from explorer.lm.save import DTYPES
 
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="type of the saved weights (default: as loaded; bf16 halves fp32)")
@@ -244,18 +242,13 @@ def _drop_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dropped(loaded, drop: str | None):
-    """The model with the --drop block removed (a pruned copy in memory, skipped layers when streamed)."""
-    from explorer.surgery.prune import prune_block
-    from explorer.lm.stream import StreamedModel
-
+    """The model without the --drop block (a weight-sharing view in memory, skipped layers when streamed)."""
     if drop is None:
         return loaded
     start, sep, n = drop.partition(":")
     if not sep or not start.isdigit() or not n.isdigit():
         raise ExplorerError(f"--drop takes START:N (e.g. 20:8), got '{drop}'.")
-    if isinstance(loaded, StreamedModel):
-        return loaded.pruned(int(start), int(n), allow_final=True)
-    return prune_block(loaded, int(start), int(n), allow_final=True, inplace=True).loaded
+    return loaded.pruned(int(start), int(n), allow_final=True)
 
 
 def _loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,7 +308,8 @@ def _eval(args: argparse.Namespace) -> None:
     """Score one task; the task (data, subjects, options) is checked before the model loads."""
     from explorer.lm.data import check_settings
     from explorer.evaluation.evaluate import run_task
-    from explorer.evaluation.tasks import check_limit, get_task
+    from explorer.evaluation.questions import check_limit
+    from explorer.evaluation.tasks import get_task
 
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)

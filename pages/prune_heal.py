@@ -11,7 +11,8 @@ import streamlit as st
 from explorer import jobs
 from explorer.lm.blocks import check_block
 from explorer.lm.data import C4, EMBEDDED
-from explorer.export.folder import DTYPES, mergekit_yaml
+from explorer.export.mergekit import mergekit_yaml
+from explorer.lm.save import DTYPES
 from explorer.surgery.heal import TARGETS, HealConfig
 from explorer.views.figures.heal import heal_figure
 from explorer.lm.models import LoadedModel, pick_device

@@ -16,7 +16,8 @@ import torch
 
 from explorer.analysis.bootstrap import bootstrap, choice_notes, optimal_with_uncertainty, result_json, summary
 from explorer.views.figures.similarity import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
-from explorer.lm.models import LoadedModel, decoder_layers
+from explorer.lm.models import LoadedModel
+from explorer.lm.layers import decoder_layers
 from explorer.surgery.prune import strategy_block
 from explorer.views.runs import headline
 from explorer.analysis.similarity import SimilarityResult, compute_distances

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from explorer.lm.blocks import Block, check_block
-from explorer.export.folder import EMBEDDED_HUB_ID, mergekit_yaml, save_pruned
+from explorer.export.mergekit import EMBEDDED_HUB_ID, mergekit_yaml
+from explorer.lm.save import save_pruned
 from explorer.surgery.prune import prune_block
 
 REPO = Path(__file__).resolve().parents[1]

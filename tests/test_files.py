@@ -10,7 +10,7 @@ import torch
 
 from explorer import jobs
 from explorer.core.errors import ExplorerError
-from explorer.export.folder import save_pruned
+from explorer.lm.save import save_pruned
 from explorer.views.runs import delete_files, disk_usage, format_bytes, run_files
 
 

@@ -19,7 +19,7 @@ from explorer.surgery.finetune import (
 )
 from explorer.lm.models import LoadedModel
 from explorer.surgery.prune import strategy_block
-from explorer.surgery.prune import pruned_view
+from explorer.lm.layers import pruned_view
 from explorer.evaluation.tasks import get_task
 from tests.families import tiny_family_model
 from tests.test_classification import pang_lee_rows

@@ -9,7 +9,10 @@ import pytest
 
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.evaluate import run_task
-from explorer.evaluation.lmeval import read_boolq, run_lmeval, write_boolq_task, write_mmlu_tasks, write_quiz_task
+from explorer.evaluation.lmeval import run_lmeval
+from explorer.evaluation.tasks.boolq import read_boolq, write_boolq_task
+from explorer.evaluation.tasks.mmlu import write_mmlu_tasks
+from explorer.evaluation.tasks.quiz import write_quiz_task
 from explorer.evaluation.scoring import loglikelihoods
 from explorer.evaluation.tasks import get_task
 from explorer.evaluation.tasks.mmlu import read_csv

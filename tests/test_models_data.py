@@ -23,7 +23,8 @@ from explorer.lm.data import (
     split_documents,
 )
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import embedded_gguf_path, layers_path, load_model, parameter_count, resolve_source
+from explorer.lm.models import embedded_gguf_path, load_model, resolve_source
+from explorer.lm.layers import layers_path, parameter_count
 from explorer.evaluation.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]

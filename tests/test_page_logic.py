@@ -7,7 +7,7 @@ from datetime import datetime
 
 from explorer.lm.blocks import check_block
 from explorer.analysis.bootstrap import block_notes, bootstrap, choice_notes, selection_text
-from explorer.lm.models import decoder_layers, parameter_count
+from explorer.lm.layers import decoder_layers, parameter_count
 from explorer.surgery.prune import prune_block, removed_parameters
 from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
 from explorer.state.cache import similarity_runs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.lm.models import parameter_count
+from explorer.lm.layers import parameter_count
 
 PAGE = "pages/similarity.py"
 TIMEOUT = 180  # the first run loads the embedded model into the page's cache

@@ -188,7 +188,8 @@ def test_other_families(model_type, extra):
     kept layers' weights; per-layer lists (sliding/full layer types) follow their layers."""
     from transformers import AutoModelForCausalLM
 
-    from explorer.lm.models import LoadedModel, layers_path
+    from explorer.lm.models import LoadedModel
+    from explorer.lm.layers import layers_path
 
     model = _tiny(model_type, **extra)
     types = getattr(model.config, "layer_types", None)

@@ -13,7 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.state.cache import cached_distances, cached_scores
-from explorer.export.folder import mergekit_yaml, save_pruned
+from explorer.export.mergekit import mergekit_yaml
+from explorer.lm.save import save_pruned
 from explorer.views.figures.export import figures_html
 from explorer.views.figures.runs import run_figures
 from explorer.surgery.prune import prune_block

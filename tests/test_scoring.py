@@ -12,7 +12,8 @@ import torch
 from explorer.lm.data import split_documents
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
-from explorer.evaluation.scoring import _shared_clusters, candidate_ids, encode_pair, loglikelihoods, next_token_logprobs
+from explorer.evaluation.scoring import candidate_ids, encode_pair, loglikelihoods, next_token_logprobs
+from explorer.lm.forward import _shared_clusters
 from tests.families import tiny_family_model
 
 

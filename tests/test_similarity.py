@@ -16,7 +16,8 @@ import torch
 
 from explorer.lm.data import make_samples
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel, decoder_layers, final_norm
+from explorer.lm.models import LoadedModel
+from explorer.lm.layers import decoder_layers, final_norm
 from explorer.state.cache import cached_distances
 from explorer.analysis.similarity import SimilarityResult, compute_distances
 from tests.families import FAMILIES, tiny_family_model

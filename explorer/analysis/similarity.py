@@ -21,9 +21,10 @@ import torch
 
 from explorer.core.concurrency import exclusive
 from explorer.lm.blocks import Block, check_block, final_keeping_starts
-from explorer.lm.data import C4, EMBEDDED, batches, pad_batch
+from explorer.lm.data import C4, EMBEDDED
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel, decoder_layers
+from explorer.lm.models import LanguageModel
+from explorer.lm.tokens import token_index
 
 Progress = Callable[[int, int], None]
 
@@ -106,108 +107,18 @@ def pairwise_angular(states: torch.Tensor) -> torch.Tensor:
     return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
 
 
-TOKENS = ("last", "all")  # which tokens a recording pass keeps: the last real one of each sample, or every real one
-
-
-def token_index(mask: torch.Tensor, tokens: str) -> torch.Tensor:
-    """What `take_tokens` selects from a batch with attention `mask` [B, T]: each sample's last
-    real position ("last") or the mask of every real token ("all")."""
-    if tokens not in TOKENS:
-        raise ExplorerError(f"Unknown token selection '{tokens}': choose {' or '.join(TOKENS)}.")
-    return mask.sum(dim=1) - 1 if tokens == "last" else mask.bool()
-
-
-def take_tokens(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] hidden states -> float32 [B, H] (last tokens) or [real tokens, H] (every real
-    token, sample after sample, so sample i's last token sits at cumsum(lengths)[i] - 1)."""
-    index = index.to(hidden.device)
-    if index.dtype == torch.bool:
-        return hidden[index].float()
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index].float()
-
-
-class StateRecorder:
-    """Hooks that keep the selected tokens (`TOKENS`) of x^0 (input of layer 0) and x^(l+1)
-    (output of layer l): [batch, hidden] per layer for the last token, never [batch, tokens, hidden]."""
-
-    def __init__(self, model: torch.nn.Module, tokens: str = "last"):
-        self.layers = decoder_layers(model)
-        self.tokens = tokens
-        self.index: torch.Tensor | None = None
-        self.states: list[torch.Tensor] = []
-        self.handles = []
-
-    def __enter__(self) -> "StateRecorder":
-        def pre_hook(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.states.append(take_tokens(hidden, self.index))
-
-        def post_hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            self.states.append(take_tokens(hidden, self.index))
-
-        self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        self.handles.extend(layer.register_forward_hook(post_hook) for layer in self.layers)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def collect(self, mask: torch.Tensor) -> None:
-        # The index lives on the mask's device, so the per-layer hooks never copy (and sync) from the host.
-        self.index = token_index(mask, self.tokens)
-        self.states = []
-
-    def stacked(self) -> torch.Tensor:
-        return torch.stack([s.to(self.states[0].device) for s in self.states])
-
-
-def _input_device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-def _recorded_states(
-    loaded: LoadedModel, samples: list[list[int]], batch_size: int, tokens: str, progress: Progress | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(states [L+1, selected tokens, H], attention mask [B, T]) per batch from one in-memory forward each."""
-    model = loaded.model
-    pad_id = loaded.tokenizer.pad_token_id or 0
-    device = _input_device(model)
-    done = 0
-    with StateRecorder(model, tokens) as recorder:
-        for chunk in batches(samples, batch_size):
-            input_ids, mask = (t.to(device) for t in pad_batch(chunk, pad_id))
-            recorder.collect(mask)
-            try:
-                model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-            except torch.OutOfMemoryError as exc:
-                raise ExplorerError(
-                    f"Out of memory with batch size {batch_size}: use a smaller batch, shorter sequences or 4-bit loading."
-                ) from exc
-            yield recorder.stacked(), mask
-            done += len(chunk)
-            if progress:
-                progress(done, len(samples))
-
-
 def residual_states(
-    loaded: LoadedModel, samples: list[list[int]], batch_size: int, tokens: str = "last", progress: Progress | None = None
+    loaded: LanguageModel, samples: list[list[int]], batch_size: int, tokens: str = "last", progress: Progress | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The one recording pass behind every similarity metric: (states [L+1, selected tokens, H]
     of x^0..x^L, attention mask [B, T]) per batch, for the tokens chosen by `tokens` ("last" or
-    "all"). A `StreamedModel` (explorer.lm.stream) gives the same states layer by layer, never
-    holding the whole model (`progress` then counts layers, not samples). The model is held
+    "all"), from the model's `token_states` (a streamed model gives them layer by layer, never
+    holding the whole model; `progress` then counts layers, not samples). The model is held
     (`exclusive`) until the pass is closed, so no other caller sees its hooks, even on an error."""
-    from explorer.lm.stream import StreamedModel
-
     if not samples:
         raise ExplorerError("No calibration samples: give some text.")
     token_index(torch.ones(1, 1), tokens)  # an unknown selection fails before any forward
-    if isinstance(loaded, StreamedModel):
-        states_per_batch = loaded.token_states(samples, batch_size, tokens, progress)
-    else:
-        states_per_batch = _recorded_states(loaded, samples, batch_size, tokens, progress)
+    states_per_batch = loaded.token_states(samples, batch_size, tokens, progress)
     with exclusive(loaded.model), closing(states_per_batch):
         for states, mask in states_per_batch:
             if states.shape[0] != loaded.num_layers + 1:
@@ -217,7 +128,7 @@ def residual_states(
 
 @torch.no_grad()
 def compute_distances(
-    loaded: LoadedModel,
+    loaded: LanguageModel,
     samples: list[list[int]],
     batch_size: int = 8,
     progress: Progress | None = None,
@@ -245,12 +156,12 @@ def _rows(matrix: torch.Tensor, digits: int | None = None) -> list[list[float]]:
     return [torch.diagonal(matrix, offset=n).tolist() for n in range(1, matrix.shape[0])]
 
 
-def similarity_key(loaded: LoadedModel, samples_fingerprint: str) -> str:
+def similarity_key(loaded: LanguageModel, samples_fingerprint: str) -> str:
     """Batch size is not part of the key: padding does not change the distances."""
     return f"{loaded.fingerprint}|{samples_fingerprint}"
 
 
-def distances_key(loaded: LoadedModel, samples_fingerprint: str) -> str:
+def distances_key(loaded: LanguageModel, samples_fingerprint: str) -> str:
     """The store key of a similarity run: runs from before per-sample data was kept have the bare
     `similarity_key`, so they stay listed (same prefix) but a new request recomputes with it."""
     return f"{similarity_key(loaded, samples_fingerprint)}|per-sample"

@@ -9,7 +9,8 @@ eval, heal and sweep point compares against one set.
 
 from __future__ import annotations
 
-from explorer.evaluation.tasks import QuestionResult
+from explorer.evaluation.accuracy import Accuracy
+from explorer.evaluation.questions import QuestionResult
 
 
 def predictions(results: list[QuestionResult]) -> dict[str, str]:
@@ -20,8 +21,6 @@ def predictions(results: list[QuestionResult]) -> dict[str, str]:
 def agreement(preds: dict[str, str] | None, reference: dict[str, str] | None) -> dict:
     """{"agreement", "agreement_ci_low", "agreement_ci_high", "agreement_n"} over the questions both
     answered; empty when either side has no predictions (runs stored before they were kept)."""
-    from explorer.evaluation.evaluate import Accuracy
-
     if not preds or not reference:
         return {}
     common = [q for q in preds if q in reference]

@@ -12,47 +12,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Protocol
 
 import torch
 
-from explorer.lm.data import batches, check_settings, make_samples, pad_batch
+from explorer.lm.data import check_settings, make_samples
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
-from explorer.evaluation.scoring import inference
-from explorer.evaluation.tasks import QuestionResult, Task, check_limit, get_task
-
-if TYPE_CHECKING:
-    from explorer.surgery.heal import HealConfig
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% for z = 1.96).
-
-    Unlike the normal approximation p +- z*sqrt(p(1-p)/n) it stays inside [0, 1] and is not
-    empty at 0/n or n/n, which matters for the few hundred questions a live evaluation uses."""
-    if n < 1:
-        raise ExplorerError("An accuracy interval needs at least one question.")
-    if not 0 <= correct <= n:
-        raise ExplorerError(f"Correct answers ({correct}) must be between 0 and the number of questions ({n}).")
-    p = correct / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-@dataclass
-class Accuracy:
-    """An accuracy with its 95% Wilson interval."""
-
-    accuracy: float
-    ci_low: float
-    ci_high: float
-
-    @classmethod
-    def of(cls, correct: int, n: int) -> "Accuracy":
-        return cls(correct / n, *wilson_interval(correct, n))
+from explorer.lm.forward import inference
+from explorer.lm.models import LanguageModel
+from explorer.evaluation.accuracy import Accuracy
+from explorer.evaluation.agreement import predictions
+from explorer.evaluation.questions import QuestionResult, check_limit
+from explorer.evaluation.tasks import Task, default_eval_task, get_task
 
 
 @dataclass
@@ -123,7 +94,7 @@ class TaskReport:
         }
 
 
-def run_task(loaded: LoadedModel, task: str | Task, limit: int | None = None, batch_size: int = 8, **options) -> TaskReport:
+def run_task(loaded: LanguageModel, task: str | Task, limit: int | None = None, batch_size: int = 8, **options) -> TaskReport:
     """Score a task by name (built with `options`) or an already built task, timed."""
     check_limit(limit)
     check_settings(1, 2, batch_size)
@@ -138,7 +109,7 @@ def run_task(loaded: LoadedModel, task: str | Task, limit: int | None = None, ba
 
 
 def validation_loss(
-    loaded: LoadedModel, source: str = "embedded", samples: int = 32, seq_len: int = 256, batch_size: int = 8
+    loaded: LanguageModel, source: str = "embedded", samples: int = 32, seq_len: int = 256, batch_size: int = 8
 ) -> float:
     """Mean next-token negative log-likelihood (nats per token) over held-out documents
     (`validation_loss_with_error` without its standard error)."""
@@ -146,7 +117,7 @@ def validation_loss(
 
 
 def validation_loss_with_error(
-    loaded: LoadedModel, source: str = "embedded", samples: int = 32, seq_len: int = 256, batch_size: int = 8
+    loaded: LanguageModel, source: str = "embedded", samples: int = 32, seq_len: int = 256, batch_size: int = 8
 ) -> tuple[float, float]:
     """(loss, its standard error over documents): the mean next-token NLL in nats per token.
 
@@ -159,7 +130,7 @@ def validation_loss_with_error(
     sums: list[float] = []
     counts: list[int] = []
     with inference(loaded.model):
-        for input_ids, mask, logits in _logits(loaded, ids, batch_size):
+        for input_ids, mask, logits in loaded.logits_batches(ids, batch_size):
             real = mask[:, 1:].bool()  # the real targets only, as one contiguous [tokens, vocab] block (a
             # transposed [batch, vocab, tokens] view made cross-entropy cost as much as several layers)
             per_token = torch.nn.functional.cross_entropy(logits[:, :-1][real].float(), input_ids[:, 1:][real], reduction="none")
@@ -185,39 +156,48 @@ def ratio_standard_error(sums: list[float], counts: list[int]) -> float:
     return math.sqrt(spread) / mean_count
 
 
-def _logits(loaded: LoadedModel, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """(input_ids, mask, logits) per padded batch: one forward each, or one streamed pass
-    (explorer.lm.stream) over all batches for a model streamed layer by layer."""
-    from explorer.lm.stream import StreamedModel
+@dataclass(frozen=True)
+class EvalSettings:
+    """What one snapshot evaluation measures: the held-out loss on `val_samples` documents of
+    `source` and `eval_task`'s accuracy on `eval_limit` questions. Healing and the sweep each
+    derive theirs (`evaluation()`); the field names are the ones stored runs are keyed by."""
 
-    if isinstance(loaded, StreamedModel):
-        yield from loaded.logits_batches(ids, batch_size)
-        return
-    for chunk in batches(ids, batch_size):
-        input_ids, mask = pad_batch(chunk, loaded.tokenizer.pad_token_id or 0)
-        input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
-        yield input_ids, mask, loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+    source: str = "embedded"
+    val_samples: int = 16
+    seq_len: int = 128
+    eval_task: str | None = None  # None: the default task (a knowledge quiz)
+    eval_limit: int = 32
+    eval_options: dict = field(default_factory=dict)
+    eval_batch_size: int = 8
+
+    def evaluation(self) -> "EvalSettings":
+        """Itself with the default task filled in: an `Evaluated` like the settings it comes from."""
+        return self if self.eval_task else EvalSettings(**{**asdict(self), "eval_task": default_eval_task()})
 
 
-def quick_eval(loaded: LoadedModel, config: HealConfig, timings: dict[str, float] | None = None) -> dict:
+class Evaluated(Protocol):
+    """Settings that say how their models are evaluated (HealConfig, SweepSettings, EvalSettings)."""
+
+    def evaluation(self) -> EvalSettings: ...
+
+
+def quick_eval(loaded: LanguageModel, config: Evaluated, timings: dict[str, float] | None = None) -> dict:
     """Held-out loss (with its standard error over documents) and task accuracy (with its 95% Wilson
     interval): the numbers every curve plots. `timings` accumulates the seconds spent in "loss" and
     "scoring" (the sweep benchmark's profile)."""
-    from explorer.evaluation.agreement import predictions
-
-    config = config.resolved(loaded.device)
+    settings = config.evaluation()
     started = time.perf_counter()
-    val_loss, val_loss_se = validation_loss_with_error(loaded, config.source, config.val_samples, config.seq_len,
-                                                       config.eval_batch_size)
+    val_loss, val_loss_se = validation_loss_with_error(loaded, settings.source, settings.val_samples, settings.seq_len,
+                                                       settings.eval_batch_size)
     scored = time.perf_counter()
-    report = run_task(loaded, config.eval_task, config.eval_limit, config.eval_batch_size, **config.eval_options)
+    report = run_task(loaded, settings.eval_task, settings.eval_limit, settings.eval_batch_size, **settings.eval_options)
     if timings is not None:
         timings["loss"] = timings.get("loss", 0.0) + scored - started
         timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - scored
     return {
         "val_loss": val_loss,
         "val_loss_se": val_loss_se,  # standard error over the held-out documents
-        "task": config.eval_task,
+        "task": settings.eval_task,
         "accuracy": report.accuracy,
         "ci_low": report.ci_low,
         "ci_high": report.ci_high,

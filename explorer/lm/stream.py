@@ -38,15 +38,17 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from explorer.lm.blocks import check_block
 from explorer.lm.data import batches, pad_batch
+from explorer.lm.tokens import take_tokens, token_index
 from explorer.core.errors import ExplorerError
+from explorer.lm.layers import layers_path
 from explorer.lm.models import (
     EMBEDDED,
     EMBEDDED_NAME,
     check_hub,
     default_dtype,
     fingerprint_of,
-    layers_path,
     pick_device,
     resolve_source,
 )
@@ -241,8 +243,8 @@ def spill_mode(requested: str, needed: int, device: torch.device) -> str:
 
 @dataclass
 class StreamedModel:
-    """A checkpoint to be run layer by layer; quacks like `LoadedModel` where the analysis
-    functions need it (model config, tokenizer, name, fingerprint, num_layers)."""
+    """A checkpoint run layer by layer, never whole in memory: a `LanguageModel`
+    (explorer.lm.models), like the in-memory `LoadedModel`."""
 
     model: nn.Module  # the architecture: meta parameters except what is loaded (layers: `templates`)
     tokenizer: object
@@ -259,6 +261,7 @@ class StreamedModel:
     stubs: nn.ModuleList = field(default_factory=nn.ModuleList)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one pass at a time (pages share the model)
     log: Callable[[str], None] | None = None
+    progress_unit = "layers"  # a class attribute: a pass reports layers done, not samples
 
     @property
     def num_layers(self) -> int:
@@ -266,8 +269,6 @@ class StreamedModel:
 
     def pruned(self, start: int, n: int, allow_final: bool = False) -> "StreamedModel":
         """The same checkpoint with layers [start, start+n) skipped, as `prune_block` removes them."""
-        from explorer.lm.blocks import check_block
-
         block = check_block(start, n, self.num_layers, allow_final)
         name = f"{self.name} − layers {start}-{start + n - 1}" if n else self.name
         return replace(self, name=name, fingerprint=f"{self.fingerprint}|pruned:{start}:{n}", skip=frozenset(block.removed))
@@ -384,7 +385,7 @@ class StreamedModel:
     def score_groups(
         self, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """`explorer.evaluation.scoring._score_groups` streamed: each distinct prefix + tail runs whole (no KV
+        """`explorer.lm.forward.score_groups` streamed: each distinct prefix + tail runs whole (no KV
         cache across layers), longest first; log-probs from the prefix's last token on."""
         rows: dict[tuple[int, ...], list[tuple[int, int]]] = {}
         for prefix, members in groups:
@@ -404,10 +405,8 @@ class StreamedModel:
         self, samples: list[list[int]], batch_size: int, tokens: str = "last", progress: Callable[[int, int], None] | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(float32 states [L+1, selected tokens, H] of x^0..x^L, attention mask) per batch, the
-        tokens chosen as the in-memory `similarity.StateRecorder` chooses them (x^L before the
+        tokens chosen as the in-memory `explorer.lm.record.StateRecorder` chooses them (x^L before the
         final norm); `progress(layers done, L)`."""
-        from explorer.analysis.similarity import take_tokens, token_index
-
         if self.skip:
             raise ExplorerError("Distances are measured on the unpruned model: stream it without skipped layers.")
         states: list[list[torch.Tensor]] = []

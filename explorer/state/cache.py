@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Callable
 
 from explorer.lm.data import make_samples, source_fingerprint
-from explorer.evaluation.evaluate import quick_eval
-from explorer.surgery.heal import HealConfig
+from explorer.evaluation.evaluate import Evaluated, quick_eval
 from explorer.analysis.metrics import MetricScores, brute_force_key, brute_force_losses, compute_scores
 from explorer.lm.models import LoadedModel
 from explorer.analysis.similarity import Progress, SimilarityResult, compute_distances, distances_key, similarity_key
@@ -80,17 +79,14 @@ def cached_brute_force(loaded: LoadedModel, n: int, source: str, samples: int, s
     )
 
 
-EVAL_FIELDS = ("source", "val_samples", "seq_len", "eval_task", "eval_limit", "eval_options", "eval_batch_size")
-
-
-def cached_quick_eval(loaded: LoadedModel, config: HealConfig, store: Store | None = None) -> dict:
+def cached_quick_eval(loaded: LoadedModel, config: Evaluated, store: Store | None = None) -> dict:
     """quick_eval stored as a "quick-eval" run keyed by the model's fingerprint and the evaluation
     settings, so the unpruned model's "before pruning" numbers are computed once and shared by
     the page, every heal job and the CLI (evaluation is deterministic). No store: just compute."""
-    config = config.resolved(loaded.device)
+    evaluation = config.evaluation()
     if store is None:
-        return quick_eval(loaded, config)
-    settings = {name: getattr(config, name) for name in EVAL_FIELDS}
+        return quick_eval(loaded, evaluation)
+    settings = asdict(evaluation)
     digest = json.dumps({**settings, "source": source_fingerprint(config.source)}, sort_keys=True, default=str)
     key = f"{loaded.fingerprint}|{hashlib.sha1(digest.encode()).hexdigest()[:16]}"
-    return store.cached("quick-eval", key, loaded.name, settings, lambda: quick_eval(loaded, config))[1]
+    return store.cached("quick-eval", key, loaded.name, settings, lambda: quick_eval(loaded, evaluation))[1]

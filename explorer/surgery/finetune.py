@@ -40,7 +40,8 @@ from explorer.lm.data import pad_batch
 from explorer.core.errors import Cancelled, ExplorerError
 from explorer.lm.models import LoadedModel, load_model
 from explorer.surgery.prune import strategy_block
-from explorer.evaluation.scoring import encode_pair, inference, max_length
+from explorer.evaluation.scoring import encode_pair, max_length
+from explorer.lm.forward import inference
 
 MODES = ("icl", "prompt-ft", "head-ft")
 WEIGHTS = ("lora", "all", "none")
@@ -331,7 +332,7 @@ class ClassifySettings:
 
     def check(self):
         """Reject bad settings before any model loads; returns the task (with its splits)."""
-        from explorer.evaluation.tasks import check_limit
+        from explorer.evaluation.questions import check_limit
 
         if not self.strategies or not set(self.strategies) <= set(CLASSIFY_STRATEGIES):
             raise ExplorerError(f"Choose strategies among {', '.join(CLASSIFY_STRATEGIES)} (got {', '.join(self.strategies) or 'none'}).")
@@ -396,7 +397,7 @@ def measure(pruned: LoadedModel, task, mode: str, config: FinetuneConfig, limit:
 
 def point_accuracy(predictions: list) -> dict:
     """Accuracy and its 95% Wilson interval, computed from the (id, pred, gold) predictions."""
-    from explorer.evaluation.evaluate import Accuracy
+    from explorer.evaluation.accuracy import Accuracy
 
     acc = Accuracy.of(sum(pred == gold for _, pred, gold in predictions), len(predictions))
     return {"accuracy": acc.accuracy, "ci_low": acc.ci_low, "ci_high": acc.ci_high}
@@ -416,7 +417,7 @@ def run_classify(loaded: LoadedModel, settings: ClassifySettings, store, run_id:
     """Every (strategy, k, mode) point as an event of `run_id`; returns the run's result.
     Two strategies that cut the same block (k = L) share one measurement."""
     from explorer.state.cache import cached_distances
-    from explorer.surgery.prune import pruned_view
+    from explorer.lm.layers import pruned_view
 
     task = settings.check()
     config = settings.finetune_config()

@@ -38,8 +38,9 @@ from torch import nn
 from explorer.lm.blocks import Block
 from explorer.lm.data import EMBEDDED, batches, make_samples, pad_batch
 from explorer.core.errors import Cancelled, ExplorerError
-from explorer.evaluation.evaluate import quick_eval
-from explorer.lm.models import LoadedModel, decoder_layers, load_model
+from explorer.evaluation.evaluate import EvalSettings, Evaluated, quick_eval
+from explorer.lm.models import LoadedModel, load_model
+from explorer.lm.layers import decoder_layers
 from explorer.core.options import SHARED, setting
 from explorer.surgery.parallel import Ranks
 from explorer.evaluation.tasks import default_eval_task
@@ -110,6 +111,12 @@ class HealConfig:
         if self.targets not in TARGETS:
             raise ExplorerError(f"Unknown LoRA targets '{self.targets}': choose {' or '.join(TARGETS)}.")
         get_task(self.eval_task or default_eval_task(), **self.eval_options)
+
+    def evaluation(self) -> EvalSettings:
+        """The settings of every evaluation of this heal (checked): held-out loss and task accuracy."""
+        self.check()
+        return EvalSettings(self.source, self.val_samples, self.seq_len, self.eval_task or default_eval_task(),
+                            self.eval_limit, dict(self.eval_options), self.eval_batch_size)
 
     def resolved(self, device: torch.device | str) -> "HealConfig":
         """Checked, with the device-dependent defaults filled in (QLoRA on CUDA, the default task)."""
@@ -191,7 +198,7 @@ def is_quantized(model: nn.Module) -> bool:
 def _nf4_copy(loaded: LoadedModel) -> nn.Module:
     """The pruned weights quantized to nf4: saved and reloaded through transformers' bitsandbytes
     path, the same quantization `from_pretrained(..., load_in_4bit)` gives any checkpoint."""
-    from explorer.export.folder import save_pruned
+    from explorer.lm.save import save_pruned
 
     with tempfile.TemporaryDirectory(prefix="explorer-qlora-") as folder:
         save_pruned(loaded, folder, {"kind": "qlora-base"})
@@ -455,7 +462,7 @@ def prune_and_heal(
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
     allow_final: bool = False,
-    reference: Callable[[LoadedModel, HealConfig], dict] = quick_eval,
+    reference: Callable[[LoadedModel, Evaluated], dict] = quick_eval,
     ranks: Ranks | None = None,
     repair=None,
 ) -> HealOutcome:

@@ -27,7 +27,8 @@ import torch
 
 from explorer.lm.blocks import Block
 from explorer.core.concurrency import exclusive
-from explorer.lm.models import LoadedModel, decoder_layers
+from explorer.lm.models import LoadedModel
+from explorer.lm.layers import decoder_layers
 
 DEVICE_BUDGET = 2 * 1024**3  # recorded bytes kept on the model's device; the rest goes to CPU
 Evaluate = Callable[[LoadedModel], dict]
@@ -176,7 +177,7 @@ class PrefixReuse:
         rounding), running only the layers after the block where the recording allows.
         `prepare` edits the pruned view before it runs, changing no layer below `changed` (a linear
         repair folds its map into layer start - 1): those layers still replay."""
-        from explorer.surgery.prune import pruned_view
+        from explorer.lm.layers import pruned_view
 
         if block.n == 0 and prepare is None:
             return self.base

@@ -113,7 +113,7 @@ def model_folder(run: Run) -> Path | None:
 def mergekit_text(run: Run) -> str | None:
     """The mergekit YAML saved beside the model, or rebuilt from the run's block and model id."""
     from explorer.lm.blocks import Block
-    from explorer.export.folder import mergekit_yaml
+    from explorer.export.mergekit import mergekit_yaml
 
     folder = model_folder(run)
     if folder and (folder / "mergekit.yaml").is_file():

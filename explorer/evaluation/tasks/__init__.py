@@ -7,50 +7,11 @@ A task module calls `register(name, factory)`; `get_task(name, **options)` build
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol
 
 from explorer.core.errors import ExplorerError
+from explorer.evaluation.questions import QuestionResult
 from explorer.lm.models import LoadedModel
-
-
-@dataclass
-class QuestionResult:
-    """One scored question: `pred` and `gold` are choice labels ("A".."D" or the label word).
-
-    `alt_preds` holds the picks of a task's secondary metrics by name, e.g. {"acc": "B"} for a
-    cloze task whose `pred` is the length-normalized pick (acc_norm), so reports show both."""
-
-    id: str
-    pred: str
-    gold: str
-    scores: list[float] = field(default_factory=list)
-    alt_preds: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def correct(self) -> bool:
-        return self.pred == self.gold
-
-
-T = TypeVar("T")
-
-
-def check_limit(limit: int | None) -> None:
-    """Reject a question cap below 1 before any model loads (None means every question)."""
-    if limit is not None and limit < 1:
-        raise ExplorerError(f"The question limit must be at least 1 (got {limit}); leave it out to use every question.")
-
-
-def limited(items: list[T], limit: int | None) -> list[T]:
-    """The first `limit` questions a task scores (all of them for None)."""
-    check_limit(limit)
-    return items[:limit]
-
-
-def interleave(groups: list[list[T]]) -> list[T]:
-    """One item of each group in turn (round robin), each group's own order kept: so the first N
-    questions of any limit cover every subject, or every label, evenly."""
-    return [group[i] for i in range(max(map(len, groups), default=0)) for group in groups if i < len(group)]
 
 
 class Task(Protocol):

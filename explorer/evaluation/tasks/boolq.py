@@ -11,8 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+from explorer.core.errors import ExplorerError
+from explorer.evaluation.lmeval import lmeval_folder, run_lmeval, template, write_config, write_jsonl
+from explorer.lm.data import jsonl_values
 from explorer.lm.models import LoadedModel
-from explorer.evaluation.tasks import QuestionResult, register
+from explorer.evaluation.questions import QuestionResult
+from explorer.evaluation.tasks import register
 
 LABELS = ("no", "yes")
 HUB_DATASET = "aps/super_glue"  # what lm-eval's boolq task loads
@@ -25,7 +29,6 @@ class BoolQTask:
 
     def __init__(self, boolq_file: str | Path | None = None):
         from explorer.lm.data import check_hub_dataset
-        from explorer.evaluation.lmeval import read_boolq
 
         self.boolq_file = boolq_file
         version = importlib.metadata.version("lm_eval")
@@ -37,14 +40,47 @@ class BoolQTask:
             self.source = f"BoolQ from {Path(boolq_file).expanduser()} ({len(rows)} questions, lm-eval {version})"
 
     def score(self, loaded: LoadedModel, limit: int | None = None, batch_size: int = 8) -> list[QuestionResult]:
-        from explorer.evaluation.lmeval import run_lmeval, write_boolq_task
-
         task = "boolq" if self.boolq_file is None else write_boolq_task(self.boolq_file)
         result = run_lmeval(loaded, [task], limit=limit, batch_size=batch_size)
         return [
             QuestionResult(f"boolq/{p['doc_id']}", LABELS[p["pred"]], LABELS[p["gold"]], p["loglikelihoods"])
             for p in result["predictions"][task]
         ]
+
+
+def _boolq_label(value, where: str) -> int:
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return 1
+    if text in ("false", "no", "0"):
+        return 0
+    raise ExplorerError(f"{where}: answer {value!r} is not true/false or yes/no.")
+
+
+def read_boolq(path: str | Path) -> list[dict]:
+    """A BoolQ JSONL (question, passage, answer per line, as Google's BoolQ release ships it),
+    checked line by line; rows come back with a 0/1 `label` as lm-eval's boolq expects."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ExplorerError(f"BoolQ file not found: {path}.")
+    rows = []
+    for number, row in jsonl_values(path, str(path)):
+        where = f"{path} line {number}"
+        if not isinstance(row, dict) or not all(key in row for key in ("question", "passage", "answer")):
+            raise ExplorerError(f"{where}: each line needs the fields question, passage and answer.")
+        rows.append({"question": str(row["question"]), "passage": str(row["passage"]), "label": _boolq_label(row["answer"], where)})
+    if not rows:
+        raise ExplorerError(f"{path} holds no BoolQ questions.")
+    return rows
+
+
+def write_boolq_task(path: str | Path, folder: Path | None = None) -> str:
+    folder = folder or lmeval_folder()
+    task = "explorer_boolq"
+    data = folder / task / f"{task}.jsonl"
+    write_jsonl(data, read_boolq(path))
+    config = {"task": task, **template("boolq_local.yaml"), "dataset_kwargs": {"data_files": {"validation": str(data)}}}
+    return write_config(folder, config)
 
 
 register(BoolQTask.name, BoolQTask)

@@ -49,7 +49,8 @@ from explorer.lm.data import EMBEDDED, jsonl_values, load_hub_dataset
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
 from explorer.evaluation.scoring import loglikelihoods
-from explorer.evaluation.tasks import QuestionResult, interleave, limited, register
+from explorer.evaluation.questions import QuestionResult, interleave, limited
+from explorer.evaluation.tasks import register
 
 MAX_SHOTS = 32
 DEMO_EVERY = 10  # local files: rows 9, 19, 29, ... form the demonstration pool

@@ -30,13 +30,16 @@ from pathlib import Path
 from explorer.lm.data import load_hub_dataset
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
+from explorer.evaluation.lmeval import lmeval_folder, template, write_config
 from explorer.evaluation.scoring import cloze_picks, loglikelihoods, next_token_logprobs
-from explorer.evaluation.tasks import QuestionResult, interleave, limited, register
+from explorer.evaluation.questions import QuestionResult, interleave, limited
+from explorer.evaluation.tasks import register
 
 LETTERS = "ABCD"
 SPLITS = ("test", "val", "dev")
 HUB_SPLITS = {"test": "test", "val": "validation", "dev": "dev"}
 HUB_DATASET = "cais/mmlu"
+MMLU_COLUMNS = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]  # the lm-eval config's names
 SUBJECTS = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
     "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
@@ -246,6 +249,43 @@ class MMLUCloze(MMLUTask):
                 QuestionResult(q.id, LETTERS[normalized], LETTERS[q.answer], logprobs, {"acc": LETTERS[raw]})
             )
         return results
+
+
+def write_mmlu_tasks(mmlu_dir: str | Path, subjects: list[str] | str | None = None, folder: Path | None = None) -> list[str]:
+    """One lm-eval task per subject over the local Hendrycks CSVs (test, and dev for few-shot);
+    returns the task names, `explorer_mmlu_<subject>`, in subject order.
+
+    Columns are named explicitly and a header row, when present, skipped, so both the original
+    header-less files and exports with a header load; pandas' NA parsing is off so a choice
+    such as "None" stays text. pandas still types an all-numeric column as numbers, so a choice
+    "2.50" in such a column would read back as 2.5: every field of all 57 subjects in
+    ../shared/data/mmlu reads back identical to our CSV reader (checked when this was written)."""
+    root = Path(mmlu_dir).expanduser()
+    if not root.is_dir():
+        raise ExplorerError(f"MMLU folder not found: {root}.")
+    folder = folder or lmeval_folder()
+    names = []
+    for subject in choose_subjects(subjects, local_subjects(root, "test")):
+        files = {part: root / part / f"{subject}_{part}.csv" for part in ("test", "dev")}
+        files = {part: path for part, path in files.items() if path.is_file()}
+        with open(files["test"], encoding="utf-8", newline="") as handle:
+            header = is_header(next(csv.reader(handle), []))
+        config = {
+            "task": f"explorer_mmlu_{subject}",
+            **template("mmlu_local.yaml"),
+            "description": f"The following are multiple choice questions (with answers) about {subject_title(subject)}.\n\n",
+            "dataset_kwargs": {
+                "data_files": {part: str(path) for part, path in files.items()},
+                "column_names": MMLU_COLUMNS,
+                "skiprows": 1 if header else 0,
+                "keep_default_na": False,
+                "na_filter": False,
+            },
+        }
+        if "dev" not in files:
+            del config["fewshot_split"], config["fewshot_config"]
+        names.append(write_config(folder, config))
+    return names
 
 
 register(MMLULetter.name, MMLULetter)

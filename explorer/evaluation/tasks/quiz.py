@@ -19,12 +19,15 @@ import importlib
 import importlib.metadata
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
+from explorer.evaluation.lmeval import lmeval_folder, template, write_config, write_jsonl
 from explorer.evaluation.scoring import cloze_picks, loglikelihoods
-from explorer.evaluation.tasks import QuestionResult, limited, register
+from explorer.evaluation.questions import QuestionResult, limited
+from explorer.evaluation.tasks import register
 
 CHOICES = 4
 LETTERS = "ABCD"
@@ -210,6 +213,35 @@ class QuizTask:
                 QuestionResult(question.id, LETTERS[normalized], LETTERS[question.answer], logprobs, {"acc": LETTERS[raw]})
             )
         return results
+
+
+def quiz_task_name(name: str) -> str:
+    """lm-eval task name of a quiz, e.g. quiz-capitals -> explorer_quiz_capitals."""
+    return "explorer_" + name.replace("-", "_")
+
+
+def write_quiz_task(name: str, seed: int = 0, shots: int | None = None, folder: Path | None = None) -> str:
+    """Write a quiz's questions (test split, in our scoring order) and its few-shot
+    demonstrations (train split, taken in order by lm-eval's first_n sampler) as JSONL, and its
+    config; returns the lm-eval task name. Prompts and demonstrations equal our scorer's, with
+    the same default number of shots."""
+    if name not in QUIZZES:
+        raise ExplorerError(f"Unknown quiz '{name}': choose one of {', '.join(sorted(QUIZZES))}.")
+    shots = DEFAULT_SHOTS if shots is None else shots
+    folder = folder or lmeval_folder()
+    task = quiz_task_name(name)
+    demonstrations, questions = split(QUIZZES[name], seed, shots)
+    files = {}
+    for part, items in (("test", questions), ("train", demonstrations)):
+        path = folder / task / f"{task}_{part}.jsonl"
+        path.unlink(missing_ok=True)  # no stale demonstrations from an earlier few-shot config
+        if items:  # `datasets` rejects an empty file
+            write_jsonl(path, [{"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.answer} for q in items])
+            files[part] = str(path)
+    config = {"task": task, **template("quiz.yaml"), "dataset_kwargs": {"data_files": files}, "num_fewshot": shots}
+    if not shots:
+        del config["fewshot_split"], config["fewshot_config"]
+    return write_config(folder, config)
 
 
 for _quiz in QUIZZES.values():

@@ -16,11 +16,14 @@ asks for the Ray executor, and `ray_available()` tells the page whether to offer
 from __future__ import annotations
 
 import importlib.util
+import time
 from typing import Callable, Iterator
 
 from explorer.lm.blocks import Block
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
+from explorer.experiments.sweep.measure import load_for_sweep, measure_block
+from explorer.experiments.sweep.settings import SweepSettings
 
 POLL_SECONDS = 0.5
 # A local instance started for one sweep: no dashboard, loopback, and a small object store
@@ -55,16 +58,10 @@ class _Worker:
     """A Ray actor's body: the sweep's model, loaded once, measuring one block per call."""
 
     def __init__(self, settings_json: dict):
-        from explorer.experiments.sweep import SweepSettings, load_for_sweep
-
         self.settings = SweepSettings.from_json(settings_json)
         self.loaded = load_for_sweep(self.settings)
 
     def measure(self, block: Block) -> tuple[dict, float, str]:
-        import time
-
-        from explorer.experiments.sweep import measure_block
-
         started = time.perf_counter()
         measured = measure_block(self.loaded, block, self.settings, lambda: False)
         return measured, time.perf_counter() - started, self.loaded.fingerprint

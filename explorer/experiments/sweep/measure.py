@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from explorer.lm.blocks import Block
-from explorer.lm.models import LoadedModel
-from explorer.surgery.prune import pruned_view
+from explorer.evaluation.evaluate import Evaluated, quick_eval
+from explorer.lm.models import LoadedModel, load_model
+from explorer.lm.layers import pruned_view
 from explorer.experiments.sweep.settings import SweepSettings
 
 Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metrics by repair, seconds it took
@@ -22,7 +23,7 @@ Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], boo
 
 
 def eval_config(settings: SweepSettings):
-    """Healing and evaluation settings: the sweep's task, limit and held-out text; evaluations
+    """A healed point's settings: the sweep's evaluation (task, limit, held-out text), evaluated
     only before and after healing (eval_every = steps)."""
     from explorer.surgery.heal import HealConfig
 
@@ -105,7 +106,7 @@ def measure_locally(
             before = dict(timings or {})
             linear = [b for b in blocks if b.n and linear_applies(settings, b)]
             recording = PrefixReuse(loaded, {b.start for b in blocks} | {b.start - 1 for b in linear},
-                                    _timed_eval(eval_config(settings), timings))
+                                    _timed_eval(settings, timings))
             lap(timings, "recording", started)
             if timings is not None:  # the recording's own loss and scoring count as recording
                 timings.update({part: before.get(part, 0.0) for part in ("loss", "scoring")})
@@ -148,20 +149,16 @@ def _evaluate_view(
     """The sweep's evaluation of the block's pruned view, edited by `prepare` (which changes no layer
     below `changed`): replaying the shared recording's layers below the block when there is one,
     else the whole view."""
-    from explorer.evaluation.evaluate import quick_eval
-
     if shared is not None:
         return shared.recording.measure(block, prepare=prepare, changed=changed)
     view = pruned_view(loaded, block)
     if prepare is not None:
         prepare(view)
-    return quick_eval(view, eval_config(settings), timings)
+    return quick_eval(view, settings, timings)
 
 
-def _timed_eval(config, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
+def _timed_eval(config: Evaluated, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
     """The sweep's evaluation of one model (evaluate.quick_eval), timing its loss and scoring."""
-    from explorer.evaluation.evaluate import quick_eval
-
     return lambda model: quick_eval(model, config, timings)
 
 
@@ -184,3 +181,11 @@ def profile_parts(timings: dict[str, float]) -> dict[str, float]:
         "fit": fit,
         "bookkeeping": timings.get("bookkeeping", 0.0),
     }
+
+
+def load_for_sweep(settings: SweepSettings) -> LoadedModel:
+    """The one model load of a sweep: device, device_map ("auto" across devices) and 4-bit as set."""
+    return load_model(
+        settings.model, device=settings.device, load_in_4bit=settings.load_in_4bit,
+        trust_remote_code=settings.trust_remote_code, device_map=settings.device_map,
+    )

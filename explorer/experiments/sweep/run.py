@@ -9,14 +9,13 @@ from typing import Callable
 
 from explorer.lm.blocks import Block
 from explorer.core.errors import Cancelled
-from explorer.lm.models import LoadedModel, load_model
+from explorer.lm.models import LoadedModel
 from explorer.surgery.prune import strategy_block
-from explorer.experiments.sweep.measure import Executor, lap, linear_applies, measure_locally
+from explorer.experiments.sweep.measure import Executor, lap, linear_applies, load_for_sweep, measure_locally
 from explorer.experiments.sweep.points import normalized, normalized_se, point_key, reusable_points, summary, sweep_points
 from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings
 
 OnEvent = Callable[[dict], None]
-
 
 
 class SweepCancelled(Cancelled):
@@ -124,14 +123,6 @@ def start_sweep(store, settings: SweepSettings, model_name: str | None = None, e
     `executor` ({"executor": "ray", "ray_address": ...}) is kept beside the settings; it does not
     change the points, so sweeps on either executor resume each other."""
     return store.create_run("sweep", model_name or settings.model, {**settings.to_json(), **(executor or {})})
-
-
-def load_for_sweep(settings: SweepSettings) -> LoadedModel:
-    """The one model load of a sweep: device, device_map ("auto" across devices) and 4-bit as set."""
-    return load_model(
-        settings.model, device=settings.device, load_in_4bit=settings.load_in_4bit,
-        trust_remote_code=settings.trust_remote_code, device_map=settings.device_map,
-    )
 
 
 def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_stop: Callable[[], bool] = lambda: False) -> dict:

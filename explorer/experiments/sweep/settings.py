@@ -12,6 +12,7 @@ from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting, widget
 from explorer.surgery.prune import STRATEGIES
 from explorer.surgery.repair import REPAIRS
+from explorer.evaluation.evaluate import EvalSettings
 from explorer.evaluation.tasks import default_eval_task
 
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
@@ -60,7 +61,8 @@ class SweepSettings:
 
     def check(self) -> None:
         """Reject impossible settings before any model loads."""
-        from explorer.evaluation.tasks import check_limit, get_task
+        from explorer.evaluation.questions import check_limit
+        from explorer.evaluation.tasks import get_task
 
         if not self.strategies:
             raise ExplorerError("Choose at least one strategy.")
@@ -83,6 +85,11 @@ class SweepSettings:
         check_settings(self.sim_samples, self.seq_len, self.batch_size)
         get_task(self.task, **self.task_options)  # unknown task or options fail here
         next(iter(split_documents(self.text, "train")), None)  # a missing text file fails here
+
+    def evaluation(self) -> EvalSettings:
+        """Every point's evaluation: the task's accuracy on `limit` questions and the held-out loss."""
+        return EvalSettings(self.text, self.val_samples, self.seq_len, self.task or default_eval_task(), self.limit,
+                            dict(self.task_options), self.batch_size)
 
     def block_sizes(self, num_layers: int) -> list[int]:
         """The n values: f * L rounded half up for each fraction (at most L - 1), or 0, stride, 2*stride, ...

@@ -1,0 +1,42 @@
+"""A mergekit passthrough config that rebuilds a pruned model from the original checkpoint: the
+saved folder holds one machine's weights, the YAML is a few lines anyone can re-run against the
+hub checkpoint (`mergekit-yaml mergekit.yaml OUT`), as in the paper's released recipes."""
+
+from __future__ import annotations
+
+import json
+
+from explorer.core.errors import ExplorerError
+from explorer.lm.blocks import Block
+from explorer.lm.models import EMBEDDED
+
+# The hub checkpoint the embedded GGUF was quantized from (mergekit cannot read GGUF files).
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def kept_ranges(block: Block) -> list[tuple[int, int]]:
+    """The kept layers as half-open [a, b) ranges, mergekit's `layer_range` convention."""
+    ranges = [(0, block.start), (block.end, block.num_layers)] if block.n else [(0, block.num_layers)]
+    return [(a, b) for a, b in ranges if b > a]
+
+
+def _yaml_scalar(text: str) -> str:
+    """Plain like mergekit's examples, quoted only when a path would otherwise not parse as one string."""
+    plain = text and text == text.strip() and not set(text) & set(":#{}[],&*!|>'\"%@`") and text[0] not in "-?"
+    return text if plain else json.dumps(text)
+
+
+def mergekit_yaml(model_id: str, num_layers: int, block: Block, dtype: str = "bfloat16") -> str:
+    """A mergekit `passthrough` config that stacks the kept slices of `model_id` (layout of
+    mergekit's examples/orcamini-platy-44layer.yml). 'embedded' is written as its hub id."""
+    if block.num_layers != num_layers:
+        raise ExplorerError(f"Block is for a {block.num_layers}-layer model, not {num_layers} layers.")
+    lines = [f"# Layer-Pruning Explorer: {model_id} without {block.describe()}."]
+    if model_id == EMBEDDED:
+        model_id = EMBEDDED_HUB_ID
+        lines.append(f"# The embedded model is a GGUF of {EMBEDDED_HUB_ID}; mergekit reads the hub checkpoint.")
+    lines.append("slices:")
+    for a, b in kept_ranges(block):
+        lines += ["  - sources:", f"    - model: {_yaml_scalar(model_id)}", f"      layer_range: [{a}, {b}]"]
+    lines += ["merge_method: passthrough", f"dtype: {dtype}"]
+    return "\n".join(lines) + "\n"
