@@ -20,7 +20,8 @@ from benchmarks import arguments, environment, report, timed
 from explorer.evaluation.evaluate import validation_loss
 from explorer.surgery.heal import HealConfig, merge, train_adapter, training_batches, training_model
 from explorer.lm.models import LoadedModel, load_model
-from explorer.surgery.prune import prune_block, strategy_block
+from explorer.surgery.prune import prune_block
+from explorer.analysis.strategies import strategy_block
 from explorer.surgery.repair import RepairConfig, repair_block
 from explorer.state.cache import cached_distances
 

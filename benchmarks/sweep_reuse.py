@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from explorer.lm.models import load_model
-from explorer.surgery.prune import STRATEGIES
+from explorer.analysis.strategies import STRATEGIES
 from explorer.state.store import Store
 from explorer.experiments.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
 from benchmarks import arguments, environment, report, timed

@@ -26,7 +26,8 @@ import torch
 from benchmarks import arguments, environment, report, timed
 from explorer.surgery.heal import HealConfig, train_step, training_batches, training_model
 from explorer.lm.models import load_model
-from explorer.surgery.prune import prune_block, strategy_block
+from explorer.surgery.prune import prune_block
+from explorer.analysis.strategies import strategy_block
 from explorer.core.threads import cores, threads_for
 
 NEIGHBOUR = """

@@ -14,14 +14,38 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from explorer.core.errors import ExplorerError
 from explorer.core.options import add_options, given
 from explorer.core.threads import configure
+from explorer.analysis.bootstrap import bootstrap, DRAWS, result_json, SEED, summary
+from explorer.evaluation.agreement import agreement, describe, predictions
+from explorer.evaluation.evaluate import run_task, validation_loss
+from explorer.evaluation.questions import check_limit
+from explorer.evaluation.tasks import get_task
+from explorer.experiments.classify import ClassifySettings, describe_point, execute as execute_classify
+from explorer.experiments.heal import heal_ranks, heal_run
+from explorer.experiments.sweep import describe_point as describe_sweep_point, execute as execute_sweep, start_sweep, SweepSettings, teaching_preset
+from explorer.export.folder import save_prune
+from explorer.jobs import run_job
+from explorer.lm.blocks import check_block
+from explorer.lm.data import check_settings, split_documents
+from explorer.lm.models import load_model, model_skeleton
+from explorer.lm.save import DTYPES
+from explorer.lm.stream import open_for_analysis
+from explorer.state.cache import cached_distances, cached_reference
+from explorer.state.store import Store
+from explorer.surgery.finetune import FinetuneConfig
+from explorer.surgery.heal import HealConfig, target_modules
+from explorer.surgery.parallel import data_parallel
+from explorer.analysis.strategies import STRATEGIES, strategy_block
+from explorer.surgery.recipe import recipe_for
+from explorer.surgery.repair import REPAIRS, RepairConfig, prune_or_repair, repair_record
+from dataclasses import replace
+from explorer.experiments.sweep.distributed import ray_available
 
-if TYPE_CHECKING:
-    from explorer.surgery.heal import HealConfig
+FINETUNE = "finetune_"  # classify's finetuning options parse into their own names (both classes have a batch_size)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -65,8 +89,6 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from explorer.lm.models import load_model
-
     return load_model(args.model, device=args.device, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
 
 
@@ -79,8 +101,6 @@ def _stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_for_analysis(args: argparse.Namespace):
     """The model in memory, or streamed layer by layer (explorer.lm.stream) with a line saying why."""
-    from explorer.lm.stream import open_for_analysis
-
     return open_for_analysis(
         args.model, args.stream, device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True),
         spill=args.activations, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code,
@@ -107,8 +127,6 @@ def _similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _similarity(args: argparse.Namespace) -> None:
-    from explorer.lm.data import check_settings, split_documents
-
     check_settings(args.samples, args.seq_len, args.batch_size)
     if args.bootstrap < 0:
         raise ExplorerError(f"--bootstrap takes a number of resamples, 0 for none (got {args.bootstrap}).")
@@ -116,8 +134,6 @@ def _similarity(args: argparse.Namespace) -> None:
     if next(iter(split_documents(args.text_file, "train")), None) is None:
         raise ExplorerError(f"No text in {args.text_file}: the file holds no documents.")
     _check_out(args.out)
-    from explorer.analysis.bootstrap import bootstrap, result_json, summary
-    from explorer.state.cache import cached_distances
 
     loaded = _load_for_analysis(args)
     _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size,
@@ -128,8 +144,6 @@ def _similarity(args: argparse.Namespace) -> None:
 
 
 def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.analysis.bootstrap import DRAWS, SEED
-
     _streamed_similarity_arguments(parser)
     parser.add_argument("--bootstrap", type=int, default=DRAWS, metavar="B",
                         help="resamples of the calibration samples for intervals and stability (0: none); no extra forward pass")
@@ -147,8 +161,6 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.surgery.repair import REPAIRS, RepairConfig
-
     parser.add_argument("--repair", choices=REPAIRS, default="none",
                         help="linear: fit a map for the block on the calibration text and fold it into the layer before (explorer.surgery.repair)")
     add_options(parser, RepairConfig, ("ridge",))
@@ -156,8 +168,6 @@ def _repair_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _repair_config(args: argparse.Namespace, source: str | None, samples: int | None = None):
     """The linear repair's settings from the command's own text options, checked before the model loads; None for --repair none."""
-    from explorer.surgery.repair import RepairConfig
-
     if args.repair != "linear":
         return None
     chosen = {"source": source, "seq_len": args.seq_len, "batch_size": args.batch_size, "ridge": args.ridge,
@@ -168,21 +178,12 @@ def _repair_config(args: argparse.Namespace, source: str | None, samples: int | 
 
 
 def _dtype_argument(parser: argparse.ArgumentParser) -> None:
-    from explorer.lm.save import DTYPES
-
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="type of the saved weights (default: as loaded; bf16 halves fp32)")
 
 
 def _prune(args: argparse.Namespace) -> None:
     """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
-    from explorer.lm.blocks import check_block
-    from explorer.lm.data import check_settings
-    from explorer.export.folder import save_prune
-    from explorer.surgery.prune import STRATEGIES, prune_block, strategy_block
-    from explorer.surgery.repair import repair_block, repair_record
-    from explorer.state.cache import cached_distances
-
     if (args.start is None) == (args.strategy is None):
         raise ExplorerError("Give either --start (the block's first layer) or --strategy (similarity, simple or top-cut).")
     if args.strategy is not None and args.strategy not in STRATEGIES:
@@ -205,11 +206,7 @@ def _prune(args: argparse.Namespace) -> None:
         block = check_block(args.start, args.n, num_layers, args.allow_final)
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
-    fit = None
-    if repair is None:
-        result = prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=True)
-    else:
-        result, fit = repair_block(loaded, block.start, block.n, repair, allow_final=block.includes_final, inplace=True)
+    result, fit = prune_or_repair(loaded, block, repair, inplace=True)
     extra = {"strategy": args.strategy or "manual",
              "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
              "repair": repair_record(repair, fit) if repair else {"method": "none"}}
@@ -260,9 +257,6 @@ def _loss_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _loss(args: argparse.Namespace) -> None:
     """Validation loss (nats per token) on held-out documents, optionally with a block dropped."""
-    from explorer.lm.data import check_settings
-    from explorer.evaluation.evaluate import validation_loss
-
     check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out)
     loaded = _dropped(_load_for_analysis(args), args.drop)
@@ -306,11 +300,6 @@ def _task_options(args: argparse.Namespace) -> dict:
 
 def _eval(args: argparse.Namespace) -> None:
     """Score one task; the task (data, subjects, options) is checked before the model loads."""
-    from explorer.lm.data import check_settings
-    from explorer.evaluation.evaluate import run_task
-    from explorer.evaluation.questions import check_limit
-    from explorer.evaluation.tasks import get_task
-
     check_limit(args.limit)
     check_settings(1, 2, args.batch_size)
     options = _task_options(args)
@@ -319,10 +308,6 @@ def _eval(args: argparse.Namespace) -> None:
     report = run_task(_dropped(_load_for_analysis(args), args.drop), task, limit=args.limit, batch_size=args.batch_size)
     data = report.to_json()
     if reference := _reference_model(args):
-        from explorer.evaluation.agreement import agreement, cached_reference, describe, predictions
-        from explorer.lm.models import load_model
-        from explorer.state.store import Store
-
         unpruned = load_model(reference, device=args.device, trust_remote_code=args.trust_remote_code)
         same = agreement(predictions(report.per_question),
                          cached_reference(unpruned, args.task, args.limit, args.batch_size, options, Store()))
@@ -334,8 +319,6 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.experiments.sweep import SweepSettings
-
     _model_arguments(parser)
     parser.add_argument("--teaching", action="store_true", help="the teaching preset: the embedded model on CPU in a few minutes (explorer.experiments.sweep.teaching_preset)")
     add_options(parser, SweepSettings)  # one option per setting; the model's are _model_arguments', the task's _task_arguments'
@@ -349,8 +332,6 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def _sweep_settings(args: argparse.Namespace):
     """The sweep's settings: the options given on the command line over the defaults, or over
     the teaching preset with --teaching (so an option left out never overrides the preset)."""
-    from explorer.experiments.sweep import SweepSettings, teaching_preset
-
     chosen = given(SweepSettings, args, task_options=_task_options(args))
     return teaching_preset(**chosen) if args.teaching else SweepSettings(**chosen)
 
@@ -367,9 +348,6 @@ def _run_in_foreground(store, run_id: int, execute: Callable, report: Callable[[
 def _sweep(args: argparse.Namespace) -> None:
     """Run a sweep in the foreground as a store run (Store.running records its outcome; no pid, so
     a page's job reaper leaves it alone); a rerun with the same settings resumes it."""
-    from explorer.state.store import Store
-    from explorer.experiments.sweep import describe_point, execute, start_sweep
-
     if args.ray_address and args.executor != "ray":
         raise ExplorerError("--ray-address needs --executor ray.")
     settings = _sweep_settings(args)
@@ -378,17 +356,15 @@ def _sweep(args: argparse.Namespace) -> None:
     store = Store()
     executor = None
     if args.executor == "ray":
-        from explorer.experiments.sweep.distributed import ray_available
-
         if not ray_available():
             raise ExplorerError("Ray is not installed: pip install -r requirements-distributed.txt, or use --executor local.")
         executor = {"executor": "ray", "ray_address": args.ray_address}
     run_id = start_sweep(store, settings, executor=executor)
 
     def report(event: dict) -> None:
-        print(describe_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
+        print(describe_sweep_point(event) if event.get("kind") == "point" else event.get("phase", event), file=sys.stderr, flush=True)
 
-    result = _run_in_foreground(store, run_id, execute, report)
+    result = _run_in_foreground(store, run_id, execute_sweep, report)
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
     try:
@@ -399,8 +375,6 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.surgery.heal import HealConfig
-
     _model_arguments(parser)
     parser.add_argument("--start", type=int, required=True, help="first layer of the block to remove")
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
@@ -419,8 +393,6 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_heal_event(event: dict, steps: int) -> None:
     """One progress line per event, on stderr like the other commands' progress."""
-    from explorer.evaluation.agreement import describe
-
     if event["kind"] == "train":
         line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
     elif event["kind"] in ("eval", "reference"):
@@ -432,13 +404,10 @@ def _print_heal_event(event: dict, steps: int) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _heal_config(args: argparse.Namespace, model) -> tuple["HealConfig", dict]:
+def _heal_config(args: argparse.Namespace, model) -> tuple[HealConfig, dict]:
     """The settings: the options given over the demo defaults, or over the paper's recipe for
     `model` (a loaded model or a weightless skeleton); and what to report about the recipe."""
-    from dataclasses import replace
 
-    from explorer.surgery.heal import HealConfig
-    from explorer.surgery.recipe import recipe_for
 
     base, about = HealConfig(), {}
     if args.recipe == "paper":
@@ -456,14 +425,8 @@ def _heal(args: argparse.Namespace) -> None:
 
     Under `accelerate launch --multi_gpu --num_processes K` each process runs this: they train data-parallel
     (explorer.surgery.parallel) and only the main process creates the run, writes and prints."""
-    from explorer.surgery.heal import target_modules
-    from explorer.jobs import heal_run
-    from explorer.surgery.parallel import data_parallel
-    from explorer.state.store import Store
-
     skeleton = None
     if args.recipe or args.dry_run:  # the recipe depends on the architecture: read from the config, no weights
-        from explorer.lm.models import model_skeleton
 
         skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
     config, about = _heal_config(args, skeleton)  # bad settings fail before the model loads
@@ -500,39 +463,16 @@ def _heal(args: argparse.Namespace) -> None:
 
 
 def _classify_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.surgery.finetune import ClassifySettings, FinetuneConfig
-
-    d, f = ClassifySettings(), FinetuneConfig()
     _model_arguments(parser)
-    parser.add_argument("--task", default=d.task, help="sst2 or agnews")
-    parser.add_argument("--data-file", default=d.data_file, help="'embedded' (sst2: Pang & Lee), a .csv/.jsonl file, or 'hub'")
-    parser.add_argument("--train", type=int, default=d.train, help="training examples held out of the scored set")
-    parser.add_argument("--shots", type=int, default=d.shots, help="demonstrations in every prompt")
-    parser.add_argument("--label-words", default=None, help="comma-separated, one per label (default: terrible,great / World,...)")
-    parser.add_argument("--strategy", default="top-cut", help="comma-separated: top-cut, similarity")
-    parser.add_argument("--keep", default=",".join(map(str, d.keep)), help="comma-separated layers kept, k = 1..L")
-    parser.add_argument("--mode", default=",".join(d.modes), help="comma-separated: icl, prompt-ft, head-ft")
-    parser.add_argument("--steps", type=int, default=f.steps, help="finetuning steps per point")
-    parser.add_argument("--weights", default=f.weights, help="what trains: lora, all (every kept weight) or none (head-ft probe)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 LoRA, 3e-5 all weights)")
-    parser.add_argument("--rank", type=int, default=f.rank, help="LoRA rank")
-    parser.add_argument("--limit", type=int, default=None, help="score at most this many held-out examples")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    add_options(parser, ClassifySettings)
+    add_options(parser, FinetuneConfig, prefix=FINETUNE)
     parser.add_argument("--out", required=True)
 
 
 def _classify(args: argparse.Namespace) -> None:
     """The accuracy-vs-k curve in the foreground, as a store run (the background job's code path)."""
-    from explorer.surgery.finetune import ClassifySettings, describe_point, execute, parse_ints
-    from explorer.state.store import Store
-
-    finetune = {"steps": args.steps, "weights": args.weights, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size}
-    settings = ClassifySettings(
-        model=args.model, task=args.task, data_file=None if args.data_file == "hub" else args.data_file, shots=args.shots,
-        label_words=args.label_words, train=args.train, strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
-        keep=parse_ints(args.keep, "--keep"), modes=tuple(m.strip() for m in args.mode.split(",") if m.strip()),
-        finetune=finetune, limit=args.limit, batch_size=args.batch_size, device=args.device,
-    )
+    finetune = given(FinetuneConfig, args, prefix=FINETUNE)
+    settings = ClassifySettings(**given(ClassifySettings, args, model=args.model, device=args.device), finetune=finetune)
     settings.check()
     _check_out(args.out)
     store = Store()
@@ -542,7 +482,7 @@ def _classify(args: argparse.Namespace) -> None:
         if event.get("kind") in ("point", "phase"):
             print(describe_point(event) if event["kind"] == "point" else event["phase"], file=sys.stderr, flush=True)
 
-    result = _run_in_foreground(store, run_id, execute, report)
+    result = _run_in_foreground(store, run_id, execute_classify, report)
     _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
 
 
@@ -553,9 +493,6 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _job(args: argparse.Namespace) -> None:
     """Internal: the background runner `explorer.jobs.submit` starts."""
-    from explorer.jobs import run_job
-    from explorer.state.store import Store
-
     run_job(Store(args.store), args.run_id)
     # The outcome is in the store: leave now. Python's own teardown of torch and transformers took
     # about 5 s on a loaded 2-core machine, which a cancel (and the next queued job) would wait for.
@@ -566,9 +503,6 @@ def _job(args: argparse.Namespace) -> None:
 
 def _heal_ranks(args: argparse.Namespace) -> None:
     """Internal: one rank of a multi-GPU heal job (started by the job runner under accelerate)."""
-    from explorer.jobs import heal_ranks
-    from explorer.state.store import Store
-
     heal_ranks(Store(args.store), args.run_id)
 
 

@@ -28,13 +28,15 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from explorer.core.errors import Cancelled, ExplorerError
-from explorer.state.store import Run, Store
-
-REPO = Path(__file__).resolve().parents[1]
-ACTIVE = ("queued", "running")
+from explorer.core.errors import ExplorerError
+from explorer.core.paths import CHECKOUT
+from explorer.core.threads import configure
+from explorer.kinds import KINDS, job_kinds
+from explorer.state.files import log_path
+from explorer.state.store import ACTIVE, Run, Store
+from explorer.views.progress import current_phase
 POLL_SECONDS = 1.0
 GRACE_SECONDS = 5.0  # after SIGTERM, how long a runner may take to exit before SIGKILL
 DIED = "process died"
@@ -42,28 +44,15 @@ CANCELLED = "cancelled by the user"
 SIGTERMED = "stopped by SIGTERM"  # what a runner records when the signal did not come from cancel()
 
 
-def log_path(store: Store, run_id: int) -> Path:
-    """logs/<id>.log beside the store (EXPLORER_HOME/logs for the default store)."""
-    folder = store.path.parent / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{run_id}.log"
-
-
-def run_folder(store: Store, run_id: int) -> Path:
-    """Where a job saves its model: runs/<id>/ beside the store (EXPLORER_HOME/runs/<id>/ by
-    default), so run ids, which are per store, never share a folder."""
-    return store.path.parent / "runs" / str(run_id)
-
-
 def submit(store: Store, kind: str, model_name: str, settings: dict) -> int:
     """Queue a job and start its runner process; returns the run id at once."""
-    if kind not in JOBS:
-        raise ExplorerError(f"Unknown job kind '{kind}': choose one of {', '.join(JOBS)}.")
+    if kind not in job_kinds():
+        raise ExplorerError(f"Unknown job kind '{kind}': choose one of {', '.join(job_kinds())}.")
     run_id = store.create_run(kind, model_name, settings, status="queued")
     command = [sys.executable, "-m", "explorer", "job", str(run_id), "--store", str(store.path)]
     with open(log_path(store, run_id), "ab") as log:  # `-m` from the checkout's root imports this checkout's explorer
         process = subprocess.Popen(
-            command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=CHECKOUT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     store.update_run(run_id, pid=process.pid)
     threading.Thread(target=process.wait, name=f"wait-job-{run_id}", daemon=True).start()  # no zombie when it ends
@@ -102,7 +91,7 @@ def reap(store: Store) -> list[int]:
     dead = []
     for status in ACTIVE:
         for run in store.list_runs(status=status):
-            if run.kind in JOBS and run.pid and not is_alive(run.pid, run.id):
+            if run.kind in job_kinds() and run.pid and not is_alive(run.pid, run.id):
                 if store.transition(run.id, status, status="failed", error=DIED):  # unless it ended meanwhile
                     dead.append(run.id)
     return dead
@@ -111,7 +100,7 @@ def reap(store: Store) -> list[int]:
 def list_jobs(store: Store, kind: str | None = None) -> list[Run]:
     """Jobs newest first, after reaping dead ones so no listing shows a ghost 'running'."""
     reap(store)
-    return [run for run in store.list_runs(kind=kind) if run.kind in JOBS]
+    return [run for run in store.list_runs(kind=kind) if run.kind in job_kinds()]
 
 
 def latest_job(store: Store, kind: str, model: str | None = None) -> Run | None:
@@ -186,7 +175,7 @@ def blocker(store: Store, run_id: int) -> Run | None:
     exits), else the oldest job queued before it (FIFO); None when it is this job's turn."""
     reap(store)
     others = [run for status in (*ACTIVE, "cancelled") for run in store.list_runs(status=status)
-              if run.kind in JOBS and run.id != run_id and run.pid]  # pid: a job, not a foreground CLI run
+              if run.kind in job_kinds() and run.id != run_id and run.pid]  # pid: a job, not a foreground CLI run
     running = [run for run in others if run.status == "running" or (run.status == "cancelled" and is_alive(run.pid, run.id))]
     queued = sorted((run for run in others if run.status == "queued" and run.id < run_id), key=lambda run: run.id)
     return (running or queued or [None])[0]
@@ -194,8 +183,6 @@ def blocker(store: Store, run_id: int) -> Run | None:
 
 def queue_reason(store: Store, run_id: int) -> str:
     """What a queued job waits for, e.g. 'waiting for run #4 (heal, training)'."""
-    from explorer.views.progress import current_phase
-
     ahead = blocker(store, run_id)
     if ahead is None:
         return "starting"
@@ -207,8 +194,8 @@ def check_runnable(store: Store, run_id: int) -> Run:
     """The run `python -m explorer job RUN_ID` may start: a queued job nobody else runs.
     Anything else is refused in one sentence, changing nothing."""
     run = store.get_run(run_id)
-    if run.kind not in JOBS:
-        raise ExplorerError(f"Run {run_id} is a {run.kind} run, not a background job ({', '.join(JOBS)}); nothing was changed.")
+    if run.kind not in job_kinds():
+        raise ExplorerError(f"Run {run_id} is a {run.kind} run, not a background job ({', '.join(job_kinds())}); nothing was changed.")
     if run.status != "queued":
         raise ExplorerError(f"Run {run_id} is already {run.status}; only a queued job can be started, so nothing was "
                             "changed (start a new run instead).")
@@ -220,8 +207,6 @@ def check_runnable(store: Store, run_id: int) -> Run:
 def run_job(store: Store, run_id: int) -> None:
     """The body of `python -m explorer job RUN_ID`: wait, then run the job inside `Store.running`,
     which records its outcome. Only a bug's traceback leaves (it goes to the job's log)."""
-    from explorer.core.threads import configure
-
     run = check_runnable(store, run_id)
     configure("runner")
     stop = StopFlag(store, run_id)
@@ -232,130 +217,6 @@ def run_job(store: Store, run_id: int) -> None:
                 return
             time.sleep(POLL_SECONDS)
         with store.running(run_id, cancelled=(JobCancelled,), shield=stop.critical) as job:
-            job.result = JOBS[run.kind](store, store.get_run(run_id), stop)
+            job.result = KINDS[run.kind].runner(store, store.get_run(run_id), stop)
     except (JobCancelled, ExplorerError):  # recorded (or, cancelled while queued, refused) by Store.running
         return
-
-
-def heal_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """Load, evaluate, prune, heal and save, writing every event to the store (heal_run).
-
-    settings: {"model": {source, device, load_in_4bit, trust_remote_code}, "start", "n",
-    "allow_final", "heal": HealConfig fields, "processes": GPUs to train on (default 1), "save": bool
-    (default False: a healed 135M model is hundreds of MB), "dtype": "fp32" | "bf16" | "fp16" of the
-    saved weights (default: as loaded)}.
-    With several processes the runner starts them (`heal_ranks` under accelerate) and waits."""
-    if run.settings.get("processes", 1) > 1:
-        return _heal_on_ranks(store, run, should_stop)
-    return heal_run(store, run.id, run.settings, should_stop, run_folder(store, run.id))
-
-
-def heal_ranks(store: Store, run_id: int) -> None:
-    """One rank of a multi-process heal job (`python -m explorer heal-ranks`, started by
-    _heal_on_ranks under accelerate): trains its share; the main rank writes the events and the
-    model and stops every rank once the run is cancelled. A failure becomes an "error" event
-    the runner reports."""
-    from explorer.surgery.parallel import data_parallel
-
-    run = store.get_run(run_id)
-    ranks = data_parallel(run.settings["model"].get("device"))
-    try:
-        heal_run(store, run_id, run.settings, lambda: store.get_run(run_id).status == "cancelled", run_folder(store, run_id), ranks)
-    except ExplorerError as exc:
-        if ranks is None or ranks.is_main:
-            store.add_event(run_id, {"kind": "error", "error": str(exc)})
-        raise
-
-
-def _heal_on_ranks(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """Run the heal on `processes` ranks and return the main rank's record (from run.json)."""
-    import json
-
-    from explorer.surgery.parallel import launch_command
-
-    command = launch_command(run.settings["processes"], "heal-ranks", str(run.id), "--store", str(store.path))
-    ranks = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
-    while ranks.poll() is None:
-        if should_stop():  # the ranks see the cancelled status at their next step; wait for them, then make sure
-            try:
-                ranks.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(ranks.pid, signal.SIGKILL)
-            raise Cancelled("Healing was cancelled.")
-        time.sleep(POLL_SECONDS)
-    if ranks.returncode != 0:
-        errors = [e["error"] for e in store.events(run.id) if e.get("kind") == "error"]
-        raise ExplorerError(errors[-1] if errors else f"The healing processes exited with code {ranks.returncode}: see {log_path(store, run.id)}.")
-    folder = run_folder(store, run.id)
-    record = json.loads((folder / "run.json").read_text())
-    return {**{k: v for k, v in record.items() if k != "run_id"}, "folder": str(folder)}
-
-
-def heal_run(
-    store: Store,
-    run_id: int | None,
-    settings: dict,
-    should_stop: Callable[[], bool],
-    folder: Path | str,
-    ranks=None,
-    echo: Callable[[dict], None] = lambda event: None,
-) -> dict:
-    """The heal behind the job and the CLI: every event goes to run `run_id` in the store (and to
-    `echo`), the merged model to `folder`; returns run.json's record plus the folder.
-
-    With `ranks` (data-parallel under `accelerate launch`, explorer.surgery.parallel) every rank loads the
-    model on its own device and trains its share; only the main process writes events, the
-    model and run.json (which records the world size) and returns the record; others return {}."""
-    from explorer.state.cache import cached_quick_eval
-    from explorer.export.folder import heal_record, save_model
-    from explorer.surgery.heal import HealConfig, prune_and_heal
-    from explorer.surgery.repair import RepairConfig
-    from explorer.lm.models import load_model
-
-    model = settings["model"]
-    main = ranks is None or ranks.is_main
-
-    def on_event(event: dict) -> None:
-        if main:
-            store.add_event(run_id, event, step=event["step"])
-            echo(event)
-
-    on_event({"kind": "phase", "step": 0, "phase": "loading the model"})
-    loaded = load_model(
-        model["source"],
-        device=str(ranks.device) if ranks is not None else model.get("device"),
-        load_in_4bit=model.get("load_in_4bit", False),
-        trust_remote_code=model.get("trust_remote_code", False),
-    )
-    config = HealConfig(**settings.get("heal", {}))
-    repair = RepairConfig(**settings["repair"]) if settings.get("repair") else None  # linear repair before healing
-    outcome = prune_and_heal(
-        loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False),
-        lambda unpruned, resolved: cached_quick_eval(unpruned, resolved, store), ranks, repair,
-    )
-    if not main:
-        return {}
-    record = {**heal_record(outcome, model["source"], loaded.name), "world_size": ranks.size if ranks is not None else 1}
-    if not (settings.get("save", False) or ranks is not None):  # several ranks hand their result over in run.json
-        return record
-    on_event({"kind": "phase", "step": config.steps, "phase": "saving"})
-    saved = save_model(outcome.healed, folder, model["source"], outcome.block, {**record, "run_id": run_id}, settings.get("dtype"))
-    return {**record, "folder": str(saved)}
-
-
-def sweep_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """explorer.experiments.sweep.execute, which records its own points, result and failures."""
-    from explorer.experiments.sweep import execute
-
-    return execute(store, run.id, should_stop=should_stop)
-
-
-def classify_job(store: Store, run: Run, should_stop: Callable[[], bool]) -> dict:
-    """explorer.surgery.finetune.execute: the accuracy-vs-k curve, one point event at a time."""
-    from explorer.surgery.finetune import execute
-
-    return execute(store, run.id, should_stop=should_stop)
-
-
-# kind -> runner(store, run, should_stop) -> result; every kind here is a heavy job (one at a time).
-JOBS: dict[str, Callable[[Store, Run, Callable[[], bool]], dict]] = {"heal": heal_job, "sweep": sweep_job, "classify": classify_job}

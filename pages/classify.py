@@ -7,16 +7,18 @@ import streamlit as st
 
 from explorer import jobs
 from explorer.views.figures.classify import accuracy_vs_k_figure, classify_frame
-from explorer.surgery.finetune import CLASSIFY_STRATEGIES, MODES, WEIGHTS, ClassifySettings, classify_points, parse_ints
+from explorer.core.options import widget
+from explorer.experiments.classify import CLASSIFY_STRATEGIES, CLASSIFY_TASKS, ClassifySettings, classify_points, parse_ints
+from explorer.surgery.finetune import MODES, WEIGHTS, FinetuneConfig
 from explorer.state.store import Run
 from explorer.views.progress import current_phase
 from pages import check_text, get_store, job_view, model_picker, points_status, show_page, user_errors
 
 RUN_KEY = "classify_run"
-DEFAULTS = ClassifySettings()
+DEFAULTS, TUNING = ClassifySettings(), FinetuneConfig()
 
 EXPLAIN = """
-**What to look for.** Men et al. cut GPT-2 XL and OPT down to their first *k* layers and find that,
+**What to look for.** Yuan et al. cut GPT-2 XL and OPT down to their first *k* layers and find that,
 **after finetuning**, SST-2 / AG News accuracy holds even at k = 1. Grey: the cut model answers from
 the prompt alone (in-context); blue: the same prompt and label words, finetuned (LoRA or all weights);
 red: a linear classification head on the last kept layer's final-token state. Error bars are 95%
@@ -26,21 +28,25 @@ line is chance. Solid: top-cut; dashed: the similarity strategy's block.
 
 
 def settings_form(model: dict) -> ClassifySettings:
-    """The form; each widget keeps its value in session state (see pages/sweep.py for why)."""
+    """The form, labelled from the settings' own help (explorer.core.options, as the CLI); each widget
+    keeps its value in session state (see pages/sweep.py for why)."""
     with st.container(border=True):
         a, b, c = st.columns(3)
-        task = a.selectbox("Task", ["sst2", "agnews"], key="cl_task")
-        data = b.text_input("Data", DEFAULTS.data_file, key="cl_data",
-                            help="'embedded' (sst2: 200 Pang & Lee sentences from gensim), a .csv/.jsonl path, or 'hub'")
-        train = int(c.number_input("Training examples (held out)", 0, 100_000, DEFAULTS.train, key="cl_train"))
-        strategies = st.multiselect("Strategies", CLASSIFY_STRATEGIES, default=list(DEFAULTS.strategies), key="cl_strategies")
-        modes = st.multiselect("Modes", MODES, default=list(DEFAULTS.modes), key="cl_modes")
+        task = a.selectbox(options=CLASSIFY_TASKS, key="cl_task", **widget(ClassifySettings, "task"))
+        data = b.text_input(value=DEFAULTS.data_file, key="cl_data", **widget(ClassifySettings, "data_file"))
+        train = int(c.number_input(min_value=0, max_value=100_000, value=DEFAULTS.train, key="cl_train",
+                                   **widget(ClassifySettings, "train")))
+        strategies = st.multiselect(options=CLASSIFY_STRATEGIES, default=list(DEFAULTS.strategies), key="cl_strategies",
+                                    **widget(ClassifySettings, "strategies"))
+        modes = st.multiselect(options=MODES, default=list(DEFAULTS.modes), key="cl_modes", **widget(ClassifySettings, "modes"))
         d, e, f, g = st.columns(4)
-        keep = parse_ints(d.text_input("Layers kept k", ",".join(map(str, DEFAULTS.keep)), key="cl_keep"), "Layers kept")
-        steps = int(e.number_input("Finetuning steps", 0, 100_000, 30, key="cl_steps"))
-        weights = f.selectbox("Weights trained", WEIGHTS, key="cl_weights",
-                              help="lora: adapters on the kept layers; all: every kept weight; none: head-ft probe only")
-        shots = int(g.number_input("Demonstrations", 0, 32, 0, key="cl_shots"))
+        keep = parse_ints(d.text_input(value=",".join(map(str, DEFAULTS.keep)), key="cl_keep", **widget(ClassifySettings, "keep")),
+                          "Layers kept")
+        steps = int(e.number_input(min_value=0, max_value=100_000, value=TUNING.steps, key="cl_steps",
+                                   **widget(FinetuneConfig, "steps")))
+        weights = f.selectbox(options=WEIGHTS, key="cl_weights", **widget(FinetuneConfig, "weights"))
+        shots = int(g.number_input(min_value=0, max_value=32, value=DEFAULTS.shots, key="cl_shots",
+                                   **widget(ClassifySettings, "shots")))
     return ClassifySettings(
         model=model["source"], device=model["device"], task=task, data_file=None if data.strip() == "hub" else data.strip(),
         train=train, strategies=tuple(strategies), modes=tuple(modes), keep=keep, shots=shots,
@@ -70,7 +76,7 @@ def run_view(run: Run) -> None:
 def main() -> None:
     st.title("🏋️ Classification after cutting layers")
     st.markdown("Keep the first *k* layers (or cut the most similar block), then classify in-context or after "
-                "prompt-based finetuning (Men et al., *Why Lift so Heavy?*, arXiv 2402.11700).")
+                "prompt-based finetuning (Yuan, Nie, Ma & Färber, *Why Lift so Heavy?*, arXiv 2402.11700).")
     model = model_picker()
     if not model["source"]:
         st.info("Enter a model id or path in the sidebar.")

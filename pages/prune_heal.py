@@ -22,7 +22,7 @@ from explorer.views.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REP
                               recipe_caption, recipe_widget_values)
 from explorer.views.progress import heal_progress, progress_text
 from explorer.views.runs import heal_description
-from explorer.surgery.prune import STRATEGIES, strategy_block
+from explorer.analysis.strategies import STRATEGIES, strategy_block
 from explorer.surgery.recipe import recipe_for
 from explorer.state.store import Run
 from explorer.evaluation.tasks import default_eval_task, task_names

@@ -19,7 +19,8 @@ from explorer.core.paths import explorer_home
 from explorer.surgery.prune import removed_parameters
 from explorer.views.runs import similarity_caption, similarity_label
 from explorer.state.cache import cached_distances, similarity_runs
-from explorer.analysis.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_widgets
+from explorer.analysis.similarity import SimilarityResult
+from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
 from explorer.state.store import Run
 from pages import (MODEL_KEY, current_model, download_row, get_store, model_picker, show_page, user_errors,
                    visitor_policy)

@@ -11,12 +11,13 @@ from explorer import jobs
 from explorer.state.cache import cached_distances, distances_run
 from explorer.experiments.sweep.distributed import ray_available
 from explorer.lm.models import LoadedModel
-from explorer.surgery.prune import STRATEGIES
+from explorer.analysis.strategies import STRATEGIES
 from explorer.state.store import Run
 from explorer.views.progress import progress_text, sweep_progress
 from explorer.surgery.repair import REPAIRS
 from explorer.views.runs import sweep_description, sweep_label
-from explorer.experiments.sweep import LABELS, MODES, SweepSettings, parse_fractions, teaching_preset, widget_values
+from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_preset
+from explorer.views.forms.sweep import LABELS, MODES, widget_values
 from explorer.views.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.evaluation.tasks import task_names
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,

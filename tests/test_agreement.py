@@ -19,7 +19,7 @@ from explorer.evaluation.evaluate import ratio_standard_error, run_task, validat
 from explorer.lm.data import make_samples
 from explorer.surgery.heal import HealConfig, prune_and_heal
 from explorer.surgery.prune import prune_block
-from explorer.views.runs import headline
+from explorer.kinds import headline
 from explorer.state.store import Run, Store
 from explorer.experiments.sweep import SweepSettings, describe_point, run_sweep, start_sweep
 from explorer.views.figures.sweep import points_frame

@@ -18,8 +18,8 @@ from explorer.analysis.bootstrap import bootstrap, choice_notes, optimal_with_un
 from explorer.views.figures.similarity import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
 from explorer.lm.models import LoadedModel
 from explorer.lm.layers import decoder_layers
-from explorer.surgery.prune import strategy_block
-from explorer.views.runs import headline
+from explorer.analysis.strategies import strategy_block
+from explorer.kinds import headline
 from explorer.analysis.similarity import SimilarityResult, compute_distances
 from explorer.state.store import Run
 

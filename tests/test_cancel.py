@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from explorer import jobs
+from explorer.state.files import log_path, run_folder
 from explorer.state.store import Store
 from tests.test_jobs import heal_settings, stop, trained_steps, wait_for
 
@@ -59,7 +60,7 @@ def assert_cancelled_cleanly(store: Store, run_id: int, kinds_before: list[str])
     run = store.get_run(run_id)
     assert (run.status, run.result) == ("cancelled", None)
     assert [e["kind"] for e in store.events(run_id)] == kinds_before, "an event was recorded after cancel"
-    assert "Traceback" not in jobs.log_path(store, run_id).read_text()
+    assert "Traceback" not in log_path(store, run_id).read_text()
 
 
 def test_cancel_while_training_stops_within_seconds(store, tiny_llama_dir):
@@ -136,7 +137,7 @@ def test_a_finished_runner_leaves_no_zombie_and_job_refuses_finished_runs(store,
     wait_for(lambda: store.get_run(run_id).status not in jobs.ACTIVE, "the job to finish")  # no reap: status only
     run = store.get_run(run_id)
     assert run.status == "done" and "folder" not in run.result  # saving is a choice, off by default
-    assert not jobs.run_folder(store, run_id).exists()
+    assert not run_folder(store, run_id).exists()
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or not zombie(pid), "the runner to exit", 30)
     time.sleep(0.5)
     assert not zombie(pid), "the finished runner is a defunct process"

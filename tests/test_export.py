@@ -131,7 +131,7 @@ def test_cli_prune_writes_folder(embedded, tmp_path):
 
 def test_cli_prune_similarity_strategy(tiny_llama, tiny_llama_dir, tmp_path):
     from explorer.lm.data import make_samples
-    from explorer.surgery.prune import strategy_block
+    from explorer.analysis.strategies import strategy_block
     from explorer.analysis.similarity import compute_distances
 
     out = tmp_path / "sim"

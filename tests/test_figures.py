@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer.views.figures.runs import comparison_figure, run_figures
+from explorer.kinds import run_figures
+from explorer.views.figures.runs import comparison_figure
 from explorer.views.figures.similarity import distances_frame, heatmap_figure
 from explorer.analysis.similarity import compute_distances
 

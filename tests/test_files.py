@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from explorer import jobs
+from explorer.state.files import log_path, run_folder
 from explorer.core.errors import ExplorerError
 from explorer.lm.save import save_pruned
 from explorer.views.runs import delete_files, disk_usage, format_bytes, run_files
@@ -39,11 +39,11 @@ def test_bf16_halves_the_model_and_reloads_with_the_same_predictions(tiny_llama,
 
 def test_disk_use_of_a_run_and_deleting_its_files(store, tmp_path):
     run_id = store.create_run("heal", "tiny", {"start": 1, "n": 1}, status="done")
-    folder = jobs.run_folder(store, run_id)
+    folder = run_folder(store, run_id)
     (folder / "sub").mkdir(parents=True)
     (folder / "config.json").write_bytes(b"x" * 1000)
     (folder / "sub" / "weights.bin").write_bytes(b"y" * 2500)
-    jobs.log_path(store, run_id).write_bytes(b"z" * 500)
+    log_path(store, run_id).write_bytes(b"z" * 500)
     elsewhere = tmp_path / "my-model"  # a folder the result names (e.g. a prune's --out)
     elsewhere.mkdir()
     (elsewhere / "config.json").write_bytes(b"{}")
@@ -51,11 +51,11 @@ def test_disk_use_of_a_run_and_deleting_its_files(store, tmp_path):
     run = store.get_run(run_id)
 
     files = run_files(store, run)
-    assert files == [folder, jobs.log_path(store, run_id), elsewhere]
+    assert files == [folder, log_path(store, run_id), elsewhere]
     assert [disk_usage(p) for p in files] == [3500, 500, 2]
     assert run_files(store, store.get_run(store.create_run("similarity", "tiny", {}))) == []
     assert delete_files(files[:2]) == 4000
-    assert not folder.exists() and not jobs.log_path(store, run_id).exists() and elsewhere.exists()
+    assert not folder.exists() and not log_path(store, run_id).exists() and elsewhere.exists()
 
 
 @pytest.mark.parametrize("size, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (812_345, "812 kB"),

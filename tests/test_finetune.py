@@ -1,4 +1,4 @@
-"""Prompt-based finetuning of cut models (Men et al., 2402.11700): the loss against an independent
+"""Prompt-based finetuning of cut models (Yuan, Nie, Ma & Färber, 2402.11700): the loss against an independent
 label-word cross-entropy, zero-step agreement with the in-context scorer, real learning on real
 sentences, the train/test rule, the whole classify path (CLI and job) on tiny GPT-2 and OPT, and
 one sentence for each kind of bad input."""
@@ -14,11 +14,10 @@ import torch
 from explorer import cli
 from explorer import jobs
 from explorer.core.errors import ExplorerError
-from explorer.surgery.finetune import (
-    ClassifySettings, FinetuneConfig, build_classifier, encode_task, measure, run_classify, train,
-)
+from explorer.experiments.classify import ClassifySettings, run_classify
+from explorer.surgery.finetune import FinetuneConfig, build_classifier, encode_task, measure, train
 from explorer.lm.models import LoadedModel
-from explorer.surgery.prune import strategy_block
+from explorer.analysis.strategies import strategy_block
 from explorer.lm.layers import pruned_view
 from explorer.evaluation.tasks import get_task
 from tests.families import tiny_family_model

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from explorer import jobs
+from explorer.state.files import log_path, run_folder
 from explorer.state.store import Store
 
 TIMEOUT = 240
@@ -52,16 +53,16 @@ def test_job_runs_in_a_subprocess_and_records_every_step(store, tiny_llama_dir):
     assert store.get_run(run_id).status in ("queued", "running") and store.get_run(run_id).pid != os.getpid()
     wait_for(lambda: jobs.list_jobs(store)[0].status not in jobs.ACTIVE, "the job to finish")
     run = store.get_run(run_id)
-    assert run.status == "done", (run.error, jobs.log_path(store, run_id).read_text()[-2000:])
+    assert run.status == "done", (run.error, log_path(store, run_id).read_text()[-2000:])
     events = store.events(run_id)
     assert [e["step"] for e in events if e["kind"] == "train"] == [1, 2, 3]
     assert [e["kind"] for e in events if e["kind"] in ("reference", "eval")] == ["reference", "eval", "eval", "eval"]
-    assert run.result["folder"] == str(jobs.run_folder(store, run_id))
-    assert (jobs.run_folder(store, run_id) / "config.json").is_file()
-    assert (jobs.run_folder(store, run_id) / "mergekit.yaml").is_file()
+    assert run.result["folder"] == str(run_folder(store, run_id))
+    assert (run_folder(store, run_id) / "config.json").is_file()
+    assert (run_folder(store, run_id) / "mergekit.yaml").is_file()
     from safetensors import safe_open
 
-    with safe_open(jobs.run_folder(store, run_id) / "model.safetensors", "pt") as saved:
+    with safe_open(run_folder(store, run_id) / "model.safetensors", "pt") as saved:
         assert {str(saved.get_tensor(name).dtype) for name in saved.keys()} == {"torch.bfloat16"}
     assert set(run.result["metrics"]) == {"before_pruning", "after_pruning", "healed"}
     reference = store.list_runs("quick-eval", "done")  # the unpruned model's numbers, cached for the next heal
@@ -104,7 +105,7 @@ def test_a_second_job_queues_and_cancel_stops_both(store, tiny_llama_dir):
         second_pid = store.get_run(second).pid
         wait_for(lambda: not jobs.is_alive(second_pid, second), "the second runner to exit", 60)
         assert [r.status for r in jobs.list_jobs(store)] == ["cancelled", "cancelled"]
-        assert "Traceback" not in jobs.log_path(store, first).read_text()
+        assert "Traceback" not in log_path(store, first).read_text()
     finally:
         stop(store, first)
         stop(store, second)

@@ -11,9 +11,11 @@ from explorer.lm.layers import decoder_layers, parameter_count
 from explorer.surgery.prune import prune_block, removed_parameters
 from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
 from explorer.state.cache import similarity_runs
-from explorer.analysis.similarity import SOURCES, SimilarityResult, kept_result, shown_result, similarity_key, similarity_widgets
+from explorer.analysis.similarity import SimilarityResult, similarity_key
+from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
 from explorer.state.store import Run
-from explorer.experiments.sweep import MODES, WIDGETS, SweepSettings, teaching_preset, widget_values
+from explorer.experiments.sweep import SweepSettings, teaching_preset
+from explorer.views.forms.sweep import MODES, WIDGETS, widget_values
 from explorer.views.figures.sweep import chance_caption
 
 TOY = SimilarityResult("toy", 4, [[0.5, 0.2, 0.3, 0.1], [0.4, 0.3, 0.2], [0.5, 0.6], [0.9]], samples=1)

@@ -79,6 +79,7 @@ def test_two_processes_heal_like_one_on_the_combined_batches(tiny_llama, tiny_ll
 def test_a_heal_job_on_two_processes_writes_once(tiny_llama_dir, tmp_path):
     """The page's multi-GPU option: the job runner starts the ranks under accelerate (on CPU here)."""
     from explorer import jobs
+    from explorer.state.files import log_path, run_folder
 
     store = Store(tmp_path / "runs.sqlite")
     settings = {"model": {"source": str(tiny_llama_dir), "device": "cpu"}, "start": 1, "n": 1, "processes": 2,
@@ -88,7 +89,7 @@ def test_a_heal_job_on_two_processes_writes_once(tiny_llama_dir, tmp_path):
     while store.get_run(run_id).status in jobs.ACTIVE and time.time() < deadline:
         time.sleep(0.5)
     run = store.get_run(run_id)
-    assert run.status == "done", (run.error, jobs.log_path(store, run_id).read_text()[-3000:])
-    assert run.result["world_size"] == 2 and run.result["folder"] == str(jobs.run_folder(store, run_id))
+    assert run.status == "done", (run.error, log_path(store, run_id).read_text()[-3000:])
+    assert run.result["world_size"] == 2 and run.result["folder"] == str(run_folder(store, run_id))
     assert [e["step"] for e in store.events(run_id) if e["kind"] == "train"] == [1, 2]
-    assert json.loads((jobs.run_folder(store, run_id) / "run.json").read_text())["world_size"] == 2
+    assert json.loads((run_folder(store, run_id) / "run.json").read_text())["world_size"] == 2

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from explorer.core.errors import ExplorerError
-from explorer.surgery.prune import STRATEGIES, prune_block, strategy_block
+from explorer.surgery.prune import prune_block
+from explorer.analysis.strategies import STRATEGIES, strategy_block
 from explorer.analysis.similarity import SimilarityResult, compute_distances
 
 PROMPT = "The Australian government said on Tuesday that the bushfires near Sydney"

@@ -16,12 +16,10 @@ from explorer.state.cache import cached_distances, cached_scores
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.save import save_pruned
 from explorer.views.figures.export import figures_html
-from explorer.views.figures.runs import run_figures
+from explorer.kinds import headline, metrics_frame, run_figures
 from explorer.surgery.prune import prune_block
 from explorer.views.runs import (
-    headline,
     mergekit_text,
-    metrics_frame,
     model_folder,
     run_json,
     settings_summary,

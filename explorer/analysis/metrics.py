@@ -31,6 +31,9 @@ from explorer.lm.data import make_samples
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
 from explorer.analysis.similarity import Progress, pairwise_angular, residual_states, similarity_key
+from explorer.lm.blocks import check_block
+from explorer.evaluation.evaluate import validation_loss
+from explorer.surgery.reuse import PrefixReuse
 
 METRICS = {
     "last_token": "Angular distance, last token (paper)",
@@ -158,10 +161,6 @@ def brute_force_losses(
     Blocks that include the final layer are measured too (the other metrics score them). The
     unpruned loss pass is recorded once (`reuse.PrefixReuse`) and each block runs only the layers
     after it, on a pruned view sharing the weights: `loaded` stays whole and nothing is copied."""
-    from explorer.lm.blocks import check_block
-    from explorer.evaluation.evaluate import validation_loss
-    from explorer.surgery.reuse import PrefixReuse
-
     if not 1 <= n < loaded.num_layers:
         raise ExplorerError(f"Block size must be between 1 and {loaded.num_layers - 1} (got {n}).")
     starts = range(loaded.num_layers - n + 1)

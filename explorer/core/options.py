@@ -59,10 +59,11 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...] | None = None) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...] | None = None, prefix: str = "") -> None:
     """An option per field of `cls` (or of `names`), except those the command's shared options set.
     Every option defaults to None so `given` can tell what the user typed; the help names the
-    dataclass's default instead."""
+    dataclass's default instead. `prefix` keeps the parsed values of a second settings class apart
+    when two share a field name (classify's scoring and finetuning batch sizes)."""
     groups: dict[str, Any] = {}
     for item in dataclasses.fields(cls):
         if (names is not None and item.name not in names) or item.metadata.get("cli") == SHARED:
@@ -72,7 +73,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ..
         if default not in (None, "", {}) and "default" not in text:
             text += f" [default: {_shown(default)}]"
         name = flag(item)
-        options: dict[str, Any] = {"dest": item.name, "default": None, "help": text.replace("%", "%%")}
+        options: dict[str, Any] = {"dest": prefix + item.name, "default": None, "help": text.replace("%", "%%")}
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
@@ -87,12 +88,13 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ..
         target.add_argument(name, **options)
 
 
-def given(cls: type, args: argparse.Namespace, **extra: Any) -> dict:
+def given(cls: type, args: argparse.Namespace, prefix: str = "", **extra: Any) -> dict:
     """The fields the user set on the command line (typed text parsed), plus `extra` values that are not
-    empty: overrides for a dataclass's defaults, a preset or a recipe, which keep every other value."""
+    empty: overrides for a dataclass's defaults, a preset or a recipe, which keep every other value.
+    `prefix`: the one `add_options` was given."""
     values = {}
     for item in dataclasses.fields(cls):
-        value = extra[item.name] if item.name in extra else getattr(args, item.name, None)
+        value = extra[item.name] if item.name in extra else getattr(args, prefix + item.name, None)
         if value is None or (item.name in extra and not value):
             continue
         kind = _value_type(cls, item)

@@ -10,6 +10,11 @@ import os
 from pathlib import Path
 
 
+# The checkout this package runs from: background processes start here so `python -m explorer`
+# imports this copy of the code (a git worktree's, not another install's).
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def explorer_home() -> Path:
     """Folder for the SQLite store, the embedded-model cache, uploads, logs and exports
     (default ~/.cache/layer-pruning-explorer)."""

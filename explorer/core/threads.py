@@ -16,6 +16,7 @@ a machine shared with other work); OMP_NUM_THREADS, when set, is respected the s
 from __future__ import annotations
 
 import os
+import torch
 
 ENV = "EXPLORER_TORCH_THREADS"
 ROLES = ("server", "runner", "cli")
@@ -45,8 +46,6 @@ def threads_for(role: str, available: int | None = None, environ: dict | None = 
 
 def configure(role: str) -> int:
     """Set torch's intra-op thread count for this process's role; returns it."""
-    import torch
-
     count = threads_for(role)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)

@@ -3,8 +3,8 @@
 Accuracy alone hides what pruning changed: a model at 60% may answer the same 60% as before
 or a different 60%. Agreement is the fraction of questions (matched by id) where the two
 models pick the same choice, right or wrong, with its 95% Wilson interval. The unpruned
-model's answers come from the same task and settings and are cached in the store, so every
-eval, heal and sweep point compares against one set.
+model's answers come from the same task and settings and are cached in the store
+(explorer.state.cache.cached_reference), so every eval, heal and sweep point compares against one set.
 """
 
 from __future__ import annotations
@@ -37,18 +37,3 @@ def describe(metrics: dict) -> str:
         return ""
     return (f", same answer as the unpruned model on {metrics['agreement']:.0%} "
             f"[{metrics['agreement_ci_low']:.0%}, {metrics['agreement_ci_high']:.0%}]")
-
-
-def cached_reference(loaded, task: str, limit: int | None, batch_size: int, options: dict, store) -> dict[str, str]:
-    """The unpruned model's predictions on a task, computed once and kept as a
-    "reference-predictions" run keyed by its fingerprint and the task settings."""
-    import hashlib
-    import json
-
-    from explorer.evaluation.evaluate import run_task
-
-    settings = {"task": task, "limit": limit, "options": options}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    compute = lambda: {"predictions": predictions(run_task(loaded, task, limit, batch_size, **options).per_question)}  # noqa: E731
-    return store.cached("reference-predictions", f"{loaded.fingerprint}|{digest}", loaded.name, settings, compute)[1][
-        "predictions"]

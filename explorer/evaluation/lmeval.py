@@ -59,7 +59,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def _task_manager(tasks: list[str], include_path: str | Path | None):
     """Index only our generated folder when it has every task (0.05 s); lm-eval's full index of
     ~15k built-in configs takes seconds, so it is built only for tasks such as `mmlu`."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # deferred: lm-eval (seconds to import) loads only for lm-eval runs
 
     paths = [str(p) for p in (include_path or lmeval_folder(),) if Path(p).is_dir()]
     if paths:
@@ -126,8 +126,8 @@ def run_lmeval(
     check_limit(limit)
     if not tasks:
         raise ExplorerError("No lm-eval task given.")
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval import simple_evaluate  # deferred: lm-eval (seconds to import) loads only for lm-eval runs
+    from lm_eval.models.huggingface import HFLM  # deferred: lm-eval (seconds to import) loads only for lm-eval runs
 
     manager = _task_manager(tasks, include_path)
     built = _load_tasks(manager, tasks)

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Literal
 
 from explorer.core.errors import ExplorerError
+import torch
+from huggingface_hub import HfApi, constants
 
 EMBEDDED = "embedded"
 C4 = "c4"
@@ -113,7 +115,7 @@ def _jsonl_documents(path: Path, max_chars: int) -> Iterable[str]:
 
 
 def _parquet_documents(path: Path, max_chars: int) -> Iterable[str]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # deferred: pyarrow loads only for .parquet text
 
     try:
         table = pq.read_table(path, columns=["text"])
@@ -127,8 +129,6 @@ def check_hub_dataset(repo_id: str, alternative: str) -> None:
     """Fail in a second or two when the hub is unreachable, instead of after `datasets`' half
     minute of retries (which a page re-running on every click would repeat). With
     HF_HUB_OFFLINE=1 the check is skipped and `datasets` reads its local cache."""
-    from huggingface_hub import HfApi, constants
-
     if constants.HF_HUB_OFFLINE:
         return
     try:
@@ -144,7 +144,7 @@ def load_hub_dataset(repo_id: str, alternative: str, *args, **kwargs):
     """`datasets.load_dataset(repo_id, ...)` with one sentence naming `alternative` on any failure."""
     check_hub_dataset(repo_id, alternative)
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # deferred: datasets (seconds to import) loads only for hub data
 
         return load_dataset(repo_id, *args, **kwargs)
     except Exception as exc:  # network, hub and cache errors come in many types
@@ -262,8 +262,6 @@ def batches(items: list, size: int) -> Iterable[list]:
 def pad_batch(ids: list[list[int]], pad_id: int):
     """Right-pad to the longest sample. Right padding leaves causal attention over the real
     tokens untouched, so a sample's hidden states equal those it has alone."""
-    import torch
-
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

@@ -28,6 +28,9 @@ from explorer.lm.blocks import check_block
 from explorer.lm.forward import logits_batches, score_groups
 from explorer.lm.layers import decoder_layers, pruned_view
 from explorer.lm.record import recorded_states
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
 # What a failed model write raises: safetensors reports a full disk as SafetensorError, not OSError.
 WRITE_ERRORS = (OSError, SafetensorError)
@@ -138,7 +141,6 @@ def embedded_folder() -> Path | None:
     target = explorer_home() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +175,6 @@ def _drop_quantization_marker(model: nn.Module) -> None:
 def _quantization(load_in_4bit: bool, compute_dtype: torch.dtype):
     if not load_in_4bit:
         return None
-    from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -215,9 +216,6 @@ def resolve_source(source: str) -> tuple[str, str, str | None]:
 def check_hub(repo_id: str) -> None:
     """Fail in a fraction of a second when the hub is unreachable or the id unknown, instead of
     after transformers' minute of retries. A model already in the local HF cache passes."""
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
-
     try:
         if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
             return
@@ -244,8 +242,6 @@ def fingerprint_of(kind: str, location: str, gguf_file: str | None) -> str:
 def model_skeleton(source: str, trust_remote_code: bool = False) -> tuple[nn.Module, str]:
     """(the model built on the meta device from its config alone, its name): its modules and
     parameter count without reading a weight or taking memory (a dry run of a 70B recipe)."""
-    from transformers import AutoModelForCausalLM
-
     config, name = load_config(source, trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), name
@@ -253,8 +249,6 @@ def model_skeleton(source: str, trust_remote_code: bool = False) -> tuple[nn.Mod
 
 def load_config(source: str, trust_remote_code: bool = False) -> tuple[object, str]:
     """(the model's transformers config, its name) without reading any weights."""
-    from transformers import AutoConfig
-
     kind, location, gguf_file = resolve_source(source)
     if kind == "hub":
         check_hub(location)
@@ -275,8 +269,6 @@ def load_model(
     device_map: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, raising `ExplorerError` with a usable message on failure."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     kind, location, gguf_file = resolve_source(source)
     if kind == "hub":
         check_hub(location)

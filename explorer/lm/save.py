@@ -15,13 +15,14 @@ from torch import nn
 
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import WRITE_ERRORS, LoadedModel
+import torch
 
 RECORD_FILE = "run.json"
 
 
 def _mergeable(model: nn.Module) -> nn.Module:
     """A plain transformers model: a peft model is merged on a copy, so a live adapter keeps training."""
-    from peft import PeftModel
+    from peft import PeftModel  # deferred: peft loads only when healing or finetuning
 
     if isinstance(model, PeftModel):
         return copy.deepcopy(model).merge_and_unload()
@@ -34,8 +35,6 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what a us
 def _cast_state(model: nn.Module, dtype: str) -> dict:
     """The model's state dict with floating tensors in `dtype`, the model itself untouched.
     Tied tensors (embeddings and LM head) stay one tensor, so they are still saved once."""
-    import torch
-
     if dtype not in DTYPES:
         raise ExplorerError(f"Unknown weight type '{dtype}': choose one of {', '.join(DTYPES)}.")
     target, cast = getattr(torch, DTYPES[dtype]), {}

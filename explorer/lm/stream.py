@@ -52,6 +52,15 @@ from explorer.lm.models import (
     pick_device,
     resolve_source,
 )
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from explorer.lm.models import load_model
+from safetensors import safe_open
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from safetensors.torch import load_file, save_file
+import psutil
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 
 SPILL_MODES = ("auto", "device", "cpu", "disk")
 INDEX_FILE = "model.safetensors.index.json"
@@ -105,7 +114,6 @@ class Checkpoint:
                     f"{location} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}): "
                     "streaming reads safetensors only; load it in memory instead."
                 )
-            from safetensors import safe_open
 
             with safe_open(single, framework="pt") as f:
                 self.weight_map = {key: SINGLE_FILE for key in f.keys()}
@@ -114,8 +122,6 @@ class Checkpoint:
         if not self.hub:
             path = Path(self.location) / name
             return str(path) if path.is_file() or required else None
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
 
         try:
             return hf_hub_download(self.location, name)
@@ -125,8 +131,6 @@ class Checkpoint:
             return None
 
     def parameter_count(self) -> int:
-        from safetensors import safe_open
-
         total = 0
         for shard in sorted(set(self.weight_map.values())):
             with safe_open(self._file(shard), framework="pt") as f:
@@ -138,9 +142,6 @@ class Checkpoint:
         """Map checkpoint keys to the model's parameter names with transformers' own renamings
         for the family (GPT-NeoX saves 'embed_out', the model calls it 'lm_head'); a checkpoint
         that needs more than renaming (fused experts, ...) is refused."""
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
-
         transforms = get_model_conversion_mapping(model)
         self.names = {}
         for key in self.weight_map:
@@ -162,8 +163,6 @@ class Checkpoint:
         return names.get(name) or names.get(name.removeprefix(base_prefix + "."))
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
-
         by_shard: dict[str, list[str]] = {}
         for key in keys:
             by_shard.setdefault(self.weight_map[key], []).append(key)
@@ -187,8 +186,6 @@ class Activations:
 
     def put(self, index: int, hidden: torch.Tensor) -> None:
         if self.mode == "disk":
-            from safetensors.torch import save_file
-
             path = self.folder / f"{self.generation}-{index}.safetensors"
             save_file({"hidden": hidden.contiguous().cpu()}, str(path))
             old = self.items[index] if index < len(self.items) else None
@@ -205,8 +202,6 @@ class Activations:
     def get(self, index: int) -> torch.Tensor:
         item = self.items[index]
         if isinstance(item, Path):
-            from safetensors.torch import load_file
-
             return load_file(str(item), device=str(self.device))["hidden"]
         return item.to(self.device)
 
@@ -222,7 +217,6 @@ class Activations:
 def _available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    import psutil
 
     return psutil.virtual_memory().available
 
@@ -468,8 +462,7 @@ def open_streamed(
     """Prepare `source` (a local folder, a hub id, or the embedded model's safetensors copy)
     for streaming: config, tokenizer, the meta-device architecture and the embeddings (with
     every other module outside the decoder stack but the LM head); no decoder layer yet."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from accelerate import init_empty_weights  # deferred: accelerate loads only for streamed or multi-process runs
 
     kind, location, gguf_file = resolve_source(source)
     if gguf_file:
@@ -532,8 +525,6 @@ def open_for_analysis(
     """A `StreamedModel` when asked (`stream`) or when the checkpoint does not fit in memory
     (`free` bytes, default: what the device has free), else the usual in-memory `LoadedModel`;
     `log` is told which and why."""
-    from explorer.lm.models import load_model
-
     if not stream:
         fits, needed, free = fits_in_memory(source, device, free=free)
         if fits:

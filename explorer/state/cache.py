@@ -14,7 +14,8 @@ from dataclasses import asdict, replace
 from typing import Callable
 
 from explorer.lm.data import make_samples, source_fingerprint
-from explorer.evaluation.evaluate import Evaluated, quick_eval
+from explorer.evaluation.agreement import predictions
+from explorer.evaluation.evaluate import Evaluated, quick_eval, run_task
 from explorer.analysis.metrics import MetricScores, brute_force_key, brute_force_losses, compute_scores
 from explorer.lm.models import LoadedModel
 from explorer.analysis.similarity import Progress, SimilarityResult, compute_distances, distances_key, similarity_key
@@ -90,3 +91,14 @@ def cached_quick_eval(loaded: LoadedModel, config: Evaluated, store: Store | Non
     digest = json.dumps({**settings, "source": source_fingerprint(config.source)}, sort_keys=True, default=str)
     key = f"{loaded.fingerprint}|{hashlib.sha1(digest.encode()).hexdigest()[:16]}"
     return store.cached("quick-eval", key, loaded.name, settings, lambda: quick_eval(loaded, evaluation))[1]
+
+
+def cached_reference(loaded: LoadedModel, task: str, limit: int | None, batch_size: int, options: dict,
+                     store: Store) -> dict[str, str]:
+    """The unpruned model's predictions on a task, computed once and kept as a
+    "reference-predictions" run keyed by its fingerprint and the task settings (explorer.evaluation.agreement)."""
+    settings = {"task": task, "limit": limit, "options": options}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    compute = lambda: {"predictions": predictions(run_task(loaded, task, limit, batch_size, **options).per_question)}  # noqa: E731
+    return store.cached("reference-predictions", f"{loaded.fingerprint}|{digest}", loaded.name, settings, compute)[1][
+        "predictions"]

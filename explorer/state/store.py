@@ -28,6 +28,8 @@ from explorer.core.concurrency import single_flight
 from explorer.core.errors import Cancelled, ExplorerError
 from explorer.core.paths import explorer_home
 
+ACTIVE = ("queued", "running")  # the statuses of a run that has not ended
+
 MIGRATIONS = (
     """
     CREATE TABLE runs (
@@ -360,3 +362,9 @@ def _to_run(row: sqlite3.Row) -> Run:
         created=row["created"],
         updated=row["updated"],
     )
+
+
+def of_kind(events: list[dict], kind: str) -> list[dict]:
+    """The events of one kind ("point", "eval", "train", ...), in store order: how every reader
+    of a run's events picks the ones it draws."""
+    return [event for event in events if event.get("kind") == kind]

@@ -1,4 +1,4 @@
-"""Prompt-based finetuning of a cut model, after "Why Lift so Heavy?" (Men et al., arXiv 2402.11700).
+"""Prompt-based finetuning of a cut model, after "Why Lift so Heavy?" (Yuan, Nie, Ma & Färber, arXiv 2402.11700).
 
 The paper keeps only the first k layers of GPT-2 XL / OPT (top-cut), finetunes what is left on
 SST-2 / AG News and finds classification accuracy holds. Three modes per pruned model:
@@ -16,13 +16,8 @@ SST-2 / AG News and finds classification accuracy holds. Three modes per pruned 
 What trains (`FinetuneConfig.weights`): "lora" adapters on the kept layers' linear projections
 (`heal.training_model`, on a copy), "all" kept weights (small models: embeddings, layers, norm,
 LM head), or "none" (head-ft only: a linear probe on frozen features). The pruned model is a
-weight-sharing view (`prune.pruned_view`); training always works on its own copy.
-
-The curve (`run_classify`): for each strategy ("top-cut", "similarity"), each k (layers kept)
-and each mode, one "point" event with every held-out example's prediction and gold label, the
-accuracy computed from them (95% Wilson interval), the chance line, the train / test split sizes
-and the finetuning cost in seconds. Points go to a store run of kind "classify", so the
-background job (`explorer.jobs`) and the page draw them live.
+weight-sharing view (`explorer.lm.layers.pruned_view`); training always works on its own copy.
+`measure` is one point of the accuracy-vs-k curve (explorer.experiments.classify).
 """
 
 from __future__ import annotations
@@ -30,22 +25,22 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
+from explorer.core.options import setting
 from explorer.lm.data import pad_batch
 from explorer.core.errors import Cancelled, ExplorerError
-from explorer.lm.models import LoadedModel, load_model
-from explorer.surgery.prune import strategy_block
+from explorer.lm.models import LoadedModel
 from explorer.evaluation.scoring import encode_pair, max_length
 from explorer.lm.forward import inference
+from explorer.surgery.heal import HealConfig, lr_at, optimizer_step, training_model
 
 MODES = ("icl", "prompt-ft", "head-ft")
 WEIGHTS = ("lora", "all", "none")
-CLASSIFY_STRATEGIES = ("top-cut", "similarity")
 OnEvent = Callable[[dict], None]
 ShouldStop = Callable[[], bool]
 
@@ -58,16 +53,18 @@ class ClassifyCancelled(Cancelled):
 class FinetuneConfig:
     """One finetuning run per point. Defaults are CPU-demo sized (the paper trains for epochs)."""
 
-    steps: int = 30
-    batch_size: int = 8
-    lr: float | None = None  # peak; None = 3e-3 for LoRA / a probe, 3e-5 for all weights
-    head_lr: float = 1e-2  # the classification head's peak learning rate (head-ft)
-    warmup_steps: int = 3  # linear warm-up, then cosine decay (heal.lr_at)
-    weights: str = "lora"
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    seed: int = 0
+    steps: int = setting(30, "finetuning steps per point (0: the untrained model)", label="Finetuning steps")
+    batch_size: int = setting(8, "training examples per step", flag="--train-batch-size", label="Training batch size")
+    lr: float | None = setting(None, "peak learning rate (default 3e-3 for LoRA or a probe, 3e-5 for all weights)",
+                               label="Learning rate")
+    head_lr: float = setting(1e-2, "the classification head's peak learning rate (head-ft)", label="Head learning rate")
+    warmup_steps: int = setting(3, "steps of linear warm-up, then cosine decay (heal's schedule)", label="Warm-up steps")
+    weights: str = setting("lora", "what trains: lora (adapters on the kept layers), all (every kept weight) or none "
+                           "(head-ft only: a probe on frozen features)", choices=WEIGHTS, label="Weights trained")
+    rank: int = setting(8, "LoRA rank", label="LoRA rank")
+    alpha: int = setting(16, "LoRA alpha", label="LoRA alpha")
+    dropout: float = setting(0.0, "LoRA dropout", label="LoRA dropout")
+    seed: int = setting(0, "seed of the head, the adapters and the training order", label="Seed")
 
     def check(self, mode: str = "prompt-ft") -> None:
         if self.steps < 0 or self.batch_size < 1 or self.rank < 1:
@@ -217,8 +214,6 @@ class Classifier:
 
 def build_classifier(pruned: LoadedModel, mode: str, config: FinetuneConfig, num_labels: int) -> Classifier:
     """The model (and head) that trains: LoRA on a copy, all weights of a copy, or frozen (probe)."""
-    from explorer.surgery.heal import HealConfig, training_model
-
     config.check(mode)
     pad_id = pruned.tokenizer.pad_token_id or 0
     if config.weights == "lora":
@@ -253,8 +248,6 @@ def training_order(count: int, steps: int, batch_size: int, seed: int) -> list[l
 def train(classifier: Classifier, items: list[Prompted], config: FinetuneConfig,
           on_event: OnEvent = lambda event: None, should_stop: ShouldStop = lambda: False) -> None:
     """AdamW with heal's warm-up/cosine schedule; one "train" event (loss) per step."""
-    from explorer.surgery.heal import lr_at, optimizer_step
-
     if not items:
         raise ExplorerError("This task has no training examples: set a training split (train N) to finetune.")
     peak = config.peak_lr
@@ -287,91 +280,6 @@ def count_trainable(classifier: Classifier) -> int:
     return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
 
 
-# ---------------------------------------------------------------------------------------------
-# The accuracy-vs-k curve
-
-
-@dataclass(frozen=True)
-class ClassifySettings:
-    """Everything a classify run measures: the task and split, the cuts, the modes, finetuning."""
-
-    model: str = "embedded"
-    task: str = "sst2"
-    data_file: str | None = "embedded"  # None = the hub; "embedded" = Pang & Lee (sst2); or a .csv/.jsonl
-    shots: int = 0
-    label_words: str | None = None
-    train: int = 80  # training examples held out of the scored set
-    strategies: tuple[str, ...] = ("top-cut",)
-    keep: tuple[int, ...] = (1, 2, 4, 8, 15, 22, 30)  # layers kept; each must be 1..L
-    modes: tuple[str, ...] = MODES
-    finetune: dict = field(default_factory=dict)  # FinetuneConfig fields
-    limit: int | None = None  # scored examples (None: every held-out one)
-    batch_size: int = 8
-    text: str = "embedded"  # calibration text for the similarity heatmap
-    sim_samples: int = 32
-    seq_len: int = 128
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("strategies", "keep", "modes"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
-    def task_options(self) -> dict:
-        options = {"data_file": self.data_file, "shots": self.shots, "train": self.train}
-        return {**options, **({"label_words": self.label_words} if self.label_words else {})}
-
-    def make_task(self):
-        from explorer.evaluation.tasks import get_task
-
-        if self.task not in ("sst2", "agnews"):
-            raise ExplorerError(f"classify takes a classification task (sst2 or agnews), not '{self.task}'.")
-        return get_task(self.task, **self.task_options())
-
-    def finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig(**self.finetune)
-
-    def check(self):
-        """Reject bad settings before any model loads; returns the task (with its splits)."""
-        from explorer.evaluation.questions import check_limit
-
-        if not self.strategies or not set(self.strategies) <= set(CLASSIFY_STRATEGIES):
-            raise ExplorerError(f"Choose strategies among {', '.join(CLASSIFY_STRATEGIES)} (got {', '.join(self.strategies) or 'none'}).")
-        if not self.modes or not set(self.modes) <= set(MODES):
-            raise ExplorerError(f"Choose modes among {', '.join(MODES)} (got {', '.join(self.modes) or 'none'}).")
-        if not self.keep or min(self.keep) < 1:
-            raise ExplorerError(f"Layers kept (k) must be at least 1, got {', '.join(map(str, self.keep)) or 'none'}.")
-        check_limit(self.limit)
-        for mode in self.modes:
-            if mode != "icl":
-                self.finetune_config().check(mode)
-        task = self.make_task()
-        if any(m != "icl" for m in self.modes) and not task.train_examples:
-            raise ExplorerError(f"{task.name} has no training examples for {'/'.join(m for m in self.modes if m != 'icl')}: "
-                                "hold some out (train N, e.g. 80) or use mode icl only.")
-        return task
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "strategies": list(self.strategies), "keep": list(self.keep), "modes": list(self.modes)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ClassifySettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """'1,2,4' -> (1, 2, 4)."""
-    try:
-        return tuple(int(item) for item in text.split(",") if item.strip())
-    except ValueError as exc:
-        raise ExplorerError(f"{what} must be comma-separated whole numbers such as 1,2,4 (got '{text}').") from exc
-
-
-def check_keep(keep: tuple[int, ...], num_layers: int) -> None:
-    if bad := [k for k in keep if not 1 <= k <= num_layers]:
-        raise ExplorerError(f"k = {bad[0]} layers kept is out of range: this model has {num_layers} layers, keep 1 to {num_layers}.")
-
-
 def measure(pruned: LoadedModel, task, mode: str, config: FinetuneConfig, limit: int | None, batch_size: int,
             should_stop: ShouldStop = lambda: False) -> dict:
     """One point's predictions on the held-out examples, with its training loss and cost."""
@@ -393,75 +301,3 @@ def measure(pruned: LoadedModel, task, mode: str, config: FinetuneConfig, limit:
     preds = [(item.id, max(range(len(row)), key=row.__getitem__), item.label) for item, row in zip(test_items, scores)]
     return {"predictions": preds, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - started - train_seconds,
             "trainable_params": count_trainable(classifier), "train_loss_before": before, "train_loss_after": after}
-
-
-def point_accuracy(predictions: list) -> dict:
-    """Accuracy and its 95% Wilson interval, computed from the (id, pred, gold) predictions."""
-    from explorer.evaluation.accuracy import Accuracy
-
-    acc = Accuracy.of(sum(pred == gold for _, pred, gold in predictions), len(predictions))
-    return {"accuracy": acc.accuracy, "ci_low": acc.ci_low, "ci_high": acc.ci_high}
-
-
-def classify_points(store, run_id: int) -> list[dict]:
-    return [e for e in store.events(run_id) if e.get("kind") == "point"]
-
-
-def _add(store, run_id: int, event: dict, on_event: OnEvent) -> None:
-    store.add_event(run_id, event)
-    on_event(event)
-
-
-def run_classify(loaded: LoadedModel, settings: ClassifySettings, store, run_id: int,
-                 on_event: OnEvent = lambda event: None, should_stop: ShouldStop = lambda: False) -> dict:
-    """Every (strategy, k, mode) point as an event of `run_id`; returns the run's result.
-    Two strategies that cut the same block (k = L) share one measurement."""
-    from explorer.state.cache import cached_distances
-    from explorer.lm.layers import pruned_view
-
-    task = settings.check()
-    config = settings.finetune_config()
-    num_layers = loaded.num_layers
-    check_keep(settings.keep, num_layers)
-    similarity = None
-    if "similarity" in settings.strategies and min(settings.keep) < num_layers:
-        _add(store, run_id, {"kind": "phase", "phase": "similarity heatmap (computed once, then cached)"}, on_event)
-        _, similarity, _ = cached_distances(loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store)
-    sizes = {"n_train": len(task.train_examples), "n_test": len(task.examples[: settings.limit])}
-    total = len(settings.keep) * len(settings.strategies) * len(settings.modes)
-    _add(store, run_id, {"kind": "plan", "points": total, "num_layers": num_layers, "source": task.source, **sizes}, on_event)
-    measured: dict[tuple[int, int, str], dict] = {}
-    points = []
-    for k in sorted(set(settings.keep)):
-        for strategy in settings.strategies:
-            block = strategy_block(strategy, num_layers - k, num_layers, similarity)
-            for mode in settings.modes:
-                if should_stop():
-                    raise ClassifyCancelled(f"The run was cancelled after {len(points)} of {total} points.")
-                key = (block.start, block.n, mode)
-                if key not in measured:
-                    _add(store, run_id, {"kind": "phase", "phase": f"{strategy} k={k}: {mode}"}, on_event)
-                    measured[key] = measure(pruned_view(loaded, block), task, mode, config, settings.limit,
-                                            settings.batch_size, should_stop)
-                result = measured[key]
-                point = {"kind": "point", "strategy": strategy, "k": k, "mode": mode, "start": block.start, "n": block.n,
-                         "num_layers": num_layers, "chance": task.chance, **sizes, "steps": 0 if mode == "icl" else config.steps,
-                         **point_accuracy(result["predictions"]), **result,
-                         "predictions": [{"id": i, "pred": task.words[p], "gold": task.words[g]} for i, p, g in result["predictions"]]}
-                points.append(point)
-                _add(store, run_id, point, on_event)
-    return {"task": task.name, "source": task.source, "num_layers": num_layers, **sizes, "points": points}
-
-
-def describe_point(point: dict) -> str:
-    return (f"{point['strategy']} k={point['k']} {point['mode']}: accuracy {point['accuracy']:.2f} "
-            f"[{point['ci_low']:.2f}, {point['ci_high']:.2f}] (chance {point['chance']:.2f}; train {point['n_train']}, "
-            f"test {point['n_test']}; {point['train_seconds']:.1f}s finetuning)")
-
-
-def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_stop: ShouldStop = lambda: False) -> dict:
-    """Load the model once and run the classify run stored as `run_id` (the job's and the CLI's body)."""
-    settings = ClassifySettings.from_json(store.get_run(run_id).settings)
-    settings.check()
-    _add(store, run_id, {"kind": "phase", "phase": "loading the model"}, on_event)
-    return run_classify(load_model(settings.model, device=settings.device), settings, store, run_id, on_event, should_stop)

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import Block, check_block
 from explorer.lm.data import EMBEDDED, batches, make_samples, pad_batch
 from explorer.core.errors import Cancelled, ExplorerError
 from explorer.evaluation.evaluate import EvalSettings, Evaluated, quick_eval
@@ -43,7 +43,11 @@ from explorer.lm.models import LoadedModel, load_model
 from explorer.lm.layers import decoder_layers
 from explorer.core.options import SHARED, setting
 from explorer.surgery.parallel import Ranks
-from explorer.evaluation.tasks import default_eval_task
+from explorer.evaluation.tasks import default_eval_task, get_task
+from transformers.pytorch_utils import Conv1D
+from explorer.lm.save import save_pruned
+from explorer.evaluation.agreement import agreement
+from explorer.surgery.repair import prune_or_repair, repair_record
 
 Event = dict
 OnEvent = Callable[[Event], None]
@@ -89,8 +93,6 @@ class HealConfig:
 
     def check(self) -> None:
         """Reject impossible values and unknown tasks before any model loads."""
-        from explorer.evaluation.tasks import get_task
-
         checks = {
             "rank": self.rank >= 1,
             "LoRA alpha": self.alpha >= 1,
@@ -142,8 +144,6 @@ def lora_targets(model: nn.Module) -> list[str]:
     Found from the modules, not a per-family table, so any architecture the loader supports
     heals; the embeddings and LM head are outside the layers and stay frozen, as in the paper.
     """
-    from transformers.pytorch_utils import Conv1D  # gpt2-style projections
-
     names = {
         name.rsplit(".", 1)[-1]
         for layer in decoder_layers(model)
@@ -159,8 +159,6 @@ def ffn_targets(model: nn.Module) -> list[str]:
     """The feed-forward projections of the decoder layers, as paths inside a layer that peft
     matches by suffix: mlp.gate_proj/up_proj/down_proj (Llama, Mistral), mlp.fc1/fc2 (Phi-2),
     mlp.w1/w2/c_proj (Qwen; "mlp." keeps attention's own c_proj out), fc1/fc2 (OPT)."""
-    from transformers.pytorch_utils import Conv1D
-
     names = {
         name
         for layer in decoder_layers(model)
@@ -179,7 +177,7 @@ def target_modules(model: nn.Module, targets: str) -> list[str]:
 
 
 def lora_config(model: nn.Module, config: HealConfig):
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: peft loads only when healing or finetuning
 
     return LoraConfig(
         r=config.rank,
@@ -198,8 +196,6 @@ def is_quantized(model: nn.Module) -> bool:
 def _nf4_copy(loaded: LoadedModel) -> nn.Module:
     """The pruned weights quantized to nf4: saved and reloaded through transformers' bitsandbytes
     path, the same quantization `from_pretrained(..., load_in_4bit)` gives any checkpoint."""
-    from explorer.lm.save import save_pruned
-
     with tempfile.TemporaryDirectory(prefix="explorer-qlora-") as folder:
         save_pruned(loaded, folder, {"kind": "qlora-base"})
         return load_model(folder, device=str(loaded.device), load_in_4bit=True).model
@@ -213,7 +209,7 @@ def _keep_4bit_differentiable(model: nn.Module) -> None:
     no backward: training after an evaluation would silently drop the gradient through every
     base projection (torch only warns that no autograd kernel is registered). Opting out keeps
     the differentiable path; evaluation uses the plain 4-bit kernel instead."""
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # deferred: bitsandbytes loads only for 4-bit (QLoRA) models
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
@@ -222,7 +218,7 @@ def _keep_4bit_differentiable(model: nn.Module) -> None:
 
 def training_model(loaded: LoadedModel, config: HealConfig):
     """A peft model with fresh adapters on a copy of the pruned model (nf4 when quantizing)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training  # deferred: peft loads only when healing or finetuning
 
     if is_quantized(loaded.model):
         base = loaded.model
@@ -243,8 +239,8 @@ def training_model(loaded: LoadedModel, config: HealConfig):
 
 def merge(peft_model, loaded: LoadedModel) -> nn.Module:
     """The healed model: the adapter merged into full-precision pruned weights when we have them."""
-    from peft import get_peft_model
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model  # deferred: peft loads only when healing or finetuning
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict  # deferred: peft loads only when healing or finetuning
 
     if not is_quantized(peft_model.get_base_model()) or is_quantized(loaded.model):
         merged = peft_model.merge_and_unload()
@@ -444,7 +440,6 @@ def _main_only(on_event: OnEvent, should_stop: ShouldStop, ranks: Ranks | None, 
 @dataclass
 class HealOutcome:
     """What a prune-and-heal run produced; `metrics` holds the three quick_eval snapshots."""
-
     healed: LoadedModel
     config: HealConfig  # resolved: quantize and eval_task filled in
     block: Block
@@ -471,12 +466,8 @@ def prune_and_heal(
     [start, start+n) IN PLACE (the caller's own copy; saves a model's worth of memory), heal,
     and collect the metrics. With `ranks` only the main process evaluates and reports (heal's
     data-parallel rules)."""
-    from explorer.evaluation.agreement import agreement
-    from explorer.lm.blocks import check_block
-    from explorer.surgery.prune import prune_block
-
     config = config.resolved(loaded.device)
-    check_block(start, n, loaded.num_layers, allow_final)
+    block = check_block(start, n, loaded.num_layers, allow_final)
     before: Event = {}
 
     def record(event: Event) -> None:
@@ -491,15 +482,10 @@ def prune_and_heal(
         on_event(before)
     if agreed_stop():
         raise HealCancelled("Healing was cancelled before pruning.")
-    repaired = None
-    if repair is None:
-        pruned = prune_block(loaded, start, n, allow_final=allow_final, inplace=True)
-    else:  # a repair.RepairConfig: fold the linear map first, heal from there
-        from explorer.surgery.repair import repair_block, repair_record
-
+    if repair is not None:  # fold the linear map first, heal from there
         emit({"kind": "phase", "step": 0, "phase": "fitting the linear repair"})
-        pruned, fit = repair_block(loaded, start, n, repair, allow_final=allow_final, inplace=True)
-        repaired = repair_record(repair, fit)
+    pruned, fit = prune_or_repair(loaded, block, repair, inplace=True)
+    repaired = repair_record(repair, fit) if repair is not None else None
     result = heal(pruned.loaded, config, record, should_stop, ranks)
     metrics = {"before_pruning": before, "after_pruning": result.after_pruning, "healed": result.after_healing} if main else {}
     return HealOutcome(result.healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics, repaired)

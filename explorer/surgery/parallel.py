@@ -103,7 +103,7 @@ def data_parallel(device: str | None = None) -> Ranks | None:
     multi-CPU mode when told to use the CPU, else it would leave them unconnected."""
     if launched_processes() <= 1:
         return None
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # deferred: accelerate loads only for streamed or multi-process runs
 
     cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
     return Ranks(Accelerator(cpu=cpu))

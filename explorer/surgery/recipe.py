@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from torch import nn
 
 from explorer.surgery.heal import HealConfig, target_modules
+from explorer.lm.layers import parameter_count
 
 STEPS = 5000
 BATCH_SIZE = 16
@@ -113,8 +114,6 @@ def paper_recipe(model: nn.Module, model_id: str, parameters: int, max_positions
 
 def recipe_for(loaded_model: nn.Module, model_id: str) -> PaperRecipe:
     """`paper_recipe` for a model instance (loaded, or `models.model_skeleton` for a dry run)."""
-    from explorer.lm.layers import parameter_count
-
     config = loaded_model.config.get_text_config(decoder=True)
     return paper_recipe(loaded_model, model_id, parameter_count(loaded_model),
                         getattr(config, "max_position_embeddings", None))

@@ -325,6 +325,15 @@ def repair_block(
     return result, fit
 
 
+def prune_or_repair(loaded: LoadedModel, block: Block, config: RepairConfig | None,
+                    inplace: bool = False) -> tuple[PruneResult, LinearFit | None]:
+    """The block removed, and repaired when a linear repair is asked for (`config`): the one way the
+    CLI's prune and a heal's start turn a chosen block into a model."""
+    if config is None:
+        return prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=inplace), None
+    return repair_block(loaded, block.start, block.n, config, allow_final=block.includes_final, inplace=inplace)
+
+
 def repair_record(config: RepairConfig, fit: LinearFit | None) -> dict:
     """What run.json keeps about a linear repair: the method, the calibration text and the fit's residual."""
     return {"method": "linear", "calibration": config.to_json(), "fit": fit.to_json() if fit else None}

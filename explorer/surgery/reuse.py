@@ -28,7 +28,7 @@ import torch
 from explorer.lm.blocks import Block
 from explorer.core.concurrency import exclusive
 from explorer.lm.models import LoadedModel
-from explorer.lm.layers import decoder_layers
+from explorer.lm.layers import decoder_layers, pruned_view
 
 DEVICE_BUDGET = 2 * 1024**3  # recorded bytes kept on the model's device; the rest goes to CPU
 Evaluate = Callable[[LoadedModel], dict]
@@ -177,8 +177,6 @@ class PrefixReuse:
         rounding), running only the layers after the block where the recording allows.
         `prepare` edits the pruned view before it runs, changing no layer below `changed` (a linear
         repair folds its map into layer start - 1): those layers still replay."""
-        from explorer.lm.layers import pruned_view
-
         if block.n == 0 and prepare is None:
             return self.base
         replay = block.start if changed is None else min(changed, block.start)

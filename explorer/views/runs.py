@@ -1,26 +1,36 @@
 """What the Runs page shows and exports for any run in the store, whatever its kind.
 
 Pure functions of a `Run` and its events, so the page only draws them and tests check them
-without Streamlit: a one-line summary of the key settings and the headline result, the CSV of
-its metrics (distances for a similarity run, points for a sweep, scores for a metric run,
-events for training-like runs), the full JSON, and the saved model folder / mergekit YAML.
+without Streamlit: a one-line summary of the key settings, each kind's headline and table (the
+run-kind registry, explorer.kinds, picks them: distances for a similarity run, points for a sweep,
+scores for a metric run, events for training-like runs), the full JSON, and the saved model
+folder / mergekit YAML.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import shutil
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from explorer.lm.blocks import default_size
-from explorer.lm.data import C4, EMBEDDED
+from explorer.analysis.bootstrap import bootstrap
+from explorer.analysis.metrics import MetricScores
+from explorer.analysis.similarity import SimilarityResult
 from explorer.core.errors import ExplorerError
-from explorer.jobs import ACTIVE
 from explorer.core.policy import Policy, check_delete
-from explorer.state.store import Run, Store
+from explorer.evaluation.agreement import describe
+from explorer.export.mergekit import mergekit_yaml
+from explorer.lm.blocks import Block, default_size
+from explorer.lm.data import C4, EMBEDDED
+from explorer.state.files import log_path, run_folder
+from explorer.state.store import ACTIVE, Run, Store, of_kind
+from explorer.views.figures.metrics import metrics_frame as scores_frame
+from explorer.views.figures.similarity import distances_frame
+from explorer.views.figures.sweep import points_frame
 
 SETTINGS_SHOWN = 5
 
@@ -36,67 +46,77 @@ def _accuracy(data: dict) -> str:
     return f"accuracy {data['accuracy']:.2f} [{data['ci_low']:.2f}, {data['ci_high']:.2f}]"
 
 
-def headline(run: Run) -> str:
-    """The one number a user looks for first, by kind; the error for failed runs."""
-    if run.status in ("failed", "cancelled"):
-        return f"{run.status}: {run.error or ''}".strip()
-    result = run.result or {}
-    if not result:
-        return run.status
-    if run.kind == "similarity" and result.get("distances"):
-        from explorer.analysis.similarity import SimilarityResult
+def similarity_headline(run: Run) -> str | None:
+    if not run.result.get("distances"):
+        return None
+    similarity = SimilarityResult.from_json(run.result)  # older runs stored an unrestricted "optimal": recomputed
+    best = similarity.best_block(default_size(similarity.num_layers))
+    return f"n={best.n}: best block from layer {best.start} (d={similarity.distances[best.n - 1][best.start]:.3f})"
 
-        similarity = SimilarityResult.from_json(result)  # older runs stored an unrestricted "optimal": recomputed
-        best = similarity.best_block(default_size(similarity.num_layers))
-        return f"n={best.n}: best block from layer {best.start} (d={similarity.distances[best.n - 1][best.start]:.3f})"
-    if run.kind == "sweep" and "first_at_chance" in result:
-        parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in result["first_at_chance"].items()]
-        return f"{len(result['points'])} points; at chance from: " + ", ".join(parts)
-    if run.kind == "metrics":
-        return f"{result['num_layers']} layers, {result['tokens']} tokens scored"
-    if run.kind == "brute-force":
-        increase = result["loss_increase"]
-        best = min(range(len(increase)), key=increase.__getitem__)
-        return f"n={result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
+
+def sweep_headline(run: Run) -> str | None:
+    if "first_at_chance" not in run.result:
+        return None
+    parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in run.result["first_at_chance"].items()]
+    return f"{len(run.result['points'])} points; at chance from: " + ", ".join(parts)
+
+
+def metrics_headline(run: Run) -> str:
+    return f"{run.result['num_layers']} layers, {run.result['tokens']} tokens scored"
+
+
+def brute_force_headline(run: Run) -> str:
+    increase = run.result["loss_increase"]
+    best = min(range(len(increase)), key=increase.__getitem__)
+    return f"n={run.result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
+
+
+def heal_headline(run: Run) -> str | None:
+    healed = (run.result.get("metrics") or {}).get("healed")
+    return "healed " + _accuracy(healed) + describe(healed) if healed and "accuracy" in healed else None
+
+
+def result_headline(result: dict) -> str:
+    """A result without a kind of its own: its accuracy, the block it removed, or its numbers."""
     if "accuracy" in result:
-        from explorer.evaluation.agreement import describe
-
         return _accuracy(result) + describe(result)
-    healed = (result.get("metrics") or {}).get("healed")
-    if healed and "accuracy" in healed:
-        from explorer.evaluation.agreement import describe
-
-        return "healed " + _accuracy(healed) + describe(healed)
     if block := result.get("block"):
         return f"removed layers {block['start']}-{block['start'] + block['n'] - 1} of {block['num_layers']}"
     return ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, (int, float, str)))[:120] or "done"
 
 
-def metrics_frame(run: Run, events: list[dict]) -> pd.DataFrame:
-    """The run's numbers as one table: what the CSV export writes."""
-    from explorer.analysis.bootstrap import bootstrap
-    from explorer.views.figures.metrics import metrics_frame as scores_frame
-    from explorer.views.figures.similarity import distances_frame
-    from explorer.views.figures.sweep import points_frame
-    from explorer.analysis.metrics import MetricScores
-    from explorer.analysis.similarity import SimilarityResult
+def similarity_table(run: Run, events: list[dict]) -> pd.DataFrame | None:
+    if not (run.result or {}).get("distances"):
+        return None
+    similarity = SimilarityResult.from_json(run.result)
+    return distances_frame(similarity, bootstrap(similarity))
 
-    result = run.result or {}
-    if run.kind == "similarity" and result.get("distances"):
-        similarity = SimilarityResult.from_json(result)
-        return distances_frame(similarity, bootstrap(similarity))
-    if run.kind == "sweep":
-        return points_frame([e for e in events if e.get("kind") == "point"])
-    if run.kind == "metrics" and result:
-        scores = MetricScores.from_json(result)
-        return pd.concat([scores_frame(scores, n) for n in range(1, scores.num_layers)], ignore_index=True)
-    if run.kind == "brute-force" and result:
-        return pd.DataFrame({"l": range(len(result["loss_increase"])), "n": result["n"], "loss_increase": result["loss_increase"]})
+
+def sweep_table(run: Run, events: list[dict]) -> pd.DataFrame:
+    return points_frame(of_kind(events, "point"))
+
+
+def metrics_table(run: Run, events: list[dict]) -> pd.DataFrame | None:
+    if not run.result:
+        return None
+    scores = MetricScores.from_json(run.result)
+    return pd.concat([scores_frame(scores, n) for n in range(1, scores.num_layers)], ignore_index=True)
+
+
+def brute_force_table(run: Run, events: list[dict]) -> pd.DataFrame | None:
+    if not run.result:
+        return None
+    return pd.DataFrame({"l": range(len(run.result["loss_increase"])), "n": run.result["n"],
+                         "loss_increase": run.result["loss_increase"]})
+
+
+def events_table(run: Run, events: list[dict]) -> pd.DataFrame:
+    """Any run's events (or, without events, its result) flattened: the table of a kind without its own."""
     if events:
         # per-question predictions (explorer.evaluation.agreement) would become one column per question: left to the JSON
         return pd.json_normalize([{k: v for k, v in e.items() if not isinstance(v, list) and k != "predictions"}
                                   for e in events])
-    return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
+    return pd.json_normalize({k: v for k, v in (run.result or {}).items() if not isinstance(v, list)})
 
 
 def run_json(run: Run, events: list[dict]) -> str:
@@ -112,9 +132,6 @@ def model_folder(run: Run) -> Path | None:
 
 def mergekit_text(run: Run) -> str | None:
     """The mergekit YAML saved beside the model, or rebuilt from the run's block and model id."""
-    from explorer.lm.blocks import Block
-    from explorer.export.mergekit import mergekit_yaml
-
     folder = model_folder(run)
     if folder and (folder / "mergekit.yaml").is_file():
         return (folder / "mergekit.yaml").read_text()
@@ -137,9 +154,7 @@ def heal_description(settings: dict) -> str:
 def run_files(store, run: Run) -> list[Path]:
     """The files a run left on disk: its job folder (runs/<id>/), its job log and a saved model
     folder its result names; only those that exist."""
-    from explorer.jobs import run_folder
-
-    candidates = [run_folder(store, run.id), store.path.parent / "logs" / f"{run.id}.log", model_folder(run)]
+    candidates = [run_folder(store, run.id), log_path(store, run.id), model_folder(run)]
     return list(dict.fromkeys(p for p in candidates if p is not None and p.exists()))
 
 
@@ -171,8 +186,6 @@ def delete_run(store: Store, run: Run, policy: Policy, files: list[Path]) -> int
 
 def delete_files(paths: list[Path]) -> int:
     """Delete these files and folders; returns the bytes freed."""
-    import shutil
-
     freed = 0
     for path in paths:
         freed += disk_usage(path)

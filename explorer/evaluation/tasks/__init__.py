@@ -12,6 +12,8 @@ from typing import Callable, Protocol
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.questions import QuestionResult
 from explorer.lm.models import LoadedModel
+import importlib
+import pkgutil
 
 
 class Task(Protocol):
@@ -55,8 +57,5 @@ def get_task(name: str, **options) -> Task:
 
 def _load_builtin() -> None:
     """Task modules register themselves on import; imported lazily to keep start-up fast."""
-    import importlib
-    import pkgutil
-
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.lmeval import lmeval_folder, run_lmeval, template, write_config, write_jsonl
-from explorer.lm.data import jsonl_values
+from explorer.lm.data import check_hub_dataset, jsonl_values
 from explorer.lm.models import LoadedModel
 from explorer.evaluation.questions import QuestionResult
 from explorer.evaluation.tasks import register
@@ -28,8 +28,6 @@ class BoolQTask:
     metric = "acc"
 
     def __init__(self, boolq_file: str | Path | None = None):
-        from explorer.lm.data import check_hub_dataset
-
         self.boolq_file = boolq_file
         version = importlib.metadata.version("lm_eval")
         if boolq_file is None:

@@ -1,5 +1,5 @@
 """Prompt-based text classification scored by the LM head, after "Why Lift so Heavy?"
-(Men et al., arXiv 2402.11700), which keeps only the first k layers and finds SST-2 and
+(Yuan, Nie, Ma & Färber, arXiv 2402.11700), which keeps only the first k layers and finds SST-2 and
 AG News accuracy holds up.
 
 Each example becomes a prompt ("Review: <text>\\nSentiment:", "Article: <text>\\nTopic:"),
@@ -45,7 +45,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.lm.data import EMBEDDED, jsonl_values, load_hub_dataset
+from explorer.lm.data import EMBEDDED, embedded_corpus_dir, jsonl_values, load_hub_dataset
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
 from explorer.evaluation.scoring import loglikelihoods
@@ -159,8 +159,6 @@ def read_local(path: Path, spec: ClassificationSpec, words: tuple[str, ...]) -> 
 def read_pang_lee() -> list[Example]:
     """Pang & Lee sentence polarity as gensim ships it: '__label__neg <tokenized sentence>' per line,
     in Windows-1252 like the original rt-polarity release (0x97 is an em dash)."""
-    from explorer.lm.data import embedded_corpus_dir
-
     path = embedded_corpus_dir() / PANG_LEE_FILE
     labels = {"__label__neg": 0, "__label__pos": 1}
     examples = []

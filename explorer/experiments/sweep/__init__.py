@@ -30,6 +30,7 @@ from explorer.experiments.sweep.measure import (
     Shared,
     eval_config,
     linear_applies,
+    load_for_sweep,
     measure_block,
     measure_linear,
     measure_locally,
@@ -37,31 +38,18 @@ from explorer.experiments.sweep.measure import (
     repair_config,
 )
 from explorer.experiments.sweep.points import curve_name, describe_point, first_at_chance, point_key, point_repair, summary, sweep_points
-from explorer.experiments.sweep.run import OnEvent, SweepCancelled, execute, load_for_sweep, run_sweep, start_sweep
-from explorer.experiments.sweep.settings import (
-    LABELS,
-    MODES,
-    REPAIR_AXIS,
-    WIDGETS,
-    Key,
-    SweepSettings,
-    parse_fractions,
-    teaching_preset,
-    widget_values,
-)
+from explorer.experiments.sweep.run import OnEvent, SweepCancelled, execute, run_sweep, start_sweep
+from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings, parse_fractions, teaching_preset
 
 __all__ = [
     "Executor",
     "Key",
-    "LABELS",
-    "MODES",
     "Measured",
     "OnEvent",
     "REPAIR_AXIS",
     "Shared",
     "SweepCancelled",
     "SweepSettings",
-    "WIDGETS",
     "curve_name",
     "describe_point",
     "eval_config",
@@ -82,5 +70,4 @@ __all__ = [
     "summary",
     "sweep_points",
     "teaching_preset",
-    "widget_values",
 ]

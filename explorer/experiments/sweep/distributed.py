@@ -40,7 +40,7 @@ def connect(address: str | None = None, **local) -> None:
     e.g. num_cpus) when none is running in this process yet."""
     if not ray_available():
         raise ExplorerError("Ray is not installed: pip install -r requirements-distributed.txt, or use the local executor.")
-    import ray
+    import ray  # deferred: Ray is optional (requirements-distributed.txt)
 
     if ray.is_initialized():
         return
@@ -69,7 +69,7 @@ class _Worker:
 
 def _resources() -> tuple[dict, int]:
     """Per-worker resources and how many workers the cluster fits: one GPU each when it has GPUs."""
-    import ray
+    import ray  # deferred: Ray is optional (requirements-distributed.txt)
 
     total = ray.cluster_resources()
     if total.get("GPU", 0) >= 1:
@@ -89,7 +89,7 @@ class RayExecutor:
         if not blocks:
             return
         connect(self.address, **self.local)
-        import ray
+        import ray  # deferred: Ray is optional (requirements-distributed.txt)
 
         resources, fits = _resources()
         worker = ray.remote(**resources)(_Worker)
@@ -119,8 +119,8 @@ class RayExecutor:
 
 def _result(task, block: Block) -> tuple[dict, float, str]:
     """A finished task's value; its failure as one ExplorerError sentence."""
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    import ray  # deferred: Ray is optional (requirements-distributed.txt)
+    from ray.exceptions import RayActorError, RayTaskError  # deferred: Ray is optional (requirements-distributed.txt)
 
     try:
         return ray.get(task)

@@ -13,6 +13,9 @@ from explorer.evaluation.evaluate import Evaluated, quick_eval
 from explorer.lm.models import LoadedModel, load_model
 from explorer.lm.layers import pruned_view
 from explorer.experiments.sweep.settings import SweepSettings
+from explorer.surgery.heal import heal, HealConfig
+from explorer.surgery.repair import fit_block, fit_blocks, fold_private, RepairConfig
+from explorer.surgery.reuse import PrefixReuse
 
 Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metrics by repair, seconds it took
 
@@ -25,8 +28,6 @@ Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], boo
 def eval_config(settings: SweepSettings):
     """A healed point's settings: the sweep's evaluation (task, limit, held-out text), evaluated
     only before and after healing (eval_every = steps)."""
-    from explorer.surgery.heal import HealConfig
-
     steps = max(1, settings.heal_steps)
     return HealConfig(
         steps=steps, eval_every=steps, source=settings.text, seq_len=settings.seq_len,
@@ -53,8 +54,6 @@ class Shared:
 
 def repair_config(settings: SweepSettings):
     """The RepairConfig of a sweep's linear repairs."""
-    from explorer.surgery.repair import RepairConfig
-
     return RepairConfig(source=settings.text, samples=settings.repair_samples, seq_len=settings.seq_len,
                         batch_size=settings.batch_size)
 
@@ -68,8 +67,6 @@ def measure_block(
     evaluations (step 0 = pruned, merged = healed) are the points: healing changes weights, so a
     healed point never reuses the unpruned forward. Without it, `shared` (see `Shared`) runs only
     the layers after the block, and for a linear repair the layers from the one its map folds into."""
-    from explorer.surgery.heal import heal
-
     measured: dict[str, dict] = {}
     if settings.heal_steps:
         healed = heal(pruned_view(loaded, block), eval_config(settings), should_stop=should_stop)
@@ -94,9 +91,6 @@ def measure_locally(
     once (`Shared`, before the first block), and every block runs only the layers after it;
     `reuse=False` measures each pruned model whole and fits each block alone (the same numbers,
     slower). `timings` accumulates seconds per part of the work (`profile_parts`)."""
-    from explorer.surgery.repair import fit_blocks
-    from explorer.surgery.reuse import PrefixReuse
-
     shared: Shared | None = None
     for block in blocks:
         if should_stop():
@@ -126,8 +120,6 @@ def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, s
     folds into a private copy of one down-projection, so the shared weights stay untouched; with
     `shared`, the fit is the one made with all the others and the layers below the one it folds
     into replay the unpruned recording."""
-    from explorer.surgery.repair import fit_block, fold_private
-
     if shared is not None:
         fit = shared.fits[(block.start, block.n)]
     else:

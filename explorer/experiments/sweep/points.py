@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 from explorer.experiments.sweep.settings import Key, SweepSettings
+from explorer.evaluation.agreement import describe
+from explorer.evaluation.evaluate import normalized_loss
 
 
 def point_repair(point: dict) -> str:
@@ -25,8 +27,6 @@ def curve_name(strategy: str, repair: str) -> str:
 def describe_point(point: dict) -> str:
     """One line per point, e.g. 'simple n=6 (20%): accuracy 0.50 [0.22, 0.78], loss 4.357 ± 0.040 (normalized
     0.081), same answer as the unpruned model on 62% [50%, 73%]'."""
-    from explorer.evaluation.agreement import describe
-
     normalized = point.get("normalized_loss")
     return (
         f"{curve_name(point['strategy'], point_repair(point))} n={point['n']} ({point['fraction']:.0%}): "
@@ -75,8 +75,6 @@ def reusable_points(store, run_id: int, settings: SweepSettings, fingerprint: st
 def normalized(loss: float, base_loss: float, vocab_size: int) -> float | None:
     """evaluate.normalized_loss, or None when the unpruned model is no better than uniform guessing
     (a random-weight model): the scale is undefined then, but accuracy and raw loss still are."""
-    from explorer.evaluation.evaluate import normalized_loss
-
     return normalized_loss(loss, base_loss, vocab_size) if base_loss < math.log(vocab_size) else None
 
 

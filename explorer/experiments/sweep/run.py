@@ -10,10 +10,13 @@ from typing import Callable
 from explorer.lm.blocks import Block
 from explorer.core.errors import Cancelled
 from explorer.lm.models import LoadedModel
-from explorer.surgery.prune import strategy_block
+from explorer.analysis.strategies import strategy_block
 from explorer.experiments.sweep.measure import Executor, lap, linear_applies, load_for_sweep, measure_locally
 from explorer.experiments.sweep.points import normalized, normalized_se, point_key, reusable_points, summary, sweep_points
 from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings
+from explorer.evaluation.agreement import agreement
+from explorer.state.cache import cached_distances, distances_run
+from explorer.experiments.sweep.distributed import RayExecutor
 
 OnEvent = Callable[[dict], None]
 
@@ -47,9 +50,6 @@ def run_sweep(
     a parallel executor; those measured before the unpruned baseline wait for it, which their
     normalized loss and agreement need). The local executor (the default) takes `reuse` and
     `timings` (see `measure_locally`)."""
-    from explorer.evaluation.agreement import agreement
-    from explorer.state.cache import cached_distances, distances_run
-
     settings.check()
     num_layers = loaded.num_layers
     sizes = settings.block_sizes(num_layers)
@@ -135,8 +135,6 @@ def execute(store, run_id: int, on_event: OnEvent = lambda event: None, should_s
     settings.check()
     executor = None  # measure_locally
     if stored.get("executor", "local") == "ray":
-        from explorer.experiments.sweep.distributed import RayExecutor
-
         executor = RayExecutor(stored.get("ray_address"))
     _phase(store, run_id, on_event, "loading the model")
     return run_sweep(load_for_sweep(settings), settings, store, run_id, on_event, should_stop, executor)

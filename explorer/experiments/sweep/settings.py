@@ -1,6 +1,5 @@
 """What a sweep measures: its settings (the CLI options and the Sweep page's widgets come from
-their field metadata), the teaching preset, and the page's widget values for a preset or a saved
-sweep."""
+their field metadata) and the teaching preset."""
 
 from __future__ import annotations
 
@@ -9,11 +8,12 @@ from dataclasses import asdict, dataclass, fields
 
 from explorer.lm.data import check_settings, split_documents
 from explorer.core.errors import ExplorerError
-from explorer.core.options import SHARED, setting, widget
-from explorer.surgery.prune import STRATEGIES
+from explorer.core.options import SHARED, setting
+from explorer.analysis.strategies import STRATEGIES
 from explorer.surgery.repair import REPAIRS
 from explorer.evaluation.evaluate import EvalSettings
-from explorer.evaluation.tasks import default_eval_task
+from explorer.evaluation.tasks import default_eval_task, get_task
+from explorer.evaluation.questions import check_limit
 
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
 
@@ -61,9 +61,6 @@ class SweepSettings:
 
     def check(self) -> None:
         """Reject impossible settings before any model loads."""
-        from explorer.evaluation.questions import check_limit
-        from explorer.evaluation.tasks import get_task
-
         if not self.strategies:
             raise ExplorerError("Choose at least one strategy.")
         if unknown := [s for s in self.strategies if s not in STRATEGIES]:
@@ -123,28 +120,6 @@ def teaching_preset(**overrides) -> SweepSettings:
     preset = dict(model="embedded", strategies=("similarity", "simple"), stride=3, limit=64, val_samples=32,
                   sim_samples=16, seq_len=64, heal_steps=0, repair="linear")
     return SweepSettings(**{**preset, **overrides})
-
-
-WIDGETS = {  # the Sweep page's widget key -> SweepSettings field
-    "sw_strategies": "strategies", "sw_stride": "stride", "sw_task": "task", "sw_limit": "limit",
-    "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
-    "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair",
-}
-
-
-MODES = ["Every n with a stride", "Chosen fractions"]  # the page's choice of block sizes
-
-
-LABELS = {key: widget(SweepSettings, name) for key, name in {**WIDGETS, "sw_fractions": "fractions"}.items()}  # label, help
-
-
-def widget_values(settings: SweepSettings) -> dict:
-    """The Sweep page's widget values for these settings, so the form shows a preset or saved sweep."""
-    values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
-    values["sw_strategies"] = list(settings.strategies)
-    if settings.fractions is not None:
-        return {**values, "sw_mode": MODES[1], "sw_fractions": ", ".join(f"{f:g}" for f in settings.fractions)}
-    return {**values, "sw_mode": MODES[0], "sw_fractions": "0, 0.1, 0.2, 0.3, 0.4, 0.5"}
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

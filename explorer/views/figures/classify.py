@@ -1,4 +1,4 @@
-"""The accuracy-vs-k figure of a classify run (Men et al.'s curve) and its table, from point dicts.
+"""The accuracy-vs-k figure of a classify run (the curve of Yuan et al., 2402.11700) and its table, from point dicts.
 
 The frame feeds both the plot and the CSV download, so they never disagree.
 """

@@ -22,7 +22,7 @@ def figure_png(fig: go.Figure, scale: float = 2.0) -> bytes:
 def png_export_available() -> bool:
     """Whether kaleido can find a Chrome/Chromium (it honours the BROWSER_PATH environment variable)."""
     try:
-        from choreographer.browsers.chromium import Chromium
+        from choreographer.browsers.chromium import Chromium  # deferred: kaleido's Chromium driver loads only for PNG export
 
         return Chromium.find_browser(skip_local=False) is not None
     except ImportError:

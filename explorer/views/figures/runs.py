@@ -1,47 +1,58 @@
-"""The Runs page's figures: one run's plots by kind (what the page shows and exports), and two
-runs' loss and accuracy on shared axes when both are heals or both are sweeps."""
+"""The Runs page's figures: one run's plots for each kind that has them (the run-kind registry,
+explorer.kinds, picks them; what the page shows and exports), and two runs' loss and accuracy on
+shared axes when both are heals or both are sweeps."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import plotly.graph_objects as go
 
+from explorer.analysis.bootstrap import bootstrap
+from explorer.analysis.metrics import MetricScores
+from explorer.analysis.similarity import SimilarityResult
 from explorer.lm.blocks import default_size
+from explorer.state.store import Run, of_kind
+from explorer.views.figures.classify import accuracy_vs_k_figure
+from explorer.views.figures.heal import heal_figure
+from explorer.views.figures.metrics import metrics_figure
+from explorer.views.figures.similarity import heatmap_figure
 from explorer.views.figures.style import BLUE, RED, finish_panels, interval_bars, loss_accuracy_panels
-
-if TYPE_CHECKING:  # only annotations: drawing a run needs no store
-    from explorer.state.store import Run
+from explorer.views.figures.sweep import accuracy_figure, loss_figure
 
 RUN_COLORS = (BLUE, RED)
 
 
-def run_figures(run: Run, events: list[dict]) -> list[go.Figure]:
-    """The run's plotly figures, for the kinds that have them (what the page shows and exports)."""
-    from explorer.analysis.bootstrap import bootstrap
-    from explorer.views.figures.heal import heal_figure
-    from explorer.views.figures.metrics import metrics_figure
-    from explorer.views.figures.similarity import heatmap_figure
-    from explorer.views.figures.sweep import accuracy_figure, loss_figure
-    from explorer.analysis.metrics import MetricScores
-    from explorer.analysis.similarity import SimilarityResult
+def similarity_figures(run: Run, events: list[dict]) -> list[go.Figure]:
+    if not run.result:
+        return []
+    similarity = SimilarityResult.from_json(run.result)
+    return [heatmap_figure(similarity, boot=bootstrap(similarity))]
 
-    if run.kind == "similarity" and run.result:
-        similarity = SimilarityResult.from_json(run.result)
-        return [heatmap_figure(similarity, boot=bootstrap(similarity))]
-    if run.kind == "sweep" and (points := [e for e in events if e.get("kind") == "point"]):
-        return [accuracy_figure(points), loss_figure(points)]
-    if run.kind == "heal" and any(e.get("kind") in ("train", "eval") for e in events):
-        return [heal_figure(events, run.settings["heal"]["steps"])]
-    if run.kind == "metrics" and run.result:
-        scores = MetricScores.from_json(run.result)
-        return [metrics_figure(scores, default_size(scores.num_layers))]
-    return []
+
+def sweep_figures(run: Run, events: list[dict]) -> list[go.Figure]:
+    points = of_kind(events, "point")
+    return [accuracy_figure(points), loss_figure(points)] if points else []
+
+
+def heal_figures(run: Run, events: list[dict]) -> list[go.Figure]:
+    measured = any(e.get("kind") in ("train", "eval") for e in events)
+    return [heal_figure(events, run.settings["heal"]["steps"])] if measured else []
+
+
+def metrics_figures(run: Run, events: list[dict]) -> list[go.Figure]:
+    if not run.result:
+        return []
+    scores = MetricScores.from_json(run.result)
+    return [metrics_figure(scores, default_size(scores.num_layers))]
+
+
+def classify_figures(run: Run, events: list[dict]) -> list[go.Figure]:
+    points = of_kind(events, "point")
+    return [accuracy_vs_k_figure(points)] if points else []
 
 
 def _heal_traces(fig: go.Figure, run: Run, events: list[dict], color: str) -> None:
-    train = [e for e in events if e.get("kind") == "train"]
-    evals = [e for e in events if e.get("kind") == "eval"]
+    train = of_kind(events, "train")
+    evals = of_kind(events, "eval")
     tag = f"#{run.id}"
     fig.add_scatter(x=[e["step"] for e in train], y=[e["train_loss"] for e in train], mode="lines", name=f"{tag} train loss",
                     line=dict(color=color, width=1), opacity=0.6, row=1, col=1)
@@ -54,7 +65,7 @@ def _heal_traces(fig: go.Figure, run: Run, events: list[dict], color: str) -> No
 
 
 def _sweep_traces(fig: go.Figure, run: Run, events: list[dict], color: str) -> None:
-    points = sorted((e for e in events if e.get("kind") == "point"), key=lambda p: (p["strategy"], p.get("healed", False), p["n"]))
+    points = sorted(of_kind(events, "point"), key=lambda p: (p["strategy"], p.get("healed", False), p["n"]))
     curves: dict[str, list[dict]] = {}
     for point in points:
         curves.setdefault(f"#{run.id} {point['strategy']}{' healed' if point.get('healed') else ''}", []).append(point)
