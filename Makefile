@@ -8,7 +8,7 @@ PORT ?= 8501
 HOST ?= 127.0.0.1
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install install-dev app test bench clean
+.PHONY: install install-dev app test test-fast bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ app: install
 
 test: install-dev
 	$(PY) -m pytest tests
+
+# The inner loop: everything but the tests marked slow (browsers, real job processes, accelerate, Ray,
+# the README's measured figures). `make test` still runs everything and is what CI runs.
+test-fast: install-dev
+	$(PY) -m pytest tests -m "not slow"
 
 bench: install
 	$(PY) -m benchmarks

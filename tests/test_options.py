@@ -91,3 +91,28 @@ def test_page_widgets_use_the_fields_words():
             assert labels[key] == widget(cls, name) and labels[key]["label"] and labels[key]["help"], key
     assert all(options["help"] == HEAL_LABELS[key]["help"] and label == HEAL_LABELS[key]["label"]
                for key, label, options in HEAL_NUMBERS)
+
+
+def test_classify_options_come_from_its_settings_and_finetuning_config():
+    """classify's options are generated like heal's and sweep's: one per field of ClassifySettings and of
+    FinetuneConfig (kept apart: both have a batch size), each with the help text the page's widgets show."""
+    from explorer.cli import FINETUNE, _classify_arguments
+    from explorer.experiments.classify import ClassifySettings
+    from explorer.surgery.finetune import FinetuneConfig
+
+    parser = argparse.ArgumentParser(prog="classify")
+    _classify_arguments(parser)
+    actions = {action.dest: action for action in parser._actions}
+    for cls, prefix in ((ClassifySettings, ""), (FinetuneConfig, FINETUNE)):
+        for item in fields(cls):
+            assert item.metadata.get("help"), f"{cls.__name__}.{item.name} has no help text"
+            if item.metadata.get("cli") != SHARED:
+                assert actions[prefix + item.name].help, f"{cls.__name__}.{item.name} has no option"
+    assert widget(ClassifySettings, "train")["help"] == actions["train"].help.split(" [default")[0]
+    args = parser.parse_args(["--strategy", "top-cut,similarity", "--keep", "1,3", "--mode", "icl", "--steps", "2",
+                              "--batch-size", "4", "--train-batch-size", "2", "--data-file", "hub", "--out", "x.json"])
+    from explorer.core.options import given
+
+    settings = ClassifySettings(**given(ClassifySettings, args), finetune=given(FinetuneConfig, args, prefix=FINETUNE))
+    assert settings == ClassifySettings(strategies=("top-cut", "similarity"), keep=(1, 3), modes=("icl",), batch_size=4,
+                                        data_file=None, finetune={"steps": 2, "batch_size": 2})

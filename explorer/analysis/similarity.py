@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import torch
 
 from explorer.core.concurrency import exclusive
-from explorer.lm.blocks import Block, check_block, final_keeping_starts
+from explorer.lm.blocks import Block, check_block, final_keeping_starts, simple_start
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LanguageModel
 from explorer.lm.tokens import token_index
@@ -78,9 +78,8 @@ class SimilarityResult:
 
     @property
     def simple(self) -> list[dict]:
-        """The baseline: drop the n deepest layers except the final one, i.e. [L-1-n, L-1)."""
-        last = self.num_layers - 1
-        return [{"n": n, "layer": last - n} for n in range(1, last + 1)]
+        """The baseline: drop the n deepest layers except the final one (`simple_start`)."""
+        return [{"n": n, "layer": simple_start(n, self.num_layers)} for n in range(1, self.num_layers)]
 
     def to_json(self) -> dict:
         return {**asdict(self), "optimal": self.optimal, "unrestricted_minima": self.unrestricted_minima,

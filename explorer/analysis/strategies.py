@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from explorer.analysis.similarity import SimilarityResult
 from explorer.core.errors import ExplorerError
-from explorer.lm.blocks import Block, check_block
+from explorer.lm.blocks import Block, check_block, simple_start
 
 
 STRATEGIES = ("similarity", "simple", "top-cut")
@@ -30,7 +30,7 @@ def strategy_block(
     if n == 0:
         return check_block(0, 0, num_layers)
     if strategy == "simple":
-        return check_block(num_layers - 1 - n, n, num_layers)
+        return check_block(simple_start(n, num_layers), n, num_layers)
     if strategy == "top-cut":
         return check_block(num_layers - n, n, num_layers, allow_final=True)
     if similarity is None:

@@ -60,6 +60,11 @@ def default_size(num_layers: int) -> int:
     return max(1, num_layers // 4)
 
 
+def simple_start(n: int, num_layers: int) -> int:
+    """Where the paper's baseline block starts: the n deepest layers except the final one, [L-1-n, L-1)."""
+    return num_layers - 1 - n
+
+
 def final_keeping_starts(n: int, num_layers: int) -> range:
     """Starts l whose block [l, l+n) keeps the final layer: the candidates the paper chooses among."""
     return range(max(0, num_layers - n))
