@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import inspect
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -31,8 +31,15 @@ from transformers.cache_utils import DynamicLayer
 from explorer.core.concurrency import exclusive
 from explorer.lm.data import batches, check_settings, pad_batch
 
-if TYPE_CHECKING:  # LoadedModel's module imports this one
-    from explorer.lm.models import LoadedModel
+
+class InMemory(Protocol):
+    """What these operations read of a model (a `LoadedModel` is one): its module, tokenizer and device."""
+
+    model: torch.nn.Module
+    tokenizer: object
+
+    @property
+    def device(self) -> torch.device: ...
 
 
 MIN_SHARED = 16  # shortest token prefix worth a KV cache of its own (one extra forward per cluster)
@@ -64,7 +71,7 @@ def _forward_parameters(model: torch.nn.Module) -> set[str]:
     return set(inspect.signature(base.forward).parameters)
 
 
-def _mixes_prefix_lengths(loaded: LoadedModel, parameters: set[str]) -> bool:
+def _mixes_prefix_lengths(loaded: InMemory, parameters: set[str]) -> bool:
     """Whether prefixes of different lengths may share a batch before their tails run on the cache.
 
     Right-padded prefixes leave padding slots inside the cache; the tails skip them through the
@@ -145,7 +152,7 @@ def logits_at(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor,
 
 
 def _shared_prefix_logprobs(
-    loaded: LoadedModel, parameters: set[str], prefixes: list[list[int]], tails: list[list[list[int]]],
+    loaded: InMemory, parameters: set[str], prefixes: list[list[int]], tails: list[list[list[int]]],
     shared: tuple[object, int] | None = None,
 ) -> list[list[torch.Tensor]]:
     """For each prefix and each of its tails: float32 log-probs [1 + len(tail), V] of the positions
@@ -227,7 +234,7 @@ def _shared_clusters(prefixes: list[list[int]]) -> list[tuple[list[int], int]]:
     return [(m, min(c, min(len(prefixes[i]) for i in m) - 1) if len(m) > 1 else 0) for m, c in clusters]
 
 
-def _shared_cache(loaded: LoadedModel, tokens: list[int]):
+def _shared_cache(loaded: InMemory, tokens: list[int]):
     """The KV cache of `tokens` (batch 1): what every prefix of a cluster starts with, run once."""
     ids = torch.tensor([tokens], device=loaded.device)
     keep = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(loaded.model) else {}
@@ -235,7 +242,7 @@ def _shared_cache(loaded: LoadedModel, tokens: list[int]):
 
 
 def score_groups(
-    loaded: LoadedModel, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int
+    loaded: InMemory, groups: list[tuple[list[int], list[int]]], tails: list[list[int]], batch_size: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(request index, log-probs from its prefix's last token on) for every request, where
     `groups` pairs each distinct prefix with its requests and `tails[i]` follows request i's prefix.
@@ -260,7 +267,7 @@ def score_groups(
                 yield from zip(cut[g][1], group_logprobs)
 
 
-def logits_batches(loaded: LoadedModel, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+def logits_batches(loaded: InMemory, ids: list[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """(input_ids, mask, logits) per padded batch, one forward each."""
     for chunk in batches(ids, batch_size):
         input_ids, mask = pad_batch(chunk, loaded.tokenizer.pad_token_id or 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from torch import nn
 
@@ -21,8 +21,7 @@ from explorer.core.concurrency import exclusive
 from explorer.core.errors import ExplorerError
 from explorer.lm.blocks import Block
 
-if TYPE_CHECKING:  # LoadedModel's module imports this one
-    from explorer.lm.models import LoadedModel
+Model = TypeVar("Model")  # a LoadedModel (a dataclass with `model`, `name` and `fingerprint`)
 
 
 # Where each family keeps its decoder stack and final norm, as attribute paths.
@@ -146,7 +145,7 @@ def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, value)
 
 
-def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
+def pruned_view(loaded: Model, block: Block) -> Model:
     """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
     edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
     buffers are not. A point then costs no weight copy and no extra memory, which is what lets
@@ -173,7 +172,7 @@ def remove_layers(model: nn.Module, block: Block) -> None:
         prune_config(config, block.kept, block.num_layers)
 
 
-def without_identity(loaded: LoadedModel, block: Block) -> LoadedModel:
+def without_identity(loaded: Model, block: Block) -> Model:
     """`loaded` renamed and re-fingerprinted as the model without the block: what every cache
     keys a pruned model by, whichever way it was pruned."""
     name = f"{loaded.name} − layers {block.span}" if block.n else loaded.name

@@ -4,17 +4,15 @@ norm). `LoadedModel.token_states` runs it; the streamed model gives the same sta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from explorer.core.errors import ExplorerError
 from explorer.lm.data import batches, pad_batch
+from explorer.lm.forward import InMemory
 from explorer.lm.layers import decoder_layers
 from explorer.lm.tokens import take_tokens, token_index
-
-if TYPE_CHECKING:  # LoadedModel's module imports this one
-    from explorer.lm.models import LoadedModel
 
 Progress = Callable[[int, int], None]
 
@@ -61,7 +59,7 @@ def _input_device(model: torch.nn.Module) -> torch.device:
 
 
 def recorded_states(
-    loaded: LoadedModel, samples: list[list[int]], batch_size: int, tokens: str, progress: Progress | None
+    loaded: InMemory, samples: list[list[int]], batch_size: int, tokens: str, progress: Progress | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(states [L+1, selected tokens, H], attention mask [B, T]) per batch from one in-memory forward each."""
     model = loaded.model
