@@ -13,14 +13,13 @@ from explorer.core import policy
 from explorer.views.compare import settings_differences
 from explorer.core.errors import ExplorerError
 from explorer.views.figures.export import figure_png, figures_html, png_export_available
-from explorer.views.figures.runs import comparison_figure, run_figures
+from explorer.kinds import headline, metrics_frame, run_figures
+from explorer.views.figures.runs import comparison_figure
 from explorer.views.runs import (
     delete_run,
     disk_usage,
     format_bytes,
-    headline,
     mergekit_text,
-    metrics_frame,
     model_folder,
     run_files,
     run_json,
