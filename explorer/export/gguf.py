@@ -30,6 +30,7 @@ import numpy
 import torch
 
 from explorer.core.errors import ExplorerError
+from explorer.core.paths import scratch_beside
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.models import EMBEDDED, LoadedModel, embedded_gguf_path
 
@@ -46,6 +47,7 @@ PRUNE_ARCHITECTURES = ("llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "phi3"
 CONVERT_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
+GGUF_FILE = "model.gguf"  # its name inside an exported folder (the page's export)
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # general.file_type (llama.cpp's LlamaFileType)
 BLOCK_NAME = re.compile(r"blk\.(\d+)\.(.+)")
 
@@ -113,11 +115,10 @@ def _atomic_write(writer, target: Path, tensors) -> None:
     """Header, metadata and tensor table, then each tensor's data, into a scratch file beside
     `target` that replaces it only once complete. `tensors` yields (array, endianness) in the
     order their infos were added."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{target.name}-partial-", dir=target.parent)
-    os.close(handle)
+    scratch = scratch_beside(target)
     try:
-        writer.write_header_to_file(path=Path(scratch))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writer.write_header_to_file(path=scratch)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for array, endianess in tensors:
@@ -128,8 +129,7 @@ def _atomic_write(writer, target: Path, tensors) -> None:
         raise ExplorerError(f"Could not write {target} ({exc.strerror or exc}); nothing was saved there.") from exc
     finally:
         writer.close()
-        if os.path.exists(scratch):
-            os.remove(scratch)
+        scratch.unlink(missing_ok=True)
 
 
 def _summary(target: Path, method: str, started: float, tensors: list[tuple[str, int]], num_layers: int) -> GGUFExport:
