@@ -206,6 +206,9 @@ def check_convertible(config) -> str:
     if rope_type != "default":
         raise ExplorerError(f"The model uses '{rope_type}' rope scaling, which this converter does not write: "
                             "run llama.cpp's convert_hf_to_gguf.py on the saved folder.")
+    if CONVERT_ARCHITECTURES[model_type] == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
+        raise ExplorerError("The model's llama layers have bias terms, which this converter does not write (nor does "
+                            "transformers' GGUF loader read them): run llama.cpp's convert_hf_to_gguf.py on the saved folder.")
     sliding = any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or [])
     if sliding or (model_type == "mistral" and getattr(config, "sliding_window", None)):
         raise ExplorerError("The model uses sliding-window attention, which llama.cpp's llama architecture does not "
