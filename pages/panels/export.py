@@ -38,6 +38,7 @@ def push_box(folder: Path) -> None:
         repo = st.text_input("Hugging Face repo", key="ph_repo", placeholder="you/model-pruned", width=320)
         if st.button("Push to hub", key="ph_push", help="Uploads the saved folder with the server's Hugging Face token."):
             with user_errors():
+                policy.check_push(visitor_policy())  # the action checks the rule too, not only the drawing
                 plan = push_plan(repo, folder)
                 st.success(f"Pushed {len(plan.files)} files to {push(plan, check_hub_ready())}.")
 
