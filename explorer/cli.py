@@ -160,11 +160,14 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="upload the folder (and --gguf) to this Hugging Face model repo (needs a token: hf auth login)")
 
 
-def _check_export(args: argparse.Namespace) -> str | None:
-    """Before any model loads: --out and --gguf never overwrite the model they come from, and a
-    push can work (the hub is on, reachable and a token is set). Returns the token to push with."""
-    from explorer.export.gguf import check_gguf_out, gguf_source
+def _check_export(args: argparse.Namespace, weights_change: bool) -> str | None:
+    """Before any model loads: --out and --gguf never overwrite the model they come from, a GGUF that
+    must be converted (the weights change, or the model is no GGUF) is of a covered architecture (read
+    from its config), and a push can work (the hub is on, reachable and a token is set). Returns the
+    token to push with."""
+    from explorer.export.gguf import check_convertible, check_gguf_out, gguf_source
     from explorer.export.hub import check_hub_ready, check_repo_id
+    from explorer.lm.models import load_config
 
     source = Path(args.model).expanduser()
     out = getattr(args, "out", None)
@@ -172,6 +175,8 @@ def _check_export(args: argparse.Namespace) -> str | None:
         raise ExplorerError(f"--out {out} is the model being exported itself; write to another folder.")
     if args.gguf:
         check_gguf_out(args.gguf, [gguf_source(args.model), source if source.is_file() else None])
+        if weights_change or gguf_source(args.model) is None:
+            check_convertible(load_config(args.model, args.trust_remote_code)[0])
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
         return check_hub_ready()
@@ -234,7 +239,7 @@ def _prune(args: argparse.Namespace) -> None:
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True)
-    token = _check_export(args)
+    token = _check_export(args, weights_change=args.repair != "none")
     repair = _repair_config(args, args.text_file, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
@@ -309,7 +314,7 @@ def _export_gguf(args: argparse.Namespace) -> None:
     from explorer.lm.models import load_model
     from explorer.surgery.prune import prune_block
 
-    token = _check_export(args)
+    token = _check_export(args, weights_change=False)
     if source := gguf_source(args.model):
         exported = prune_gguf(source, args.gguf, args.start, args.n, args.allow_final)
     else:
@@ -577,7 +582,7 @@ def _heal(args: argparse.Namespace) -> None:
         _check_out(args.out, folder=True)
     elif args.gguf or args.push_to_hub:
         raise ExplorerError("--gguf and --push-to-hub export the healed model's folder: give --out too.")
-    token = _check_export(args)
+    token = _check_export(args, weights_change=True)
     repair = _repair_config(args, args.source)
     ranks = data_parallel(args.device)
     if ranks is not None:

@@ -123,7 +123,14 @@ def test_healed_card_has_the_recipe_and_evaluations_with_n(tiny_llama_dir, tmp_p
     out = tmp_path / "healed"
     assert main(["heal", "--model", str(tiny_llama_dir), "--device", "cpu", "--start", "1", "--n", "2", "--steps", "2",
                  "--batch-size", "2", "--seq-len", "32", "--eval-every", "1", "--eval-limit", "3", "--val-samples", "2",
-                 "--rank", "4", "--out", str(out)]) == 0
+                 "--rank", "4", "--out", str(out), "--gguf", str(tmp_path / "healed.gguf"), "--gguf-type", "f32"]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    healed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="healed.gguf", dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(out)("Paris is the capital of", return_tensors="pt").input_ids
+    with torch.no_grad():  # heal --gguf converts the merged, healed weights
+        torch.testing.assert_close(converted(ids).logits, healed(ids).logits, atol=1e-5, rtol=1e-5)
     record = json.loads((out / "run.json").read_text())
     meta, body = _split((out / "README.md").read_text())
     assert {"lora", "healed"} <= set(meta["tags"])

@@ -250,6 +250,11 @@ def test_cli_prune_writes_gguf_beside_the_folder_and_converts_a_repaired_model(t
     torch.testing.assert_close(_logits(_from_gguf(out), ids), _logits(saved, ids), atol=1e-5, rtol=1e-5)
     _one_error(_cli("prune", "--model", str(tiny_llama_dir), "--start", "1", "--n", "1", "--out", str(tiny_llama_dir)),
                "is the model being exported itself")
+    gpt2 = tmp_path / "gpt2"
+    AutoModelForCausalLM.from_config(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(gpt2)
+    _one_error(_cli("prune", "--model", str(gpt2), "--start", "0", "--n", "1", "--out", str(tmp_path / "never"),
+                    "--gguf", str(tmp_path / "never.gguf")), "not 'gpt2'")  # refused from the config, before loading
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.gguf").exists()
 
 
 def test_page_save_with_gguf_writes_it_into_the_folder(embedded, tmp_path, monkeypatch):
@@ -264,3 +269,14 @@ def test_page_save_with_gguf_writes_it_into_the_folder(embedded, tmp_path, monke
     assert EMBEDDED_FILE.removesuffix(".gguf") in (folder / "README.md").read_text()
     preview.save("embedded", "bf16")
     assert not (folder / GGUF_FILE).exists() and "gguf" not in json.loads((folder / "run.json").read_text())
+
+
+def test_cli_export_gguf_converts_a_folder_without_a_block(tiny_llama, tiny_llama_dir, tmp_path):
+    """export-gguf on a saved folder (a healed one, say) converts it; --n removes a block on the way."""
+    out = tmp_path / "tiny.gguf"
+    done = _cli("export-gguf", "--model", str(tiny_llama_dir), "--start", "1", "--n", "1", "--type", "f32", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "3 layers" in done.stdout and "converted from the weights" in done.stdout
+    ids = tiny_llama.tokenizer(TEXT, return_tensors="pt").input_ids
+    expected = _logits(prune_block(tiny_llama, 1, 1).loaded.model, ids)
+    torch.testing.assert_close(_logits(_from_gguf(out), ids), expected, atol=1e-5, rtol=1e-5)
