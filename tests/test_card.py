@@ -4,6 +4,7 @@ the model, and no way for a name to break the YAML or inject markdown."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -12,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -142,8 +142,6 @@ def test_healed_card_has_the_recipe_and_evaluations_with_n(tiny_llama_dir, tmp_p
         assert cells[3] == f"{metrics['accuracy']:.1%} [{metrics['ci_low']:.1%}, {metrics['ci_high']:.1%}]"
         assert cells[4] == "3"  # --eval-limit questions
     command = _command((out / "README.md").read_text())
-    import argparse
-
     parser = argparse.ArgumentParser()
     COMMANDS["heal"][0](parser)
     args = parser.parse_args(command[4:])

@@ -19,6 +19,7 @@ its own input. The gguf package is imported inside the functions: only these exp
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -102,6 +103,26 @@ def _scalar(reader, key: str):
     return field.contents() if field is not None else None
 
 
+def _add_field(writer, name: str, field, value=None) -> None:
+    """A key read from a GGUF written again with its own value type; `value` replaces its value."""
+    import gguf  # deferred: only GGUF export needs it
+
+    kind = field.types[0]
+    sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+    writer.add_key_value(name, field.contents() if value is None else value, kind, sub_type=sub)
+
+
+def _kept_value(name: str, field, arch: str, block: Block):
+    """A key's value in the pruned file: the new block count, each per-layer array (an `<arch>.*`
+    array with one entry per block) cut to the kept blocks' entries, everything else as it was."""
+    value = field.contents()
+    if name == f"{arch}.block_count":
+        return len(block.kept)
+    if isinstance(value, list) and name.startswith(f"{arch}.") and len(value) == block.num_layers:
+        return [value[i] for i in block.kept]
+    return value
+
+
 def _read(path: Path):
     import gguf  # deferred: only GGUF export reads GGUF files this way
 
@@ -163,19 +184,10 @@ def prune_gguf(source: str | Path, out: str | Path, start: int, n: int, allow_fi
     renumber = {old: new for new, old in enumerate(block.kept)}
     writer = gguf.GGUFWriter(None, arch, endianess=reader.endianess)
     for name, field in _fields(reader).items():
-        if name == gguf.Keys.General.ARCHITECTURE:
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        value = field.contents()
-        if name == f"{arch}.block_count":
-            value = len(block.kept)
-        elif name == gguf.Keys.General.ALIGNMENT:
-            writer.add_custom_alignment(int(value))
-            continue
-        elif sub is not None and name.startswith(f"{arch}.") and len(value) == num_layers:
-            value = [value[i] for i in block.kept]  # one entry per block: keep the kept blocks' entries
-        writer.add_key_value(name, value, kind, sub_type=sub)
+        if name == gguf.Keys.General.ALIGNMENT:  # the writer pads tensors by it, so it is set, not copied
+            writer.add_custom_alignment(int(field.contents()))
+        elif name != gguf.Keys.General.ARCHITECTURE:  # the writer adds that one itself
+            _add_field(writer, name, field, _kept_value(name, field, arch, block))
     kept = []
     for tensor in reader.tensors:
         match = BLOCK_NAME.fullmatch(tensor.name)
@@ -186,7 +198,6 @@ def prune_gguf(source: str | Path, out: str | Path, start: int, n: int, allow_fi
         kept.append(tensor)
     _atomic_write(writer, target, ((tensor.data, reader.endianess) for tensor in kept))
     return _summary(target, "direct", started, [(t.tensor_type.name, int(t.n_bytes)) for t in kept], len(block.kept))
-
 
 
 def _rope(config) -> dict:
@@ -242,8 +253,7 @@ def _copy_tokenizer(writer, source: Path) -> None:
     """Every tokenizer.* key of the GGUF the model was loaded from: the very tokenizer it ran with."""
     for name, field in _fields(_read(source)).items():
         if name.startswith("tokenizer."):
-            kind = field.types[0]
-            writer.add_key_value(name, field.contents(), kind, sub_type=field.types[-1] if len(field.types) > 1 else None)
+            _add_field(writer, name, field)
 
 
 def _pre_tokenizer(spec: dict) -> str:
@@ -266,8 +276,6 @@ def _tokenizer_from_hf(writer, tokenizer, vocab_size: int) -> None:
     """A byte-level BPE tokenizer (GPT-2 style: Llama 3, Qwen, SmolLM) as llama.cpp's 'gpt2' model:
     tokens by id (padded to the embedding's rows as unused '[PADi]'), special added tokens marked
     control and other added ones user-defined, merges and special ids through gguf's SpecialVocab."""
-    import json
-
     import gguf  # deferred: only GGUF export needs it
 
     with tempfile.TemporaryDirectory() as folder:
@@ -366,8 +374,6 @@ def convert_model(loaded: LoadedModel, out: str | Path, dtype: str = "f16", toke
 def tokenizer_gguf(model_id: str | None) -> Path | None:
     """The GGUF whose tokenizer a model (or the folder saved from it) should carry: the source
     GGUF when it was loaded from one, read from a saved folder's run.json ("model")."""
-    import json
-
     if not model_id:
         return None
     if source := gguf_source(model_id):
@@ -379,14 +385,12 @@ def tokenizer_gguf(model_id: str | None) -> Path | None:
         return None
 
 
-def export_gguf(model_id: str, out: str | Path, block: Block, loaded: LoadedModel | None = None,
-                weights_changed: bool = False, dtype: str = "f16") -> GGUFExport:
+def export_gguf(model_id: str, out: str | Path, block: Block, loaded: LoadedModel, weights_changed: bool = False,
+                dtype: str = "f16") -> GGUFExport:
     """The pruned model as GGUF, the natural way for where it came from: directly from the source
     GGUF when the model was loaded from one and only lost layers; else converted from `loaded`
     (the pruned, repaired or healed model in memory) with the source's tokenizer when there is one."""
     source = gguf_source(model_id)
     if source is not None and not weights_changed:
         return prune_gguf(source, out, block.start, block.n, allow_final=block.includes_final)
-    if loaded is None:
-        raise ExplorerError("Converting to GGUF needs the model's weights: load the model first.")
     return convert_model(loaded, out, dtype, tokenizer_gguf(model_id), inputs=tuple(filter(None, [source])))
