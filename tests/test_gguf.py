@@ -36,18 +36,25 @@ def _from_gguf(path: Path):
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
 
 
-def _fields(path: Path) -> dict:
-    return {name: field.contents() for name, field in gguf.GGUFReader(path).fields.items() if not name.startswith("GGUF.")}
+def _fields(source: Path | gguf.GGUFReader) -> dict:
+    reader = source if isinstance(source, gguf.GGUFReader) else gguf.GGUFReader(source)
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
 
 
-def test_direct_prune_copies_the_kept_tensors_and_computes_the_pruned_model(embedded, tmp_path):
+@pytest.fixture(scope="module")
+def embedded_reader() -> gguf.GGUFReader:
+    """The embedded GGUF read once (gguf's reader walks its 49k-token arrays in Python: seconds)."""
+    return gguf.GGUFReader(embedded_gguf_path())
+
+
+def test_direct_prune_copies_the_kept_tensors_and_computes_the_pruned_model(embedded, embedded_reader, tmp_path):
     """The embedded Q4_1 GGUF without layers 20-24: every kept tensor byte-identical to the source's
     under its new number, every other key unchanged, and transformers' GGUF loader (which dequantizes
     exactly as the embedded model was dequantized) gives the logits of the embedded model pruned with
     prune_block, to float precision."""
     source, out = embedded_gguf_path(), tmp_path / "pruned.gguf"
     exported = prune_gguf(source, out, 20, 5)
-    before, after = gguf.GGUFReader(source), gguf.GGUFReader(out)
+    before, after = embedded_reader, gguf.GGUFReader(out)
     old = {t.name: t for t in before.tensors}
     renamed = {t.name: t.name for t in before.tensors if not t.name.startswith("blk.")}
     renamed |= {f"blk.{new}.{t.name.split('.', 2)[2]}": t.name for new, kept in enumerate(check_block(20, 5, 30).kept)
@@ -58,7 +65,7 @@ def test_direct_prune_copies_the_kept_tensors_and_computes_the_pruned_model(embe
         assert tensor.tensor_type == origin.tensor_type and list(tensor.shape) == list(origin.shape)
         assert tensor.data.tobytes() == origin.data.tobytes(), tensor.name
     assert {t.tensor_type.name for t in after.tensors} == {"Q4_1", "Q8_0", "F32"}  # nothing dequantized
-    fields_before, fields_after = _fields(source), _fields(out)
+    fields_before, fields_after = _fields(before), _fields(after)
     assert fields_after.pop("llama.block_count") == 25 and fields_before.pop("llama.block_count") == 30
     assert fields_after == fields_before  # tokenizer, chat template, licence, rope: all copied
     assert exported.method == "direct" and exported.num_layers == 25 and exported.size_bytes == out.stat().st_size
@@ -172,21 +179,27 @@ def test_half_precision_gguf_equals_the_model_rounded_to_it(dtype, torch_type, e
     assert not torch.allclose(_logits(rounded, ids), _logits(model, ids), atol=1e-5)  # the rounding is visible
 
 
-def test_pruned_embedded_converts_with_its_own_tokenizer(embedded, tmp_path):
+def test_pruned_embedded_converts_with_its_own_tokenizer(embedded, embedded_reader, tmp_path):
     """A repaired or healed embedded model is converted; it carries the source GGUF's tokenizer keys
-    unchanged. Built from the Hugging Face tokenizer instead, the GGUF tokenizes alike too."""
+    unchanged, and reloads with the pruned model's logits (9 query heads sharing 3 key/value heads)."""
     pruned = prune_block(embedded, 20, 5).loaded
     copied = export_gguf("embedded", tmp_path / "copied.gguf", check_block(20, 5, 30), pruned, weights_changed=True, dtype="f32")
     assert copied.method == "converted"
-    source_tokenizer = {k: v for k, v in _fields(embedded_gguf_path()).items() if k.startswith("tokenizer.")}
-    assert {k: v for k, v in _fields(tmp_path / "copied.gguf").items() if k.startswith("tokenizer.")} == source_tokenizer
+    tokenizer = {k: v for k, v in _fields(embedded_reader).items() if k.startswith("tokenizer.")}
+    assert {k: v for k, v in _fields(tmp_path / "copied.gguf").items() if k.startswith("tokenizer.")} == tokenizer
     ids = embedded.tokenizer(TEXT, return_tensors="pt").input_ids
     torch.testing.assert_close(_logits(_from_gguf(tmp_path / "copied.gguf"), ids), _logits(pruned.model, ids), atol=1e-5, rtol=1e-5)
 
-    convert_model(pruned, tmp_path / "built.gguf", "f16")
-    fields = _fields(tmp_path / "built.gguf")
-    assert fields["tokenizer.ggml.tokens"] == source_tokenizer["tokenizer.ggml.tokens"]
-    assert fields["tokenizer.ggml.merges"] == source_tokenizer["tokenizer.ggml.merges"]
+
+def test_tokenizer_built_from_hugging_face_files_tokenizes_alike(embedded, embedded_reader, tmp_path):
+    """Without a source GGUF the tokenizer is built from the model's own (byte-level BPE): the same
+    tokens and merges as the embedded GGUF's, and transformers rebuilds a tokenizer that agrees."""
+    model = _random_model(CONFIGS["llama"](len(embedded.tokenizer)))
+    convert_model(LoadedModel(model, embedded.tokenizer, "tiny", "x"), tmp_path / "built.gguf", "f16")
+    fields, source = _fields(tmp_path / "built.gguf"), _fields(embedded_reader)
+    assert fields["tokenizer.ggml.tokens"] == source["tokenizer.ggml.tokens"]
+    assert fields["tokenizer.ggml.merges"] == source["tokenizer.ggml.merges"]
+    assert fields["tokenizer.ggml.model"] == "gpt2"
     rebuilt = AutoTokenizer.from_pretrained(tmp_path, gguf_file="built.gguf")
     for text in (TEXT, "<|im_start|>user\nnaïve 12345 — ok<|im_end|>"):
         assert rebuilt(text).input_ids == embedded.tokenizer(text).input_ids
