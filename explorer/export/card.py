@@ -21,10 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from explorer.core.options import SHARED, flag
 from explorer.export.llamacpp import llama_quantize_command
 from explorer.export.mergekit import EMBEDDED_HUB_ID, kept_ranges
 from explorer.lm.blocks import Block
 from explorer.lm.models import EMBEDDED
+from explorer.surgery.heal import HealConfig
 
 CARD_FILE = "README.md"
 EMBEDDED_LICENSE = "apache-2.0"  # SmolLM2-135M-Instruct's licence on the hub
@@ -114,8 +116,6 @@ def _block(record: dict) -> Block:
 
 def _flags(config_cls, values: dict) -> list[str]:
     """A settings dataclass's recorded values as its CLI options (explorer.core.options' flags)."""
-    from explorer.core.options import SHARED, flag
-
     args = []
     for item in dataclasses.fields(config_cls):
         value = values.get(item.name)
@@ -146,8 +146,6 @@ def reproduce_command(record: dict, folder_name: str) -> str:
     if similarity := record.get("similarity"):
         args += ["--text-file", similarity["source"], "--samples", str(similarity["samples"]), "--seq-len", str(similarity["seq_len"])]
     if record.get("kind") == "heal":
-        from explorer.surgery.heal import HealConfig  # deferred: the card of a plain prune needs no training code
-
         args += _flags(HealConfig, record["heal"]) + _task_flags(record["heal"].get("eval_options") or {})
     repair = record.get("repair") or {}
     if repair.get("method") == "linear":

@@ -34,6 +34,7 @@ from explorer.core.errors import ExplorerError
 from explorer.core.paths import scratch_beside
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.models import EMBEDDED, LoadedModel, embedded_gguf_path
+from explorer.lm.save import mergeable
 
 # Architectures whose blocks are alike and told apart by nothing but their order, so dropping some
 # and renumbering the rest is the whole edit. Left out on purpose: families that place attention
@@ -332,8 +333,6 @@ def convert_model(loaded: LoadedModel, out: str | Path, dtype: str = "f16", toke
     comes from `tokenizer_gguf` when the model was loaded from a GGUF, else from the tokenizer itself.
     Tensors are converted one at a time while writing, so memory holds one tensor beyond the model."""
     import gguf  # deferred: only GGUF export needs it
-
-    from explorer.lm.save import mergeable
 
     if dtype not in FLOAT_TYPES:
         raise ExplorerError(f"Unknown GGUF type '{dtype}': choose one of {', '.join(FLOAT_TYPES)}.")
