@@ -158,6 +158,54 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
     _dtype_argument(parser)
     _repair_arguments(parser)
+    _export_arguments(parser)
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gguf and --push-to-hub: the pruned model beyond the folder (explorer.export.gguf, explorer.export.hub)."""
+    from explorer.export.gguf import FLOAT_TYPES
+
+    parser.add_argument("--gguf", default=None, metavar="OUT.gguf",
+                        help="also write a GGUF: a GGUF model pruned directly (kept tensors copied, still quantized), "
+                             "else converted from the weights (llama, mistral, qwen2, qwen3)")
+    parser.add_argument("--gguf-type", choices=FLOAT_TYPES, default="f16",
+                        help="weight type of a converted GGUF (a GGUF pruned directly keeps its own types)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO",
+                        help="upload the folder (and --gguf) to this Hugging Face model repo (needs a token: hf auth login)")
+
+
+def _check_export(args: argparse.Namespace, weights_change: bool) -> str | None:
+    """Before any model loads: --out and --gguf never overwrite the model they come from, a GGUF that
+    must be converted (the weights change, or the model is no GGUF) is of a covered architecture (read
+    from its config), and a push can work (the hub is on, reachable and a token is set). Returns the
+    token to push with."""
+    from explorer.export.gguf import check_convertible, check_gguf_out, gguf_source
+    from explorer.export.hub import check_hub_ready, check_repo_id
+    from explorer.lm.models import load_config
+
+    source = Path(args.model).expanduser()
+    out = getattr(args, "out", None)
+    if out and source.exists() and Path(out).expanduser().resolve() == source.resolve():
+        raise ExplorerError(f"--out {out} is the model being exported itself; write to another folder.")
+    if args.gguf:
+        check_gguf_out(args.gguf, [gguf_source(args.model), source if source.is_file() else None])
+        if weights_change or gguf_source(args.model) is None:
+            check_convertible(load_config(args.model, args.trust_remote_code)[0])
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub)
+        return check_hub_ready()
+    return None
+
+
+def _publish(args: argparse.Namespace, token: str | None, folder: Path | str | None, gguf: str | None = None) -> None:
+    """Push the exported folder (and a GGUF written outside it) when --push-to-hub was given."""
+    from explorer.export.hub import push, push_plan
+
+    if not args.push_to_hub:
+        return
+    plan = push_plan(args.push_to_hub, folder, (gguf,) if gguf else ())
+    print(plan.describe(), file=sys.stderr, flush=True)
+    print(f"pushed to {push(plan, token)}")
 
 
 def _repair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +240,7 @@ def _prune(args: argparse.Namespace) -> None:
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True)
+    token = _check_export(args, weights_change=args.repair != "none")
     repair = _repair_config(args, args.text_file, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
@@ -210,6 +259,10 @@ def _prune(args: argparse.Namespace) -> None:
     extra = {"strategy": args.strategy or "manual",
              "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
              "repair": repair_record(repair, fit) if repair else {"method": "none"}}
+    if args.gguf:  # before the folder, so its run.json and model card say what the GGUF holds
+        from explorer.export.gguf import export_gguf
+
+        extra["gguf"] = export_gguf(args.model, args.gguf, block, result.loaded, repair is not None, args.gguf_type).to_json()
     out = save_prune(result, args.out, args.model, extra, args.dtype)
     print(
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
@@ -218,6 +271,57 @@ def _prune(args: argparse.Namespace) -> None:
     if fit is not None:
         print(f"linear repair folded into layer {fit.layer}: held-out relative residual {fit.heldout_residual:.3f} "
               f"(unrepaired {fit.heldout_residual_unrepaired:.3f})")
+    _print_gguf(extra.get("gguf"), args.gguf, args.model, block)
+    _publish(args, token, out, args.gguf)
+
+
+def _print_gguf(exported: dict | None, path: str | None, model_id: str, block) -> None:
+    """The GGUF written, and the llama.cpp command line for the same removal."""
+    from explorer.export.gguf import GGUFExport
+    from explorer.export.llamacpp import llama_quantize_command
+
+    if exported:
+        print(f"{GGUFExport(**exported).describe()}, saved to {path}")
+    print(llama_quantize_command(model_id, block).rstrip())
+
+
+def _export_gguf_arguments(parser: argparse.ArgumentParser) -> None:
+    from explorer.export.gguf import FLOAT_TYPES
+
+    parser.add_argument("--model", default="embedded", help="'embedded' or a .gguf file (pruned directly), or a saved, "
+                                                            "repaired or healed folder or a Hugging Face id (converted)")
+    parser.add_argument("--start", type=int, default=0, help="first layer of the block to remove")
+    parser.add_argument("--n", type=int, default=0, help="number of layers to remove (0: convert as it is)")
+    parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
+    parser.add_argument("--type", choices=FLOAT_TYPES, default="f16", dest="gguf_type",
+                        help="weight type of a converted GGUF (a GGUF pruned directly keeps its own types)")
+    parser.add_argument("--device", default="cpu", help="where a converted model is loaded (default: cpu)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code from the hub (models you trust only)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the GGUF to this Hugging Face model repo")
+    parser.add_argument("--out", required=True, dest="gguf", metavar="OUT.gguf", help="the GGUF file to write")
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    """A GGUF of a model without a block: copied from a GGUF source in seconds (nothing loaded or
+    dequantized), or converted from a folder's or hub model's weights (a healed folder, say)."""
+    import torch
+
+    from explorer.export.gguf import convert_model, gguf_source, prune_gguf, tokenizer_gguf
+    from explorer.lm.blocks import check_block
+    from explorer.lm.models import load_model
+    from explorer.surgery.prune import prune_block
+
+    token = _check_export(args, weights_change=False)
+    if source := gguf_source(args.model):
+        exported = prune_gguf(source, args.gguf, args.start, args.n, args.allow_final)
+    else:
+        loaded = load_model(args.model, device=args.device, dtype=torch.float32, trust_remote_code=args.trust_remote_code)
+        block = check_block(args.start, args.n, loaded.num_layers, args.allow_final)
+        if block.n:
+            loaded = prune_block(loaded, block.start, block.n, allow_final=True, inplace=True).loaded
+        exported = convert_model(loaded, args.gguf, args.gguf_type, tokenizer_gguf(args.model))
+    print(f"{exported.describe()}, saved to {args.gguf}")
+    _publish(args, token, None, args.gguf)
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -386,9 +490,10 @@ def _heal_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, HealConfig)
     _task_arguments(parser)  # the options of --eval-task
     _repair_arguments(parser)  # fitted on --text-file's calibration documents, before healing
-    parser.add_argument("--out", default=None, help="folder for the merged model, run.json and mergekit.yaml "
+    parser.add_argument("--out", default=None, help="folder for the merged model, run.json, mergekit.yaml and model card "
                                                     "(without it nothing is saved: the metrics are printed)")
     _dtype_argument(parser)
+    _export_arguments(parser)
 
 
 def _print_heal_event(event: dict, steps: int) -> None:
@@ -438,6 +543,9 @@ def _heal(args: argparse.Namespace) -> None:
         return
     if args.out is not None:
         _check_out(args.out, folder=True)
+    elif args.gguf or args.push_to_hub:
+        raise ExplorerError("--gguf and --push-to-hub export the healed model's folder: give --out too.")
+    token = _check_export(args, weights_change=True)
     repair = _repair_config(args, args.source)
     ranks = data_parallel(args.device)
     if ranks is not None:
@@ -460,6 +568,15 @@ def _heal(args: argparse.Namespace) -> None:
         run.result = heal_run(store, run_id, settings, run.cancelled, args.out, ranks, lambda e: _print_heal_event(e, config.steps))
     print(f"healed model saved to {run.result['folder']} (run {run_id})" if run.result.get("folder") else
           f"healed model not saved (give --out to save it); run {run_id}")
+    if args.gguf:  # converted from the saved folder: healing changed every kept layer's weights
+        import torch
+
+        from explorer.export.gguf import convert_model, tokenizer_gguf
+        from explorer.lm.models import load_model
+
+        loaded = load_model(run.result["folder"], device="cpu", dtype=torch.float32)
+        print(f"{convert_model(loaded, args.gguf, args.gguf_type, tokenizer_gguf(args.model)).describe()}, saved to {args.gguf}")
+    _publish(args, token, run.result.get("folder"), args.gguf)
 
 
 def _classify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -509,6 +626,7 @@ def _heal_ranks(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
     "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
+    "export-gguf": (_export_gguf_arguments, _export_gguf, "a GGUF without a block: copied from a GGUF, or converted from a folder"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),

@@ -11,7 +11,6 @@ import streamlit as st
 from explorer import jobs
 from explorer.lm.blocks import check_block
 from explorer.lm.data import C4, EMBEDDED
-from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.save import DTYPES
 from explorer.surgery.heal import TARGETS, HealConfig
 from explorer.views.figures.heal import heal_figure
@@ -27,6 +26,7 @@ from explorer.surgery.recipe import recipe_for
 from explorer.state.store import Run
 from explorer.evaluation.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
+from pages.panels.export import export_panel
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.views.preview.Preview, "saved"}
@@ -122,13 +122,7 @@ def show_pruned(model: dict, pruned: dict) -> None:
     for column, (name, row) in zip(st.columns(len(rows)), rows.items()):
         column.markdown(f"**{name.capitalize()} completes**")
         column.code(row["completion"], language=None, wrap_lines=True)
-    with st.container(horizontal=True):
-        st.download_button("mergekit YAML", mergekit_yaml(model["source"], block.num_layers, block),
-                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
-        if st.button("Save pruned model", key="ph_save"):
-            pruned["saved"] = str(preview.save(model["source"], st.session_state.get("ph_dtype")))
-    if pruned["saved"]:
-        st.info(f"Saved to `{pruned['saved']}` (weights, tokenizer, run.json, mergekit.yaml).")
+    export_panel(model, pruned)  # mergekit and llama.cpp, Save (with GGUF), Push to hub
 
 
 def run_summary(run: Run, events: list[dict]) -> None:

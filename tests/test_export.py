@@ -117,7 +117,9 @@ def test_cli_prune_writes_folder(embedded, tmp_path):
     out = tmp_path / "pruned"
     done = _cli("--model", "embedded", "--start", "20", "--n", "5", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert "layers 20-24 of 30" in done.stdout and len(done.stdout.strip().splitlines()) == 1
+    lines = done.stdout.strip().splitlines()
+    assert "layers 20-24 of 30" in lines[0] and "llama-quantize --prune-layers 20,21,22,23,24" in lines[-1]
+    assert (out / "README.md").is_file()
     record = json.loads((out / "run.json").read_text())
     assert record["block"]["removed"] == [20, 21, 22, 23, 24]
     assert record["params_before"] - record["params_after"] == sum(

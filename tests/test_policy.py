@@ -1,5 +1,5 @@
 """The README's "Serving a class": loopback by default, and on a reachable address no remote code,
-no server paths and no deleting unless the operator switched them on when launching."""
+no server paths, no deleting and no pushing to the hub unless the operator switched them on when launching."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from streamlit.testing.v1 import AppTest
 from explorer.core.errors import ExplorerError
 from explorer.core.policy import (
     ALLOW_DELETE,
+    ALLOW_PUSH,
     ALLOW_REMOTE_CODE,
     ALLOW_SERVER_PATHS,
     check_delete,
     check_model_source,
+    check_push,
     check_remote_code,
     check_text_source,
     is_loopback,
@@ -55,18 +57,18 @@ def test_loopback_addresses(address, loopback):
 
 def test_loopback_allows_everything_a_reachable_server_nothing_by_default():
     local = server_policy("127.0.0.1", {})
-    assert (local.remote, local.remote_code, local.server_paths, local.delete) == (False, True, True, True)
+    assert (local.remote, local.remote_code, local.server_paths, local.delete, local.push) == (False, True, True, True, True)
     room = server_policy("0.0.0.0", {})
-    assert (room.remote, room.remote_code, room.server_paths, room.delete) == (True, False, False, False)
+    assert (room.remote, room.remote_code, room.server_paths, room.delete, room.push) == (True, False, False, False, False)
 
 
 @pytest.mark.parametrize("switch, field", [(ALLOW_REMOTE_CODE, "remote_code"), (ALLOW_SERVER_PATHS, "server_paths"),
-                                           (ALLOW_DELETE, "delete")])
+                                           (ALLOW_DELETE, "delete"), (ALLOW_PUSH, "push")])
 def test_each_switch_enables_only_its_power(switch, field):
     for value, on in (("1", True), ("true", True), ("yes", True), ("on", True), ("0", False), ("", False)):
         rules = server_policy("0.0.0.0", {switch: value})
         assert getattr(rules, field) is on
-        others = {"remote_code", "server_paths", "delete"} - {field}
+        others = {"remote_code", "server_paths", "delete", "push"} - {field}
         assert not any(getattr(rules, name) for name in others)
 
 
@@ -93,6 +95,9 @@ def test_checks_on_a_reachable_server(tmp_path):
     with pytest.raises(ExplorerError, match=f"{ALLOW_DELETE}=1"):
         check_delete(room)
     check_delete(local)
+    with pytest.raises(ExplorerError, match=f"{ALLOW_PUSH}=1"):
+        check_push(room)
+    check_push(local)
 
 
 @pytest.fixture()

@@ -7,6 +7,7 @@ bookkeeping and the pages can find the folder without loading the model stack.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 
@@ -21,3 +22,10 @@ def explorer_home() -> Path:
     home = Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "layer-pruning-explorer"))
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def scratch_beside(target: Path) -> Path:
+    """A fresh hidden name in `target`'s folder to write into and then rename over `target` (a rename
+    within one folder is atomic). Unlike mkstemp's private 0600 file, a file opened there gets the
+    usual permissions (the umask's), like every other file of an export."""
+    return target.with_name(f".{target.name}-partial-{uuid.uuid4().hex[:12]}")

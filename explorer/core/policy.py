@@ -3,13 +3,15 @@
 On loopback (`make app`'s default, 127.0.0.1) the only user is the person at the machine, so
 everything is allowed. When the server listens where other machines reach it (`make app
 HOST=0.0.0.0` to serve a class, or a bare `streamlit run`, which listens on every interface),
-three powers are off unless the operator switched them on with an environment variable:
+four powers are off unless the operator switched them on with an environment variable:
 
 - EXPLORER_ALLOW_REMOTE_CODE=1: the "Trust remote code" box is offered (a model's own Python
   would run on the server);
 - EXPLORER_ALLOW_SERVER_PATHS=1: visitors may name a folder, .gguf file or text file on the
   server (else: the embedded model, Hugging Face ids, the embedded corpus, C4 and uploads);
-- EXPLORER_ALLOW_DELETE=1: visitors may delete runs.
+- EXPLORER_ALLOW_DELETE=1: visitors may delete runs;
+- EXPLORER_ALLOW_PUSH=1: visitors may push a pruned model to the Hugging Face hub (with the
+  server's token, to any repo it can write to); without it the page does not show the button.
 
 Pure functions of the listening address and the environment, so the rules are tested without a
 server. The CLI is the operator at their own machine and is not limited.
@@ -28,6 +30,7 @@ from explorer.core.errors import ExplorerError
 ALLOW_REMOTE_CODE = "EXPLORER_ALLOW_REMOTE_CODE"
 ALLOW_SERVER_PATHS = "EXPLORER_ALLOW_SERVER_PATHS"
 ALLOW_DELETE = "EXPLORER_ALLOW_DELETE"
+ALLOW_PUSH = "EXPLORER_ALLOW_PUSH"
 TEXT_NAMES = ("embedded", "c4")  # text sources that are not files
 MODEL_NAMES = ("embedded",)
 
@@ -40,6 +43,7 @@ class Policy:
     remote_code: bool
     server_paths: bool
     delete: bool
+    push: bool
 
 
 def is_loopback(address: str | None) -> bool:
@@ -67,6 +71,7 @@ def server_policy(address: str | None, env: Mapping[str, str] = os.environ) -> P
         remote_code=local or switched_on(env, ALLOW_REMOTE_CODE),
         server_paths=local or switched_on(env, ALLOW_SERVER_PATHS),
         delete=local or switched_on(env, ALLOW_DELETE),
+        push=local or switched_on(env, ALLOW_PUSH),
     )
 
 
@@ -106,3 +111,8 @@ def check_remote_code(policy: Policy, trust_remote_code: bool) -> None:
 def check_delete(policy: Policy) -> None:
     if not policy.delete:
         raise _refuse("visitors cannot delete runs", ALLOW_DELETE)
+
+
+def check_push(policy: Policy) -> None:
+    if not policy.push:
+        raise _refuse("visitors cannot push models to the Hugging Face hub", ALLOW_PUSH)

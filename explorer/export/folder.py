@@ -1,12 +1,17 @@
 """Keep a pruned (or healed) model: a `save_pretrained` folder that reloads with
-`AutoModelForCausalLM.from_pretrained`, a JSON record of the run (run.json), and the mergekit
-passthrough config that rebuilds the unhealed slice from the original checkpoint.
+`AutoModelForCausalLM.from_pretrained`, a JSON record of the run (run.json), the mergekit
+passthrough config that rebuilds the unhealed slice from the original checkpoint, and the model
+card (README.md, explorer.export.card) the hub shows.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from explorer.core.errors import ExplorerError
+from explorer.core.paths import scratch_beside
+from explorer.export.card import CARD_FILE, model_card
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.blocks import Block
 from explorer.lm.models import LoadedModel
@@ -18,13 +23,26 @@ def block_record(block: Block) -> dict:
     return {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed}
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a small file whole or not at all (a scratch file renamed over it)."""
+    scratch = scratch_beside(path)
+    try:
+        scratch.write_text(text, encoding="utf-8")
+        os.replace(scratch, path)
+    except OSError as exc:
+        raise ExplorerError(f"Could not write {path} ({exc.strerror or exc}).") from exc
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: Block, record: dict,
                dtype: str | None = None) -> Path:
-    """The one export of a pruned, repaired or healed model: its folder with run.json (`save_pruned`)
-    plus the mergekit YAML of the unhealed slice, which rebuilds the pruned starting point from the
-    original checkpoint."""
+    """The one export of a pruned, repaired or healed model: its folder with run.json (`save_pruned`),
+    the mergekit YAML of the unhealed slice, which rebuilds the pruned starting point from the
+    original checkpoint, and the model card made from the same record."""
     out = save_pruned(loaded, folder, record, dtype)
-    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, block.num_layers, block))
+    write_text(out / "mergekit.yaml", mergekit_yaml(model_id, block.num_layers, block))
+    write_text(out / CARD_FILE, model_card({"model": model_id, **record}, out.name))
     return out
 
 

@@ -20,7 +20,7 @@ import torch
 RECORD_FILE = "run.json"
 
 
-def _mergeable(model: nn.Module) -> nn.Module:
+def mergeable(model: nn.Module) -> nn.Module:
     """A plain transformers model: a peft model is merged on a copy, so a live adapter keeps training."""
     from peft import PeftModel  # deferred: peft loads only when healing or finetuning
 
@@ -51,7 +51,7 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
     so a full disk or a read-only folder leaves no half-written model that would fail to load
     later, and keeps whatever `folder` already held."""
     folder = Path(folder)
-    model = _mergeable(loaded.model)
+    model = mergeable(loaded.model)
     scratch = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)

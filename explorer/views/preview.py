@@ -17,6 +17,7 @@ from explorer.evaluation.agreement import agreement
 from explorer.state.cache import cached_quick_eval, similarity_runs
 from explorer.evaluation.evaluate import quick_eval
 from explorer.export.folder import save_prune
+from explorer.export.gguf import GGUF_FILE, export_gguf
 from explorer.lm.models import LoadedModel
 from explorer.core.options import widget
 from explorer.core.paths import explorer_home
@@ -92,11 +93,19 @@ class Preview:
         return {"repair": repair_record(self.repair, self.fit) if self.repair else {"method": "none"},
                 "quick_eval": {name: {k: v for k, v in row.items() if k != "completion"} for name, row in self.rows.items()}}
 
-    def save(self, model_source: str, dtype: str | None = None) -> Path:
-        """The model folder (run.json, the mergekit YAML of the slice; weights in `dtype`, default as
-        loaded) under EXPLORER_HOME/pruned: export.save_prune, as the CLI's prune writes it."""
+    def save(self, model_source: str, dtype: str | None = None, gguf: bool = False) -> Path:
+        """The model folder (run.json, the mergekit YAML of the slice, the model card; weights in
+        `dtype`, default as loaded) under EXPLORER_HOME/pruned: export.save_prune, as the CLI's prune
+        writes it. `gguf` adds model.gguf (explorer.export.gguf.export_gguf: copied from a GGUF source
+        when only layers went, else converted), written first so the card describes it."""
         folder = explorer_home() / "pruned" / self.result.loaded.fingerprint.replace(":", "-").replace("|", "_")
-        return save_prune(self.result, folder, model_source, self.extra(), dtype)
+        extra = self.extra()
+        if gguf:
+            extra["gguf"] = export_gguf(model_source, folder / GGUF_FILE, self.result.block, self.result.loaded,
+                                        weights_changed=self.repair is not None).to_json()
+        else:  # an earlier save's GGUF may be of another repair of this block: the folder holds one model
+            (folder / GGUF_FILE).unlink(missing_ok=True)
+        return save_prune(self.result, folder, model_source, extra, dtype)
 
 
 def latest_similarity(loaded: LoadedModel, store) -> SimilarityResult | None:
