@@ -13,25 +13,46 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from explorer.analysis.bootstrap import DRAWS, SEED, bootstrap, result_json, summary
+from explorer.analysis.strategies import STRATEGIES, strategy_block
 from explorer.core.errors import ExplorerError
 from explorer.core.options import add_options, given
 from explorer.core.threads import configure
-from explorer.analysis.bootstrap import bootstrap, DRAWS, result_json, SEED, summary
 from explorer.evaluation.agreement import agreement, describe, predictions
 from explorer.evaluation.evaluate import run_task, validation_loss
 from explorer.evaluation.questions import check_limit
 from explorer.evaluation.tasks import get_task
-from explorer.experiments.classify import ClassifySettings, describe_point, execute as execute_classify
+from explorer.experiments.classify import ClassifySettings, describe_point
+from explorer.experiments.classify import execute as execute_classify
 from explorer.experiments.heal import heal_ranks, heal_run
-from explorer.experiments.sweep import describe_point as describe_sweep_point, execute as execute_sweep, start_sweep, SweepSettings, teaching_preset
+from explorer.experiments.sweep import SweepSettings, start_sweep, teaching_preset
+from explorer.experiments.sweep import describe_point as describe_sweep_point
+from explorer.experiments.sweep import execute as execute_sweep
+from explorer.experiments.sweep.distributed import ray_available
 from explorer.export.folder import save_prune
+from explorer.export.gguf import (
+    FLOAT_TYPES,
+    GGUFExport,
+    check_convertible,
+    check_gguf_out,
+    convert_model,
+    export_gguf,
+    gguf_source,
+    prune_gguf,
+    tokenizer_gguf,
+)
+from explorer.export.hub import check_hub_ready, check_repo_id, push, push_plan
+from explorer.export.llamacpp import llama_quantize_command
 from explorer.jobs import run_job
 from explorer.lm.blocks import check_block
 from explorer.lm.data import check_settings, split_documents
-from explorer.lm.models import load_model, model_skeleton
+from explorer.lm.models import load_config, load_model, model_skeleton
 from explorer.lm.save import DTYPES
 from explorer.lm.stream import open_for_analysis
 from explorer.state.cache import cached_distances, cached_reference
@@ -39,11 +60,9 @@ from explorer.state.store import Store
 from explorer.surgery.finetune import FinetuneConfig
 from explorer.surgery.heal import HealConfig, target_modules
 from explorer.surgery.parallel import data_parallel
-from explorer.analysis.strategies import STRATEGIES, strategy_block
+from explorer.surgery.prune import prune_block
 from explorer.surgery.recipe import recipe_for
 from explorer.surgery.repair import REPAIRS, RepairConfig, prune_or_repair, repair_record
-from dataclasses import replace
-from explorer.experiments.sweep.distributed import ray_available
 
 FINETUNE = "finetune_"  # classify's finetuning options parse into their own names (both classes have a batch_size)
 
@@ -163,8 +182,6 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     """--gguf and --push-to-hub: the pruned model beyond the folder (explorer.export.gguf, explorer.export.hub)."""
-    from explorer.export.gguf import FLOAT_TYPES
-
     parser.add_argument("--gguf", default=None, metavar="OUT.gguf",
                         help="also write a GGUF: a GGUF model pruned directly (kept tensors copied, still quantized), "
                              "else converted from the weights (llama, mistral, qwen2, qwen3)")
@@ -179,10 +196,6 @@ def _check_export(args: argparse.Namespace, weights_change: bool) -> str | None:
     must be converted (the weights change, or the model is no GGUF) is of a covered architecture (read
     from its config), and a push can work (the hub is on, reachable and a token is set). Returns the
     token to push with."""
-    from explorer.export.gguf import check_convertible, check_gguf_out, gguf_source
-    from explorer.export.hub import check_hub_ready, check_repo_id
-    from explorer.lm.models import load_config
-
     source = Path(args.model).expanduser()
     out = getattr(args, "out", None)
     if out and source.exists() and Path(out).expanduser().resolve() == source.resolve():
@@ -199,8 +212,6 @@ def _check_export(args: argparse.Namespace, weights_change: bool) -> str | None:
 
 def _publish(args: argparse.Namespace, token: str | None, folder: Path | str | None, gguf: str | None = None) -> None:
     """Push the exported folder (and a GGUF written outside it) when --push-to-hub was given."""
-    from explorer.export.hub import push, push_plan
-
     if not args.push_to_hub:
         return
     plan = push_plan(args.push_to_hub, folder, (gguf,) if gguf else ())
@@ -260,7 +271,6 @@ def _prune(args: argparse.Namespace) -> None:
              "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
              "repair": repair_record(repair, fit) if repair else {"method": "none"}}
     if args.gguf:  # before the folder, so its run.json and model card say what the GGUF holds
-        from explorer.export.gguf import export_gguf
 
         extra["gguf"] = export_gguf(args.model, args.gguf, block, result.loaded, repair is not None, args.gguf_type).to_json()
     out = save_prune(result, args.out, args.model, extra, args.dtype)
@@ -277,17 +287,12 @@ def _prune(args: argparse.Namespace) -> None:
 
 def _print_gguf(exported: dict | None, path: str | None, model_id: str, block) -> None:
     """The GGUF written, and the llama.cpp command line for the same removal."""
-    from explorer.export.gguf import GGUFExport
-    from explorer.export.llamacpp import llama_quantize_command
-
     if exported:
         print(f"{GGUFExport(**exported).describe()}, saved to {path}")
     print(llama_quantize_command(model_id, block).rstrip())
 
 
 def _export_gguf_arguments(parser: argparse.ArgumentParser) -> None:
-    from explorer.export.gguf import FLOAT_TYPES
-
     parser.add_argument("--model", default="embedded", help="'embedded' or a .gguf file (pruned directly), or a saved, "
                                                             "repaired or healed folder or a Hugging Face id (converted)")
     parser.add_argument("--start", type=int, default=0, help="first layer of the block to remove")
@@ -304,12 +309,6 @@ def _export_gguf_arguments(parser: argparse.ArgumentParser) -> None:
 def _export_gguf(args: argparse.Namespace) -> None:
     """A GGUF of a model without a block: copied from a GGUF source in seconds (nothing loaded or
     dequantized), or converted from a folder's or hub model's weights (a healed folder, say)."""
-    import torch
-
-    from explorer.export.gguf import convert_model, gguf_source, prune_gguf, tokenizer_gguf
-    from explorer.lm.blocks import check_block
-    from explorer.lm.models import load_model
-    from explorer.surgery.prune import prune_block
 
     token = _check_export(args, weights_change=False)
     if source := gguf_source(args.model):
@@ -569,10 +568,7 @@ def _heal(args: argparse.Namespace) -> None:
     print(f"healed model saved to {run.result['folder']} (run {run_id})" if run.result.get("folder") else
           f"healed model not saved (give --out to save it); run {run_id}")
     if args.gguf:  # converted from the saved folder: healing changed every kept layer's weights
-        import torch
 
-        from explorer.export.gguf import convert_model, tokenizer_gguf
-        from explorer.lm.models import load_model
 
         loaded = load_model(run.result["folder"], device="cpu", dtype=torch.float32)
         print(f"{convert_model(loaded, args.gguf, args.gguf_type, tokenizer_gguf(args.model)).describe()}, saved to {args.gguf}")

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+from huggingface_hub import try_to_load_from_cache
 
 from explorer.core.options import SHARED, flag
 from explorer.export.llamacpp import llama_quantize_command
@@ -35,7 +36,7 @@ LIBRARIES = ("torch", "transformers", "peft", "gguf", "layer-pruning-explorer")
 STRATEGY_TEXT = {
     "similarity": "the block whose input and output are closest in angular distance (Gromov et al., 2403.17887)",
     "simple": "the n deepest layers before the final one (Gromov et al.'s baseline)",
-    "top-cut": "the last n layers, final one included (Men et al.'s cut, 2402.11700)",
+    "top-cut": "the last n layers, final one included (the cut of Yuan et al., 2402.11700)",
     "manual": "chosen by hand (--start)",
 }
 
@@ -91,8 +92,6 @@ def base_model(model_id: str) -> tuple[str | None, str | None]:
     if path.suffix == ".gguf" or path.exists() or not HUB_ID.fullmatch(model_id):
         return None, None
     try:
-        from huggingface_hub import try_to_load_from_cache  # deferred: only a hub id's card asks the cache
-
         cached = try_to_load_from_cache(model_id, CARD_FILE)
     except Exception:  # an odd id or cache: the licence is simply unknown
         cached = None

@@ -27,8 +27,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import gguf
 import numpy
 import torch
+from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+    GGUF_PRE_TOKENIZER_SPLITS,  # the split regexes transformers rebuilds from tokenizer.ggml.pre
+)
 
 from explorer.core.errors import ExplorerError
 from explorer.core.paths import scratch_beside
@@ -106,7 +110,6 @@ def _scalar(reader, key: str):
 
 def _add_field(writer, name: str, field, value=None) -> None:
     """A key read from a GGUF written again with its own value type; `value` replaces its value."""
-    import gguf  # deferred: only GGUF export needs it
 
     kind = field.types[0]
     sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
@@ -125,7 +128,6 @@ def _kept_value(name: str, field, arch: str, block: Block):
 
 
 def _read(path: Path):
-    import gguf  # deferred: only GGUF export reads GGUF files this way
 
     try:
         return gguf.GGUFReader(path)
@@ -166,7 +168,6 @@ def _summary(target: Path, method: str, started: float, tensors: list[tuple[str,
 def prune_gguf(source: str | Path, out: str | Path, start: int, n: int, allow_final: bool = False) -> GGUFExport:
     """`source` without layers [start, start+n), written to `out` (see the module docstring). The
     block is checked against the file's own layer count, read from its header."""
-    import gguf  # deferred: only GGUF export needs it
 
     started = time.perf_counter()
     source = Path(source)
@@ -259,10 +260,6 @@ def _copy_tokenizer(writer, source: Path) -> None:
 
 def _pre_tokenizer(spec: dict) -> str:
     """llama.cpp's name for the tokenizer's split regex, as transformers' GGUF loader knows them; 'default' else."""
-    try:  # transformers' table of the split regexes it rebuilds from a GGUF's tokenizer.ggml.pre
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
-    except ImportError:
-        return "default"
     patterns = []
     stack = [spec.get("pre_tokenizer") or {}]
     while stack:
@@ -277,7 +274,6 @@ def _tokenizer_from_hf(writer, tokenizer, vocab_size: int) -> None:
     """A byte-level BPE tokenizer (GPT-2 style: Llama 3, Qwen, SmolLM) as llama.cpp's 'gpt2' model:
     tokens by id (padded to the embedding's rows as unused '[PADi]'), special added tokens marked
     control and other added ones user-defined, merges and special ids through gguf's SpecialVocab."""
-    import gguf  # deferred: only GGUF export needs it
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
@@ -332,7 +328,6 @@ def convert_model(loaded: LoadedModel, out: str | Path, dtype: str = "f16", toke
     """`loaded` (a merged copy when it carries a LoRA adapter) as a float GGUF at `out`. The tokenizer
     comes from `tokenizer_gguf` when the model was loaded from a GGUF, else from the tokenizer itself.
     Tensors are converted one at a time while writing, so memory holds one tensor beyond the model."""
-    import gguf  # deferred: only GGUF export needs it
 
     if dtype not in FLOAT_TYPES:
         raise ExplorerError(f"Unknown GGUF type '{dtype}': choose one of {', '.join(FLOAT_TYPES)}.")

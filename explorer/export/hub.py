@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session, get_token
+
 from explorer.core.errors import ExplorerError
 
 REPO_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
@@ -70,8 +72,6 @@ def push_plan(repo_id: str, folder: str | Path | None = None, extra: tuple[str |
 
 def check_hub_ready() -> str:
     """The token to push with, after checking in seconds that a push can work at all."""
-    from huggingface_hub import constants, get_session, get_token  # deferred: only a push needs it
-
     if constants.HF_HUB_OFFLINE:
         raise ExplorerError("The Hugging Face hub is switched off here (HF_HUB_OFFLINE=1), so nothing can be pushed: "
                             "push from a machine that is online.")
@@ -88,8 +88,6 @@ def check_hub_ready() -> str:
 
 def push(plan: PushPlan, token: str) -> str:
     """Create the repo (kept if it exists) and upload the plan's files in one commit; returns its URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi  # deferred: only a push needs it
-
     api = HfApi(token=token)
     try:
         url = api.create_repo(plan.repo_id, exist_ok=True, repo_type="model")
