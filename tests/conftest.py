@@ -173,6 +173,13 @@ def browser():
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every browser test is slow (a real Streamlit server and Chromium): `make test-fast` skips them."""
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the test item, so `page` can tell whether its test failed."""
     report = yield

@@ -145,6 +145,7 @@ def test_paper_style_rescales_each_row(tiny_result):
     assert row_scaled(distances_frame(TOY)).between(0, 1).all()
 
 
+@pytest.mark.slow  # pins a README figure on the embedded model
 def test_readme_science_figures_at_the_teaching_calibration(embedded):
     """README, 'What the embedded model shows': 16 documents x 64 tokens of the embedded corpus (the
     teaching sweep's heatmap) leave 11 of the 29 best blocks unstable and 27 shallow."""

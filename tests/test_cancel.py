@@ -20,6 +20,8 @@ from explorer.state.files import log_path, run_folder
 from explorer.state.store import Store
 from tests.test_jobs import heal_settings, stop, trained_steps, wait_for
 
+pytestmark = pytest.mark.slow  # real runner processes cancelled in each phase
+
 LATENCY = jobs.GRACE_SECONDS + 2.0  # cancel to a vanished runner: it leaves by itself (~1 s), or is SIGKILLed at 5 s
 WORDS = "the of river mountain quiet seven purple engine letter winter city number garden bright".split()
 

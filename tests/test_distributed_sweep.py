@@ -10,6 +10,8 @@ import pytest
 from explorer.state.store import Store
 from explorer.experiments.sweep import SweepCancelled, SweepSettings, execute, start_sweep, sweep_points
 
+pytestmark = pytest.mark.slow  # a local Ray instance
+
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-distributed.txt")
 RAY = {"executor": "ray"}
 VARYING = {"seconds", "time", "step", "shared", "resumed"}  # timing, arrival order, and which strategy measured a shared block

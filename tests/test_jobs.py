@@ -14,6 +14,8 @@ from explorer import jobs
 from explorer.state.files import log_path, run_folder
 from explorer.state.store import Store
 
+pytestmark = pytest.mark.slow  # real runner processes
+
 TIMEOUT = 240
 
 

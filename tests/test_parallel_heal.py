@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,6 +19,8 @@ from explorer.surgery.heal import HealConfig, heal, training_batches
 from explorer.surgery.parallel import label_tokens
 from explorer.surgery.prune import prune_block
 from explorer.state.store import Store
+
+pytestmark = pytest.mark.slow  # processes under accelerate
 
 STEPS, BATCH, SEQ = 3, 4, 48
 WORDS = "the river city council said on monday that a new bridge would open next year after long delays".split()
