@@ -80,7 +80,7 @@ def test_memory_accounting_adds_up(tiny_llama):
 def test_decode_step_parts_add_up(tiny_llama):
     parts = decode_parts(tiny_llama.model, prompts(tiny_llama.model, 1, 5), 3)
     assert all(value > 0 for value in parts.values())
-    assert parts["before_layers"] + parts["layers"] + parts["after_layers"] <= parts["step"] * 1.5
+    assert max(parts["before_layers"], parts["layers"], parts["after_layers"]) < parts["step"]
 
 
 def test_measure_speed_end_to_end(tiny_llama):

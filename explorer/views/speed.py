@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from explorer.evaluation.speed import SpeedSettings
-from explorer.state.store import Run
-from explorer.views.progress import format_duration
+from explorer.core.options import widget
+from explorer.evaluation.speed import SpeedSettings, parse_sizes
+from explorer.state.store import Run, Store, of_kind
+from explorer.views.progress import current_phase, format_duration
 
 MB = 2**20
 
@@ -101,3 +102,33 @@ def estimate_text(seconds: float, settings: SpeedSettings, models: int) -> str:
     return (f"About {format_duration(seconds)} on this machine (estimated from a short decode here): {models} models × "
             f"{settings.repeats} interleaved repeats × batch {', '.join(map(str, settings.batch_sizes))}, plus the output check, "
             "a warm-up and the memory pass.")
+
+
+WIDGETS = {"ph_speed_prompt": "prompt_tokens", "ph_speed_steps": "new_tokens", "ph_speed_batches": "batch_sizes",
+           "ph_speed_repeats": "repeats"}  # the Prune page's speed widgets -> SpeedSettings fields
+LABELS = {key: widget(SpeedSettings, name) for key, name in WIDGETS.items()}  # label and help, as the CLI's
+
+
+def widget_values(settings: SpeedSettings) -> dict:
+    """The panel's widget values for these settings (batch sizes as the text the user types)."""
+    values = {key: getattr(settings, name) for key, name in WIDGETS.items()}
+    return {**values, "ph_speed_batches": ",".join(map(str, settings.batch_sizes))}
+
+
+def form_settings(values: dict) -> SpeedSettings:
+    """SpeedSettings from the panel's widget values (checked by the caller)."""
+    return SpeedSettings(values["ph_speed_prompt"], values["ph_speed_steps"], parse_sizes(values["ph_speed_batches"]),
+                         values["ph_speed_repeats"])
+
+
+def speed_runs(store: Store, source: str, drop: tuple[int, int]) -> list[Run]:
+    """Speed runs of this model without this block, newest first: what the panel shows after a reload."""
+    wanted = {"start": drop[0], "n": drop[1]}
+    return [run for run in store.list_runs("speed") if run.settings.get("drop") == wanted
+            and run.settings.get("model", {}).get("source") == source]
+
+
+def speed_progress(events: list[dict], repeats: int) -> tuple[float, str | None]:
+    """(fraction done, latest phase) of a speed run: its timed repeats out of all."""
+    done = sum(1 for event in of_kind(events, "phase") if event["phase"].startswith("timed repeat"))
+    return min(1.0, done / repeats), current_phase(events)
