@@ -14,11 +14,13 @@ from explorer.core.errors import ExplorerError
 from explorer.core.threads import threads_for
 from explorer.evaluation.speed import (SpeedSettings, cache_bytes, check_outputs, decode, decode_parts, estimate_seconds,
                                        measure_speed, memory, prompts, weight_bytes)
+from explorer.experiments.sweep import SweepSettings, profile_parts, run_sweep, start_sweep
 from explorer.export.folder import save_prune
 from explorer.lm.forward import inference
 from explorer.lm.layers import decoder_layers
 from explorer.state.store import Store
 from explorer.surgery.prune import prune_block
+from explorer.views.figures.sweep import pareto_front, points_frame, speed_figure
 from explorer.views.speed import speed_frame, speed_lines
 
 TINY = SpeedSettings(prompt_tokens=6, new_tokens=4, batch_sizes=(1, 3), repeats=2)
@@ -177,3 +179,43 @@ def test_cli_measures_a_dropped_block_and_a_pruned_folder(tiny_llama, tiny_llama
     data = json.loads(out.read_text())
     assert data["names"]["reference"] == str(tiny_llama_dir) and data["comparisons"]["pruned"]["layers_removed"] == 1
     assert data["comparisons"]["pruned"]["ideal"] == 4 / 3
+
+
+def test_sweep_times_each_point_when_asked(tiny_llama, tmp_path):
+    """With `speed` on, every point carries its block's measured decode speedup and ideal L / (L - n)
+    (n = 0 is the unpruned model: 1), the figure draws each curve's front, and the time it took is
+    its own part of the sweep's profile."""
+    store = Store(tmp_path / "runs.sqlite")
+    settings = SweepSettings(model="tiny", strategies=("simple", "top-cut"), fractions=(0.0, 0.5), limit=4, val_samples=2,
+                             sim_samples=2, seq_len=16, speed=True)
+    timings: dict[str, float] = {}
+    result = run_sweep(tiny_llama, settings, store, start_sweep(store, settings), timings=timings)
+    assert len(result["points"]) == 4
+    for point in result["points"]:
+        assert point["ideal_speedup"] == 4 / (4 - point["n"]) and point["speedup"] > 0
+        assert (point["speedup"] == 1.0) == (point["n"] == 0)
+    assert profile_parts(timings)["speed"] > 0
+    figure = speed_figure(result["points"])
+    assert {trace.name for trace in figure.data if trace.showlegend is not False} == {"simple (Pareto front)", "top-cut (Pareto front)"}
+    assert not SweepSettings().speed  # off by default: it costs time
+    assert "speedup" in points_frame(result["points"]).columns
+
+
+def test_pareto_front_is_the_undominated_points():
+    """Against a brute-force check: a point is on the front when no other is at least as fast and as
+    accurate and better on one count."""
+    import random
+
+    rng = random.Random(0)
+    points = [{"speedup": round(rng.uniform(1, 2), 1), "accuracy": round(rng.uniform(0, 1), 1), "n": i} for i in range(40)]
+    points.append({"speedup": None, "accuracy": 1.0, "n": 99})  # not timed: never on the front
+
+    def dominated(p):
+        return any(q is not p and q["speedup"] >= p["speedup"] and q["accuracy"] >= p["accuracy"]
+                   and (q["speedup"], q["accuracy"]) != (p["speedup"], p["accuracy"]) for q in points[:-1])
+
+    front = pareto_front(points)
+    expected = [p for p in points[:-1] if not dominated(p)]
+    assert {(p["speedup"], p["accuracy"]) for p in front} == {(p["speedup"], p["accuracy"]) for p in expected}
+    assert [p["speedup"] for p in front] == sorted(p["speedup"] for p in front)
+    assert [p["accuracy"] for p in front] == sorted((p["accuracy"] for p in front), reverse=True)
