@@ -67,25 +67,26 @@ def measure(args: argparse.Namespace) -> dict:
 def table(result: dict) -> str:
     """The README table: per n the ideal, measured prefill and decode speedups per batch, and memory."""
     batches = result["settings"]["batch_sizes"]
+    first = "1" if 1 in batches else str(batches[0])
     head = ["n", "ideal L/(L-n)", *[f"prefill ×, b={b}" for b in batches], *[f"decode ×, b={b}" for b in batches],
-            "decode ÷ ideal, b=1" if 1 in batches else f"decode ÷ ideal, b={batches[0]}", "bound from fixed costs",
+            f"decode ÷ ideal, b={first}", f"decode × in CPU time, b={first}", "bound from fixed costs",
             "weights MB", "KV kB/token", f"peak MB (b={max(batches)})"]
     lines = [f"{result['model']}, {result['device']} ({result['dtype']}), {result['torch_threads']} torch threads, "
              f"prompt {result['settings']['prompt_tokens']} tokens, {result['settings']['new_tokens']} decode steps, "
              f"fastest of {result['settings']['repeats']} interleaved repeats", "",
              "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    first = str(batches[0]) if 1 not in batches else "1"
     for label, figures in result["models"].items():
         compared = result["comparisons"].get(label)
         memory = figures["memory"]
         peak = memory["peak_bytes"] / 2**20 if memory["peak_bytes"] is not None else float("nan")
         if compared is None:
-            cells = [label.removeprefix("n="), "1.00", *["1.00"] * (2 * len(batches)), "—", "—"]
+            cells = [label.removeprefix("n="), "1.00", *["1.00"] * (2 * len(batches)), "—", "—", "—"]
         else:
             cells = [label.removeprefix("n="), f"{compared['ideal']:.2f}",
                      *[f"{compared['prefill'][str(b)]['min']:.2f}" for b in batches],
                      *[f"{compared['decode'][str(b)]['min']:.2f}" for b in batches],
-                     f"{compared['decode_vs_ideal'][first]:.2f}", f"{compared['bound_with_fixed_costs']:.2f}"]
+                     f"{compared['decode_vs_ideal'][first]:.2f}", f"{compared['decode_cpu'][first]['min']:.2f}",
+                     f"{compared['bound_with_fixed_costs']:.2f}"]
         cells += [f"{memory['weights_bytes'] / 2**20:.0f}", f"{figures['kv_bytes_per_token'] / 1024:.1f}", f"{peak:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     parts = result["models"]["n=0"]["decode_parts_ms"]

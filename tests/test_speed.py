@@ -12,7 +12,7 @@ import torch
 from explorer.cli import main
 from explorer.core.errors import ExplorerError
 from explorer.core.threads import threads_for
-from explorer.evaluation.speed import (SpeedSettings, cache_bytes, check_outputs, decode, decode_parts, estimate_seconds,
+from explorer.evaluation.speed import (SpeedSettings, cache_bytes, check_outputs, decode, decode_parts, estimate_seconds, lockstep,
                                        measure_speed, memory, prompts, weight_bytes)
 from explorer.experiments.sweep import SweepSettings, profile_parts, run_sweep, start_sweep
 from explorer.export.folder import save_prune
@@ -100,7 +100,7 @@ def test_measure_speed_end_to_end(tiny_llama):
         assert figures["check_max_difference"] < 1e-5
         for batch in ("1", "3"):
             timing = figures["batches"][batch]
-            assert len(timing["prefill_seconds"]) == len(timing["decode_seconds"]) == 2
+            assert len(timing["prefill_seconds"]) == len(timing["decode_seconds"]) == len(timing["decode_cpu_seconds"]) == 2
             assert timing["decode_tokens_per_s"]["max"] == int(batch) * 4 / min(timing["decode_seconds"])
             assert timing["decode_tokens_per_s"]["max"] >= timing["decode_tokens_per_s"]["median"]
     compared = result["comparisons"]["pruned"]
@@ -108,6 +108,8 @@ def test_measure_speed_end_to_end(tiny_llama):
     decode1 = compared["decode"]["1"]["min"]
     assert decode1 == min(dense["batches"]["1"]["decode_seconds"]) / min(pruned["batches"]["1"]["decode_seconds"])
     assert compared["decode_vs_ideal"]["1"] == decode1 / 2.0
+    assert compared["decode_cpu"]["1"]["min"] == (min(dense["batches"]["1"]["decode_cpu_seconds"])
+                                                  / min(pruned["batches"]["1"]["decode_cpu_seconds"]))
     assert 1.0 < compared["bound_with_fixed_costs"] <= 2.0
     assert compared["weights_saved_bytes"] == dense["memory"]["weights_bytes"] - pruned["memory"]["weights_bytes"]
     frame = speed_frame(result)
@@ -219,3 +221,13 @@ def test_pareto_front_is_the_undominated_points():
     assert {(p["speedup"], p["accuracy"]) for p in front} == {(p["speedup"], p["accuracy"]) for p in expected}
     assert [p["speedup"] for p in front] == sorted(p["speedup"] for p in front)
     assert [p["accuracy"] for p in front] == sorted((p["accuracy"] for p in front), reverse=True)
+
+
+def test_lockstep_times_every_model_on_the_same_work(tiny_llama):
+    """One interleaved repeat gives each model its own prefill and decode seconds, wall and CPU."""
+    models = {"unpruned": tiny_llama.model, "pruned": tiny_llama.pruned(1, 2).model}
+    prompt = prompts(tiny_llama.model, 2, 5)
+    spent = lockstep(models, prompt, 3, reverse=True)
+    assert set(spent) == set(models)
+    assert all(set(times) == {"prefill", "decode", "prefill_cpu", "decode_cpu"} for times in spent.values())
+    assert all(times["decode"] > 0 and times["prefill"] > 0 and times["decode_cpu"] >= 0 for times in spent.values())

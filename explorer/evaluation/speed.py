@@ -3,10 +3,12 @@ pruned versions, timed in one process, interleaved.
 
 "Fewer layers" is a claim until the clock says so, and machines shared with other work make single
 timings unreliable. So every model of a comparison is timed in this one process, on the same prompts,
-one after another within each repeat (A B, then B A, ...: load that comes and goes hits all of them
-alike), and the minimum (the least disturbed run) and the median are reported; speedups are ratios of
-times taken minutes apart at most. The torch thread count is whatever explorer.core.threads set for
-the process (recorded with the result, never changed here).
+interleaved step by step (`lockstep`: A's prefill, B's prefill, A's first decode step, B's, then B's
+second, A's, ...), so load that comes and goes hits all of them alike; each repeat gives every model
+one time, and the minimum (the least disturbed repeat) and the median are reported. Speedups are
+ratios of times taken a few steps apart. CPU seconds of the process are recorded beside the wall
+time: on a loaded machine they show what the work cost without the waiting. The torch thread count
+is whatever explorer.core.threads set for the process (recorded with the result, never changed here).
 
 What is timed is the model's own forward in a plain greedy loop with a KV cache (transformers'
 DynamicCache): a prefill of the prompt, then `new_tokens` decode steps of one token per sequence, no
@@ -36,6 +38,7 @@ import inspect
 import os
 import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -53,6 +56,7 @@ SEED = 0  # of the prompts' token ids: every model of a comparison reads the sam
 # largest logit, that still counts as the same computation (cached attention sums in another order).
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 HALF_TOLERANCE = 3e-2  # bf16 / fp16 / 4-bit compute: rounding differs between the two paths
+PARTS = ("prefill", "decode", "prefill_cpu", "decode_cpu")  # what `lockstep` times per model
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -131,16 +135,25 @@ def _keeps_last_logits(model: torch.nn.Module) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
+def _prefill(model: torch.nn.Module, prompt: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """The prompt into the cache; the last position's logits [batch, 1, vocab]."""
+    return model(input_ids=prompt, past_key_values=cache, use_cache=True, **_keeps_last_logits(model)).logits[:, -1:]
+
+
+def _step(model: torch.nn.Module, token: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """One decode step: one token per sequence through the model and its cache; the logits [batch, 1, vocab]."""
+    return model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:]
+
+
 def decode(model: torch.nn.Module, prompt: torch.Tensor, steps: int, keep_logits: bool = False) -> Decoded:
     """Prefill `prompt` into a fresh KV cache, then `steps` greedy steps of one token per sequence;
     both phases timed (waiting for the GPU before each clock read). The caller holds `inference`."""
     device = prompt.device
     cache = DynamicCache(config=model.config)
-    keep = _keeps_last_logits(model)
     kept: list[torch.Tensor] = []
     _sync(device)
     started = time.perf_counter()
-    logits = model(input_ids=prompt, past_key_values=cache, use_cache=True, **keep).logits[:, -1:]
+    logits = _prefill(model, prompt, cache)
     token = logits.argmax(-1)
     _sync(device)
     prefilled = time.perf_counter()
@@ -148,7 +161,7 @@ def decode(model: torch.nn.Module, prompt: torch.Tensor, steps: int, keep_logits
     for _ in range(steps):
         if keep_logits:
             kept.append(logits.float())
-        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:]
+        logits = _step(model, token, cache)
         token = logits.argmax(-1)
         tokens.append(token)
     _sync(device)
@@ -156,6 +169,41 @@ def decode(model: torch.nn.Module, prompt: torch.Tensor, steps: int, keep_logits
     if keep_logits:
         kept.append(logits.float())
     return Decoded(torch.cat(tokens, 1), prefilled - started, ended - prefilled, cache, torch.cat(kept, 1) if kept else None)
+
+
+def _timed(device: torch.device, work: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float]:
+    """(value, wall seconds, CPU seconds of this process) of `work()`, the GPU waited for."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = work()
+    _sync(device)
+    return value, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def lockstep(models: dict[str, torch.nn.Module], prompt: torch.Tensor, steps: int, reverse: bool = False) -> dict[str, dict]:
+    """One timed repeat of every model on `prompt`, interleaved step by step: every model's prefill,
+    then every model's first decode step, every model's second (the order reversed at every step, and
+    from the start when `reverse`), ... Each model's time is the sum of its own steps, taken at most
+    a few steps apart from the others', so load that comes and goes on a shared machine hits all of
+    them alike. Returns {label: {"prefill", "decode" (wall seconds), "prefill_cpu", "decode_cpu"}}:
+    CPU seconds of this process beside the wall time, the part of it other processes cannot stretch."""
+    device = prompt.device
+    order = list(models)[::-1] if reverse else list(models)
+    caches = {label: DynamicCache(config=model.config) for label, model in models.items()}
+    spent = {label: dict.fromkeys(("prefill", "decode", "prefill_cpu", "decode_cpu"), 0.0) for label in models}
+    tokens = {}
+    with ExitStack() as held:
+        for model in models.values():
+            held.enter_context(inference(model))
+        for label in order:
+            tokens[label], wall, cpu = _timed(device, lambda: _prefill(models[label], prompt, caches[label]).argmax(-1))
+            spent[label]["prefill"], spent[label]["prefill_cpu"] = wall, cpu
+        for step in range(steps):
+            for label in order if step % 2 == 0 else order[::-1]:
+                tokens[label], wall, cpu = _timed(device, lambda: _step(models[label], tokens[label], caches[label]).argmax(-1))
+                spent[label]["decode"] += wall
+                spent[label]["decode_cpu"] += cpu
+    return spent
 
 
 def check_outputs(model: torch.nn.Module, prompt: torch.Tensor, steps: int) -> float:
@@ -254,11 +302,11 @@ def decode_parts(model: torch.nn.Module, prompt: torch.Tensor, steps: int) -> di
     try:
         with inference(model):
             cache = DynamicCache(config=model.config)
-            token = model(input_ids=prompt, past_key_values=cache, use_cache=True, **_keeps_last_logits(model)).logits[:, -1:].argmax(-1)
+            token = _prefill(model, prompt, cache).argmax(-1)
             for _ in range(steps):
                 _sync(device)
                 started = time.perf_counter()
-                token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                token = _step(model, token, cache).argmax(-1)
                 _sync(device)
                 ended = time.perf_counter()
                 for name, seconds in (("before_layers", marks["first"] - started), ("layers", marks["last"] - marks["first"]),
@@ -280,6 +328,7 @@ def _timings(seconds: dict[str, list[float]], batch: int, settings: SpeedSetting
     prompt_tokens = batch * settings.prompt_tokens
     return {
         "prefill_seconds": prefill, "decode_seconds": steps,
+        "prefill_cpu_seconds": seconds["prefill_cpu"], "decode_cpu_seconds": seconds["decode_cpu"],
         "prefill_ms_per_token": {k: v * 1000 / prompt_tokens for k, v in _spread(prefill).items()},
         # the fastest run gives the highest throughput: "max" comes from the minimum time
         "decode_tokens_per_s": {"max": batch * settings.new_tokens / min(steps),
@@ -297,10 +346,10 @@ def _comparison(reference: dict, other: dict, batches: tuple[int, ...]) -> dict:
     measured ÷ ideal, and the best speedup the reference's fixed per-step costs allow."""
     before, after = reference["layers"], other["layers"]
     ideal = ideal_speedup(before, after)
-    speedups: dict = {"prefill": {}, "decode": {}}
+    speedups: dict = {"prefill": {}, "decode": {}, "prefill_cpu": {}, "decode_cpu": {}}
     for batch in map(str, batches):
         ours, theirs = other["batches"][batch], reference["batches"][batch]
-        for phase in ("prefill", "decode"):
+        for phase in speedups:
             key = f"{phase}_seconds"
             speedups[phase][batch] = {"min": min(theirs[key]) / min(ours[key]),
                                       "median": statistics.median(theirs[key]) / statistics.median(ours[key])}
@@ -344,18 +393,16 @@ def measure_speed(models: dict[str, torch.nn.Module], settings: SpeedSettings,
                 decode(model, inputs[batch], 2)
         figures[label] = {"layers": len(decoder_layers(model)), "parameters": parameter_count(model),
                           "check_max_difference": difference}
-    seconds = {label: {b: {"prefill": [], "decode": []} for b in settings.batch_sizes} for label in models}
-    order = list(models)
+    seconds = {label: {b: {part: [] for part in PARTS} for b in settings.batch_sizes} for label in models}
     for repeat in range(settings.repeats):
         for batch in settings.batch_sizes:
-            for label in order if repeat % 2 == 0 else order[::-1]:  # A B, then B A: drifting load hits both
-                if should_stop():
-                    raise Cancelled("The speed measurement was cancelled.")
-                with inference(models[label]):
-                    run = decode(models[label], inputs[batch], settings.new_tokens)
-                seconds[label][batch]["prefill"].append(run.prefill_seconds)
-                seconds[label][batch]["decode"].append(run.decode_seconds)
+            if should_stop():
+                raise Cancelled("The speed measurement was cancelled.")
+            for label, spent in lockstep(models, inputs[batch], settings.new_tokens, reverse=repeat % 2 == 1).items():
+                for part in PARTS:
+                    seconds[label][batch][part].append(spent[part])
         progress(f"timed repeat {repeat + 1} of {settings.repeats}")
+    order = list(models)
     largest = max(settings.batch_sizes)
     for label, model in models.items():
         progress(f"memory and decode-step parts of {label}")
