@@ -42,7 +42,7 @@ class SweepSettings:
     repair: str = setting("none", "linear: also measure each point after a linear repair (a fitted map folded in, "
                           "no training; one fit a point)", choices=REPAIRS, label="Linear repair per point")
     speed: bool = setting(False, "also time each point's pruned model against the unpruned one (decode at batch 1, "
-                          "interleaved in one process; about half a minute a point for the embedded model on CPU)",
+                          "interleaved in one process; 10-60 s a point for the embedded model on CPU, more on a loaded machine)",
                           label="Measure each point's speedup (slower)")
     repair_samples: int = setting(64, "calibration documents for each point's linear repair", label="Repair samples")
     text: str = setting("embedded", "text for the heatmap, the held-out loss and healing: 'embedded', 'c4' or a "
