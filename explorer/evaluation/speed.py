@@ -54,7 +54,7 @@ from explorer.lm.layers import decoder_layers, parameter_count
 SEED = 0  # of the prompts' token ids: every model of a comparison reads the same prompts
 # Largest difference between the cached loop's logits and the normal forward's, relative to the
 # largest logit, that still counts as the same computation (cached attention sums in another order).
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8}
 HALF_TOLERANCE = 5e-2  # bf16 / fp16 / 4-bit compute: rounding differs between the two paths
 PARTS = ("prefill", "decode", "prefill_cpu", "decode_cpu")  # what `lockstep` times per model
 
