@@ -76,4 +76,5 @@ BENCHMARKS = {
     "sweep-reuse": "benchmarks.sweep_reuse",
     "repair": "benchmarks.repair",
     "gguf-export": "benchmarks.gguf_export",
+    "speed": "benchmarks.speed",
 }

@@ -27,10 +27,13 @@ from explorer.core.threads import configure
 from explorer.evaluation.agreement import agreement, describe, predictions
 from explorer.evaluation.evaluate import run_task, validation_loss
 from explorer.evaluation.questions import check_limit
+from explorer.evaluation.speed import SpeedSettings
 from explorer.evaluation.tasks import get_task
 from explorer.experiments.classify import ClassifySettings, describe_point
 from explorer.experiments.classify import execute as execute_classify
 from explorer.experiments.heal import heal_ranks, heal_run
+from explorer.experiments.speed import execute as execute_speed
+from explorer.experiments.speed import speed_settings
 from explorer.experiments.sweep import SweepSettings, start_sweep, teaching_preset
 from explorer.experiments.sweep import describe_point as describe_sweep_point
 from explorer.experiments.sweep import execute as execute_sweep
@@ -63,6 +66,7 @@ from explorer.surgery.parallel import data_parallel
 from explorer.surgery.prune import prune_block
 from explorer.surgery.recipe import recipe_for
 from explorer.surgery.repair import REPAIRS, RepairConfig, prune_or_repair, repair_record
+from explorer.views.speed import speed_lines
 
 FINETUNE = "finetune_"  # classify's finetuning options parse into their own names (both classes have a batch_size)
 
@@ -341,14 +345,20 @@ def _drop_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score the model with decoder layers [START, START+N) removed (streamed: skipped)")
 
 
-def _dropped(loaded, drop: str | None):
-    """The model without the --drop block (a weight-sharing view in memory, skipped layers when streamed)."""
+def _drop_block(drop: str | None) -> tuple[int, int] | None:
+    """--drop's (start, n), read before any model loads; whether it fits is checked against the model."""
     if drop is None:
-        return loaded
+        return None
     start, sep, n = drop.partition(":")
     if not sep or not start.isdigit() or not n.isdigit():
         raise ExplorerError(f"--drop takes START:N (e.g. 20:8), got '{drop}'.")
-    return loaded.pruned(int(start), int(n), allow_final=True)
+    return int(start), int(n)
+
+
+def _dropped(loaded, drop: str | None):
+    """The model without the --drop block (a weight-sharing view in memory, skipped layers when streamed)."""
+    block = _drop_block(drop)
+    return loaded if block is None else loaded.pruned(*block, allow_final=True)
 
 
 def _loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -419,6 +429,34 @@ def _eval(args: argparse.Namespace) -> None:
     else:
         print(report.summary())
     _write_json(args.out, data)
+
+
+def _speed_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--drop", default=None, metavar="START:N",
+                        help="compare the model with itself without decoder layers [START, START+N)")
+    parser.add_argument("--reference", default=None,
+                        help="the model to compare with (default: for a pruned folder, the 'model' in its run.json)")
+    add_options(parser, SpeedSettings)
+    parser.add_argument("--out", required=True)
+
+
+def _speed(args: argparse.Namespace) -> None:
+    """Prefill latency, decode throughput and memory of the model, timed in this process interleaved
+    with what it is compared with (explorer.evaluation.speed), as a stored "speed" run."""
+    speed = SpeedSettings(**given(SpeedSettings, args))
+    speed.check()
+    drop = _drop_block(args.drop)
+    reference = args.reference if drop is not None else _reference_model(args)
+    model = {"source": args.model, "device": args.device, "load_in_4bit": args.load_in_4bit, "trust_remote_code": args.trust_remote_code}
+    settings = speed_settings(model, speed, drop, reference)
+    _check_out(args.out)
+    store = Store()
+    run_id = store.create_run("speed", args.model, settings)
+    result = _run_in_foreground(store, run_id, execute_speed,
+                                lambda event: print(event.get("phase", event), file=sys.stderr, flush=True))
+    _write_json(args.out, {"run_id": run_id, **result})
+    print("\n".join(speed_lines(result)))
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -626,6 +664,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),
+    "speed": (_speed_arguments, _speed, "prefill latency, decode throughput and memory, pruned against unpruned"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
     "classify": (_classify_arguments, _classify, "classification accuracy vs layers kept: in-context, prompt- and head-finetuned"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),

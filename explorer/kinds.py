@@ -18,10 +18,12 @@ import plotly.graph_objects as go
 
 from explorer.experiments.classify import execute as classify
 from explorer.experiments.heal import heal_job
+from explorer.experiments.speed import speed_job
 from explorer.experiments.sweep import execute as sweep
 from explorer.state.store import Run, Store
 from explorer.views import runs as views
 from explorer.views.figures import runs as figures
+from explorer.views.speed import speed_headline, speed_table
 
 Runner = Callable[[Store, Run, Callable[[], bool]], dict]
 
@@ -54,6 +56,7 @@ KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
             headline=views.sweep_headline, table=views.sweep_table, figures=figures.sweep_figures),
     RunKind("classify", "classification after cutting", runner=lambda store, run, stop: classify(store, run.id, should_stop=stop),
             figures=figures.classify_figures),
+    RunKind("speed", "speed and memory", runner=speed_job, headline=speed_headline, table=speed_table),
 )}
 
 

@@ -1,6 +1,5 @@
-"""Prune & heal: remove the picked block (from the heatmap, a strategy or by hand), compare it with the unpruned
-model, repair it (a linear map, explorer.views.preview) or heal it with (Q)LoRA in a background job (explorer.jobs) whose
-live view reads only the store, so a reload, another tab or a restarted server shows it."""
+"""Prune & heal: remove the picked block (from the heatmap, a strategy or by hand), compare it with the unpruned model, measure its speed
+(pages.panels.speed), repair it (explorer.views.preview) or heal it with (Q)LoRA in a background job (explorer.jobs) shown from the store."""
 
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from explorer.state.store import Run
 from explorer.evaluation.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
 from pages.panels.export import export_panel
+from pages.panels.speed import speed_panel
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.views.preview.Preview, "saved"}
@@ -89,8 +89,7 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
             values[key] = column.number_input(label, value=d[key], key=key, **options)
         c = st.columns(4)
         values["ph_qlora"] = c[0].checkbox(**HEAL_LABELS["ph_qlora"], value=d["ph_qlora"], key="ph_qlora")
-        values["ph_task"] = c[1].selectbox(**HEAL_LABELS["ph_task"], options=task_names(), index=task_names().index(d["ph_task"]),
-                                           key="ph_task")
+        values["ph_task"] = c[1].selectbox(**HEAL_LABELS["ph_task"], options=task_names(), index=task_names().index(d["ph_task"]), key="ph_task")
         values["ph_source"] = c[2].selectbox(**HEAL_LABELS["ph_source"], options=[EMBEDDED, C4],
                                              index=[EMBEDDED, C4].index(d["ph_source"]), key="ph_source")
         values["ph_targets"] = st.radio(**HEAL_LABELS["ph_targets"], options=TARGETS, index=TARGETS.index(d["ph_targets"]),
@@ -183,6 +182,7 @@ def main() -> None:
         if pruned and pruned["fingerprint"] == loaded.fingerprint:
             st.subheader("Pruned model")
             show_pruned(model, pruned)
+    speed_panel(loaded, model, start, n)
     st.subheader("Healing")
     if RUN_KEY not in st.session_state:
         st.caption("No healing run for this model yet.")

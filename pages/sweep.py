@@ -20,6 +20,7 @@ from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_
 from explorer.views.forms.sweep import LABELS, MODES, widget_values
 from explorer.views.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.evaluation.tasks import task_names
+from pages.panels.sweep_speed import speed_plot
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
                    user_errors)
 
@@ -78,6 +79,7 @@ def settings_form(model: dict) -> SweepSettings:
         heal_steps = int(c.number_input(**LABELS["sw_heal"], min_value=0, max_value=10_000, value=state["sw_heal"], key="sw_heal"))
         repair = r.radio(**LABELS["sw_repair"], options=REPAIRS, index=REPAIRS.index(state["sw_repair"]), key="sw_repair",
                          horizontal=True)
+        speed = st.checkbox(**LABELS["sw_speed"], value=state["sw_speed"], key="sw_speed")
         with st.expander("Text and samples"):
             text = st.text_input(**LABELS["sw_text"], value=state["sw_text"], key="sw_text")
             d, e, f, g = st.columns(4)
@@ -89,7 +91,7 @@ def settings_form(model: dict) -> SweepSettings:
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
         task=task, limit=limit, heal_steps=heal_steps, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
-        batch_size=batch,
+        batch_size=batch, speed=speed,
     )
 
 
@@ -120,6 +122,7 @@ def plots(run: Run, points: list[dict]) -> None:
     left.plotly_chart(loss, key="sw_loss")
     right.markdown(LOSS_TEXT + (HEALED_TEXT if any(p["healed"] for p in points) else ""))
     stem = f"sweep-{run.id}"
+    speed_plot(points, stem)
     download_row([
         ("Points (CSV)", points_frame(points).to_csv(index=False), f"{stem}.csv", "text/csv", "sw_csv"),
         ("Accuracy plot (HTML)", lambda: acc.to_html(include_plotlyjs=True), f"{stem}-accuracy.html", "text/html", "sw_acc_html"),

@@ -172,7 +172,6 @@ def browser():
         chromium.close()
 
 
-@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items) -> None:
     """Every browser test is slow (a real Streamlit server and Chromium): `make test-fast` skips them."""
     for item in items:
@@ -180,6 +179,7 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the test item, so `page` can tell whether its test failed."""
     report = yield

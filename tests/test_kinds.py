@@ -34,7 +34,7 @@ def test_every_stored_kind_is_registered():
 
 
 def test_jobs_are_the_kinds_with_runners():
-    assert set(job_kinds()) == {"heal", "sweep", "classify"}
+    assert set(job_kinds()) == {"heal", "sweep", "classify", "speed"}
     assert all(callable(KINDS[kind].runner) for kind in job_kinds())
 
 

@@ -201,7 +201,8 @@ def sweep_description(settings) -> str:
     sizes = f"fractions {', '.join(f'{f:g}' for f in settings.fractions)}" if settings.fractions else f"every {settings.stride}. n"
     healing = f"{settings.heal_steps} healing steps per point" if settings.heal_steps else "no healing"
     return (f"{', '.join(settings.strategies)} · {sizes} · {settings.task}, {settings.limit} questions per point · "
-            f"{settings.sim_samples} × {settings.seq_len}-token heatmap samples · {healing}")
+            f"{settings.sim_samples} × {settings.seq_len}-token heatmap samples · {healing}"
+            + (" · speedup timed per point" if settings.speed else ""))
 
 
 def source_name(source: str) -> str:

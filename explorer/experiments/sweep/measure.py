@@ -10,12 +10,16 @@ from typing import Callable, Iterator
 
 from explorer.lm.blocks import Block
 from explorer.evaluation.evaluate import Evaluated, quick_eval
+from explorer.evaluation.speed import SpeedSettings, measure_speed
 from explorer.lm.models import LoadedModel, load_model
 from explorer.lm.layers import pruned_view
 from explorer.experiments.sweep.settings import SweepSettings
 from explorer.surgery.heal import heal, HealConfig
 from explorer.surgery.repair import fit_block, fit_blocks, fold_private, RepairConfig
 from explorer.surgery.reuse import PrefixReuse
+
+# What a sweep point's speed is timed with: short, batch 1 only (the decode case depth pruning helps most).
+SWEEP_SPEED = SpeedSettings(prompt_tokens=32, new_tokens=16, batch_sizes=(1,), repeats=3)
 
 Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metrics by repair, seconds it took
 
@@ -75,7 +79,25 @@ def measure_block(
         measured["none"] = _evaluate_view(loaded, block, settings, shared, timings)
     if linear_applies(settings, block):
         measured["linear"] = measure_linear(loaded, block, settings, shared, timings) if block.n else measured["none"]
+    if settings.speed:  # a repair or a merged heal changes weights, not layers: one speed for all of them
+        timing = time.perf_counter()
+        speed = measure_speedup(loaded, block)
+        lap(timings, "speed", timing)
+        for metrics in measured.values():
+            metrics.update(speed)
     return measured
+
+
+def measure_speedup(loaded: LoadedModel, block: Block) -> dict:
+    """The block's measured decode speedup at batch 1 (explorer.evaluation.speed: unpruned and pruned
+    timed interleaved here, outputs checked), its ideal L / (L - n) and the bound the unpruned model's
+    fixed per-step costs (LM head, embeddings, Python) allow. n = 0 is the unpruned model itself: 1."""
+    if not block.n:
+        return {"speedup": 1.0, "ideal_speedup": 1.0, "speedup_bound": 1.0}
+    result = measure_speed({"unpruned": loaded.model, "pruned": pruned_view(loaded, block).model}, SWEEP_SPEED)
+    compared = result["comparisons"]["pruned"]
+    return {"speedup": compared["decode"]["1"]["min"], "ideal_speedup": compared["ideal"],
+            "speedup_bound": compared["bound_with_fixed_costs"]}
 
 
 def measure_locally(
@@ -162,15 +184,16 @@ def lap(timings: dict[str, float] | None, part: str, since: float) -> None:
 def profile_parts(timings: dict[str, float]) -> dict[str, float]:
     """Seconds of the points' work by part: recording the unpruned evaluation (once per sweep),
     model preparation (pruned view and replay set-up: the evaluation minus its loss and
-    scoring and the fits), held-out loss, task scoring, linear-repair fits, and bookkeeping (store
-    writes, events)."""
-    loss, scoring, fit = timings.get("loss", 0.0), timings.get("scoring", 0.0), timings.get("fit", 0.0)
+    scoring, the fits and the speed timing), held-out loss, task scoring, linear-repair fits, speed
+    timing (`SweepSettings.speed`), and bookkeeping (store writes, events)."""
+    loss, scoring, fit, speed = (timings.get(part, 0.0) for part in ("loss", "scoring", "fit", "speed"))
     return {
         "recording": timings.get("recording", 0.0),
-        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring - fit),
+        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring - fit - speed),
         "loss": loss,
         "scoring": scoring,
         "fit": fit,
+        "speed": speed,
         "bookkeeping": timings.get("bookkeeping", 0.0),
     }
 

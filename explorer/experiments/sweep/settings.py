@@ -41,6 +41,9 @@ class SweepSettings:
                               label="Healing steps per point (0 = none)")
     repair: str = setting("none", "linear: also measure each point after a linear repair (a fitted map folded in, "
                           "no training; one fit a point)", choices=REPAIRS, label="Linear repair per point")
+    speed: bool = setting(False, "also time each point's pruned model against the unpruned one (decode at batch 1, "
+                          "interleaved in one process; 10-60 s a point for the embedded model on CPU, more on a loaded machine)",
+                          label="Measure each point's speedup (slower)")
     repair_samples: int = setting(64, "calibration documents for each point's linear repair", label="Repair samples")
     text: str = setting("embedded", "text for the heatmap, the held-out loss and healing: 'embedded', 'c4' or a "
                         ".txt/.jsonl/.parquet file", flag="--text-file", label="Text for heatmap, held-out loss and healing")

@@ -1,5 +1,6 @@
 """The Sweep page's figures (the paper's Figures 1-2): accuracy and normalized loss against the
-fraction of layers dropped, one line per (strategy, repair).
+fraction of layers dropped, one line per (strategy, repair); and, when the sweep timed its points,
+accuracy against the measured speedup with each curve's Pareto front.
 
 Every builder takes the sweep's point dicts and returns a go.Figure; the same frame feeds the
 CSV download, so a plot and its data never disagree.
@@ -18,7 +19,7 @@ REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line p
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
     "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
-    "normalized_loss_se", "seconds", "shared",
+    "normalized_loss_se", "speedup", "ideal_speedup", "speedup_bound", "seconds", "shared",
 ]
 
 
@@ -103,3 +104,42 @@ def loss_figure(points: list[dict]) -> go.Figure:
         ))
     fig.add_hline(y=1, line=dict(color="gray", dash="dot"), annotation_text="uniform guessing", annotation_position="top left")
     return _layout(fig, "Normalized held-out loss vs layers dropped", "(loss − unpruned) / (ln|V| − unpruned)")
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The points no other point beats on both counts (as fast or faster AND as accurate or more, one of
+    them strictly), by speedup: the best accuracy each speedup can buy. Points without a speedup are left out."""
+    timed = sorted((p for p in points if p.get("speedup") is not None), key=lambda p: (-p["speedup"], -p["accuracy"]))
+    front, best = [], float("-inf")
+    for point in timed:
+        if point["accuracy"] > best:
+            front.append(point)
+            best = point["accuracy"]
+    return front[::-1]
+
+
+def speed_figure(points: list[dict]) -> go.Figure:
+    """Accuracy against the measured decode speedup (batch 1) per curve: every timed point, and its
+    Pareto front as a line; the ideal L / (L - n) of each point in the hover."""
+    frame = points_frame([p for p in points if p.get("speedup") is not None])
+    fig = go.Figure()
+    for strategy, repair, label, curve in _curves(frame):
+        color, dash = STRATEGY_COLORS.get(strategy, GREY), REPAIR_DASHES.get(repair, "solid")
+        front = pd.DataFrame(pareto_front(curve.to_dict("records")), columns=POINT_COLUMNS)
+        hover = ("n = %{customdata[0]}<br>accuracy %{y:.2f}<br>speedup ×%{x:.2f} (ideal ×%{customdata[1]:.2f})"
+                 "<extra>" + label + "</extra>")
+        fig.add_trace(go.Scatter(x=curve.speedup, y=curve.accuracy, mode="markers", name=label, legendgroup=label,
+                                 marker=dict(color=color, opacity=0.35, size=8), showlegend=False,
+                                 customdata=curve[["n", "ideal_speedup"]].to_numpy(), hovertemplate=hover))
+        fig.add_trace(go.Scatter(x=front.speedup, y=front.accuracy, mode="lines+markers+text", name=f"{label} (Pareto front)",
+                                 legendgroup=label, line=dict(color=color, dash=dash), marker=dict(color=color, size=9),
+                                 text=[f"n={n}" for n in front.n], textposition="top center",
+                                 customdata=front[["n", "ideal_speedup"]].to_numpy(), hovertemplate=hover))
+    if not frame.empty:
+        chance = float(frame.chance.iloc[0])
+        fig.add_hline(y=chance, line=dict(color="gray", dash="dot"), annotation_text=f"random guess ({chance:.0%})",
+                      annotation_position="bottom right")
+    fig.update_layout(title=title("Accuracy vs measured speedup: what each strategy buys"), height=420, margin=MARGIN,
+                      xaxis=dict(title="measured decode speedup at batch 1 (× the unpruned model)"),
+                      yaxis=dict(title="accuracy", range=[0, 1]), legend=LEGEND_BELOW, hovermode="closest")
+    return fig
