@@ -202,6 +202,7 @@ def quick_eval(loaded: LanguageModel, config: Evaluated, timings: dict[str, floa
         "ci_low": report.ci_low,
         "ci_high": report.ci_high,
         "chance": report.chance,
+        "n_questions": report.n_questions,  # every accuracy is shown with its n
         "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.evaluation.agreement)
     }
 

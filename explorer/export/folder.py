@@ -22,10 +22,19 @@ def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: Bl
                dtype: str | None = None) -> Path:
     """The one export of a pruned, repaired or healed model: its folder with run.json (`save_pruned`)
     plus the mergekit YAML of the unhealed slice, which rebuilds the pruned starting point from the
-    original checkpoint."""
-    out = save_pruned(loaded, folder, record, dtype)
-    (out / "mergekit.yaml").write_text(mergekit_yaml(model_id, block.num_layers, block))
-    return out
+    original checkpoint (labelled as such when the saved weights were repaired or healed)."""
+    yaml = mergekit_yaml(model_id, block.num_layers, block, changed=changes(record))
+    return save_pruned(loaded, folder, record, dtype, files={"mergekit.yaml": yaml})
+
+
+def changes(record: dict) -> str | None:
+    """What the saved weights have that the mergekit slice does not: a linear repair, a LoRA heal."""
+    done = []
+    if (record.get("repair") or {}).get("method", "none") != "none":
+        done.append("linearly repaired")
+    if record.get("kind") == "heal":
+        done.append("LoRA-healed")
+    return " and ".join(done) or None
 
 
 def save_prune(result, folder: str | Path, model_id: str, extra: dict, dtype: str | None = None) -> Path:

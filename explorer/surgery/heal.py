@@ -93,19 +93,16 @@ class HealConfig:
 
     def check(self) -> None:
         """Reject impossible values and unknown tasks before any model loads."""
-        checks = {
-            "rank": self.rank >= 1,
-            "LoRA alpha": self.alpha >= 1,
-            "steps": self.steps >= 1,
-            "batch size": self.batch_size >= 1,
-            "sequence length": self.seq_len >= 2,
-            "evaluation interval": self.eval_every >= 1,
-            "validation samples": self.val_samples >= 1,
-            "evaluation question limit": self.eval_limit >= 1,
-            "training samples": self.train_samples is None or self.train_samples >= 1,
+        minimums = {  # name: (value, the least it may be)
+            "rank": (self.rank, 1), "LoRA alpha": (self.alpha, 1), "steps": (self.steps, 1),
+            "batch size": (self.batch_size, 1), "sequence length": (self.seq_len, 2),
+            "evaluation interval": (self.eval_every, 1), "validation samples": (self.val_samples, 1),
+            "evaluation question limit": (self.eval_limit, 1),
+            "training samples": (1 if self.train_samples is None else self.train_samples, 1),
         }
-        if bad := [name for name, ok in checks.items() if not ok]:
-            raise ExplorerError(f"Invalid healing settings: {', '.join(bad)} must be at least 1 (sequence length 2).")
+        if bad := [f"{name} must be at least {least} (got {value})" for name, (value, least) in minimums.items()
+                   if value < least]:
+            raise ExplorerError(f"Invalid healing settings: {'; '.join(bad)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ExplorerError(f"Learning rate must be a positive number (got {self.lr}).")
         if not 0 <= self.dropout < 1:
