@@ -38,7 +38,7 @@ from explorer.lm.stream import open_for_analysis
 from explorer.state.cache import cached_distances, cached_reference, heatmap_origin, stored_heatmap
 from explorer.state.store import Store
 from explorer.surgery.finetune import FinetuneConfig
-from explorer.surgery.heal import HealConfig, target_modules
+from explorer.surgery.heal import HealConfig, check_heal_size, target_modules
 from explorer.surgery.parallel import data_parallel
 from explorer.analysis.strategies import STRATEGIES, strategy_block
 from explorer.surgery.recipe import recipe_for
@@ -446,9 +446,7 @@ def _heal(args: argparse.Namespace) -> None:
     if args.recipe or args.dry_run:  # the recipe depends on the architecture: read from the config, no weights
 
         skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
-    if args.n < 1:
-        raise ExplorerError(f"heal removes a block of layers and heals the rest: --n must be at least 1 (got {args.n}); "
-                            "to fine-tune the whole model, the sweep's n = 0 point does that as its baseline.")
+    check_heal_size(args.n)
     config, about = _heal_config(args, skeleton)  # bad settings fail before the model loads
     if args.dry_run:
         settings = {key: getattr(config, key) for key in ("rank", "alpha", "dropout", "lr", "warmup_steps", "steps",

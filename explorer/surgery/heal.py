@@ -131,6 +131,14 @@ class HealConfig:
         return hashlib.sha1(json.dumps(self.to_json(), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def check_heal_size(n: int) -> None:
+    """A heal removes a block first: n = 0 would fine-tune the unpruned model, which only the sweep's
+    baseline point does on purpose; a user asking heal for it has mistyped."""
+    if n < 1:
+        raise ExplorerError(f"Healing removes a block of layers first: the block size n must be at least 1 (got {n}); "
+                            "the sweep's n = 0 point fine-tunes the unpruned model as its baseline.")
+
+
 class HealCancelled(Cancelled):
     """The user stopped the run; not a failure."""
 

@@ -58,7 +58,8 @@ def heal_widget_values(settings: dict) -> dict:
     heal = settings["heal"]
     return {**{key: heal[name] for key, name in HEAL_WIDGETS.items() if heal.get(name) is not None},
             "ph_start": settings["start"], "ph_n": settings["n"], "ph_allow_final": settings.get("allow_final", False),
-            "ph_save_model": settings.get("save", False), "ph_dtype": settings.get("dtype") or "bf16"}
+            "ph_save_model": settings.get("save", False), "ph_dtype": settings.get("dtype") or "bf16",
+            **({"ph_repair": "linear"} if settings.get("repair") else {})}
 
 
 def recipe_widget_values(recipe) -> dict:

@@ -18,14 +18,15 @@ STRATEGY_COLORS = {"similarity": BLUE, "simple": ORANGE, "top-cut": GREEN}
 REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line per (strategy, repair)
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
-    "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
+    "n_questions", "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
     "normalized_loss_se", "seconds", "shared",
 ]
 
 
 def points_frame(points: list[dict]) -> pd.DataFrame:
     """One row per point, sorted by curve then n (the CSV download and every plot's data)."""
-    frame = pd.DataFrame([{**p, "repair": point_repair(p)} for p in points], columns=POINT_COLUMNS)
+    frame = pd.DataFrame([{**p, "repair": point_repair(p), "n_questions": question_count(p)} for p in points],
+                         columns=POINT_COLUMNS)
     return frame.sort_values(["strategy", "repair", "n"], kind="stable").reset_index(drop=True)
 
 
@@ -104,9 +105,9 @@ def accuracy_figure(points: list[dict], x_max: float | None = None) -> go.Figure
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.accuracy, mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=color, dash=REPAIR_DASHES.get(repair, "solid")),
-            customdata=curve[["n", "start", "ci_low", "ci_high", "agreement"]].to_numpy(),
+            customdata=curve[["n", "start", "ci_low", "ci_high", "agreement", "n_questions"]].to_numpy(),
             hovertemplate="n = %{customdata[0]} (%{x:.0%}), block from layer %{customdata[1]}<br>"
-            "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}]<br>"
+            "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}] on %{customdata[5]} questions<br>"
             "same answer as unpruned: %{customdata[4]:.0%}<extra>" + label + "</extra>",
         ))
         hit = first_at_chance(points, strategy, repair)
