@@ -11,6 +11,7 @@ from explorer.surgery.heal import HealConfig
 from explorer.state.cache import cached_distances
 from explorer.state.store import Store
 from explorer.experiments.sweep import SweepSettings
+from tests.screen import seen
 
 TIMEOUT = 180  # the first page run loads the embedded model into the page's cache
 
@@ -25,7 +26,7 @@ def fresh_page(page: str) -> AppTest:
 
 
 def captions(at: AppTest) -> str:
-    return " | ".join(c.value for c in at.caption)
+    return " | ".join(seen(c.value) for c in at.caption)
 
 
 def test_prune_and_heal_form_follows_the_newest_heal_job(embedded):

@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.lm.layers import parameter_count
+from tests.screen import seen
 
 PAGE = "pages/similarity.py"
 TIMEOUT = 180  # the first run loads the embedded model into the page's cache
@@ -28,7 +29,7 @@ def calibrate(at: AppTest, samples: int, seq_len: int) -> AppTest:
 
 
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [seen(e.value) for e in at.error]
 
 
 def test_calibration_draws_heatmap_and_selects_block(app, embedded):
@@ -37,7 +38,7 @@ def test_calibration_draws_heatmap_and_selects_block(app, embedded):
     assert not errors(at)
     assert len(at.get("plotly_chart")) == 3  # heatmap, min distance vs n, stability of the best block
     assert any("block sizes have a shallow best block" in c.value and "resamples" in c.value for c in at.caption)
-    assert any("4 samples × 32 tokens" in c.value and "(run #" in c.value for c in at.caption)
+    assert any("4 samples × 32 tokens" in seen(c.value) and "(run #" in seen(c.value) for c in at.caption)
 
     at.number_input(key="block_start").set_value(3)
     at.number_input(key="block_n").set_value(3).run()
