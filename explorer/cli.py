@@ -554,11 +554,21 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as the CLI's other errors: one line on stderr, exit status 2 (its own
+    prints the usage first, two lines and more)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("python -m explorer").strip()
+        print(f"error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     # bitsandbytes (imported through peft) warns on every start on AVX512-BF16 CPUs that an optional
     # kernel package from the hub is missing; its built-in kernels work, so the warning only misleads.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    parser = argparse.ArgumentParser(prog="python -m explorer", description="Layer-Pruning Explorer")
+    parser = Parser(prog="python -m explorer", description="Layer-Pruning Explorer")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
