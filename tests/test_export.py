@@ -41,7 +41,8 @@ def test_saved_pruned_model_reloads_with_same_logits(embedded, tmp_path):
     model, tokenizer = _reload(folder)
     assert model.config.num_hidden_layers == 26 and len(model.model.layers) == 26
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    assert json.loads((folder / "run.json").read_text()) == record
+    written = json.loads((folder / "run.json").read_text())
+    assert written == {**record, "files": sorted(p.name for p in folder.iterdir())}  # the record, and every file written
     assert tokenizer(TEXT).input_ids == embedded.tokenizer(TEXT).input_ids
     torch.testing.assert_close(_logits(model, tokenizer), _logits(pruned.model, embedded.tokenizer), atol=1e-5, rtol=1e-5)
 

@@ -26,6 +26,7 @@ from explorer.views.runs import (
 )
 from explorer.state.store import Store
 from explorer.experiments.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
+from tests.screen import seen
 
 TIMEOUT = 120
 
@@ -168,8 +169,8 @@ def test_sweep_page_with_a_deleted_run(tiny_llama, tiny_llama_dir):
     doomed = _sweep(store, tiny_llama, tiny_llama_dir, ("top-cut",))
     at.session_state["sweep_run"] = doomed
     at.run()
-    assert not at.exception and any("2 / 2 points" in s.value for s in at.success)
+    assert not at.exception and any("2 / 2 points" in seen(s.value) for s in at.success)
     store.delete_run(doomed)
     at.run()
     assert not at.exception
-    assert any(f"Run {doomed} does not exist" in w.value for w in at.warning)
+    assert any(f"Run {doomed} does not exist" in seen(w.value) for w in at.warning)
