@@ -67,3 +67,20 @@ def test_empty_upload_is_a_message_not_a_traceback(app):
     at = calibrate(app, 4, 32)
     assert not at.exception
     assert any("No usable text" in e for e in errors(at))
+
+
+def test_random_bytes_and_a_short_text_on_the_page(app):
+    """Random bytes named .txt are refused as not text; a text with fewer usable documents than asked
+    is computed on what it has, and the caption says how many samples that really is."""
+    import os
+
+    app.radio(key="sim_source").set_value("Upload a file").run()
+    app.get("file_uploader")[0].set_value(("garbage.txt", os.urandom(8192), "text/plain")).run()
+    at = calibrate(app, 32, 32)
+    assert not at.exception and any("garbage.txt is not text" in e for e in errors(at))
+    two = ("The first document of this upload talks about the weather and the harvest in the valley this year.\n\n"
+           "The second document of this upload talks about the trains that cross the valley every morning.")
+    at.get("file_uploader")[0].set_value(("two.txt", two.encode(), "text/plain")).run()
+    at = calibrate(at, 32, 32)
+    assert not at.exception, errors(at)
+    assert any("2 samples (32 asked; the text has only 2 usable documents) × 32 tokens" in seen(c.value) for c in at.caption)
