@@ -225,8 +225,10 @@ def test_visitors_delete_only_their_own_runs(store):
 # User-given text is plain text.
 
 def test_plain_leaves_no_markdown():
-    assert plain(CRAFTED) == (r"\[click me\]\(https\:\/\/evil\.example\/x\) \!\[\]\(https\:\/\/evil\.example\/t\.png\) "
-                              r"\:red\[x\] www\.evil\.example")
+    j = "\u2060"  # no autolink: a word joiner inside "://", "www." and before "@"
+    assert plain(CRAFTED) == (rf"\[click me\]\(https\:{j}\/\/evil\.example\/x\) \!\[\]\(https\:{j}\/\/evil\.example\/t\.png\) "
+                              rf"\:red\[x\] www{j}\.evil\.example")
+    assert plain("mail me@evil.example") == rf"mail me{j}\@evil\.example"
     assert seen(plain(CRAFTED)) == CRAFTED and plain("a\nb") == "a b"
 
 
