@@ -55,7 +55,7 @@ def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
                                 value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY))
     if strategy != MANUAL:
         with user_errors():
-            similarity = latest_similarity(loaded, get_store()) if strategy == "similarity" else None
+            similarity = latest_similarity(loaded, get_store(), viewer()) if strategy == "similarity" else None
             block = strategy_block(strategy, n, num_layers, similarity)
             st.session_state[START_KEY] = block.start
     start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1,

@@ -15,7 +15,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.cli import main
-from explorer.core.errors import ExplorerError
 from explorer.core.files import write_json
 from explorer.export.folder import save_model
 from explorer.lm.save import written_files
@@ -59,7 +58,6 @@ def test_out_is_never_the_model_itself(command, out, model_copy, capsys):
 
 WRITE_BIG = """
 import sys
-from explorer.core.errors import ExplorerError
 from explorer.core.files import write_json
 try:
     write_json(sys.argv[1], {"x": "y" * 3_000_000})

@@ -13,7 +13,6 @@ import pytest
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 
-from explorer import jobs
 from explorer.cli import main
 from explorer.core.paths import explorer_home
 from explorer.evaluation.accuracy import question_count, with_n
@@ -28,20 +27,10 @@ from explorer.views.runs import mergekit_text
 from tests.screen import seen
 from tests.test_progress import heal_events
 
+pytestmark = pytest.mark.usefixtures("own_rows")  # conftest: rows made here are deleted after each test
+
 TIMEOUT = 300
 HEAL = {"steps": 40, "batch_size": 4, "seq_len": 128, "eval_every": 10, "eval_limit": 32, "val_samples": 16}
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_rows():
-    before = {r.id for r in Store().list_runs()}
-    yield
-    store = Store()
-    for run in store.list_runs():
-        if run.id not in before:
-            if run.status in ("queued", "running"):
-                jobs.cancel(store, run.id, grace=1.0, wait=True)
-            store.delete_run(run.id)
 
 
 # Estimates: each priced by the parts measured, checked against the sums done by hand.

@@ -10,7 +10,7 @@ from explorer.analysis.bootstrap import block_notes, bootstrap, choice_notes, se
 from explorer.lm.layers import decoder_layers, parameter_count
 from explorer.surgery.prune import prune_block, removed_parameters
 from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
-from explorer.state.cache import similarity_runs
+from explorer.views.session import page_runs
 from explorer.analysis.similarity import SimilarityResult, similarity_key
 from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
 from explorer.state.store import Run
@@ -60,7 +60,7 @@ def test_similarity_runs_are_this_models_finished_runs(tiny_llama, store):
     mine = store.create_run("similarity", "m", {}, cache_key=similarity_key(tiny_llama, "abc"), status="done")
     store.create_run("similarity", "m", {}, cache_key="other-model|abc", status="done")
     store.create_run("similarity", "m", {}, cache_key=similarity_key(tiny_llama, "def"), status="running")
-    assert [r.id for r in similarity_runs(store, tiny_llama)] == [mine]
+    assert [r.id for r in page_runs(store, "similarity", None, fingerprint=tiny_llama.fingerprint, status="done")] == [mine]
 
 
 def test_removed_parameters_match_pruning(tiny_llama):

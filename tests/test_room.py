@@ -28,6 +28,8 @@ from explorer.views.session import first_run, model_name, page_runs
 from explorer.views.text import plain
 from tests.screen import seen
 
+pytestmark = pytest.mark.usefixtures("own_rows")  # conftest: rows made here are deleted after each test
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
 ROOM, LOCAL = server_policy("0.0.0.0", {}), server_policy("127.0.0.1", {})
@@ -44,16 +46,6 @@ def served_room(monkeypatch):
     yield
     config.set_option("server.address", "127.0.0.1")
 
-
-@pytest.fixture(autouse=True)
-def _no_leftover_rows():
-    """Rows made here would otherwise be what later page tests in the session open on."""
-    before = {r.id for r in Store().list_runs()}
-    yield
-    store = Store()
-    for run in store.list_runs():
-        if run.id not in before:
-            store.delete_run(run.id)
 
 
 def visit(page: str, visitor: str | None = None, model_path: str | None = None) -> AppTest:

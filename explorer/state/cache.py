@@ -50,12 +50,6 @@ def cached_distances(loaded: LoadedModel, source: str, samples: int, seq_len: in
     return run_id, SimilarityResult.from_json(result), hit
 
 
-def similarity_runs(store: Store, loaded: LoadedModel) -> list[Run]:
-    """Finished similarity runs of this exact model (same fingerprint), newest first."""
-    prefix = similarity_key(loaded, "")
-    return [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
-
-
 def heatmap_origin(result: SimilarityResult, where: str) -> str:
     """Which calibration chose a block, in words: 'run #4 (embedded text, 64 samples × 256 tokens)'."""
     text = Path(result.source).name if result.source not in (None, "embedded", "c4") else (result.source or "unknown")

@@ -16,7 +16,8 @@ import pandas as pd
 
 from explorer.surgery.heal import HealConfig
 from explorer.evaluation.agreement import agreement
-from explorer.state.cache import cached_quick_eval, similarity_runs
+from explorer.state.cache import cached_quick_eval
+from explorer.views.session import page_runs
 from explorer.evaluation.evaluate import quick_eval
 from explorer.export.folder import block_record, save_prune
 from explorer.lm.blocks import check_block
@@ -139,9 +140,10 @@ def save_preview(loaded: LoadedModel, run: Run, model_source: str, dtype: str | 
     return save_prune(result, folder, model_source, {**extra, "preview_run": run.id}, dtype)
 
 
-def latest_similarity(loaded: LoadedModel, store) -> SimilarityResult | None:
-    """The newest finished heatmap of this model (any text settings), for the similarity strategy."""
-    runs = similarity_runs(store, loaded)
+def latest_similarity(loaded: LoadedModel, store: Store, visitor: str | None = None) -> SimilarityResult | None:
+    """The newest finished heatmap of this model (any text settings) this visitor computed or was
+    shown (every one for the operator, None), for the similarity strategy."""
+    runs = page_runs(store, "similarity", visitor, fingerprint=loaded.fingerprint, status="done")
     return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
