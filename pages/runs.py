@@ -20,17 +20,8 @@ from explorer.core.errors import ExplorerError
 from explorer.views.figures.export import figure_png, figures_html, png_export_available
 from explorer.kinds import headline, metrics_frame, run_figures
 from explorer.views.figures.runs import comparison_figure
-from explorer.views.runs import (
-    delete_run,
-    disk_usage,
-    format_bytes,
-    mergekit_text,
-    model_folder,
-    run_files,
-    run_json,
-    settings_summary,
-    shown_settings,
-)
+from explorer.views.runs import (delete_run, disk_usage, format_bytes, hide_paths, mergekit_text, model_folder,
+                                 run_files, run_json, settings_summary, shown_settings)
 from explorer.views.text import plain
 from explorer.state.store import Run
 from pages import cancel_button, get_store, show_page, user_errors, visitor, visitor_policy
@@ -56,7 +47,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame([
         {"id": r.id, "kind": r.kind, "model": r.model, "status": r.status, "created": when(r.created),
          "disk": format_bytes(sum(map(disk_usage, run_files(store, r)))), "settings": settings_summary(r, operator()),
-         "result": headline(r)}
+         "result": headline(r) if operator() else hide_paths(headline(r))}
         for r in runs
     ])
 
@@ -129,7 +120,7 @@ def delete(run: Run) -> None:
 def details(run: Run, events: list[dict], key: str) -> None:
     st.markdown(f"**#{run.id} · {run.kind}** · {plain(run.model)} · *{run.status}* · created {when(run.created)}, "
                 f"updated {when(run.updated)} ({run.updated - run.created:.0f} s)")
-    st.markdown(f"Result: {plain(headline(run))}")
+    st.markdown(f"Result: {plain(headline(run) if operator() else hide_paths(headline(run)))}")
     settings = shown_settings(run, operator())
     st.dataframe(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}),
                  hide_index=True, key=f"{key}_settings")

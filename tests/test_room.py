@@ -162,6 +162,8 @@ def test_hide_paths_keeps_names_and_hub_ids():
                 "texts": ["~/private/a.jsonl", "embedded"], "steps": 3}
     assert hide_paths(settings) == {"source": "abc-notes.txt", "model": {"source": "Qwen/Qwen2.5-0.5B"},
                                     "texts": ["a.jsonl", "embedded"], "steps": 3}
+    error = "Text file not found: /srv/explorer/uploads/abc-x.txt; see ~/logs/1.log or https://hf.co/org/model."
+    assert hide_paths(error) == "Text file not found: abc-x.txt; see 1.log or https://hf.co/org/model."
 
 
 # Who may cancel and delete.

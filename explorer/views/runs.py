@@ -10,6 +10,7 @@ folder / mergekit YAML.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict
 from datetime import datetime
@@ -38,18 +39,22 @@ from explorer.views.figures.sweep import points_frame
 SETTINGS_SHOWN = 5
 
 
+_PATH_IN_TEXT = re.compile(r"(?<![\w.:/~])~?/(?:[^\s'\"`,;()/]+/)+([^\s'\"`,;()/]+)")  # /a/b/name, ~/a/name; not URLs
+
+
 def hide_paths(value):
-    """A setting with every server path in it reduced to its file name (nested dicts and lists too):
-    what a visitor of a served room is shown of other runs' settings (an upload's path names the
-    server's folders; its name is what the visitor chose)."""
+    """A setting with every server path in it reduced to its file name (nested dicts and lists too,
+    and paths inside a text such as an error message): what a visitor of a served room is shown of
+    other runs (an upload's path names the server's folders; its name is what the visitor chose)."""
     if isinstance(value, dict):
         return {key: hide_paths(item) for key, item in value.items()}
     if isinstance(value, list):
         return [hide_paths(item) for item in value]
-    if isinstance(value, str) and ("/" in value or "\\" in value) and (value.startswith(("/", "~", ".")) or
-                                                                         Path(value).expanduser().exists()):
+    if not isinstance(value, str):
+        return value
+    if ("/" in value or "\\" in value) and (value.startswith(("/", "~", ".")) or Path(value).expanduser().exists()):
         return Path(value.replace("\\", "/")).name
-    return value
+    return _PATH_IN_TEXT.sub(r"\1", value)
 
 
 def shown_settings(run: Run, paths: bool) -> dict:
