@@ -21,6 +21,7 @@ from explorer.core.files import write_json
 from explorer.core.options import add_options, given
 from explorer.core.threads import configure
 from explorer.analysis.bootstrap import bootstrap, DRAWS, result_json, SEED, summary
+from explorer.evaluation.accuracy import with_n
 from explorer.evaluation.agreement import agreement, describe, predictions
 from explorer.evaluation.evaluate import run_task, validation_loss
 from explorer.evaluation.questions import check_limit
@@ -414,8 +415,8 @@ def _print_heal_event(event: dict, steps: int) -> None:
         line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
     elif event["kind"] in ("eval", "reference"):
         label = "before pruning" if event["kind"] == "reference" else "healed (merged)" if event.get("merged") else f"eval at step {event['step']}"
-        line = (f"{label}: val loss {event['val_loss']:.4f}, {event['task']} accuracy {event['accuracy']:.2f} "
-                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f}){describe(event)}")
+        accuracy = with_n(f"{event['task']} accuracy {event['accuracy']:.2f} [{event['ci_low']:.2f}, {event['ci_high']:.2f}]", event)
+        line = f"{label}: val loss {event['val_loss']:.4f}, {accuracy} (chance {event['chance']:.2f}){describe(event)}"
     else:
         line = event.get("phase", str(event))
     print(line, file=sys.stderr, flush=True)
