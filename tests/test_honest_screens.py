@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from streamlit import config
@@ -184,6 +185,11 @@ def test_the_prune_comparison_is_a_run_that_reattaches_and_the_repair_is_done(em
     assert preview.status == "done" and list(preview.result["rows"]) == ["unpruned", "pruned", "linear repair"]
     assert any(b.label == "mergekit YAML (unrepaired slice)" for b in at.get("download_button"))
     assert at.dataframe[0].value["questions (n)"].tolist() == [4, 4, 4]
+    at.button(key="ph_save").click().run()  # the stored comparison's model, pruned and refitted again to be saved
+    [saved] = [seen(i.value) for i in at.info if "Saved to" in seen(i.value)]
+    record = json.loads((Path(saved.removeprefix("Saved to ").split(" (weights")[0]) / "run.json").read_text())
+    assert record["repair"]["method"] == "linear" and record["block"]["start"] == 20
+    assert record["quick_eval"]["linear repair"]["accuracy"] == preview.result["rows"]["linear repair"]["accuracy"]
 
     again = AppTest.from_file("../app.py", default_timeout=TIMEOUT)  # a reload: the same visitor, a new session
     again.query_params["visitor"] = at.session_state["visitor"]

@@ -100,6 +100,12 @@ class Preview:
         return {"repair": repair_record(self.repair, self.fit) if self.repair else {"method": "none"},
                 "quick_eval": {name: {k: v for k, v in row.items() if k != "completion"} for name, row in self.rows.items()}}
 
+    def save(self, model_source: str, dtype: str | None = None) -> Path:
+        """The model folder (run.json, the mergekit YAML of the slice; weights in `dtype`, default as
+        loaded) under EXPLORER_HOME/pruned: export.save_prune, as the CLI's prune writes it."""
+        folder = explorer_home() / "pruned" / self.result.loaded.fingerprint.replace(":", "-").replace("|", "_")
+        return save_prune(self.result, folder, model_source, self.extra(), dtype)
+
     def to_json(self) -> dict:
         """The "preview" run's result: the block, the parameter counts and every model's numbers, so a
         reload shows the comparison again without recomputing it."""
@@ -127,17 +133,15 @@ def preview_run(loaded: LoadedModel, start: int, n: int, allow_final: bool, conf
                         lambda: make_preview(loaded, start, n, allow_final, config, prompt, repair, store, progress).to_json())
 
 
-def save_preview(loaded: LoadedModel, run: Run, model_source: str, dtype: str | None = None) -> Path:
-    """Save the model a preview run measured: pruned again (and refitted, for a linear repair: the
-    fit is deterministic) from the run's settings, with the run's numbers in run.json, under
-    EXPLORER_HOME/pruned (export.save_prune, as the CLI's prune writes it)."""
+def rebuilt_preview(loaded: LoadedModel, run: Run) -> Preview:
+    """The Preview a stored "preview" run measured, its model pruned again (and, for a linear repair,
+    refitted: the fit is deterministic) from the run's settings, with the run's numbers: what Save
+    writes, without measuring anything again. Only on demand (a Save), never to draw the page."""
     s = run.settings
     repair = (RepairConfig(source=s["evaluation"]["source"], seq_len=s["evaluation"]["seq_len"],
                            batch_size=s["evaluation"]["eval_batch_size"]) if s["repair"] == "linear" else None)
-    result, _ = prune_or_repair(loaded, check_block(s["start"], s["n"], loaded.num_layers, s["allow_final"]), repair)
-    folder = explorer_home() / "pruned" / f"{loaded.fingerprint.replace(':', '-').replace('|', '_')}-run{run.id}"
-    extra = {key: run.result[key] for key in ("repair", "quick_eval") if key in (run.result or {})}
-    return save_prune(result, folder, model_source, {**extra, "preview_run": run.id}, dtype)
+    result, fit = prune_or_repair(loaded, check_block(s["start"], s["n"], loaded.num_layers, s["allow_final"]), repair)
+    return Preview(result, run.result["rows"], repair, fit)
 
 
 def latest_similarity(loaded: LoadedModel, store: Store, visitor: str | None = None) -> SimilarityResult | None:

@@ -13,7 +13,7 @@ from explorer.lm.blocks import Block
 from explorer.lm.models import LoadedModel
 from explorer.state.store import Run
 from explorer.surgery.heal import HealConfig
-from explorer.views.preview import comparison_frame, preview_caption, preview_run, save_preview
+from explorer.views.preview import comparison_frame, preview_caption, preview_run, rebuilt_preview
 from explorer.views.text import plain
 from pages import get_store, visitor
 from pages.panels.progress import steady_progress
@@ -59,6 +59,6 @@ def show_pruned(loaded: LoadedModel, model: dict, pruned: dict) -> None:
                            help="mergekit stacks the original layers: it rebuilds the pruned model without its linear "
                                 "repair." if caveat else None)
         if st.button("Save pruned model", key="ph_save"):
-            pruned["saved"] = str(save_preview(loaded, run, model["source"], st.session_state.get("ph_dtype")))
+            pruned["saved"] = str(rebuilt_preview(loaded, run).save(model["source"], st.session_state.get("ph_dtype")))
     if pruned["saved"]:
         st.info(f"Saved to {plain(pruned['saved'])} (weights, tokenizer, run.json, mergekit.yaml).")
