@@ -9,12 +9,10 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.state.cache import cached_distances, distances_run
 from explorer.experiments.sweep.distributed import ray_available
-from explorer.lm.models import LoadedModel
 from explorer.analysis.strategies import STRATEGIES
 from explorer.state.store import Run
-from explorer.views.progress import estimate_sweep, estimate_text, machine_load, progress_text, sweep_progress
+from explorer.views.progress import progress_text, sweep_progress
 from explorer.surgery.repair import REPAIRS
 from explorer.views.runs import sweep_description, sweep_label
 from explorer.views.session import page_runs
@@ -25,7 +23,7 @@ from explorer.views.figures.sweep import accuracy_figure, curve_story, loss_figu
 from explorer.evaluation.tasks import task_names
 from pages import check_text, download_row, get_store, job_view, points_status, show_page, user_errors, viewer, visitor
 from pages.panels.model import open_page
-from pages.panels.progress import steady_progress
+from pages.panels.sweep_notes import estimate, heatmap_notice
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
@@ -98,21 +96,6 @@ def settings_form(model: dict) -> SweepSettings:
     )
 
 
-def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
-    """The similarity strategy needs a heatmap: say whether one is cached, offer to compute it now."""
-    if "similarity" not in settings.strategies or distances_run(get_store(), loaded, settings.text, settings.sim_samples,
-                                                                   settings.seq_len):
-        return
-    st.info("No similarity heatmap is cached for these text settings: the sweep computes it first "
-            "(one forward pass per batch), or compute it now.")
-    if st.button("Compute the heatmap now", key="sw_heatmap"):
-        with steady_progress("Forward passes…") as update:
-            run_id, _, _ = cached_distances(loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size,
-                                            store=get_store(), progress=lambda done, total: update(done / total, f"{done} / {total} samples"))
-        get_store().add_visitor(run_id, visitor())
-        st.rerun()
-
-
 def plots(run: Run, points: list[dict], x_max: float | None) -> None:
     acc, loss = accuracy_figure(points, x_max), loss_figure(points, x_max)
     left, right = st.columns([3, 1])
@@ -159,14 +142,6 @@ def run_picker(runs: list[Run]) -> int | None:
             chosen = st.selectbox("Sweep", list(by_id), key="sw_saved", format_func=lambda i: sweep_label(by_id[i]))
             st.button("Show this sweep", key="sw_show", on_click=show_sweep, args=(by_id[chosen],))
     return st.session_state.get(RUN_KEY)
-
-
-def estimate(loaded: LoadedModel, settings: SweepSettings) -> None:
-    """How long the sweep will take on this machine, from its earlier sweeps of this model."""
-    points = len(settings.block_sizes(loaded.num_layers)) * len(settings.strategies) * (
-        1 + (settings.repair == "linear") + (settings.heal_steps > 0))
-    seconds = estimate_sweep(get_store(), loaded.name, settings.limit, points, settings.heal_steps > 0)
-    st.caption(f"{points} points: " + estimate_text(seconds, "sweep", *machine_load()))
 
 
 def main() -> None:
