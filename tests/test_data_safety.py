@@ -58,6 +58,7 @@ def test_out_is_never_the_model_itself(command, out, model_copy, capsys):
 
 WRITE_BIG = """
 import sys
+from explorer.core.errors import ExplorerError
 from explorer.core.files import write_json
 try:
     write_json(sys.argv[1], {"x": "y" * 3_000_000})
@@ -71,7 +72,7 @@ def test_a_full_disk_leaves_the_old_file_and_says_so(tmp_path, full_disk):
     write_json(target, {"before": 1})
     done = subprocess.run([sys.executable, "-c", WRITE_BIG, str(target)], cwd=REPO, capture_output=True, text=True,
                           preexec_fn=full_disk, timeout=120)
-    assert done.stdout.strip() == f"Could not write {target} (the disk is full); nothing was written there: free some space or choose another place."
+    assert done.stdout.strip() == f"Could not write {target} (the disk is full); nothing was written there: free some space or choose another place.", done.stderr
     assert json.loads(target.read_text()) == {"before": 1} and [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
