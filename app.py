@@ -6,7 +6,7 @@ dispatch; everything they compute lives in `explorer/`.
 
 import streamlit as st
 
-from pages import page_setup
+from pages import VISITOR_KEY, page_setup, visitor
 
 page_setup("Home")
 st.title("✂️ Layer-Pruning Explorer")
@@ -32,4 +32,5 @@ Hugging Face id, a local folder or a `.gguf` file in the sidebar of any page.
 """,
     unsafe_allow_html=True,
 )
-st.page_link("pages/similarity.py", label="Start with the similarity heatmap", icon="🗺️")
+st.page_link("pages/similarity.py", label="Start with the similarity heatmap", icon="🗺️",
+             query_params={VISITOR_KEY: visitor()})

@@ -5,12 +5,13 @@ benchmarks/results/NAME.json and a markdown table on stdout.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from explorer.core.files import write_json
 
 T = TypeVar("T")
 
@@ -57,9 +58,7 @@ def environment(device: object) -> dict:
 
 def report(result: dict, out: str, table: Callable[[dict], str]) -> int:
     """Write the result JSON and print its markdown table: the one ending every benchmark shares."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    path = write_json(out, result)  # whole or not at all (explorer/core/files.py)
     print(table(result))
     print(f"\nwritten to {path}")
     return 0

@@ -19,11 +19,11 @@ import time
 import torch
 
 from benchmarks import RESULTS, report
-from explorer.lm.data import make_samples, pad_batch
-from explorer.surgery.heal import HealConfig, merge, train_step, training_batches, training_model
-from explorer.lm.models import LoadedModel
-from explorer.lm.layers import parameter_count
 from explorer.analysis.similarity import compute_distances
+from explorer.lm.data import make_samples, pad_batch
+from explorer.lm.layers import parameter_count
+from explorer.lm.models import LoadedModel
+from explorer.surgery.heal import HealConfig, merge, train_step, training_batches, training_model
 
 
 def random_llama(tokenizer, layers: int = 24, hidden: int = 1024) -> LoadedModel:

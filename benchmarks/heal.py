@@ -23,11 +23,11 @@ from dataclasses import replace
 
 import torch
 
-from explorer.surgery.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
-from explorer.lm.models import LoadedModel, load_model
-from explorer.surgery.prune import prune_block
-from explorer.analysis.strategies import strategy_block
 from benchmarks import arguments, environment, report
+from explorer.analysis.strategies import strategy_block
+from explorer.lm.models import LoadedModel, load_model
+from explorer.surgery.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
+from explorer.surgery.prune import prune_block
 
 ARMS = {"a": "ours (training_model + train_adapter)", "b": "plain peft loop", "q": "ours, QLoRA (nf4 base)"}
 

@@ -17,13 +17,13 @@ import sys
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.evaluation.evaluate import validation_loss
-from explorer.surgery.heal import HealConfig, merge, train_adapter, training_batches, training_model
-from explorer.lm.models import LoadedModel, load_model
-from explorer.surgery.prune import prune_block
 from explorer.analysis.strategies import strategy_block
-from explorer.surgery.repair import RepairConfig, repair_block
+from explorer.evaluation.evaluate import validation_loss
+from explorer.lm.models import LoadedModel, load_model
 from explorer.state.cache import cached_distances
+from explorer.surgery.heal import HealConfig, merge, train_adapter, training_batches, training_model
+from explorer.surgery.prune import prune_block
+from explorer.surgery.repair import RepairConfig, repair_block
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

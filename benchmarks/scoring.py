@@ -26,13 +26,13 @@ from typing import Callable
 
 import torch
 
+from benchmarks import arguments, environment, report, timed
 from explorer.evaluation.evaluate import run_task
 from explorer.evaluation.lmeval import run_lmeval
+from explorer.evaluation.tasks import get_task
 from explorer.evaluation.tasks.mmlu import write_mmlu_tasks
 from explorer.evaluation.tasks.quiz import write_quiz_task
 from explorer.lm.models import load_model
-from explorer.evaluation.tasks import get_task
-from benchmarks import arguments, environment, report, timed
 
 LETTERS = "ABCD"
 GOALS = {"quiz": 4.0, "mmlu": 4.0}

@@ -19,10 +19,10 @@ import sys
 
 import torch
 
+from benchmarks import arguments, environment, report, timed
+from explorer.analysis.similarity import angular_distance, compute_distances
 from explorer.lm.data import batches, make_samples, pad_batch
 from explorer.lm.models import LoadedModel, load_model
-from explorer.analysis.similarity import angular_distance, compute_distances
-from benchmarks import arguments, environment, report, timed
 
 PASSES = {
     "a": "similarity pass (compute_distances)",

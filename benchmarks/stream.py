@@ -45,12 +45,13 @@ def worker(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from explorer.lm.data import make_samples
-    from explorer.evaluation.evaluate import validation_loss
-    from explorer.lm.models import load_model
-    from explorer.analysis.similarity import compute_distances
-    from explorer.lm.stream import open_streamed
     from transformers import AutoTokenizer
+
+    from explorer.analysis.similarity import compute_distances
+    from explorer.evaluation.evaluate import validation_loss
+    from explorer.lm.data import make_samples
+    from explorer.lm.models import load_model
+    from explorer.lm.stream import open_streamed
 
     mode, work = args.worker
     tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -22,15 +22,14 @@ import sys
 
 import torch
 
-from explorer.lm.blocks import Block
-from explorer.evaluation.evaluate import quick_eval
-from explorer.lm.models import LoadedModel, load_model
-from explorer.lm.layers import parameter_count
-from explorer.surgery.prune import prune_block
-from explorer.analysis.strategies import strategy_block
-from explorer.lm.layers import pruned_view
-from explorer.experiments.sweep import SweepSettings, eval_config, parse_fractions
 from benchmarks import arguments, environment, report, timed
+from explorer.analysis.strategies import strategy_block
+from explorer.evaluation.evaluate import quick_eval
+from explorer.experiments.sweep import SweepSettings, eval_config, parse_fractions
+from explorer.lm.blocks import Block
+from explorer.lm.layers import parameter_count, pruned_view
+from explorer.lm.models import LoadedModel, load_model
+from explorer.surgery.prune import prune_block
 
 ARMS = {
     "a": "pruned view of the model loaded once (ours)",

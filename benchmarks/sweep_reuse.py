@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from explorer.lm.models import load_model
-from explorer.analysis.strategies import STRATEGIES
-from explorer.state.store import Store
-from explorer.experiments.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
 from benchmarks import arguments, environment, report, timed
+from explorer.analysis.strategies import STRATEGIES
+from explorer.experiments.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
+from explorer.lm.models import load_model
+from explorer.state.store import Store
 
 GOAL = 3.0
 SWEEPS = {"teaching": {}, "three strategies": {"strategies": STRATEGIES}}

@@ -24,11 +24,11 @@ import time
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.surgery.heal import HealConfig, train_step, training_batches, training_model
-from explorer.lm.models import load_model
-from explorer.surgery.prune import prune_block
 from explorer.analysis.strategies import strategy_block
 from explorer.core.threads import cores, threads_for
+from explorer.lm.models import load_model
+from explorer.surgery.heal import HealConfig, train_step, training_batches, training_model
+from explorer.surgery.prune import prune_block
 
 NEIGHBOUR = """
 import sys, torch

@@ -22,8 +22,10 @@ import torch
 from explorer.analysis.bootstrap import DRAWS, SEED, bootstrap, result_json, summary
 from explorer.analysis.strategies import STRATEGIES, strategy_block
 from explorer.core.errors import ExplorerError
+from explorer.core.files import write_json
 from explorer.core.options import add_options, given
 from explorer.core.threads import configure
+from explorer.evaluation.accuracy import with_n
 from explorer.evaluation.agreement import agreement, describe, predictions
 from explorer.evaluation.evaluate import run_task, validation_loss
 from explorer.evaluation.questions import check_limit
@@ -52,16 +54,16 @@ from explorer.export.gguf import (
 )
 from explorer.export.hub import check_hub_ready, check_repo_id, push, push_plan
 from explorer.export.llamacpp import llama_quantize_command
-from explorer.jobs import run_job
+from explorer.jobs import cancel, run_job
 from explorer.lm.blocks import check_block
 from explorer.lm.data import check_settings, split_documents
-from explorer.lm.models import load_config, load_model, model_skeleton
+from explorer.lm.models import check_device, load_config, load_model, model_skeleton
 from explorer.lm.save import DTYPES
 from explorer.lm.stream import open_for_analysis
-from explorer.state.cache import cached_distances, cached_reference
+from explorer.state.cache import cached_distances, cached_reference, heatmap_origin, stored_heatmap
 from explorer.state.store import Store
 from explorer.surgery.finetune import FinetuneConfig
-from explorer.surgery.heal import HealConfig, target_modules
+from explorer.surgery.heal import HealConfig, check_heal_size, target_modules
 from explorer.surgery.parallel import data_parallel
 from explorer.surgery.prune import prune_block
 from explorer.surgery.recipe import recipe_for
@@ -71,17 +73,18 @@ from explorer.views.speed import speed_lines
 FINETUNE = "finetune_"  # classify's finetuning options parse into their own names (both classes have a batch_size)
 
 
-def _write_json(path: str, data: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1))
-
-
-def _check_out(path: str, folder: bool = False) -> None:
+def _check_out(path: str, folder: bool = False, model: str | None = None) -> None:
     """Fail before any model loads when --out cannot be written, instead of after the work.
     A JSON file is written in its parent folder; a model folder is written beside itself (in a
-    scratch folder) and moved in, so the parent must take new files either way."""
+    scratch folder) and moved in, so the parent must take new files either way. A model folder
+    is never written over the model it comes from (`model`), nor inside it."""
     out = Path(path).expanduser()
+    source = Path(model).expanduser() if model else None
+    if source is not None and source.exists():
+        source_folder = (source if source.is_dir() else source.parent).resolve()
+        if out.resolve() == source_folder or out.resolve().is_relative_to(source_folder):
+            raise ExplorerError(f"--out {path} is the --model folder {model}{' or inside it' if out.resolve() != source_folder else ''}: "
+                                "writing there would overwrite the model being pruned; give another folder.")
     try:
         if out.exists() and out.is_dir() != folder:
             raise OSError(errno.EEXIST, f"{out} is a {'folder' if out.is_dir() else 'file'} already")
@@ -162,7 +165,7 @@ def _similarity(args: argparse.Namespace) -> None:
     _, result, _ = cached_distances(loaded, args.text_file, args.samples, args.seq_len, args.batch_size,
                                     progress=_progress(loaded.progress_unit))
     boot = bootstrap(result, args.bootstrap, args.seed)
-    _write_json(args.out, result_json(result, boot))
+    write_json(args.out, result_json(result, boot))
     print(summary(result, boot))
 
 
@@ -178,6 +181,9 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=int, default=None, help="first layer of the block (or use --strategy)")
     parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
     parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
+    parser.add_argument("--similarity", default=None, metavar="RUN_ID|FILE",
+                        help="the similarity strategy reuses this heatmap (a similarity run id, or the JSON `similarity --out` "
+                             "wrote) instead of computing one from --text-file/--samples/--seq-len")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
     _dtype_argument(parser)
     _repair_arguments(parser)
@@ -252,18 +258,27 @@ def _prune(args: argparse.Namespace) -> None:
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise ExplorerError(f"Unknown strategy '{args.strategy}': choose one of {', '.join(STRATEGIES)}.")
     use_similarity = args.strategy == "similarity" and args.n > 0
+    if args.similarity is not None and args.strategy != "similarity":
+        raise ExplorerError("--similarity gives the heatmap of --strategy similarity: add --strategy similarity.")
+    reused = stored_heatmap(args.similarity, Store()) if use_similarity and args.similarity is not None else None
     if use_similarity:
         check_settings(args.samples, args.seq_len, args.batch_size)
-    _check_out(args.out, folder=True)
+    _check_out(args.out, folder=True, model=args.model)
     token = _check_export(args, weights_change=args.repair != "none")
     repair = _repair_config(args, args.text_file, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
     similarity = None
-    if use_similarity:
-        _, similarity, _ = cached_distances(
+    if reused is not None:
+        similarity, origin = reused
+        if (similarity.model, similarity.num_layers) != (loaded.name, num_layers):
+            raise ExplorerError(f"The heatmap {args.similarity} was computed on {similarity.model} ({similarity.num_layers} "
+                                f"layers), not on {loaded.name} ({num_layers} layers): give one of this model.")
+    elif use_similarity:
+        run_id, similarity, hit = cached_distances(
             loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples")
         )
+        origin = heatmap_origin(similarity, f"run #{run_id}{', from the store' if hit else ''}")
     if args.strategy:
         block = strategy_block(args.strategy, args.n, num_layers, similarity)
     else:
@@ -271,8 +286,11 @@ def _prune(args: argparse.Namespace) -> None:
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
     result, fit = prune_or_repair(loaded, block, repair, inplace=True)
+    if similarity is not None:
+        print(f"block chosen by the similarity heatmap of {origin}", file=sys.stderr)
     extra = {"strategy": args.strategy or "manual",
-             "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
+             "similarity": {"source": similarity.source, "samples": similarity.samples, "seq_len": similarity.seq_len,
+                            "chosen_by": origin} if similarity is not None else None,
              "repair": repair_record(repair, fit) if repair else {"method": "none"}}
     if args.gguf:  # before the folder, so its run.json and model card say what the GGUF holds
 
@@ -374,7 +392,7 @@ def _loss(args: argparse.Namespace) -> None:
     _check_out(args.out)
     loaded = _dropped(_load_for_analysis(args), args.drop)
     loss = validation_loss(loaded, args.text_file, args.samples, args.seq_len, args.batch_size)
-    _write_json(args.out, {"model": loaded.name, "loss": loss, "source": args.text_file, "samples": args.samples,
+    write_json(args.out, {"model": loaded.name, "loss": loss, "source": args.text_file, "samples": args.samples,
                            "seq_len": args.seq_len, "drop": args.drop})
     print(f"validation loss {loss:.4f}")
 
@@ -428,7 +446,7 @@ def _eval(args: argparse.Namespace) -> None:
         print(report.summary() + describe(same))
     else:
         print(report.summary())
-    _write_json(args.out, data)
+    write_json(args.out, data)
 
 
 def _speed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -455,7 +473,7 @@ def _speed(args: argparse.Namespace) -> None:
     run_id = store.create_run("speed", args.model, settings)
     result = _run_in_foreground(store, run_id, execute_speed,
                                 lambda event: print(event.get("phase", event), file=sys.stderr, flush=True))
-    _write_json(args.out, {"run_id": run_id, **result})
+    write_json(args.out, {"run_id": run_id, **result})
     print("\n".join(speed_lines(result)))
 
 
@@ -509,10 +527,10 @@ def _sweep(args: argparse.Namespace) -> None:
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
     try:
-        _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
-    except OSError as exc:  # a full disk or a read-only folder: the points are safe in the store
-        raise ExplorerError(f"Could not write {args.out} ({exc.strerror or exc}); the sweep is saved as run {run_id}: "
-                            "export it from the Runs page or rerun with another --out (it resumes at once).") from exc
+        write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
+    except ExplorerError as exc:  # a full disk or a read-only folder: the points are safe in the store
+        raise ExplorerError(f"{exc} The sweep is saved as run {run_id}: export it from the Runs page or rerun with "
+                            "another --out (it resumes at once).") from exc
 
 
 def _heal_arguments(parser: argparse.ArgumentParser) -> None:
@@ -539,8 +557,8 @@ def _print_heal_event(event: dict, steps: int) -> None:
         line = f"step {event['step']}/{steps}: train loss {event['train_loss']:.4f}, lr {event['lr']:.2e}, {event['tokens_per_s']:.0f} tokens/s"
     elif event["kind"] in ("eval", "reference"):
         label = "before pruning" if event["kind"] == "reference" else "healed (merged)" if event.get("merged") else f"eval at step {event['step']}"
-        line = (f"{label}: val loss {event['val_loss']:.4f}, {event['task']} accuracy {event['accuracy']:.2f} "
-                f"[{event['ci_low']:.2f}, {event['ci_high']:.2f}] (chance {event['chance']:.2f}){describe(event)}")
+        accuracy = with_n(f"{event['task']} accuracy {event['accuracy']:.2f} [{event['ci_low']:.2f}, {event['ci_high']:.2f}]", event)
+        line = f"{label}: val loss {event['val_loss']:.4f}, {accuracy} (chance {event['chance']:.2f}){describe(event)}"
     else:
         line = event.get("phase", str(event))
     print(line, file=sys.stderr, flush=True)
@@ -571,6 +589,7 @@ def _heal(args: argparse.Namespace) -> None:
     if args.recipe or args.dry_run:  # the recipe depends on the architecture: read from the config, no weights
 
         skeleton, _ = model_skeleton(args.model, args.trust_remote_code)
+    check_heal_size(args.n)
     config, about = _heal_config(args, skeleton)  # bad settings fail before the model loads
     if args.dry_run:
         settings = {key: getattr(config, key) for key in ("rank", "alpha", "dropout", "lr", "warmup_steps", "steps",
@@ -579,7 +598,7 @@ def _heal(args: argparse.Namespace) -> None:
                           "targets": target_modules(skeleton, config.targets), **about}, indent=1))
         return
     if args.out is not None:
-        _check_out(args.out, folder=True)
+        _check_out(args.out, folder=True, model=args.model)
     elif args.gguf or args.push_to_hub:
         raise ExplorerError("--gguf and --push-to-hub export the healed model's folder: give --out too.")
     token = _check_export(args, weights_change=True)
@@ -634,7 +653,7 @@ def _classify(args: argparse.Namespace) -> None:
             print(describe_point(event) if event["kind"] == "point" else event["phase"], file=sys.stderr, flush=True)
 
     result = _run_in_foreground(store, run_id, execute_classify, report)
-    _write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
+    write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -652,6 +671,22 @@ def _job(args: argparse.Namespace) -> None:
     os._exit(0)
 
 
+def _cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", type=int, help="the run to stop (its number on the Runs page)")
+    parser.add_argument("--store", default=None, help="the SQLite store holding the run (default: EXPLORER_HOME's)")
+
+
+def _cancel(args: argparse.Namespace) -> None:
+    """The operator's cancel: any queued or running run, whoever started it (a page's Cancel is only
+    its own visitor's). A job's runner is stopped (killed after a grace period); a foreground CLI
+    run stops at its next check."""
+    store = Store(args.store)
+    run = store.get_run(args.run_id)
+    if not cancel(store, args.run_id, wait=True):
+        raise ExplorerError(f"Run {args.run_id} ({run.kind}) is already {store.get_run(args.run_id).status}: nothing to cancel.")
+    print(f"run {args.run_id} ({run.kind}) cancelled")
+
+
 def _heal_ranks(args: argparse.Namespace) -> None:
     """Internal: one rank of a multi-GPU heal job (started by the job runner under accelerate)."""
     heal_ranks(Store(args.store), args.run_id)
@@ -667,22 +702,34 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "speed": (_speed_arguments, _speed, "prefill latency, decode throughput and memory, pruned against unpruned"),
     "heal": (_heal_arguments, _heal, "prune a block, heal it with (Q)LoRA and save the merged model"),
     "classify": (_classify_arguments, _classify, "classification accuracy vs layers kept: in-context, prompt- and head-finetuned"),
+    "cancel": (_cancel_arguments, _cancel, "cancel a queued or running run, whoever started it (the operator's cancel)"),
     "job": (_job_arguments, _job, "internal: run a queued background job"),
     "heal-ranks": (_job_arguments, _heal_ranks, "internal: one process of a multi-GPU heal job"),
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as the CLI's other errors: one line on stderr, exit status 2 (its own
+    prints the usage first, two lines and more)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("python -m explorer").strip()
+        print(f"error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
     # bitsandbytes (imported through peft) warns on every start on AVX512-BF16 CPUs that an optional
     # kernel package from the hub is missing; its built-in kernels work, so the warning only misleads.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    parser = argparse.ArgumentParser(prog="python -m explorer", description="Layer-Pruning Explorer")
+    parser = Parser(prog="python -m explorer", description="Layer-Pruning Explorer")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
     configure("cli")  # `job` switches to the runner's share in run_job
     try:
+        check_device(getattr(args, "device", None))  # an unknown or missing device fails before anything loads
         COMMANDS[args.command][1](args)
     except ExplorerError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message holds

@@ -9,6 +9,10 @@ heavy job at a time per machine, FIFO by run id), records every step as an event
 "cancelled". A runner killed before it could record anything (SIGKILL, the OOM killer, a
 reboot) is found by `reap`, which every listing calls, and marked failed.
 
+Only the visitor who started a job may cancel it from a page (`cancel_as`, explorer.core.policy:
+the job's run records its owner, the session's visitor key); the operator cancels any run, at a
+loopback server or with `python -m explorer cancel RUN_ID`.
+
 Cancelling is immediate in every phase: `cancel` marks the run cancelled and sends SIGTERM, on
 which the runner raises `JobCancelled` wherever it is (loading, evaluating, training, merging,
 saving, between sweep points) and exits without recording anything; a runner still alive
@@ -32,11 +36,13 @@ from typing import Iterator
 
 from explorer.core.errors import ExplorerError
 from explorer.core.paths import CHECKOUT
+from explorer.core.policy import Policy, check_cancel
 from explorer.core.threads import configure
 from explorer.kinds import KINDS, job_kinds
 from explorer.state.files import log_path
 from explorer.state.store import ACTIVE, Run, Store
 from explorer.views.progress import current_phase
+
 POLL_SECONDS = 1.0
 GRACE_SECONDS = 5.0  # after SIGTERM, how long a runner may take to exit before SIGKILL
 DIED = "process died"
@@ -44,11 +50,12 @@ CANCELLED = "cancelled by the user"
 SIGTERMED = "stopped by SIGTERM"  # what a runner records when the signal did not come from cancel()
 
 
-def submit(store: Store, kind: str, model_name: str, settings: dict) -> int:
-    """Queue a job and start its runner process; returns the run id at once."""
+def submit(store: Store, kind: str, model_name: str, settings: dict, owner: str | None = None) -> int:
+    """Queue a job and start its runner process; returns the run id at once. `owner`: the visitor
+    key of the session starting it (only that session, or the operator, may cancel it)."""
     if kind not in job_kinds():
         raise ExplorerError(f"Unknown job kind '{kind}': choose one of {', '.join(job_kinds())}.")
-    run_id = store.create_run(kind, model_name, settings, status="queued")
+    run_id = store.create_run(kind, model_name, settings, status="queued", owner=owner)
     command = [sys.executable, "-m", "explorer", "job", str(run_id), "--store", str(store.path)]
     with open(log_path(store, run_id), "ab") as log:  # `-m` from the checkout's root imports this checkout's explorer
         process = subprocess.Popen(
@@ -103,26 +110,30 @@ def list_jobs(store: Store, kind: str | None = None) -> list[Run]:
     return [run for run in store.list_runs(kind=kind) if run.kind in job_kinds()]
 
 
-def latest_job(store: Store, kind: str, model: str | None = None) -> Run | None:
-    """The newest job of this kind (for this model): what a reloaded page reattaches to."""
-    for run in list_jobs(store, kind):
-        if model is None or run.model == model:
-            return run
-    return None
-
-
-def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS) -> None:
-    """Mark the run cancelled and SIGTERM its runner, which exits at once; a daemon thread
-    SIGKILLs it if it is still alive after `grace` seconds."""
+def cancel(store: Store, run_id: int, grace: float = GRACE_SECONDS, wait: bool = False) -> bool:
+    """Mark the run cancelled and SIGTERM its runner, which exits at once; SIGKILL follows if it
+    is still alive after `grace` seconds (from a daemon thread, or here with `wait`, for a caller
+    that exits right after, like the CLI). Returns False when the run had already ended."""
     run = store.get_run(run_id)
     if not store.transition(run_id, ACTIVE, status="cancelled", error=CANCELLED):
-        return  # it had already ended
+        return False
     if run.pid and is_alive(run.pid, run_id):
         try:
             os.kill(run.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
-        threading.Thread(target=_kill_after, args=(run.pid, run_id, grace), name=f"kill-job-{run_id}", daemon=True).start()
+            return True
+        if wait:
+            _kill_after(run.pid, run_id, grace)
+        else:
+            threading.Thread(target=_kill_after, args=(run.pid, run_id, grace), name=f"kill-job-{run_id}", daemon=True).start()
+    return True
+
+
+def cancel_as(store: Store, run_id: int, policy: Policy, visitor: str | None) -> bool:
+    """`cancel` for a page: only the visitor who started the run, or the operator, may (a student
+    never stops the teacher's demo); the rule is enforced here, whatever the page shows."""
+    check_cancel(policy, store.get_run(run_id).owner, visitor)
+    return cancel(store, run_id)
 
 
 def _kill_after(pid: int, run_id: int, grace: float) -> None:

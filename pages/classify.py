@@ -6,13 +6,16 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import jobs
-from explorer.views.figures.classify import accuracy_vs_k_figure, classify_frame
 from explorer.core.options import widget
 from explorer.experiments.classify import CLASSIFY_STRATEGIES, CLASSIFY_TASKS, ClassifySettings, classify_points, parse_ints
-from explorer.surgery.finetune import MODES, WEIGHTS, FinetuneConfig
 from explorer.state.store import Run
-from explorer.views.progress import current_phase
-from pages import check_text, get_store, job_view, model_picker, points_status, show_page, user_errors
+from explorer.surgery.finetune import MODES, WEIGHTS, FinetuneConfig
+from explorer.views.figures.classify import accuracy_vs_k_figure, classify_frame
+from explorer.views.progress import current_phase, estimate_classify, estimate_text, machine_load
+from explorer.views.session import first_run
+from explorer.views.text import plain
+from pages import check_text, get_store, job_view, points_status, show_page, user_errors, viewer, visitor
+from pages.panels.model import check_model, model_picker
 
 RUN_KEY = "classify_run"
 DEFAULTS, TUNING = ClassifySettings(), FinetuneConfig()
@@ -60,8 +63,10 @@ def run_view(run: Run) -> None:
     plan = next((e for e in store.events(run.id) if e.get("kind") == "plan"), None)
     points_status(run, len(points), plan["points"] if plan else None, current_phase(store.events(run.id)), "cl_cancel",
                   "Start it again to measure the remaining points.")
+    st.caption(plain(f"Showing classification run #{run.id}: {run.settings.get('task')}, {', '.join(run.settings.get('modes', []))}."))
     if plan:
-        st.caption(f"{plan['source']} · train {plan['n_train']}, test {plan['n_test']} · {plan['num_layers']} layers")
+        st.caption(plain(f"{plan['source']} · train {plan['n_train']}, test {plan['n_test']} (every accuracy is on these "
+                         f"{plan['n_test']} held-out examples) · {plan['num_layers']} layers"))
     if points:
         left, right = st.columns([3, 1])
         fig = accuracy_vs_k_figure(points)
@@ -82,16 +87,19 @@ def main() -> None:
         st.info("Enter a model id or path in the sidebar.")
         return
     with user_errors():
+        check_model(model)  # the one model-source check, as every other page: no server path, no shadowing folder
         settings = settings_form(model)
         if settings.data_file not in (None, "embedded"):
             check_text(settings.data_file)  # a path on the server only when the operator allows paths
         task = settings.check()
-        st.caption(task.source)
+        st.caption(plain(task.source))
+        points = len(settings.keep) * len(settings.strategies)
+        st.caption(f"{points * len(settings.modes)} points: " + estimate_text(
+            estimate_classify(get_store(), settings.model, settings.modes, points), "classification run", *machine_load()))
         if st.button("Start", type="primary", key="cl_start", help="Runs as a background job; reloads keep it."):
-            st.session_state[RUN_KEY] = jobs.submit(get_store(), "classify", settings.model, settings.to_json())
-    runs = get_store().list_runs("classify")
-    if RUN_KEY not in st.session_state and runs:
-        st.session_state[RUN_KEY] = runs[0].id
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "classify", settings.model, settings.to_json(), owner=visitor())
+    if RUN_KEY not in st.session_state and (latest := first_run(get_store(), "classify", viewer(), model=model["source"])):
+        st.session_state[RUN_KEY] = latest.id
     if (run_id := st.session_state.get(RUN_KEY)) is not None:
         job_view(run_id, RUN_KEY, run_view, "Start a new run.")
 

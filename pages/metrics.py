@@ -6,12 +6,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explorer.analysis.metrics import METRICS, MetricScores
 from explorer.lm.blocks import Block, default_size
+from explorer.lm.models import LoadedModel
 from explorer.state.cache import brute_force_run, cached_brute_force, cached_scores
 from explorer.views.figures.metrics import correlation_figure, influence_figure, metrics_figure, metrics_frame
-from explorer.analysis.metrics import METRICS, MetricScores
-from explorer.lm.models import LoadedModel
-from pages import check_text, current_model, get_store, model_picker, show_page, user_errors
+from explorer.views.progress import estimate_brute_force, estimate_text, machine_load
+from pages import check_text, get_store, show_page, user_errors, visitor
+from pages.panels.model import open_page
+from pages.panels.progress import steady_progress
 
 SCORES_KEY = "metric_scores"  # {"fingerprint", "run_id", "scores" (json), "settings"}
 
@@ -29,12 +32,10 @@ def text_settings() -> dict:
 
 def compute(loaded: LoadedModel, settings: dict) -> None:
     check_text(settings["source"])
-    bar = st.progress(0.0, text="One forward pass per batch…")
-    try:
+    with steady_progress("One forward pass per batch…") as update:
         run_id, scores, _ = cached_scores(loaded, store=get_store(), **settings,
-                                          progress=lambda done, total: bar.progress(done / total, f"{done} / {total} samples"))
-    finally:
-        bar.empty()
+                                          progress=lambda done, total: update(done / total, f"{done} / {total} samples"))
+    get_store().add_visitor(run_id, visitor())
     st.session_state[SCORES_KEY] = {"fingerprint": loaded.fingerprint, "run_id": run_id, "scores": scores.to_json(), "settings": settings}
 
 
@@ -45,12 +46,10 @@ def attach_brute_force(loaded: LoadedModel, scores: MetricScores, settings: dict
     if cached is None and not measure:
         return
     if cached is None:
-        bar = st.progress(0.0, text="Pruning each block and measuring the held-out loss…")
-        try:
-            _, result, _ = cached_brute_force(loaded, n, store=store, **settings,
-                                              progress=lambda done, total: bar.progress(done / total, f"block {done} / {total}"))
-        finally:
-            bar.empty()
+        with steady_progress("Pruning each block and measuring the held-out loss…") as update:
+            run_id, result, _ = cached_brute_force(loaded, n, store=store, **settings,
+                                                   progress=lambda done, total: update(done / total, f"block {done} / {total}"))
+        store.add_visitor(run_id, visitor())
     else:
         result = cached.result
     scores.brute_force = result
@@ -66,6 +65,8 @@ def choices_table(scores: MetricScores, n: int) -> pd.DataFrame:
 def show(loaded: LoadedModel, scores: MetricScores, settings: dict) -> None:
     n = st.slider("Block size n (layers to drop)", 1, scores.num_layers - 1, default_size(scores.num_layers), key="met_n")
     measure = st.button(f"Measure the brute force for n = {n} ({scores.num_layers - n + 1} prunes + loss passes)", key="met_brute")
+    st.caption(estimate_text(estimate_brute_force(get_store(), loaded.name, scores.num_layers - n + 1, settings["samples"],
+                                                  settings["seq_len"]), "brute force", *machine_load()))
     with user_errors():
         attach_brute_force(loaded, scores, settings, n, measure)
     left, right = st.columns([3, 2])
@@ -86,16 +87,15 @@ def show(loaded: LoadedModel, scores: MetricScores, settings: dict) -> None:
 
 
 def main() -> None:
-    st.title("⚖️ Metric comparison")
-    st.markdown(
+    opened = open_page(
+        "⚖️ Metric comparison",
         "Four ways to score the block [l, l+n): the paper's **angular distance on the last token**, the same "
         "**averaged over all tokens**, ShortGPT's **Block Influence** (1 − cos between a layer's input and output, "
         "summed over the block), and the **measured loss increase** when the block is removed (brute force). "
-        "Lower = safer to drop. The first three come from one forward pass."
-    )
-    loaded = current_model(model_picker())
-    if loaded is None:
+        "Lower = safer to drop. The first three come from one forward pass.")
+    if opened is None:
         return
+    loaded = opened[1]
     settings = text_settings()
     if st.button("Compute metrics", type="primary", key="met_run"):
         with user_errors():

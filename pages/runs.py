@@ -1,8 +1,13 @@
-"""Runs: every run in the store (similarity, metrics, brute-force, quick-eval, heal, sweep); compare two,
-export one (CSV, JSON, figures, model folder, mergekit YAML), delete one."""
+"""Runs: every run in the store (similarity, metrics, brute-force, quick-eval, heal, sweep, ...); compare two,
+export one (CSV, JSON, figures, model folder, mergekit YAML), cancel or delete one.
+
+The one page where a visitor of a served room sees other visitors' runs: their settings and exports
+show file names, never server paths (explorer.views.runs.hide_paths), and only the visitor who
+started a run (or the operator) may cancel or delete it (explorer.core.policy); user-given text is plain text."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pandas as pd
@@ -10,23 +15,23 @@ import streamlit as st
 
 from explorer import jobs
 from explorer.core import policy
-from explorer.views.compare import settings_differences
 from explorer.core.errors import ExplorerError
-from explorer.views.figures.export import figure_png, figures_html, png_export_available
-from explorer.kinds import headline, metrics_frame, run_figures
+from explorer.kinds import headline, run_figures
+from explorer.state.store import Run
+from explorer.views.compare import settings_differences
 from explorer.views.figures.runs import comparison_figure
 from explorer.views.runs import (
     delete_run,
     disk_usage,
     format_bytes,
-    mergekit_text,
-    model_folder,
+    hide_paths,
     run_files,
-    run_json,
     settings_summary,
+    shown_settings,
 )
-from explorer.state.store import Run
-from pages import get_store, show_page, user_errors, visitor_policy
+from explorer.views.text import plain
+from pages import cancel_button, get_store, show_page, user_errors, visitor, visitor_policy
+from pages.panels.run_export import exports, operator
 
 SELECTED_KEY, OTHER_KEY, CONFIRM_KEY = "runs_selected", "runs_other", "runs_confirm_delete"
 
@@ -35,7 +40,7 @@ def when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def label(run: Run) -> str:
+def label(run: Run) -> str:  # a select box shows its options as plain text
     return f"#{run.id} · {run.kind} · {run.model} · {run.status} · {when(run.created)}"
 
 
@@ -43,7 +48,8 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     store = get_store()
     return pd.DataFrame([
         {"id": r.id, "kind": r.kind, "model": r.model, "status": r.status, "created": when(r.created),
-         "disk": format_bytes(sum(map(disk_usage, run_files(store, r)))), "settings": settings_summary(r), "result": headline(r)}
+         "disk": format_bytes(sum(map(disk_usage, run_files(store, r)))), "settings": settings_summary(r, operator()),
+         "result": headline(r) if operator() else hide_paths(headline(r))}
         for r in runs
     ])
 
@@ -53,37 +59,19 @@ def figures(run: Run, events: list[dict], key: str) -> None:
         st.plotly_chart(fig, width="content", key=f"{key}_fig{i}")
 
 
-def exports(run: Run, events: list[dict]) -> None:
-    stem = f"run-{run.id}-{run.kind}"
-    with st.container(horizontal=True):
-        st.download_button("Metrics (CSV)", metrics_frame(run, events).to_csv(index=False), f"{stem}.csv", "text/csv",
-                           key="runs_csv", on_click="ignore")
-        st.download_button("Run (JSON)", run_json(run, events), f"{stem}.json", "application/json",
-                           key="runs_json", on_click="ignore")
-        if charts := run_figures(run, events):
-            st.download_button("Figures (HTML)", lambda: figures_html(charts), f"{stem}.html", "text/html",
-                               key="runs_html", on_click="ignore")
-            if png_export_available():
-                st.download_button("First figure (PNG)", lambda: figure_png(charts[0]), f"{stem}.png", "image/png",
-                                   key="runs_png", on_click="ignore")
-        if yaml := mergekit_text(run):
-            st.download_button("mergekit YAML", yaml, f"{stem}-mergekit.yaml", "text/yaml", key="runs_yaml", on_click="ignore")
-    if folder := model_folder(run):
-        st.markdown("Saved model folder (loads with `AutoModelForCausalLM.from_pretrained`):")
-        st.code(str(folder), language=None)
-
-
 def delete(run: Run) -> None:
-    """Delete with a confirmation step; a running job must be cancelled first."""
+    """Delete with a confirmation step, only the files the run wrote, and those only when asked;
+    a running job must be cancelled first (by whoever may cancel it)."""
     store = get_store()
     if run.status in jobs.ACTIVE:
-        if st.button(f"Cancel run #{run.id}", key="runs_cancel"):
-            jobs.cancel(store, run.id)
-            st.rerun()
+        cancel_button(run, "runs_cancel")
         st.caption("A queued or running job is cancelled before it can be deleted.")
         return
     if not visitor_policy().delete:
         st.caption(f"Deleting runs is off on this server (operator: {policy.ALLOW_DELETE}=1).")
+        return
+    if not policy.owns(visitor_policy(), run.owner, visitor()):
+        st.caption("Started by another visitor (or the command line): only they, or the operator, can delete it.")
         return
     if st.session_state.get(CONFIRM_KEY) != run.id:
         if st.button(f"Delete run #{run.id}…", key="runs_delete"):
@@ -92,11 +80,12 @@ def delete(run: Run) -> None:
         return
     st.warning(f"Delete run #{run.id} ({run.kind}) and its events?")
     files = run_files(store, run)
-    remove = files and st.checkbox(f"Also delete its files ({format_bytes(sum(map(disk_usage, files)))}): "
-                                   + ", ".join(f"`{p}`" for p in files), value=True, key="runs_delete_files")
+    shown = [str(p) if operator() else p.name for p in files]
+    remove = files and st.checkbox(f"Also delete the files it wrote ({format_bytes(sum(map(disk_usage, files)))}): "
+                                   + plain(", ".join(shown)), value=False, key="runs_delete_files")
     yes, no = st.columns(2)
     if yes.button("Yes, delete", type="primary", key="runs_delete_yes"):
-        freed = delete_run(store, run, visitor_policy(), files if remove else [])
+        freed = delete_run(store, run, visitor_policy(), files if remove else [], visitor())
         st.session_state.pop(CONFIRM_KEY, None)
         st.session_state.pop(SELECTED_KEY, None)
         st.toast(f"Run #{run.id} deleted" + (f", {format_bytes(freed)} freed." if remove else "."))
@@ -107,10 +96,11 @@ def delete(run: Run) -> None:
 
 
 def details(run: Run, events: list[dict], key: str) -> None:
-    st.markdown(f"**#{run.id} · {run.kind}** · {run.model} · *{run.status}* · created {when(run.created)}, "
+    st.markdown(f"**#{run.id} · {run.kind}** · {plain(run.model)} · *{run.status}* · created {when(run.created)}, "
                 f"updated {when(run.updated)} ({run.updated - run.created:.0f} s)")
-    st.markdown(f"Result: {headline(run)}")
-    st.dataframe(pd.DataFrame({"setting": list(run.settings), "value": [str(v) for v in run.settings.values()]}),
+    st.markdown(f"Result: {plain(headline(run) if operator() else hide_paths(headline(run)))}")
+    settings = shown_settings(run, operator())
+    st.dataframe(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}),
                  hide_index=True, key=f"{key}_settings")
     figures(run, events, key)
 
@@ -120,7 +110,7 @@ def comparison(run: Run, events: list[dict], other: Run) -> None:
     other_events = get_store().events(other.id)
     if fig := comparison_figure(run, events, other, other_events):
         st.plotly_chart(fig, key="runs_compare")
-    differences = settings_differences(run, other)
+    differences = settings_differences(*(replace(r, settings=shown_settings(r, operator())) for r in (run, other)))
     st.markdown("**Settings that differ**" if len(differences) else "**The two runs have the same settings.**")
     if len(differences):
         st.dataframe(differences, hide_index=True, key="runs_diff")
@@ -172,7 +162,7 @@ def main() -> None:
         st.subheader("Delete")
         delete(run)
     except ExplorerError as exc:  # e.g. the run was deleted by another session meanwhile
-        st.error(str(exc), icon="🚫")
+        st.error(plain(exc), icon="🚫")
 
 
 show_page("Runs", main)

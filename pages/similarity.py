@@ -2,28 +2,33 @@
 
 The picked block lands in st.session_state["selected_block"] for the prune page. Results come
 from the SQLite store whenever the same model + text + settings ran before, and a fresh session
-shows the newest saved run for the model, so a reload or restart is instant.
+shows this visitor's newest saved run for the model (explorer.views.session), so a reload or
+restart is instant; a Run survives a closed tab or a second click (pages/panels/progress.py).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from explorer.lm.blocks import check_block, default_size
 from explorer.analysis.bootstrap import Bootstrap, block_notes, bootstrap, selection_text, summary
+from explorer.analysis.similarity import SimilarityResult
+from explorer.core.paths import explorer_home
+from explorer.lm.blocks import check_block, default_size
 from explorer.lm.data import save_upload
+from explorer.lm.models import LoadedModel
+from explorer.state.cache import cached_distances
+from explorer.state.store import Run
+from explorer.surgery.prune import removed_parameters
 from explorer.views.figures.export import figure_png, png_export_available
 from explorer.views.figures.similarity import LEGEND, distances_frame, heatmap_figure, min_distance_figure, stability_figure
-from explorer.lm.models import LoadedModel
-from explorer.core.paths import explorer_home
-from explorer.surgery.prune import removed_parameters
-from explorer.views.runs import similarity_caption, similarity_label
-from explorer.state.cache import cached_distances, similarity_runs
-from explorer.analysis.similarity import SimilarityResult
 from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
-from explorer.state.store import Run
-from pages import (MODEL_KEY, current_model, download_row, get_store, model_picker, show_page, user_errors,
-                   visitor_policy)
+from explorer.views.progress import estimate_similarity, estimate_text, machine_load
+from explorer.views.runs import similarity_caption, similarity_label
+from explorer.views.session import page_runs
+from explorer.views.text import plain
+from pages import download_row, get_store, show_page, user_errors, viewer, visitor, visitor_policy
+from pages.panels.model import MODEL_KEY, current_model, model_picker
+from pages.panels.progress import steady_progress
 
 RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
 BLOCK_KEY = "selected_block"  # read by the prune page
@@ -60,16 +65,14 @@ def calibration_settings() -> dict:
 
 
 def run_calibration(loaded: LoadedModel, source: str, settings: dict) -> None:
-    """Compute (or fetch) the distances with a progress bar, and keep them in the session."""
-    bar = st.progress(0.0, text="Preparing samples…")
+    """Compute (or fetch) the distances with a progress bar, and keep them in the session (and, as
+    one of this visitor's runs, in the store)."""
     unit = "layers (streamed)" if st.session_state.get("sim_stream", False) else "samples"
-    try:
+    with steady_progress("Preparing samples…") as update:
         run_id, result, from_cache = cached_distances(
             loaded, source, int(settings["samples"]), int(settings["seq_len"]), int(settings["batch_size"]),
-            store=get_store(),
-            progress=lambda done, total: bar.progress(done / total, text=f"Forward passes: {done} / {total} {unit}"))
-    finally:
-        bar.empty()
+            store=get_store(), progress=lambda done, total: update(done / total, f"Forward passes: {done} / {total} {unit}"))
+    get_store().add_visitor(run_id, visitor())
     st.session_state[RESULT_KEY] = shown_result(run_id, result, loaded.fingerprint, from_cache,
                                                 {**settings, "source": source})
 
@@ -79,7 +82,7 @@ def show_saved(loaded: LoadedModel, run: Run) -> None:
     (called before the form is drawn, or as a button callback)."""
     st.session_state[RESULT_KEY] = shown_result(run.id, SimilarityResult.from_json(run.result), loaded.fingerprint,
                                                 True, run.settings)
-    st.session_state.update(similarity_widgets(run.settings))
+    st.session_state.update(similarity_widgets(run.settings, explorer_home() / "uploads"))
 
 
 def saved_run_picker(loaded: LoadedModel, runs: list[Run]) -> None:
@@ -140,7 +143,7 @@ def downloads(result: SimilarityResult, boot: Bootstrap | None, fig) -> None:
 def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool, settings: dict) -> None:
     """Block panel above the heatmap (so a click's effect is in view), the min-distance plot beside it
     (it wraps below on narrow screens), then the downloads."""
-    st.caption(similarity_caption(run_id, result.model, result.num_layers, from_cache, settings))
+    st.caption(plain(similarity_caption(run_id, result.model, result.num_layers, from_cache, settings, result.samples)))
     default_block(result)
     boot = bootstrap(result)
     st.caption(summary(result, boot))
@@ -176,15 +179,18 @@ def main() -> None:
     loaded = current_model(model_picker(), stream)
     if loaded is None:
         return
-    runs = similarity_runs(get_store(), loaded)
+    runs = page_runs(get_store(), "similarity", viewer(), fingerprint=loaded.fingerprint, status="done")
     if runs and (st.session_state.get(RESULT_KEY) or {}).get("fingerprint") != loaded.fingerprint:
-        show_saved(loaded, runs[0])  # a fresh session shows the newest run, with the form set to its settings
+        show_saved(loaded, runs[0])  # a fresh session shows this visitor's newest run, the form set to its settings
     source = data_source()
     settings = calibration_settings()
+    load, cores = machine_load()
+    st.caption(estimate_text(estimate_similarity(get_store(), loaded.name, int(settings["samples"]), int(settings["seq_len"])),
+                             "heatmap", load, cores))
     if st.button("Run", type="primary", disabled=source is None, key="sim_run"):
         with user_errors():
             run_calibration(loaded, source, settings)
-    if runs := similarity_runs(get_store(), loaded):  # again: Run may have added one
+    if runs := page_runs(get_store(), "similarity", viewer(), fingerprint=loaded.fingerprint, status="done"):  # Run may add one
         saved_run_picker(loaded, runs)
     if shown := kept_result(st.session_state.get(RESULT_KEY), loaded.fingerprint):
         results(loaded, *shown)

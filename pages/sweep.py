@@ -1,5 +1,6 @@
 """Phase-transition sweep: accuracy and loss against the fraction of layers dropped, for every
-strategy, live while the background job measures each point."""
+strategy, live while the background job measures each point; the words beside the plot describe
+the curve drawn (explorer.views.figures.sweep.curve_story), not the paper's."""
 
 from __future__ import annotations
 
@@ -8,32 +9,34 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.state.cache import cached_distances, distances_run
-from explorer.experiments.sweep.distributed import ray_available
-from explorer.lm.models import LoadedModel
 from explorer.analysis.strategies import STRATEGIES
-from explorer.state.store import Run
-from explorer.views.progress import progress_text, sweep_progress
-from explorer.surgery.repair import REPAIRS
-from explorer.views.runs import sweep_description, sweep_label
-from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_preset
-from explorer.views.forms.sweep import LABELS, MODES, widget_values
-from explorer.views.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.evaluation.tasks import task_names
+from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_preset
+from explorer.experiments.sweep.distributed import ray_available
+from explorer.state.store import Run
+from explorer.surgery.repair import REPAIRS
+from explorer.views.figures.sweep import accuracy_figure, curve_story, loss_figure, points_frame
+from explorer.views.forms.sweep import LABELS, MODES, widget_values
+from explorer.views.progress import progress_text, sweep_progress
+from explorer.views.runs import sweep_description, sweep_label
+from explorer.views.session import page_runs
+from explorer.views.text import plain
+from pages import check_text, download_row, get_store, job_view, points_status, show_page, user_errors, viewer, visitor
+from pages.panels.model import open_page
+from pages.panels.sweep_notes import estimate, heatmap_notice
 from pages.panels.sweep_speed import speed_plot
-from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
-                   user_errors)
 
 RUN_KEY = "sweep_run"
 DEFAULTS = SweepSettings()
 
 ACCURACY_TEXT = """
 **What to look for.** Each point removes *n* layers with one strategy and asks the quiz again.
-Accuracy holds near the unpruned model's, then falls to the dotted **random-guess** line over a
-narrow range of *n*: the paper's *phase transition* (for Llama-2-70B on MMLU it sits near half the
-layers). A small model has less to spare: the embedded 135M model is at chance by 20–30%. The
-shaded band is the 95% Wilson interval: with a few dozen questions per point, differences inside
-it are noise. The ring marks the first point whose interval reaches chance.
+In the paper (7B–70B models) accuracy holds near the unpruned model's, then falls to the dotted
+**random-guess** line over a narrow range of *n*: a *phase transition* (for Llama-2-70B on MMLU
+near half the layers). A small model has less to spare and may fall at once: the words under the
+plot say what this curve does. The shaded band is the 95% Wilson interval: with a few dozen
+questions per point, differences inside it are noise. The ring marks the first point whose
+interval reaches chance.
 """
 LOSS_TEXT = """
 **Loss moves differently.** The held-out loss is normalized so 0 is the unpruned model and 1 is
@@ -95,29 +98,12 @@ def settings_form(model: dict) -> SweepSettings:
     )
 
 
-def heatmap_notice(loaded: LoadedModel, settings: SweepSettings) -> None:
-    """The similarity strategy needs a heatmap: say whether one is cached, offer to compute it now."""
-    if "similarity" not in settings.strategies or distances_run(get_store(), loaded, settings.text, settings.sim_samples,
-                                                                   settings.seq_len):
-        return
-    st.info("No similarity heatmap is cached for these text settings: the sweep computes it first "
-            "(one forward pass per batch), or compute it now.")
-    if st.button("Compute the heatmap now", key="sw_heatmap"):
-        bar = st.progress(0.0, text="Forward passes…")
-        try:
-            cached_distances(loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size,
-                             store=get_store(), progress=lambda done, total: bar.progress(done / total, f"{done} / {total} samples"))
-        finally:
-            bar.empty()
-        st.rerun()
-
-
-def plots(run: Run, points: list[dict]) -> None:
-    acc, loss = accuracy_figure(points), loss_figure(points)
+def plots(run: Run, points: list[dict], x_max: float | None) -> None:
+    acc, loss = accuracy_figure(points, x_max), loss_figure(points, x_max)
     left, right = st.columns([3, 1])
     left.plotly_chart(acc, key="sw_acc")
     right.markdown(ACCURACY_TEXT)
-    st.caption(chance_caption(points))
+    st.caption("**This curve.** " + curve_story(points))
     left, right = st.columns([3, 1])
     left.plotly_chart(loss, key="sw_loss")
     right.markdown(LOSS_TEXT + (HEALED_TEXT if any(p["healed"] for p in points) else ""))
@@ -137,11 +123,12 @@ def sweep_view(run: Run) -> None:
     events = store.events(run.id)
     points = [e for e in events if e.get("kind") == "point"]
     state = sweep_progress(events, time.time())
-    st.caption(f"Showing sweep run #{run.id}: {sweep_description(SweepSettings.from_json(run.settings))}.")
+    st.caption(plain(f"Showing sweep run #{run.id}: {sweep_description(SweepSettings.from_json(run.settings))}."))
     points_status(run, len(points), state["total"], progress_text([state["phase"]], state["eta_s"]), "sw_cancel",
                   "Start the sweep again with the same settings to resume from these points.")
-    if points:
-        plots(run, points)
+    plan = next((e for e in reversed(events) if e.get("kind") == "plan"), None)
+    if points:  # the x axis spans the whole plan from the first point on
+        plots(run, points, max(plan["sizes"]) / plan["num_layers"] if plan and plan.get("sizes") else None)
 
 
 def show_sweep(run: Run) -> None:
@@ -161,27 +148,27 @@ def run_picker(runs: list[Run]) -> int | None:
 
 
 def main() -> None:
-    st.title("📉 Phase-transition sweep")
-    st.markdown("Drop more and more layers with each strategy and watch accuracy hold, then collapse to chance, "
-                "while the loss rises smoothly (Gromov et al., Figures 1–2).")
-    model = model_picker()
-    loaded = current_model(model)
-    if loaded is None:
+    opened = open_page("📉 Phase-transition sweep", "Drop more and more layers with each strategy and see where accuracy "
+                       "collapses to chance, and how the loss rises (Gromov et al., Figures 1–2).")
+    if opened is None:
         return
-    runs = [r for r in get_store().list_runs("sweep") if r.settings.get("model") == model["source"]]
-    if RUN_KEY not in st.session_state and runs:  # a reload shows the newest sweep, and the form its settings
+    model, loaded = opened
+    runs = page_runs(get_store(), "sweep", viewer(), model=loaded.name)
+    if RUN_KEY not in st.session_state and runs:  # a reload shows this visitor's newest sweep, and the form its settings
         show_sweep(runs[0])
     with user_errors():
         settings = settings_form(model)
         settings.check()
         check_text(settings.text)
         heatmap_notice(loaded, settings)
+        estimate(loaded, settings)
         ray = ray_available() and st.toggle("Measure points in parallel on Ray", key="sw_ray",
                                             help="A local Ray instance: one worker per CPU core (per GPU when present), one model load each.")
         if st.button("Start sweep", type="primary", key="sw_start",
                      help="Runs as a background job; a sweep with the same settings resumes from finished points."):
             executor = {"executor": "ray"} if ray else {}
-            st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, {**settings.to_json(), **executor})
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "sweep", loaded.name, {**settings.to_json(), **executor},
+                                                    owner=visitor())
     run_id = run_picker(runs)
     if run_id is not None:
         job_view(run_id, RUN_KEY, sweep_view, "Start a new sweep or pick another run.")

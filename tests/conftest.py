@@ -121,6 +121,23 @@ def tiny_llama(tiny_llama_dir):
 
 
 @pytest.fixture()
+def own_rows():
+    """Runs a test adds to the default store are deleted after it (a job still queued or running is
+    cancelled first): they would otherwise be what later page tests in the session open on."""
+    from explorer import jobs
+    from explorer.state.store import Store
+
+    before = {r.id for r in Store().list_runs()}
+    yield
+    store = Store()
+    for run in store.list_runs():
+        if run.id not in before:
+            if run.status in ("queued", "running"):
+                jobs.cancel(store, run.id, grace=1.0, wait=True)
+            store.delete_run(run.id)
+
+
+@pytest.fixture()
 def store(tmp_path):
     from explorer.state.store import Store
 

@@ -13,15 +13,15 @@ import statistics
 import pytest
 import torch
 
-from explorer.evaluation.agreement import agreement, predictions
 from explorer.cli import main
+from explorer.evaluation.agreement import agreement, predictions
 from explorer.evaluation.evaluate import ratio_standard_error, run_task, validation_loss, validation_loss_with_error
+from explorer.experiments.sweep import SweepSettings, describe_point, run_sweep, start_sweep
+from explorer.kinds import headline
 from explorer.lm.data import make_samples
+from explorer.state.store import Run, Store
 from explorer.surgery.heal import HealConfig, prune_and_heal
 from explorer.surgery.prune import prune_block
-from explorer.kinds import headline
-from explorer.state.store import Run, Store
-from explorer.experiments.sweep import SweepSettings, describe_point, run_sweep, start_sweep
 from explorer.views.figures.sweep import points_frame
 
 TASK, LIMIT = "quiz-capitals", 12

@@ -1,12 +1,18 @@
 """Bad input is one sentence, never a traceback, and never after the work: an unwritable --out,
-a non-UTF-8 .jsonl, pickled weights, a model's own code failing, a 300-character upload name,
-LoRA alpha <= 0, and a huge single-line upload that must cost little memory and time."""
+a non-UTF-8 .jsonl, pickled weights, a model's own code failing, a 300-character upload name (and
+255-byte ones in CJK and emoji), LoRA alpha <= 0, a huge single-line upload that must cost little
+memory and time, damaged safetensors, unknown or missing devices, a task option of the wrong type,
+an EXPLORER_HOME that cannot be made, heal --n 0, bad finetuning settings when only icl runs, and
+random bytes given as text."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -15,10 +21,10 @@ import pytest
 import torch
 
 from explorer.cli import main
-from explorer.lm.data import UPLOAD_NAME_CHARS, documents, make_samples, save_upload
 from explorer.core.errors import ExplorerError
-from explorer.surgery.heal import HealConfig
+from explorer.lm.data import NAME_BYTES, documents, make_samples, save_upload
 from explorer.lm.models import load_model
+from explorer.surgery.heal import HealConfig
 
 MISSING_MODEL = "/nonexistent-lpe/model"  # loading it would fail with a different message
 
@@ -59,7 +65,10 @@ def test_lora_alpha_must_be_positive(tmp_path, capsys):
         with pytest.raises(ExplorerError, match="LoRA alpha"):
             HealConfig(alpha=alpha).check()
     line = cli_error(capsys, "heal", "--start", "3", "--n", "2", "--alpha", "0", "--out", str(tmp_path / "h"))
-    assert line == "error: Invalid healing settings: LoRA alpha must be at least 1 (sequence length 2)."
+    assert line == "error: Invalid healing settings: LoRA alpha must be at least 1 (got 0)."
+    line = cli_error(capsys, "heal", "--start", "3", "--n", "2", "--eval-every", "0", "--seq-len", "1", "--out", str(tmp_path / "h"))
+    assert line == ("error: Invalid healing settings: sequence length must be at least 2 (got 1); evaluation interval must "
+                    "be at least 1 (got 0).")
 
 
 class Payload:
@@ -119,7 +128,7 @@ def test_a_300_character_upload_name_is_saved(tmp_path):
     data = b"First document.\n\nSecond document.\n"
     path = save_upload(name, io.BytesIO(data), tmp_path / "uploads")
     assert path.read_bytes() == data and path.suffix == ".txt"
-    assert len(path.name) <= UPLOAD_NAME_CHARS + 20
+    assert len(path.name.encode()) <= NAME_BYTES
     assert save_upload(name, io.BytesIO(data), tmp_path / "uploads") == path  # same content, same file
     assert list(documents(str(path))) == ["First document.", "Second document."]
 
@@ -157,3 +166,91 @@ def test_huge_single_line_upload_costs_little(tmp_path, embedded):
     assert [len(ids) for ids in samples.ids] == [64]  # one document, cut to the sample length
     assert peak < 4 * 2**20, peak  # the whole file in memory would be > 20 MB
     assert seconds < 5, seconds
+
+
+@pytest.mark.parametrize("stem", ["講義ノート" * 17, "📚" * 70, "é" * 200], ids=["85 CJK", "70 emoji", "200 accented"])
+def test_upload_names_are_cut_by_bytes_not_characters(stem, tmp_path):
+    """85 CJK characters are 255 bytes and 70 emoji 280: cut at 80 characters they made
+    'File name too long'. Cut by bytes, never inside a character, suffix kept."""
+    data = b"First document of the upload.\n\nSecond document of the upload.\n"
+    path = save_upload(stem + ".txt", io.BytesIO(data), tmp_path / "uploads")
+    assert path.read_bytes() == data and path.suffix == ".txt"
+    assert len(path.name.encode()) <= NAME_BYTES - len(".part")  # its temporary name fits too
+    assert stem.startswith(path.stem.split("-", 1)[1]) and len(path.stem.split("-", 1)[1]) > 10
+    assert list(documents(str(path))) == ["First document of the upload.", "Second document of the upload."]
+
+
+@pytest.fixture()
+def damaged_model(tmp_path, tiny_llama_dir) -> Path:
+    """The tiny llama with its safetensors file cut in half (an interrupted download)."""
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_llama_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+@pytest.mark.parametrize("command", ["similarity", "loss"])
+def test_a_damaged_safetensors_file_is_one_sentence(command, damaged_model, tmp_path, capsys):
+    line = cli_error(capsys, command, "--model", str(damaged_model), "--samples", "2", "--seq-len", "16",
+                     "--out", str(tmp_path / "out.json"))
+    assert line.startswith(f"error: The weights file {damaged_model / 'model.safetensors'} is damaged or incomplete")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_unknown_and_missing_devices_are_one_sentence(tmp_path, capsys):
+    out = ["--samples", "2", "--seq-len", "16", "--out", str(tmp_path / "o.json")]
+    assert cli_error(capsys, "loss", "--device", "tpu", *out) == (
+        "error: Unknown device 'tpu': use cpu or cuda (cuda:N for one GPU of several).")
+    if not torch.cuda.is_available():
+        assert "this machine has no CUDA GPU that torch can use" in cli_error(capsys, "similarity", "--device", "cuda", *out)
+
+
+def test_a_task_option_of_the_wrong_type_is_one_sentence(tmp_path, capsys):
+    line = cli_error(capsys, "eval", "--task", "quiz-capitals", "--option", "shots=abc", "--out", str(tmp_path / "o.json"))
+    assert line == "error: Task 'quiz-capitals' option shots takes a whole number, not 'abc'."
+
+
+@pytest.mark.parametrize("home", ["a-file/home", "/sys/explorer-home"], ids=["file in the way", "read-only"])
+def test_an_explorer_home_that_cannot_be_made_is_one_sentence(home, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    env = {**os.environ, "EXPLORER_HOME": str(tmp_path / home)}
+    done = subprocess.run([sys.executable, "-m", "explorer", "loss", "--samples", "2", "--seq-len", "16", "--out",
+                           str(tmp_path / "o.json")], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: Cannot create EXPLORER_HOME {tmp_path / home}") and "writable folder" in line
+
+
+def test_heal_of_no_layers_is_refused(tmp_path, capsys):
+    line = cli_error(capsys, "heal", "--start", "3", "--n", "0", "--out", str(tmp_path / "h"))
+    assert line.startswith("error: Healing removes a block of layers first: the block size n must be at least 1 (got 0)")
+
+
+def test_bad_finetuning_settings_are_refused_even_when_only_icl_runs(tmp_path, capsys):
+    out = ["--mode", "icl", "--out", str(tmp_path / "c.json")]
+    assert cli_error(capsys, "classify", "--steps", "-1", *out) == (
+        "error: Finetuning needs steps >= 0, a batch size and a LoRA rank of at least 1.")
+    with pytest.raises(SystemExit) as stop:  # argparse's own refusal, now one line like the others
+        main(["classify", "--weights", "bogus", *out])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: classify: argument --weights: invalid choice: 'bogus'")
+
+
+def test_no_bootstrap_is_said_as_asked(tiny_llama_dir, tmp_path, capsys):
+    assert main(["similarity", "--model", str(tiny_llama_dir), "--samples", "2", "--seq-len", "16", "--bootstrap", "0",
+                 "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "No bootstrap resamples were asked for (--bootstrap 0)" in out and "stored before" not in out
+
+
+def test_random_bytes_are_not_text(tmp_path):
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_bytes(os.urandom(64 * 1024))
+    with pytest.raises(ExplorerError, match="garbage.txt is not text"):
+        list(documents(str(garbage)))
+    latin = tmp_path / "latin.txt"  # a little text that is not UTF-8 is still text (read with replacements)
+    latin.write_bytes("Un café au lait, s'il vous plaît, et une crème brûlée.\n\nMerci.".encode("latin-1"))
+    assert len(list(documents(str(latin)))) == 2

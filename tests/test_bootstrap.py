@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from explorer.analysis.bootstrap import bootstrap, choice_notes, optimal_with_uncertainty, result_json, summary
-from explorer.views.figures.similarity import NOT_CHOSEN, heatmap_figure, min_distance_figure, row_scaled, distances_frame
-from explorer.lm.models import LoadedModel
-from explorer.lm.layers import decoder_layers
+from explorer.analysis.similarity import SimilarityResult, compute_distances
 from explorer.analysis.strategies import strategy_block
 from explorer.kinds import headline
-from explorer.analysis.similarity import SimilarityResult, compute_distances
+from explorer.lm.layers import decoder_layers
+from explorer.lm.models import LoadedModel
 from explorer.state.store import Run
+from explorer.views.figures.similarity import NOT_CHOSEN, distances_frame, heatmap_figure, min_distance_figure, row_scaled
 
 TEXTS = [
     "The cat sat on the mat while the dog slept by the door.",

@@ -4,6 +4,7 @@ Streamlit "Deploy" button (the operator serves the app; visitors do not deploy i
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -17,4 +18,5 @@ def test_home_links_to_heatmap_without_deploy_button(app_url, page):
     assert page.get_by_role("button", name="Deploy").count() == 0
     link.click()
     page.get_by_role("heading", name=re.compile("Similarity heatmap")).wait_for()
-    assert page.url.rstrip("/").endswith("/similarity")
+    assert urlparse(page.url).path.rstrip("/").endswith("/similarity")
+    assert parse_qs(urlparse(page.url).query)["visitor"]  # the visitor key travels with the link (explorer.core.policy)

@@ -84,7 +84,8 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     live = [s for s in seen if s[0] == "running" and 0 < s[1] < s[2]]
     assert live, f"no partial state seen while running: {seen}"
     assert any(p > 0 for *_, p in live)  # the chart drew points before the sweep ended
-    assert "Accuracy first reaches chance" in page.locator(MAIN).inner_text()
+    words = page.locator(MAIN).inner_text()  # the words under the plot are computed from its points
+    assert "This curve." in words and "% unpruned (n = " in words and "chance" in words
     page.set_viewport_size({"width": 1400, "height": 2400})  # the main pane scrolls inside the page
     page.locator(ACCURACY).scroll_into_view_if_needed()
     page.screenshot(path=str(Path(os.environ["EXPLORER_HOME"]) / "sweep.png"))  # for a look by hand
@@ -100,3 +101,4 @@ def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embed
     assert {r["strategy"] for r in rows} == {"similarity", "simple", "top-cut"}
     assert all(0 <= float(r["ci_low"]) <= float(r["accuracy"]) <= float(r["ci_high"]) <= 1 for r in rows)
     assert sorted({int(r["n"]) for r in rows}) == [0, 3, 6]
+    assert {int(r["n_questions"]) for r in rows} == {defaults.limit}  # every accuracy with its n

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from explorer.lm.data import embedded_corpus_dir
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
 from explorer.evaluation.tasks import get_task, task_names
 from explorer.evaluation.tasks.classification import MAX_SHOTS
+from explorer.lm.data import embedded_corpus_dir
+from explorer.lm.models import LoadedModel
 
 ROWS = 20  # rows 9 and 19 become the demonstration pool, the other 18 are scored
 

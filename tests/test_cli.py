@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from explorer.analysis.similarity import compute_distances
 from explorer.cli import COMMANDS, main
 from explorer.lm.data import make_samples, split_documents
-from explorer.analysis.similarity import compute_distances
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from explorer.core.concurrency import exclusive, model_lock
-from explorer.state.cache import cached_distances, cached_scores
-from explorer.lm.generate import complete
-from explorer.surgery.prune import prune_block
 from explorer.analysis.similarity import compute_distances
+from explorer.core.concurrency import exclusive, model_lock
 from explorer.lm.data import make_samples
+from explorer.lm.generate import complete
+from explorer.state.cache import cached_distances, cached_scores
+from explorer.surgery.prune import prune_block
 
 THREADS = 6
 

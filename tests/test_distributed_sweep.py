@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from explorer.state.store import Store
 from explorer.experiments.sweep import SweepCancelled, SweepSettings, execute, start_sweep, sweep_points
+from explorer.state.store import Store
 
 pytestmark = pytest.mark.slow  # a local Ray instance
 

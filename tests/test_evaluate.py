@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from explorer.cli import main
-from explorer.lm.data import make_samples
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.accuracy import wilson_interval
 from explorer.evaluation.evaluate import TaskReport, normalized_loss, run_task, validation_loss
 from explorer.evaluation.questions import QuestionResult
+from explorer.lm.data import make_samples
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Statistics in
 # Medicine 17:857-872, Table I, method 3 (Wilson score interval without continuity correction).

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from explorer.lm.blocks import Block, check_block
 from explorer.export.mergekit import EMBEDDED_HUB_ID, mergekit_yaml
+from explorer.lm.blocks import Block, check_block
 from explorer.lm.save import save_pruned
 from explorer.surgery.prune import prune_block
 
@@ -41,7 +41,8 @@ def test_saved_pruned_model_reloads_with_same_logits(embedded, tmp_path):
     model, tokenizer = _reload(folder)
     assert model.config.num_hidden_layers == 26 and len(model.model.layers) == 26
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    assert json.loads((folder / "run.json").read_text()) == record
+    written = json.loads((folder / "run.json").read_text())
+    assert written == {**record, "files": sorted(p.name for p in folder.iterdir())}  # the record, and every file written
     assert tokenizer(TEXT).input_ids == embedded.tokenizer(TEXT).input_ids
     torch.testing.assert_close(_logits(model, tokenizer), _logits(pruned.model, embedded.tokenizer), atol=1e-5, rtol=1e-5)
 
@@ -132,9 +133,9 @@ def test_cli_prune_writes_folder(embedded, tmp_path):
 
 
 def test_cli_prune_similarity_strategy(tiny_llama, tiny_llama_dir, tmp_path):
-    from explorer.lm.data import make_samples
-    from explorer.analysis.strategies import strategy_block
     from explorer.analysis.similarity import compute_distances
+    from explorer.analysis.strategies import strategy_block
+    from explorer.lm.data import make_samples
 
     out = tmp_path / "sim"
     done = _cli("--model", str(tiny_llama_dir), "--strategy", "similarity", "--n", "2",

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from explorer.analysis.similarity import compute_distances
 from explorer.kinds import run_figures
 from explorer.views.figures.runs import comparison_figure
 from explorer.views.figures.similarity import distances_frame, heatmap_figure
-from explorer.analysis.similarity import compute_distances
 
 
 def test_figure_points_carry_their_own_block(tiny_llama):

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from explorer.state.files import log_path, run_folder
 from explorer.core.errors import ExplorerError
 from explorer.lm.save import save_pruned
+from explorer.state.files import log_path, run_folder
 from explorer.views.runs import delete_files, disk_usage, format_bytes, run_files
 
 
@@ -44,18 +44,22 @@ def test_disk_use_of_a_run_and_deleting_its_files(store, tmp_path):
     (folder / "config.json").write_bytes(b"x" * 1000)
     (folder / "sub" / "weights.bin").write_bytes(b"y" * 2500)
     log_path(store, run_id).write_bytes(b"z" * 500)
-    elsewhere = tmp_path / "my-model"  # a folder the result names (e.g. a prune's --out)
+    elsewhere = tmp_path / "my-model"  # a folder the result names (e.g. a CLI heal's --out), shared with other files
     elsewhere.mkdir()
     (elsewhere / "config.json").write_bytes(b"{}")
+    (elsewhere / "notes.txt").write_bytes(b"the user's")
     store.update_run(run_id, result={"folder": str(elsewhere)})
+    assert run_files(store, store.get_run(run_id)) == [folder, log_path(store, run_id)]  # what it wrote there: unknown
+    (elsewhere / "run.json").write_text('{"files": ["config.json", "run.json"]}')  # as save_pruned records it
     run = store.get_run(run_id)
 
     files = run_files(store, run)
-    assert files == [folder, log_path(store, run_id), elsewhere]
-    assert [disk_usage(p) for p in files] == [3500, 500, 2]
+    assert files == [folder, log_path(store, run_id), elsewhere / "config.json", elsewhere / "run.json"]
+    assert [disk_usage(p) for p in files] == [3500, 500, 2, 38]
     assert run_files(store, store.get_run(store.create_run("similarity", "tiny", {}))) == []
-    assert delete_files(files[:2]) == 4000
-    assert not folder.exists() and not log_path(store, run_id).exists() and elsewhere.exists()
+    assert delete_files(files) == 4040
+    assert not folder.exists() and not log_path(store, run_id).exists()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("size, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (812_345, "812 kB"),

@@ -11,15 +11,14 @@ import time
 import pytest
 import torch
 
-from explorer import cli
-from explorer import jobs
-from explorer.core.errors import ExplorerError
-from explorer.experiments.classify import ClassifySettings, run_classify
-from explorer.surgery.finetune import FinetuneConfig, build_classifier, encode_task, measure, train
-from explorer.lm.models import LoadedModel
+from explorer import cli, jobs
 from explorer.analysis.strategies import strategy_block
-from explorer.lm.layers import pruned_view
+from explorer.core.errors import ExplorerError
 from explorer.evaluation.tasks import get_task
+from explorer.experiments.classify import ClassifySettings, run_classify
+from explorer.lm.layers import pruned_view
+from explorer.lm.models import LoadedModel
+from explorer.surgery.finetune import FinetuneConfig, build_classifier, encode_task, measure, train
 from tests.families import tiny_family_model
 from tests.test_classification import pang_lee_rows
 

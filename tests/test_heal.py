@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from explorer.core.errors import ExplorerError
-from explorer.state.cache import cached_quick_eval
 from explorer.evaluation.evaluate import quick_eval
+from explorer.state.cache import cached_quick_eval
 from explorer.surgery.heal import (
     HealConfig,
     heal,

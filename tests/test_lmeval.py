@@ -10,13 +10,11 @@ import pytest
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.evaluate import run_task
 from explorer.evaluation.lmeval import run_lmeval
-from explorer.evaluation.tasks.boolq import read_boolq, write_boolq_task
-from explorer.evaluation.tasks.mmlu import write_mmlu_tasks
-from explorer.evaluation.tasks.quiz import write_quiz_task
 from explorer.evaluation.scoring import loglikelihoods
 from explorer.evaluation.tasks import get_task
-from explorer.evaluation.tasks.mmlu import read_csv
-from explorer.evaluation.tasks.quiz import QUIZZES, generate
+from explorer.evaluation.tasks.boolq import read_boolq, write_boolq_task
+from explorer.evaluation.tasks.mmlu import read_csv, write_mmlu_tasks
+from explorer.evaluation.tasks.quiz import QUIZZES, generate, write_quiz_task
 
 LETTERS = "ABCD"
 SUBJECT = "high_school_geography"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.lm.data import make_samples
-from explorer.core.errors import ExplorerError
-from explorer.state.cache import cached_brute_force, cached_scores
 from explorer.analysis.metrics import MetricScores, compute_scores, ranks, spearman
 from explorer.analysis.similarity import compute_distances
+from explorer.core.errors import ExplorerError
+from explorer.lm.data import make_samples
+from explorer.state.cache import cached_brute_force, cached_scores
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,8 @@ def test_rank_correlation_table(scores):
 
 def test_correlation_figure_shows_the_table(scores):
     """The page's annotated heatmap carries exactly the table's values, labelled by metric."""
-    from explorer.views.figures.metrics import correlation_figure
     from explorer.analysis.metrics import METRICS
+    from explorer.views.figures.metrics import correlation_figure
 
     table = scores.rank_correlations(2)
     heat = correlation_figure(scores, 2).data[0]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from explorer.core.errors import ExplorerError
+from explorer.evaluation.tasks import get_task
 from explorer.lm.data import (
     batches,
     check_settings,
@@ -22,10 +24,8 @@ from explorer.lm.data import (
     source_fingerprint,
     split_documents,
 )
-from explorer.core.errors import ExplorerError
-from explorer.lm.models import embedded_gguf_path, load_model, resolve_source
 from explorer.lm.layers import layers_path, parameter_count
-from explorer.evaluation.tasks import get_task
+from explorer.lm.models import embedded_gguf_path, load_model, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,11 @@ from dataclasses import fields
 import pytest
 
 from explorer.cli import COMMANDS, _heal_config, _sweep_settings, main
-from explorer.surgery.heal import HealConfig
 from explorer.core.options import SHARED, widget
-from explorer.views.preview import HEAL_LABELS, HEAL_NUMBERS, HEAL_WIDGETS, heal_defaults
 from explorer.experiments.sweep import SweepSettings, teaching_preset
+from explorer.surgery.heal import HealConfig
 from explorer.views.forms.sweep import LABELS, WIDGETS, widget_values
+from explorer.views.preview import HEAL_LABELS, HEAL_NUMBERS, HEAL_WIDGETS, heal_defaults
 
 TASK_OPTIONS = {"mmlu_dir", "subjects", "shots", "split", "option"}  # what --mmlu-dir ... --option set
 TASK_FIELDS = {"eval_options", "task_options"}  # the config fields those options fill

@@ -7,10 +7,13 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.surgery.heal import HealConfig
+from explorer.experiments.sweep import SweepSettings
 from explorer.state.cache import cached_distances
 from explorer.state.store import Store
-from explorer.experiments.sweep import SweepSettings
+from explorer.surgery.heal import HealConfig
+from tests.screen import seen
+
+pytestmark = pytest.mark.usefixtures("own_rows")  # conftest: rows made here are deleted after each test
 
 TIMEOUT = 180  # the first page run loads the embedded model into the page's cache
 
@@ -25,7 +28,7 @@ def fresh_page(page: str) -> AppTest:
 
 
 def captions(at: AppTest) -> str:
-    return " | ".join(c.value for c in at.caption)
+    return " | ".join(seen(c.value) for c in at.caption)
 
 
 def test_prune_and_heal_form_follows_the_newest_heal_job(embedded):
@@ -56,13 +59,3 @@ def test_similarity_form_follows_the_run_it_shows(embedded):
     assert (at.number_input(key="sim_samples").value, at.number_input(key="sim_seq_len").value) == (3, 24)
     assert f"Showing similarity run #{run_id}" in captions(at) and "3 samples × 24 tokens" in captions(at)
 
-
-@pytest.fixture(autouse=True)
-def _no_leftover_rows():
-    """These rows would otherwise be what later page tests in the session reattach to."""
-    before = {r.id for r in Store().list_runs()}
-    yield
-    store = Store()
-    for run in store.list_runs():
-        if run.id not in before:
-            store.delete_run(run.id)

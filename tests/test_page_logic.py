@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from explorer.lm.blocks import check_block
 from explorer.analysis.bootstrap import block_notes, bootstrap, choice_notes, selection_text
-from explorer.lm.layers import decoder_layers, parameter_count
-from explorer.surgery.prune import prune_block, removed_parameters
-from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
-from explorer.state.cache import similarity_runs
 from explorer.analysis.similarity import SimilarityResult, similarity_key
-from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
-from explorer.state.store import Run
 from explorer.experiments.sweep import SweepSettings, teaching_preset
-from explorer.views.forms.sweep import MODES, WIDGETS, widget_values
+from explorer.lm.blocks import check_block
+from explorer.lm.layers import decoder_layers, parameter_count
+from explorer.state.store import Run
+from explorer.surgery.prune import prune_block, removed_parameters
 from explorer.views.figures.sweep import chance_caption
+from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
+from explorer.views.forms.sweep import MODES, WIDGETS, widget_values
+from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
+from explorer.views.session import page_runs
 
 TOY = SimilarityResult("toy", 4, [[0.5, 0.2, 0.3, 0.1], [0.4, 0.3, 0.2], [0.5, 0.6], [0.9]], samples=1)
 
@@ -60,7 +60,7 @@ def test_similarity_runs_are_this_models_finished_runs(tiny_llama, store):
     mine = store.create_run("similarity", "m", {}, cache_key=similarity_key(tiny_llama, "abc"), status="done")
     store.create_run("similarity", "m", {}, cache_key="other-model|abc", status="done")
     store.create_run("similarity", "m", {}, cache_key=similarity_key(tiny_llama, "def"), status="running")
-    assert [r.id for r in similarity_runs(store, tiny_llama)] == [mine]
+    assert [r.id for r in page_runs(store, "similarity", None, fingerprint=tiny_llama.fingerprint, status="done")] == [mine]
 
 
 def test_removed_parameters_match_pruning(tiny_llama):
@@ -122,8 +122,8 @@ def test_heal_form_values_round_trip():
 
 
 def test_recipe_fills_training_values_only(tiny_llama):
-    from explorer.views.preview import recipe_widget_values
     from explorer.surgery.recipe import recipe_for
+    from explorer.views.preview import recipe_widget_values
 
     values = recipe_widget_values(recipe_for(tiny_llama.model, "meta-llama/Llama-2-7b-hf"))
     assert values["ph_rank"] == 2 and values["ph_alpha"] == 2 and values["ph_targets"] == "ffn" and values["ph_steps"] == 5000

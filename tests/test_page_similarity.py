@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.lm.layers import parameter_count
+from tests.screen import seen
 
 PAGE = "pages/similarity.py"
 TIMEOUT = 180  # the first run loads the embedded model into the page's cache
@@ -28,7 +29,7 @@ def calibrate(at: AppTest, samples: int, seq_len: int) -> AppTest:
 
 
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [seen(e.value) for e in at.error]
 
 
 def test_calibration_draws_heatmap_and_selects_block(app, embedded):
@@ -37,7 +38,7 @@ def test_calibration_draws_heatmap_and_selects_block(app, embedded):
     assert not errors(at)
     assert len(at.get("plotly_chart")) == 3  # heatmap, min distance vs n, stability of the best block
     assert any("block sizes have a shallow best block" in c.value and "resamples" in c.value for c in at.caption)
-    assert any("4 samples × 32 tokens" in c.value and "(run #" in c.value for c in at.caption)
+    assert any("4 samples × 32 tokens" in seen(c.value) and "(run #" in seen(c.value) for c in at.caption)
 
     at.number_input(key="block_start").set_value(3)
     at.number_input(key="block_n").set_value(3).run()
@@ -66,3 +67,20 @@ def test_empty_upload_is_a_message_not_a_traceback(app):
     at = calibrate(app, 4, 32)
     assert not at.exception
     assert any("No usable text" in e for e in errors(at))
+
+
+def test_random_bytes_and_a_short_text_on_the_page(app):
+    """Random bytes named .txt are refused as not text; a text with fewer usable documents than asked
+    is computed on what it has, and the caption says how many samples that really is."""
+    import os
+
+    app.radio(key="sim_source").set_value("Upload a file").run()
+    app.get("file_uploader")[0].set_value(("garbage.txt", os.urandom(8192), "text/plain")).run()
+    at = calibrate(app, 32, 32)
+    assert not at.exception and any("garbage.txt is not text" in e for e in errors(at))
+    two = ("The first document of this upload talks about the weather and the harvest in the valley this year.\n\n"
+           "The second document of this upload talks about the trains that cross the valley every morning.")
+    at.get("file_uploader")[0].set_value(("two.txt", two.encode(), "text/plain")).run()
+    at = calibrate(at, 32, 32)
+    assert not at.exception, errors(at)
+    assert any("2 samples (32 asked; the text has only 2 usable documents) × 32 tokens" in seen(c.value) for c in at.caption)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from explorer.state.store import Store
 from explorer.surgery.heal import HealConfig, heal, training_batches
 from explorer.surgery.parallel import label_tokens
 from explorer.surgery.prune import prune_block
-from explorer.state.store import Store
 
 pytestmark = pytest.mark.slow  # processes under accelerate
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.views.progress import current_phase, format_duration, heal_progress, progress_text, sweep_progress
 from explorer.core.threads import threads_for
+from explorer.views.progress import current_phase, format_duration, heal_progress, progress_text, sweep_progress
 
 
 @pytest.mark.parametrize("seconds, text", [

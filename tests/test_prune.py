@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from explorer.analysis.similarity import SimilarityResult, compute_distances
+from explorer.analysis.strategies import STRATEGIES, strategy_block
 from explorer.core.errors import ExplorerError
 from explorer.surgery.prune import prune_block
-from explorer.analysis.strategies import STRATEGIES, strategy_block
-from explorer.analysis.similarity import SimilarityResult, compute_distances
 
 PROMPT = "The Australian government said on Tuesday that the bushfires near Sydney"
 
@@ -189,8 +189,8 @@ def test_other_families(model_type, extra):
     kept layers' weights; per-layer lists (sliding/full layer types) follow their layers."""
     from transformers import AutoModelForCausalLM
 
-    from explorer.lm.models import LoadedModel
     from explorer.lm.layers import layers_path
+    from explorer.lm.models import LoadedModel
 
     model = _tiny(model_type, **extra)
     types = getattr(model.config, "layer_types", None)

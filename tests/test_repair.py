@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.lm.blocks import check_block
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
+from explorer.lm.blocks import check_block
 from explorer.lm.layers import decoder_layers
+from explorer.lm.models import LoadedModel
 from explorer.surgery.repair import RepairConfig, collect_stats, down_projection, fit_block, fit_blocks, fold, repair_block, solve
 from tests.families import FAMILIES, tiny_family_model
 

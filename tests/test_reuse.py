@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.lm.blocks import Block
 from explorer.evaluation.evaluate import run_task, validation_loss
+from explorer.lm.blocks import Block
+from explorer.lm.layers import pruned_view
 from explorer.lm.models import LoadedModel
 from explorer.surgery.reuse import PrefixReuse
-from explorer.lm.layers import pruned_view
 from tests.families import tiny_family_model
 
 LAYERS = 6

@@ -12,20 +12,21 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.state.cache import cached_distances, cached_scores
+from explorer.experiments.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
 from explorer.export.mergekit import mergekit_yaml
-from explorer.lm.save import save_pruned
-from explorer.views.figures.export import figures_html
 from explorer.kinds import headline, metrics_frame, run_figures
+from explorer.lm.save import save_pruned
+from explorer.state.cache import cached_distances, cached_scores
+from explorer.state.store import Store
 from explorer.surgery.prune import prune_block
+from explorer.views.figures.export import figures_html
 from explorer.views.runs import (
     mergekit_text,
     model_folder,
     run_json,
     settings_summary,
 )
-from explorer.state.store import Store
-from explorer.experiments.sweep import SweepSettings, run_sweep, start_sweep, sweep_points
+from tests.screen import seen
 
 TIMEOUT = 120
 
@@ -168,8 +169,8 @@ def test_sweep_page_with_a_deleted_run(tiny_llama, tiny_llama_dir):
     doomed = _sweep(store, tiny_llama, tiny_llama_dir, ("top-cut",))
     at.session_state["sweep_run"] = doomed
     at.run()
-    assert not at.exception and any("2 / 2 points" in s.value for s in at.success)
+    assert not at.exception and any("2 / 2 points" in seen(s.value) for s in at.success)
     store.delete_run(doomed)
     at.run()
     assert not at.exception
-    assert any(f"Run {doomed} does not exist" in w.value for w in at.warning)
+    assert any(f"Run {doomed} does not exist" in seen(w.value) for w in at.warning)

@@ -9,11 +9,11 @@ from typing import Iterator
 import pytest
 import torch
 
-from explorer.lm.data import split_documents
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
 from explorer.evaluation.scoring import candidate_ids, encode_pair, loglikelihoods, next_token_logprobs
+from explorer.lm.data import split_documents
 from explorer.lm.forward import _shared_clusters
+from explorer.lm.models import LoadedModel
 from tests.families import tiny_family_model
 
 

@@ -14,12 +14,12 @@ import math
 import pytest
 import torch
 
-from explorer.lm.data import make_samples
-from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
-from explorer.lm.layers import decoder_layers, final_norm
-from explorer.state.cache import cached_distances
 from explorer.analysis.similarity import SimilarityResult, compute_distances
+from explorer.core.errors import ExplorerError
+from explorer.lm.data import make_samples
+from explorer.lm.layers import decoder_layers, final_norm
+from explorer.lm.models import LoadedModel
+from explorer.state.cache import cached_distances
 from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-4

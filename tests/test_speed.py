@@ -12,8 +12,19 @@ import torch
 from explorer.cli import main
 from explorer.core.errors import ExplorerError
 from explorer.core.threads import threads_for
-from explorer.evaluation.speed import (SpeedSettings, cache_bytes, check_outputs, decode, decode_parts, estimate_seconds, lockstep,
-                                       measure_speed, memory, prompts, weight_bytes)
+from explorer.evaluation.speed import (
+    SpeedSettings,
+    cache_bytes,
+    check_outputs,
+    decode,
+    decode_parts,
+    estimate_seconds,
+    lockstep,
+    measure_speed,
+    memory,
+    prompts,
+    weight_bytes,
+)
 from explorer.experiments.sweep import SweepSettings, profile_parts, run_sweep, start_sweep
 from explorer.export.folder import save_prune
 from explorer.lm.forward import inference

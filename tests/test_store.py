@@ -133,12 +133,17 @@ def test_update_run_rejects_unknown_fields(store):
     assert (run.pid, run.status) == (1234, "queued") and run.updated >= run.created
 
 
-def test_corrupt_file_is_a_user_error(tmp_path):
+def test_corrupt_file_is_set_aside_and_said(tmp_path):
+    """A file that is not a store is never overwritten: it is moved aside whole, the message says
+    where, and only then does a new, empty store start under the name."""
     path = tmp_path / "runs.sqlite"
-    path.write_bytes(b"this is not a database, just some bytes that happen to be here" * 100)
-    with pytest.raises(ExplorerError, match="is damaged .*rename it"):
+    data = b"this is not a database, just some bytes that happen to be here" * 100
+    path.write_bytes(data)
+    with pytest.raises(ExplorerError, match="is damaged .*moved to runs.sqlite.damaged-"):
         Store(path)
-    assert path.read_bytes().startswith(b"this is not a database")  # the user's file is left as it was
+    [aside] = tmp_path.glob("runs.sqlite.damaged-*")
+    assert aside.read_bytes() == data  # the user's file is kept as it was
+    assert Store(path).list_runs() == []
 
 
 def test_running_records_each_outcome_in_one_format(store):
@@ -207,8 +212,10 @@ def test_events_of_a_version_1_store_are_numbered_on_upgrade(tmp_path, monkeypat
     code wrote them, keep their order; heal steps stay, the sweep's ordinals go; appending goes on."""
     path = tmp_path / "runs.sqlite"
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
-    old = Store(path)
-    heal, sweep = old.create_run("heal", "m", {}), old.create_run("sweep", "m", {})
+    Store(path)
+    with closing(sqlite3.connect(path)) as db, db:  # runs as version 1 wrote them (no owner column yet)
+        heal, sweep = (db.execute("INSERT INTO runs (kind, status, model, settings, created, updated) "
+                                  "VALUES (?, 'running', 'm', '{}', 0, 0)", (kind,)).lastrowid for kind in ("heal", "sweep"))
     heal_events = [{"kind": "phase", "step": 0, "phase": "training"}, {"kind": "train", "step": 1, "train_loss": 2.0},
                    {"kind": "train", "step": 2, "train_loss": 1.5}, {"kind": "error", "step": 0, "error": "rank 1 died"}]
     sweep_events = [{"kind": "phase", "phase": "loading the model"}, {"kind": "plan", "points": 2},

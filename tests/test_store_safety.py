@@ -1,5 +1,6 @@
 """The store says what is really wrong (read-only folder, full disk, damaged file), four processes
-can create a new store at once, and a store damaged midway is one message in the app."""
+can create a new store at once, and a damaged store (midway, or truncated to 0 bytes) is never
+replaced silently nor written to: it is moved aside whole, with one message saying where."""
 
 from __future__ import annotations
 
@@ -126,9 +127,48 @@ def damaged_home(tmp_path, monkeypatch):
     get_store.clear()
 
 
+def aside_files(store_path: Path) -> list[Path]:
+    return sorted(store_path.parent.glob(f"{store_path.name}.damaged-*"))
+
+
 def test_damaged_store_is_one_message_in_the_backend(damaged_home):
-    with pytest.raises(ExplorerError, match="is damaged .*rename it"):
+    damaged = damaged_home.read_bytes()
+    with pytest.raises(ExplorerError, match="is damaged .*moved to explorer.sqlite.damaged-.*kept for recovery"):
         Store(damaged_home).list_runs()
+    [aside] = [p for p in aside_files(damaged_home) if not p.name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == damaged  # kept whole, never rewritten
+    assert Store(damaged_home).list_runs() == []  # a new store starts under the name
+
+
+WRITE_RUN = """
+import sys
+from explorer.core.errors import ExplorerError
+from explorer.state.store import Store
+try:
+    print(Store(sys.argv[1]).create_run("similarity", "m", {}))
+except ExplorerError as exc:
+    print(exc)
+"""
+
+
+def test_a_store_damaged_midway_accepts_no_write(damaged_home):
+    """A new process (a CLI command, a job) that only writes still finds the damage first."""
+    out = subprocess.run([sys.executable, "-c", WRITE_RUN, str(damaged_home)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "is damaged" in out.stdout and "moved to" in out.stdout, out.stdout
+    assert aside_files(damaged_home)
+
+
+def test_a_store_truncated_to_0_bytes_is_said_and_kept(tmp_path):
+    path = tmp_path / "explorer.sqlite"
+    Store(path).create_run("similarity", "m", {})
+    path.write_bytes(b"")
+    out = subprocess.run([sys.executable, "-c", WRITE_RUN, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "is damaged (the file is empty (0 bytes))" in out.stdout, out.stdout
+    [aside] = aside_files(path)
+    assert aside.stat().st_size == 0
+    assert Store(path).list_runs() == []
 
 
 def test_damaged_store_is_one_message_in_the_app(damaged_home):
@@ -137,3 +177,4 @@ def test_damaged_store_is_one_message_in_the_app(damaged_home):
     at.switch_page("pages/runs.py").run()
     assert not at.exception
     assert [e.value for e in at.error] and all("is damaged" in e.value for e in at.error)
+    assert aside_files(damaged_home)

@@ -11,16 +11,16 @@ import weakref
 import pytest
 import torch
 
+from explorer.analysis.metrics import compute_scores
+from explorer.analysis.similarity import compute_distances
 from explorer.cli import main
-from explorer.lm.data import make_samples
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.evaluate import run_task, validation_loss
-from explorer.analysis.metrics import compute_scores
-from explorer.lm.models import embedded_folder, embedded_gguf_path, load_model
-from explorer.surgery.prune import prune_block
 from explorer.evaluation.scoring import loglikelihoods
-from explorer.analysis.similarity import compute_distances
+from explorer.lm.data import make_samples
+from explorer.lm.models import embedded_folder, embedded_gguf_path, load_model
 from explorer.lm.stream import StreamedModel, fits_in_memory, open_for_analysis, open_streamed, unsupported_reason
+from explorer.surgery.prune import prune_block
 from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-5

@@ -9,13 +9,10 @@ import json
 import pytest
 import torch
 
+from explorer.analysis.similarity import compute_distances
 from explorer.cli import _sweep_arguments, _sweep_settings, main
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.evaluate import run_task, validation_loss
-from explorer.lm.data import make_samples
-from explorer.state.cache import cached_distances
-from explorer.analysis.similarity import compute_distances
-from explorer.state.store import Store
 from explorer.experiments.sweep import (
     SweepCancelled,
     SweepSettings,
@@ -30,6 +27,9 @@ from explorer.experiments.sweep import (
     sweep_points,
     teaching_preset,
 )
+from explorer.lm.data import make_samples
+from explorer.state.cache import cached_distances
+from explorer.state.store import Store
 
 TINY = dict(fractions=(0.0, 0.2), limit=8, val_samples=4, sim_samples=4, seq_len=32, batch_size=8)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.lm.blocks import Block, final_keeping_starts
 from explorer.analysis.similarity import SimilarityResult
+from explorer.lm.blocks import Block, final_keeping_starts
 
 DRAWS = 200
 SEED = 0
@@ -173,6 +173,8 @@ def summary(result: SimilarityResult, boot: Bootstrap | None) -> str:
     optimal = result.optimal
     shallow = sum(is_shallow(e["layer"], result.num_layers) for e in optimal)
     text = f"{shallow} of {len(optimal)} block sizes have a shallow best block (first quarter of the layers)"
+    if boot is None and result.per_sample:
+        return text + ". No bootstrap resamples were asked for (--bootstrap 0), so the distances have no intervals."
     if boot is None:
         return text + ". This run was stored before per-sample distances were kept: run it again for intervals."
     unstable = sum(boot.stability[e["n"] - 1][e["layer"]] < STABLE_FROM for e in optimal)

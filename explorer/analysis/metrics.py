@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from explorer.lm.data import make_samples
-from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
 from explorer.analysis.similarity import Progress, pairwise_angular, residual_states, similarity_key
-from explorer.lm.blocks import check_block
+from explorer.core.errors import ExplorerError
 from explorer.evaluation.evaluate import validation_loss
+from explorer.lm.blocks import check_block
+from explorer.lm.data import make_samples
+from explorer.lm.models import LoadedModel
 from explorer.surgery.reuse import PrefixReuse
 
 METRICS = {

@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 import torch
 
 from explorer.core.concurrency import exclusive
-from explorer.lm.blocks import Block, check_block, final_keeping_starts, simple_start
 from explorer.core.errors import ExplorerError
+from explorer.lm.blocks import Block, check_block, final_keeping_starts, simple_start
 from explorer.lm.models import LanguageModel
 from explorer.lm.tokens import token_index
 

@@ -13,7 +13,6 @@ from explorer.analysis.similarity import SimilarityResult
 from explorer.core.errors import ExplorerError
 from explorer.lm.blocks import Block, check_block, simple_start
 
-
 STRATEGIES = ("similarity", "simple", "top-cut")
 
 

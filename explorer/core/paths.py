@@ -10,6 +10,7 @@ import os
 import uuid
 from pathlib import Path
 
+from explorer.core.errors import ExplorerError
 
 # The checkout this package runs from: background processes start here so `python -m explorer`
 # imports this copy of the code (a git worktree's, not another install's).
@@ -20,7 +21,11 @@ def explorer_home() -> Path:
     """Folder for the SQLite store, the embedded-model cache, uploads, logs and exports
     (default ~/.cache/layer-pruning-explorer)."""
     home = Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "layer-pruning-explorer"))
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only file system, no permission, a file in the way
+        raise ExplorerError(f"Cannot create EXPLORER_HOME {home} ({exc.strerror or exc}): set EXPLORER_HOME to a "
+                            "writable folder.") from exc
     return home
 
 

@@ -9,18 +9,25 @@ four powers are off unless the operator switched them on with an environment var
   would run on the server);
 - EXPLORER_ALLOW_SERVER_PATHS=1: visitors may name a folder, .gguf file or text file on the
   server (else: the embedded model, Hugging Face ids, the embedded corpus, C4 and uploads);
-- EXPLORER_ALLOW_DELETE=1: visitors may delete runs;
+- EXPLORER_ALLOW_DELETE=1: visitors may delete their own runs;
 - EXPLORER_ALLOW_PUSH=1: visitors may push a pruned model to the Hugging Face hub (with the
   server's token, to any repo it can write to); without it the page does not show the button.
 
-Pure functions of the listening address and the environment, so the rules are tested without a
-server. The CLI is the operator at their own machine and is not limited.
+Visitors never reach each other either: each browser session carries a random visitor key (the
+pages keep it in the address, so a reload keeps it), stored with every run the session starts
+or is shown; a visitor's pages open only on their own runs, and only the visitor who started a
+job may cancel it. The operator may do everything: the person at a loopback server, and the
+command line (`python -m explorer cancel RUN_ID`).
+
+Pure functions of the listening address, the environment and the visitor key, so the rules are
+tested without a server. The CLI is the operator at their own machine and is not limited.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -33,6 +40,10 @@ ALLOW_DELETE = "EXPLORER_ALLOW_DELETE"
 ALLOW_PUSH = "EXPLORER_ALLOW_PUSH"
 TEXT_NAMES = ("embedded", "c4")  # text sources that are not files
 MODEL_NAMES = ("embedded",)
+# A Hugging Face repo id by its form alone: [namespace/]name of letters, digits, '-', '_' and '.',
+# starting and ending with a letter or digit (the hub's own rule), at most 96 characters each.
+_HUB_PART = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?"
+HUB_ID = re.compile(rf"{_HUB_PART}(?:/{_HUB_PART})?")
 
 
 @dataclass(frozen=True)
@@ -80,16 +91,21 @@ def _refuse(what: str, switch: str) -> ExplorerError:
                          f"the operator can allow it by starting the app with {switch}=1.")
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether `source` has the form of a Hugging Face repo id (decided by the text alone)."""
+    return bool(HUB_ID.fullmatch(source)) and ".." not in source and not source.endswith(".gguf")
+
+
 def check_model_source(policy: Policy, source: str) -> None:
-    """Refuse a server-side model path (folder or .gguf) when paths are off; hub ids pass.
-    Anything that exists on the server, or looks like a path, counts as a path."""
+    """Refuse anything but 'embedded' or a Hugging Face id when paths are off. Decided by the text
+    alone, never by the server's disk, so the message is the same whether such a path exists or
+    not (a visitor cannot probe the server). `explorer.lm.models.check_hub_source` then makes sure
+    a hub id never loads a folder of the same name on the server."""
     source = source.strip()
-    if policy.server_paths or source in MODEL_NAMES:
+    if policy.server_paths or source in MODEL_NAMES or is_hub_id(source):
         return
-    looks_local = source.endswith(".gguf") or source.startswith((".", "/", "~")) or "\\" in source
-    if looks_local or Path(source).expanduser().exists():
-        raise _refuse("models are loaded only as 'embedded' or a Hugging Face id, not from a path on it",
-                      ALLOW_SERVER_PATHS)
+    raise _refuse("models are loaded only as 'embedded' or a Hugging Face id (such as Qwen/Qwen2.5-0.5B), "
+                  "not from a path on it", ALLOW_SERVER_PATHS)
 
 
 def check_text_source(policy: Policy, source: str, uploads: Path) -> None:
@@ -108,9 +124,28 @@ def check_remote_code(policy: Policy, trust_remote_code: bool) -> None:
         raise _refuse("models never run their own code on it", ALLOW_REMOTE_CODE)
 
 
-def check_delete(policy: Policy) -> None:
+def is_operator(policy: Policy) -> bool:
+    """The person at a loopback server (the CLI never asks): every run is theirs."""
+    return not policy.remote
+
+
+def owns(policy: Policy, owner: str | None, visitor: str | None) -> bool:
+    """Whether this visitor may act on a run started by `owner`: the operator always, a visitor
+    only on a run their own session started (a run with no owner came from the command line)."""
+    return is_operator(policy) or (owner is not None and owner == visitor)
+
+
+def check_cancel(policy: Policy, owner: str | None, visitor: str | None) -> None:
+    if not owns(policy, owner, visitor):
+        raise ExplorerError("Only the visitor who started this run can cancel it here; the operator can cancel any run "
+                            "with `python -m explorer cancel RUN_ID` on the server.")
+
+
+def check_delete(policy: Policy, owner: str | None = None, visitor: str | None = None) -> None:
     if not policy.delete:
         raise _refuse("visitors cannot delete runs", ALLOW_DELETE)
+    if not owns(policy, owner, visitor):
+        raise ExplorerError("Visitors can delete only the runs they started; the operator can delete any run.")
 
 
 def check_push(policy: Policy) -> None:

@@ -16,6 +16,7 @@ a machine shared with other work); OMP_NUM_THREADS, when set, is respected the s
 from __future__ import annotations
 
 import os
+
 import torch
 
 ENV = "EXPLORER_TORCH_THREADS"

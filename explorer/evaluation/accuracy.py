@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 
 from explorer.core.errors import ExplorerError
+
+
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95% for z = 1.96).
 
@@ -34,3 +36,18 @@ class Accuracy:
     @classmethod
     def of(cls, correct: int, n: int) -> "Accuracy":
         return cls(correct / n, *wilson_interval(correct, n))
+
+
+def question_count(measured: dict) -> int | None:
+    """How many questions an accuracy dict was measured on: its n_questions, else the number of its
+    per-question predictions (results stored before n was kept), else None."""
+    if isinstance(measured.get("n_questions"), int):
+        return measured["n_questions"]
+    answers = measured.get("predictions")
+    return len(answers) if isinstance(answers, (dict, list)) and answers else None
+
+
+def with_n(text: str, measured: dict) -> str:
+    """An accuracy's text followed by its number of questions, e.g. '84% [74%, 91%], n = 64'."""
+    n = question_count(measured)
+    return f"{text}, n = {n}" if n is not None else text

@@ -16,14 +16,14 @@ from typing import Protocol
 
 import torch
 
-from explorer.lm.data import check_settings, make_samples
 from explorer.core.errors import ExplorerError
-from explorer.lm.forward import inference
-from explorer.lm.models import LanguageModel
 from explorer.evaluation.accuracy import Accuracy
 from explorer.evaluation.agreement import predictions
 from explorer.evaluation.questions import QuestionResult, check_limit
 from explorer.evaluation.tasks import Task, default_eval_task, get_task
+from explorer.lm.data import check_settings, make_samples
+from explorer.lm.forward import inference
+from explorer.lm.models import LanguageModel
 
 
 @dataclass
@@ -202,6 +202,7 @@ def quick_eval(loaded: LanguageModel, config: Evaluated, timings: dict[str, floa
         "ci_low": report.ci_low,
         "ci_high": report.ci_high,
         "chance": report.chance,
+        "n_questions": report.n_questions,  # every accuracy is shown with its n
         "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.evaluation.agreement)
     }
 

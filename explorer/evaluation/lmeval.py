@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from pathlib import Path
 
 import yaml
 
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
+from explorer.core.files import write_text
 from explorer.core.paths import explorer_home
-from explorer.lm.forward import inference
-from explorer.evaluation.scoring import cloze_picks
 from explorer.evaluation.questions import check_limit
+from explorer.evaluation.scoring import cloze_picks
+from explorer.lm.forward import inference
+from explorer.lm.models import LoadedModel
 
 TEMPLATES = Path(__file__).parent / "lmeval_tasks"
 
@@ -39,21 +39,13 @@ def template(name: str) -> dict:
     return yaml.safe_load((TEMPLATES / name).read_text())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write then rename, so a concurrent lm-eval index build never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    scratch.write_text(text, encoding="utf-8")
-    scratch.replace(path)
-
-
 def write_config(folder: Path, config: dict) -> str:
-    _write_atomic(folder / config["task"] / f"{config['task']}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    write_text(folder / config["task"] / f"{config['task']}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return config["task"]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _task_manager(tasks: list[str], include_path: str | Path | None):

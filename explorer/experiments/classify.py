@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
+from explorer.analysis.strategies import strategy_block
 from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting
 from explorer.evaluation.accuracy import Accuracy
@@ -21,7 +22,6 @@ from explorer.lm.models import LoadedModel, load_model
 from explorer.state.cache import cached_distances
 from explorer.state.store import Store, of_kind
 from explorer.surgery.finetune import MODES, ClassifyCancelled, FinetuneConfig, measure
-from explorer.analysis.strategies import strategy_block
 
 CLASSIFY_STRATEGIES = ("top-cut", "similarity")
 CLASSIFY_TASKS = ("sst2", "agnews")

@@ -6,11 +6,8 @@ card (README.md, explorer.export.card) the hub shows.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from explorer.core.errors import ExplorerError
-from explorer.core.paths import scratch_beside
 from explorer.export.card import CARD_FILE, model_card
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.blocks import Block
@@ -23,27 +20,25 @@ def block_record(block: Block) -> dict:
     return {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed}
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a small file whole or not at all (a scratch file renamed over it)."""
-    scratch = scratch_beside(path)
-    try:
-        scratch.write_text(text, encoding="utf-8")
-        os.replace(scratch, path)
-    except OSError as exc:
-        raise ExplorerError(f"Could not write {path} ({exc.strerror or exc}).") from exc
-    finally:
-        scratch.unlink(missing_ok=True)
-
-
 def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: Block, record: dict,
                dtype: str | None = None) -> Path:
     """The one export of a pruned, repaired or healed model: its folder with run.json (`save_pruned`),
     the mergekit YAML of the unhealed slice, which rebuilds the pruned starting point from the
-    original checkpoint, and the model card made from the same record."""
-    out = save_pruned(loaded, folder, record, dtype)
-    write_text(out / "mergekit.yaml", mergekit_yaml(model_id, block.num_layers, block))
-    write_text(out / CARD_FILE, model_card({"model": model_id, **record}, out.name))
-    return out
+    original checkpoint (labelled as such when the saved weights were repaired or healed), and the
+    model card made from the same record; run.json lists all of them."""
+    yaml = mergekit_yaml(model_id, block.num_layers, block, changed=changes(record))
+    card = model_card({"model": model_id, **record}, Path(folder).name)
+    return save_pruned(loaded, folder, record, dtype, files={"mergekit.yaml": yaml, CARD_FILE: card})
+
+
+def changes(record: dict) -> str | None:
+    """What the saved weights have that the mergekit slice does not: a linear repair, a LoRA heal."""
+    done = []
+    if (record.get("repair") or {}).get("method", "none") != "none":
+        done.append("linearly repaired")
+    if record.get("kind") == "heal":
+        done.append("LoRA-healed")
+    return " and ".join(done) or None
 
 
 def save_prune(result, folder: str | Path, model_id: str, extra: dict, dtype: str | None = None) -> Path:

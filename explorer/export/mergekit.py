@@ -26,12 +26,17 @@ def _yaml_scalar(text: str) -> str:
     return text if plain else json.dumps(text)
 
 
-def mergekit_yaml(model_id: str, num_layers: int, block: Block, dtype: str = "bfloat16") -> str:
+def mergekit_yaml(model_id: str, num_layers: int, block: Block, dtype: str = "bfloat16", changed: str | None = None) -> str:
     """A mergekit `passthrough` config that stacks the kept slices of `model_id` (layout of
-    mergekit's examples/orcamini-platy-44layer.yml). 'embedded' is written as its hub id."""
+    mergekit's examples/orcamini-platy-44layer.yml). 'embedded' is written as its hub id.
+    `changed` ("linearly repaired", "LoRA-healed") says what the model it came with has beyond the
+    slice: mergekit only stacks layers, so the YAML rebuilds the UNREPAIRED pruned model, and says so."""
     if block.num_layers != num_layers:
         raise ExplorerError(f"Block is for a {block.num_layers}-layer model, not {num_layers} layers.")
     lines = [f"# Layer-Pruning Explorer: {model_id} without {block.describe()}."]
+    if changed:
+        lines.append(f"# NOTE: this rebuilds the pruned model WITHOUT its repair: the saved model is {changed}, and "
+                     "mergekit's passthrough only stacks the original layers (use the saved folder for those weights).")
     if model_id == EMBEDDED:
         model_id = EMBEDDED_HUB_ID
         lines.append(f"# The embedded model is a GGUF of {EMBEDDED_HUB_ID}; mergekit reads the hub checkpoint.")

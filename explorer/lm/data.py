@@ -22,9 +22,10 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Literal
 
-from explorer.core.errors import ExplorerError
 import torch
 from huggingface_hub import HfApi, constants
+
+from explorer.core.errors import ExplorerError
 
 EMBEDDED = "embedded"
 C4 = "c4"
@@ -37,7 +38,10 @@ HELDOUT_EVERY = 10
 CHARS_PER_TOKEN = 64
 MAX_DOC_CHARS = 2**20  # the cut when no sequence length is known (checking that a file has text)
 READ_PIECE = 2**16  # characters read at a time from a text file, so a single huge line never sits in memory
-UPLOAD_NAME_CHARS = 80  # an upload's file name is cut to this (file systems refuse names over 255 bytes)
+NAME_BYTES = 255  # file systems refuse longer file names, counted in bytes of UTF-8 (a CJK character is 3, an emoji 4)
+UPLOAD_NAME_BYTES = NAME_BYTES - len(".part")  # an upload's saved name, with room for its temporary suffix
+TEXT_PROBE = 2**16  # bytes of a .txt file looked at to decide whether it is text
+NOT_TEXT_SHARE = 0.1  # more undecodable or control characters than this in the probe: not text
 
 Split = Literal["train", "heldout"]
 
@@ -64,6 +68,21 @@ def _embedded_documents(max_chars: int) -> Iterable[str]:
         # ASCII except one Latin-1 pound sign in lee.cor, which strict UTF-8 rejects.
         with open(folder / name, encoding="latin-1") as handle:
             yield from (line.strip()[:max_chars] for line in handle if line.strip())
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse a .txt file that is not text (an image or random bytes renamed): its start holds a NUL
+    byte, or over a tenth of it is undecodable as UTF-8 or control characters. Otherwise the reader
+    would turn the bytes into replacement characters and a few accidental "documents"."""
+    with open(path, "rb") as handle:
+        probe = handle.read(TEXT_PROBE)
+    text = probe.decode("utf-8", errors="replace")
+    if len(probe) == TEXT_PROBE:  # the probe may end inside a character: not the file's fault
+        text = text.rstrip("\ufffd")
+    odd = sum(ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r\f\v") for ch in text)
+    if b"\0" in probe or (text and odd / len(text) > NOT_TEXT_SHARE):
+        raise ExplorerError(f"{path.name} is not text ({odd} of its first {len(text)} characters are not readable as "
+                            "UTF-8 text): give a plain-text .txt, a .jsonl or a .parquet file.")
 
 
 def _txt_documents(path: Path, max_chars: int) -> Iterator[str]:
@@ -173,6 +192,8 @@ def documents(source: str, max_chars: int = MAX_DOC_CHARS) -> Iterable[str]:
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise ExplorerError(f"Unsupported text file type '{path.suffix}': use .txt, .jsonl or .parquet.")
+    if reader is _txt_documents:
+        check_text_file(path)
     return reader(path, max_chars)
 
 
@@ -226,17 +247,25 @@ def make_samples(tokenizer, source: str, samples: int, seq_len: int, split: Spli
     return Samples(kept, hashlib.sha1(key.encode()).hexdigest()[:16])
 
 
+def cut_bytes(text: str, limit: int) -> str:
+    """The longest start of `text` whose UTF-8 form fits in `limit` bytes, never half a character."""
+    return text.encode()[:max(limit, 0)].decode("utf-8", errors="ignore")
+
+
 def save_upload(name: str, stream: BinaryIO, folder: Path) -> Path:
     """Save an uploaded file under `folder`, named by its content hash (so re-runs reuse the file
-    and its unchanged mtime keeps cache keys stable) plus its name cut to UPLOAD_NAME_CHARS with its
-    suffix kept. Copied in pieces, never as a second whole copy in memory."""
-    stem, suffix = Path(Path(name).name).stem, Path(name).suffix[:16]
+    and its unchanged mtime keeps cache keys stable) plus its name, cut so the whole name fits the
+    file system's 255 bytes (UTF-8: a CJK character takes 3, an emoji 4) with its suffix kept.
+    Copied in pieces, never as a second whole copy in memory."""
+    suffix = cut_bytes(Path(name).suffix, 16)
+    stem = Path(Path(name).name).stem
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1()
     stream.seek(0)
     for piece in iter(lambda: stream.read(READ_PIECE), b""):
         digest.update(piece)
-    path = folder / f"{digest.hexdigest()[:12]}-{stem[:UPLOAD_NAME_CHARS]}{suffix}"
+    prefix = f"{digest.hexdigest()[:12]}-"
+    path = folder / f"{prefix}{cut_bytes(stem, UPLOAD_NAME_BYTES - len(prefix) - len(suffix.encode()))}{suffix}"
     if path.exists():
         return path
     partial = path.with_name(path.name + ".part")

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import torch
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from safetensors import SafetensorError
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from explorer.core.errors import ExplorerError
 from explorer.core.paths import explorer_home
@@ -28,9 +31,6 @@ from explorer.lm.blocks import check_block
 from explorer.lm.forward import logits_batches, score_groups
 from explorer.lm.layers import decoder_layers, pruned_view
 from explorer.lm.record import recorded_states
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-from huggingface_hub import HfApi, constants, try_to_load_from_cache
-from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
 # What a failed model write raises: safetensors reports a full disk as SafetensorError, not OSError.
 WRITE_ERRORS = (OSError, SafetensorError)
@@ -43,6 +43,28 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device torch does not know, or one this machine does not have, in one sentence
+    before anything loads (torch's own errors are a RuntimeError or an AssertionError deep inside)."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ExplorerError(f"Unknown device '{device}': use cpu or cuda (cuda:N for one GPU of several).") from exc
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ExplorerError(f"Device '{device}' was asked for, but this machine has no CUDA GPU that torch can use: "
+                                "use --device cpu (or leave --device out).")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise ExplorerError(f"Device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                                f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif kind.type not in ("cpu", "mps"):
+        raise ExplorerError(f"Device '{device}' is not supported here: use cpu or cuda.")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ExplorerError(f"Device '{device}' was asked for, but this machine has no Apple GPU (mps): use cpu.")
 
 
 class LanguageModel(Protocol):
@@ -131,6 +153,11 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha1(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:12]
 
 
+def _embedded_copy(gguf: Path) -> Path:
+    """Where the dequantized copy of this GGUF lives (named by the file, so an upgrade makes a new one)."""
+    return explorer_home() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
+
+
 def embedded_folder() -> Path | None:
     """Dequantize the embedded GGUF once into a safetensors folder; later loads are ~10x faster.
 
@@ -138,7 +165,7 @@ def embedded_folder() -> Path | None:
     the GGUF itself, slower but working. The copy is written to a scratch folder and renamed
     into place, so a reader never sees half of it."""
     gguf = embedded_gguf_path()
-    target = explorer_home() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
+    target = _embedded_copy(gguf)
     if (target / "config.json").is_file():
         return target
 
@@ -229,6 +256,32 @@ def check_hub(repo_id: str) -> None:
         ) from exc
 
 
+HUB_FAILURE = "Could not load '{source}' from the Hugging Face hub (offline, or no such model): " \
+              "use 'embedded', a local folder or a .gguf file."
+
+
+def check_hub_source(source: str) -> None:
+    """For a visitor who may not name server paths (explorer.core.policy): the model must come from
+    the hub, never from a folder on the server that happens to bear the same name (transformers
+    would load that folder). A name that is also such a folder is refused with the sentence a
+    missing hub model gets, after the hub was asked, so the answer never depends on the server's
+    disk unless the name is a real hub model."""
+    source = source.strip()
+    if source == EMBEDDED:
+        return
+    check_hub(source)
+    if Path(source).exists():
+        raise ExplorerError(HUB_FAILURE.format(source=source))
+
+
+def embedded_ready() -> bool:
+    """Whether the embedded model's dequantized copy exists (its first load takes 20-60 s more)."""
+    try:
+        return (_embedded_copy(embedded_gguf_path()) / "config.json").is_file()
+    except ExplorerError:
+        return False
+
+
 def fingerprint_of(kind: str, location: str, gguf_file: str | None) -> str:
     """A cache key that changes when the weights do (file sizes and times for local models)."""
     if kind == "hub":
@@ -269,6 +322,7 @@ def load_model(
     device_map: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, raising `ExplorerError` with a usable message on failure."""
+    check_device(device)
     kind, location, gguf_file = resolve_source(source)
     if kind == "hub":
         check_hub(location)
@@ -290,10 +344,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as exc:
         if kind == "hub":
-            raise ExplorerError(
-                f"Could not load '{source}' from the Hugging Face hub (offline, or no such model): "
-                "use 'embedded', a local folder or a .gguf file."
-            ) from exc
+            raise ExplorerError(HUB_FAILURE.format(source=source)) from exc
         raise ExplorerError(f"Could not read model files at {location}: {exc}") from exc
     except ValueError as exc:
         raise ExplorerError(f"Could not load '{source}': {str(exc).splitlines()[0]}") from exc

@@ -11,11 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import WRITE_ERRORS, LoadedModel
-import torch
 
 RECORD_FILE = "run.json"
 
@@ -42,10 +42,12 @@ def _cast_state(model: nn.Module, dtype: str) -> dict:
             for name, t in model.state_dict().items()}
 
 
-def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: str | None = None) -> Path:
-    """Write weights, config, tokenizer and `run.json` (the record) to `folder`; returns the folder.
-    `dtype` ("fp32", "bf16", "fp16") saves the weights in that type (bf16 halves an fp32 model's
-    size); None keeps the loaded type.
+def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: str | None = None,
+                files: dict[str, str] | None = None) -> Path:
+    """Write weights, config, tokenizer, the text `files` (name -> text) and `run.json` (the record)
+    to `folder`; returns the folder. `dtype` ("fp32", "bf16", "fp16") saves the weights in that type
+    (bf16 halves an fp32 model's size); None keeps the loaded type. run.json lists every file written
+    ("files"), so deleting the run later deletes those and nothing else the folder holds.
 
     Everything is written to a scratch folder beside `folder` first and moved in once complete,
     so a full disk or a read-only folder leaves no half-written model that would fail to load
@@ -62,7 +64,10 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
             config["dtype"] = DTYPES[dtype]
             (scratch / "config.json").write_text(json.dumps(config, indent=2))
         loaded.tokenizer.save_pretrained(scratch)
-        (scratch / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
+        for name, text in (files or {}).items():
+            (scratch / name).write_text(text)
+        written = sorted({item.name for item in scratch.iterdir()} | {RECORD_FILE})
+        (scratch / RECORD_FILE).write_text(json.dumps({**record, "files": written}, indent=1, default=str))
         folder.mkdir(exist_ok=True)
         for item in scratch.iterdir():
             os.replace(item, folder / item.name)
@@ -74,3 +79,15 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+
+def written_files(folder: Path) -> list[Path] | None:
+    """The files `save_pruned` wrote into `folder` (from its run.json), those still there; None when
+    run.json lists none (a folder saved before the list was kept: its files are not known)."""
+    try:
+        names = json.loads((folder / RECORD_FILE).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(names, list):
+        return None
+    return [folder / name for name in names if isinstance(name, str) and "/" not in name and (folder / name).exists()]

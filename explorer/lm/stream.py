@@ -35,13 +35,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 
+from explorer.core.errors import ExplorerError
 from explorer.lm.blocks import check_block
 from explorer.lm.data import batches, pad_batch
-from explorer.lm.tokens import take_tokens, token_index
-from explorer.core.errors import ExplorerError
 from explorer.lm.layers import layers_path
 from explorer.lm.models import (
     EMBEDDED,
@@ -49,18 +56,11 @@ from explorer.lm.models import (
     check_hub,
     default_dtype,
     fingerprint_of,
+    load_model,
     pick_device,
     resolve_source,
 )
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from explorer.lm.models import load_model
-from safetensors import safe_open
-from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
-from safetensors.torch import load_file, save_file
-import psutil
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from explorer.lm.tokens import take_tokens, token_index
 
 SPILL_MODES = ("auto", "device", "cpu", "disk")
 INDEX_FILE = "model.safetensors.index.json"
@@ -95,6 +95,18 @@ class _Stub(nn.Module):
         return hidden
 
 
+@contextmanager
+def _open_shard(path: str) -> Iterator:
+    """safe_open with a damaged or truncated file as one sentence (safetensors raises its own error
+    type, or a JSON error for a mangled header), not a traceback."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            yield handle
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExplorerError(f"The weights file {path} is damaged or incomplete ({str(exc).splitlines()[0]}): "
+                            "download or export it again.") from exc
+
+
 class Checkpoint:
     """The safetensors files of a local folder or a hub repo, read tensor by tensor.
 
@@ -106,7 +118,11 @@ class Checkpoint:
         self.location, self.hub = location, hub
         index = self._file(INDEX_FILE, required=False)
         if index is not None:
-            self.weight_map: dict[str, str] = json.loads(Path(index).read_text())["weight_map"]
+            try:
+                self.weight_map: dict[str, str] = json.loads(Path(index).read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ExplorerError(f"The weights index {index} is damaged ({type(exc).__name__}): download or "
+                                    "export the model again.") from exc
         else:
             single = self._file(SINGLE_FILE, required=False)
             if single is None:
@@ -115,7 +131,7 @@ class Checkpoint:
                     "streaming reads safetensors only; load it in memory instead."
                 )
 
-            with safe_open(single, framework="pt") as f:
+            with _open_shard(single) as f:
                 self.weight_map = {key: SINGLE_FILE for key in f.keys()}
 
     def _file(self, name: str, required: bool = True) -> str | None:
@@ -133,7 +149,7 @@ class Checkpoint:
     def parameter_count(self) -> int:
         total = 0
         for shard in sorted(set(self.weight_map.values())):
-            with safe_open(self._file(shard), framework="pt") as f:
+            with _open_shard(self._file(shard)) as f:
                 for key in f.keys():
                     total += torch.Size(f.get_slice(key).get_shape()).numel()
         return total
@@ -168,7 +184,7 @@ class Checkpoint:
             by_shard.setdefault(self.weight_map[key], []).append(key)
         tensors = {}
         for shard, names in by_shard.items():
-            with safe_open(self._file(shard), framework="pt") as f:
+            with _open_shard(self._file(shard)) as f:
                 for key in names:
                     tensors[key] = f.get_tensor(key)
         return tensors

@@ -8,7 +8,6 @@ import torch
 
 from explorer.core.errors import ExplorerError
 
-
 TOKENS = ("last", "all")  # which tokens a recording pass keeps: the last real one of each sample, or every real one
 
 

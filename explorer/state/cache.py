@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Callable
 
-from explorer.lm.data import make_samples, source_fingerprint
+from explorer.analysis.metrics import MetricScores, brute_force_key, brute_force_losses, compute_scores
+from explorer.analysis.similarity import Progress, SimilarityResult, compute_distances, distances_key, similarity_key
+from explorer.core.errors import ExplorerError
 from explorer.evaluation.agreement import predictions
 from explorer.evaluation.evaluate import Evaluated, quick_eval, run_task
-from explorer.analysis.metrics import MetricScores, brute_force_key, brute_force_losses, compute_scores
+from explorer.lm.data import make_samples, source_fingerprint
 from explorer.lm.models import LoadedModel
-from explorer.analysis.similarity import Progress, SimilarityResult, compute_distances, distances_key, similarity_key
 from explorer.state.store import Run, Store
 
 
@@ -48,10 +50,31 @@ def cached_distances(loaded: LoadedModel, source: str, samples: int, seq_len: in
     return run_id, SimilarityResult.from_json(result), hit
 
 
-def similarity_runs(store: Store, loaded: LoadedModel) -> list[Run]:
-    """Finished similarity runs of this exact model (same fingerprint), newest first."""
-    prefix = similarity_key(loaded, "")
-    return [r for r in store.list_runs("similarity", "done") if (r.cache_key or "").startswith(prefix)]
+def heatmap_origin(result: SimilarityResult, where: str) -> str:
+    """Which calibration chose a block, in words: 'run #4 (embedded text, 64 samples × 256 tokens)'."""
+    text = Path(result.source).name if result.source not in (None, "embedded", "c4") else (result.source or "unknown")
+    tokens = f" × {result.seq_len} tokens" if result.seq_len else ""
+    return f"{where} ({text} text, {result.samples} samples{tokens})"
+
+
+def stored_heatmap(spec: str, store: Store) -> tuple[SimilarityResult, str]:
+    """A heatmap to reuse, named by a similarity run id or a JSON file `similarity --out` wrote;
+    returns it and its origin in words (heatmap_origin)."""
+    if spec.strip().isdigit():
+        run = store.get_run(int(spec))
+        if run.kind != "similarity" or run.status != "done" or not run.result:
+            raise ExplorerError(f"Run {spec} is a {run.status} {run.kind} run, not a finished similarity heatmap.")
+        return SimilarityResult.from_json(run.result), heatmap_origin(SimilarityResult.from_json(run.result), f"run #{run.id}")
+    path = Path(spec).expanduser()
+    try:
+        result = SimilarityResult.from_json(json.loads(path.read_text()))
+    except OSError as exc:
+        raise ExplorerError(f"Cannot read the heatmap {path} ({exc.strerror or exc}): give a similarity run id or the "
+                            "JSON file `similarity --out` wrote.") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExplorerError(f"{path.name} is not a similarity heatmap (the JSON `similarity --out` writes): "
+                            f"{type(exc).__name__}.") from exc
+    return result, heatmap_origin(result, path.name)
 
 
 def cached_scores(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,

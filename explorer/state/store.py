@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sqlite3
 import tempfile
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -73,6 +75,19 @@ MIGRATIONS = (
     DROP TABLE events;
     ALTER TABLE events_numbered RENAME TO events;
     """,
+    # 3: whose runs they are. `owner` is the visitor key of the browser session that started the run
+    # (NULL: the command line, or a run stored before visitors were told apart); run_visitors lists
+    # every visitor a run was started for or shown to (a cached heatmap another visitor computed
+    # first), which is what a visitor's pages may open on (explorer.views.session).
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    CREATE TABLE run_visitors (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        visitor TEXT NOT NULL,
+        PRIMARY KEY (run_id, visitor)
+    );
+    CREATE INDEX run_visitors_visitor ON run_visitors (visitor, run_id);
+    """,
 )
 
 @dataclass
@@ -88,6 +103,7 @@ class Run:
     pid: int | None
     created: float
     updated: float
+    owner: str | None = None  # the visitor key of the session that started it; None: the command line
 
 
 def default_path() -> Path:
@@ -101,11 +117,55 @@ class Store:
         self.path = Path(path) if path else default_path()
         with self._connect() as db:
             self._migrate(db)
+        self._check_once()
+
+    def _check_once(self) -> None:
+        """Read the whole file once per process (SQLite's quick_check): damage in pages no query
+        happens to touch would otherwise go unnoticed while new runs are written beside it."""
+        if self.path in _CHECKED:
+            return
+        with self._connect() as db:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise set_aside(self.path, "; ".join(problems))
+        _CHECKED.add(self.path)
+
+    def _create(self) -> None:
+        """Make a new store whole and give it its name only then (a hard link, which never replaces
+        a store another process made meanwhile), so the store's own name never points at an empty
+        or half-made file: a 0-byte store is always damage, never one being created."""
+        fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}-{threading.get_ident()}.new")
+        try:
+            db = sqlite3.connect(fresh, timeout=30)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                self._migrate(db)
+            finally:
+                db.close()
+            try:
+                os.link(fresh, self.path)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+            except OSError:  # a file system without hard links
+                if not self.path.exists():
+                    os.rename(fresh, self.path)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+        except OSError as exc:
+            raise store_error(self.path, sqlite3.OperationalError(str(exc))) from exc
+        finally:
+            for leftover in (fresh, fresh.with_name(fresh.name + "-wal"), fresh.with_name(fresh.name + "-shm")):
+                leftover.unlink(missing_ok=True)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A connection in WAL mode; any SQLite failure, here or in the caller's statements,
-        becomes one ExplorerError saying what is wrong (store_error)."""
+        becomes one ExplorerError saying what is wrong (store_error). A missing store is created
+        (it may have been set aside as damaged); an empty one is damage: it is set aside."""
+        if not self.path.exists() and self.path.parent.is_dir():
+            self._create()
+        elif self.path.is_file() and self.path.stat().st_size == 0:
+            raise set_aside(self.path, "the file is empty (0 bytes)")
         try:
             db = sqlite3.connect(self.path, timeout=30)
             db.row_factory = sqlite3.Row
@@ -117,6 +177,8 @@ class Store:
             finally:
                 db.close()
         except sqlite3.Error as exc:
+            if _damaged(exc):
+                raise set_aside(self.path, str(exc)) from exc
             raise store_error(self.path, exc) from exc
 
     @staticmethod
@@ -149,14 +211,29 @@ class Store:
         with self._connect() as db:
             return db.execute("PRAGMA user_version").fetchone()[0]
 
-    def create_run(self, kind: str, model: str, settings: dict, cache_key: str | None = None, status: str = "running") -> int:
+    def create_run(self, kind: str, model: str, settings: dict, cache_key: str | None = None, status: str = "running",
+                   owner: str | None = None) -> int:
+        """A new run; `owner` is the visitor key of the session starting it (None: the command line)."""
         now = time.time()
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO runs (kind, cache_key, status, model, settings, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, cache_key, status, model, json.dumps(settings), now, now),
+                "INSERT INTO runs (kind, cache_key, status, model, settings, created, updated, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, cache_key, status, model, json.dumps(settings), now, now, owner),
             )
-            return int(cursor.lastrowid)
+            run_id = int(cursor.lastrowid)
+            if owner is not None:
+                db.execute("INSERT INTO run_visitors (run_id, visitor) VALUES (?, ?)", (run_id, owner))
+            return run_id
+
+    def add_visitor(self, run_id: int, visitor: str | None) -> None:
+        """Record that this run was shown to this visitor (a cached result they asked for), so their
+        pages may open on it later; the run's owner stays who started it."""
+        if visitor is None:
+            return
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO run_visitors (run_id, visitor) "
+                       "SELECT id, ? FROM runs WHERE id = ?", (visitor, run_id))
 
     def update_run(self, run_id: int, **fields) -> None:
         """Set any of status, result, error, pid (result is stored as JSON)."""
@@ -244,12 +321,16 @@ class Store:
             ).fetchone()
         return _to_run(row) if row else None
 
-    def list_runs(self, kind: str | None = None, status: str | None = None) -> list[Run]:
+    def list_runs(self, kind: str | None = None, status: str | None = None, visitor: str | None = None) -> list[Run]:
+        """Runs newest first, of one kind and status when given; with `visitor`, only the runs that
+        visitor started or was shown (None: every run, as the operator sees them)."""
         query, args = "SELECT * FROM runs WHERE 1=1", []
         if kind:
             query, args = query + " AND kind = ?", [*args, kind]
         if status:
             query, args = query + " AND status = ?", [*args, status]
+        if visitor is not None:
+            query, args = query + " AND id IN (SELECT run_id FROM run_visitors WHERE visitor = ?)", [*args, visitor]
         with self._connect() as db:
             return [_to_run(row) for row in db.execute(query + " ORDER BY id DESC", args)]
 
@@ -339,13 +420,35 @@ def store_error(path: Path, exc: sqlite3.Error) -> ExplorerError:
     if name.startswith("SQLITE_IOERR"):
         return ExplorerError(f"Could not write the run store {path} ({exc}): the disk is probably full or failing; "
                              "free some space and try again (the saved runs are untouched).")
-    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-            exc, sqlite3.OperationalError):
-        return ExplorerError(f"The run store {path} is damaged ({exc}): rename it (for example to {path.name}.damaged) "
-                             "and the app starts a new, empty one.")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return ExplorerError(f"The run store {path} stayed locked by another process for 30 s: try again.")
     return ExplorerError(f"The run store {path} failed ({exc}): check EXPLORER_HOME.")
+
+
+_CHECKED: set[Path] = set()  # stores this process has read whole once (Store._check_once)
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is broken (not busy, full or read-only)."""
+    return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def set_aside(path: Path, why: str) -> ExplorerError:
+    """Move a damaged store (with its -wal and -shm files) aside under a dated name, never deleting
+    it, and say so: the next use starts a new, empty store and the old runs stay in the moved file."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        for suffix in ("-wal", "-shm", ""):
+            try:
+                os.replace(path.with_name(path.name + suffix), aside.with_name(aside.name + suffix))
+            except FileNotFoundError:  # no such companion file, or another process moved it first
+                pass
+    except OSError as exc:
+        return ExplorerError(f"The run store {path} is damaged ({why}) and could not be moved aside "
+                             f"({exc.strerror or exc}): move it away by hand and a new, empty store starts.")
+    _CHECKED.discard(path)
+    return ExplorerError(f"The run store {path} is damaged ({why}): it was moved to {aside.name} beside it, kept for "
+                         "recovery, and a new, empty store starts now.")
 
 
 def _to_run(row: sqlite3.Row) -> Run:
@@ -361,6 +464,7 @@ def _to_run(row: sqlite3.Row) -> Run:
         pid=row["pid"],
         created=row["created"],
         updated=row["updated"],
+        owner=row["owner"],
     )
 
 

@@ -31,12 +31,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from explorer.core.options import setting
-from explorer.lm.data import pad_batch
 from explorer.core.errors import Cancelled, ExplorerError
-from explorer.lm.models import LoadedModel
+from explorer.core.options import setting
 from explorer.evaluation.scoring import encode_pair, max_length
+from explorer.lm.data import pad_batch
 from explorer.lm.forward import inference
+from explorer.lm.models import LoadedModel
 from explorer.surgery.heal import HealConfig, lr_at, optimizer_step, training_model
 
 MODES = ("icl", "prompt-ft", "head-ft")

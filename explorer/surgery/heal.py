@@ -34,19 +34,19 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
+from explorer.core.errors import Cancelled, ExplorerError
+from explorer.core.options import SHARED, setting
+from explorer.evaluation.agreement import agreement
+from explorer.evaluation.evaluate import EvalSettings, Evaluated, quick_eval
+from explorer.evaluation.tasks import default_eval_task, get_task
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.data import EMBEDDED, batches, make_samples, pad_batch
-from explorer.core.errors import Cancelled, ExplorerError
-from explorer.evaluation.evaluate import EvalSettings, Evaluated, quick_eval
-from explorer.lm.models import LoadedModel, load_model
 from explorer.lm.layers import decoder_layers
-from explorer.core.options import SHARED, setting
-from explorer.surgery.parallel import Ranks
-from explorer.evaluation.tasks import default_eval_task, get_task
-from transformers.pytorch_utils import Conv1D
+from explorer.lm.models import LoadedModel, load_model
 from explorer.lm.save import save_pruned
-from explorer.evaluation.agreement import agreement
+from explorer.surgery.parallel import Ranks
 from explorer.surgery.repair import prune_or_repair, repair_record
 
 Event = dict
@@ -93,19 +93,16 @@ class HealConfig:
 
     def check(self) -> None:
         """Reject impossible values and unknown tasks before any model loads."""
-        checks = {
-            "rank": self.rank >= 1,
-            "LoRA alpha": self.alpha >= 1,
-            "steps": self.steps >= 1,
-            "batch size": self.batch_size >= 1,
-            "sequence length": self.seq_len >= 2,
-            "evaluation interval": self.eval_every >= 1,
-            "validation samples": self.val_samples >= 1,
-            "evaluation question limit": self.eval_limit >= 1,
-            "training samples": self.train_samples is None or self.train_samples >= 1,
+        minimums = {  # name: (value, the least it may be)
+            "rank": (self.rank, 1), "LoRA alpha": (self.alpha, 1), "steps": (self.steps, 1),
+            "batch size": (self.batch_size, 1), "sequence length": (self.seq_len, 2),
+            "evaluation interval": (self.eval_every, 1), "validation samples": (self.val_samples, 1),
+            "evaluation question limit": (self.eval_limit, 1),
+            "training samples": (1 if self.train_samples is None else self.train_samples, 1),
         }
-        if bad := [name for name, ok in checks.items() if not ok]:
-            raise ExplorerError(f"Invalid healing settings: {', '.join(bad)} must be at least 1 (sequence length 2).")
+        if bad := [f"{name} must be at least {least} (got {value})" for name, (value, least) in minimums.items()
+                   if value < least]:
+            raise ExplorerError(f"Invalid healing settings: {'; '.join(bad)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ExplorerError(f"Learning rate must be a positive number (got {self.lr}).")
         if not 0 <= self.dropout < 1:
@@ -132,6 +129,14 @@ class HealConfig:
     def key(self) -> str:
         """A short stable digest of the settings (identifies the healed weights)."""
         return hashlib.sha1(json.dumps(self.to_json(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_heal_size(n: int) -> None:
+    """A heal removes a block first: n = 0 would fine-tune the unpruned model, which only the sweep's
+    baseline point does on purpose; a user asking heal for it has mistyped."""
+    if n < 1:
+        raise ExplorerError(f"Healing removes a block of layers first: the block size n must be at least 1 (got {n}); "
+                            "the sweep's n = 0 point fine-tunes the unpruned model as its baseline.")
 
 
 class HealCancelled(Cancelled):
@@ -240,7 +245,10 @@ def training_model(loaded: LoadedModel, config: HealConfig):
 def merge(peft_model, loaded: LoadedModel) -> nn.Module:
     """The healed model: the adapter merged into full-precision pruned weights when we have them."""
     from peft import get_peft_model  # deferred: peft loads only when healing or finetuning
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict  # deferred: peft loads only when healing or finetuning
+    from peft.utils import (  # deferred: peft loads only when healing or finetuning
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
 
     if not is_quantized(peft_model.get_base_model()) or is_quantized(loaded.model):
         merged = peft_model.merge_and_unload()

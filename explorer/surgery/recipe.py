@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, replace
 
 from torch import nn
 
-from explorer.surgery.heal import HealConfig, target_modules
 from explorer.lm.layers import parameter_count
+from explorer.surgery.heal import HealConfig, target_modules
 
 STEPS = 5000
 BATCH_SIZE = 16

@@ -45,14 +45,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from explorer.core.errors import ExplorerError
+from explorer.core.options import setting
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.data import EMBEDDED, batches, check_settings, make_samples, pad_batch, source_fingerprint
-from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
-from explorer.lm.layers import decoder_layers
-from explorer.core.options import setting
-from explorer.surgery.prune import PruneResult, prune_block
 from explorer.lm.forward import inference
+from explorer.lm.layers import decoder_layers
+from explorer.lm.models import LoadedModel
+from explorer.surgery.prune import PruneResult, prune_block
 
 REPAIRS = ("none", "linear")  # what --repair, the sweep setting and its page radio offer (a LoRA heal is separate)
 # Where each family keeps the MLP's last projection, relative to a decoder layer.

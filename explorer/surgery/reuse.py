@@ -25,10 +25,10 @@ from typing import Callable
 
 import torch
 
-from explorer.lm.blocks import Block
 from explorer.core.concurrency import exclusive
-from explorer.lm.models import LoadedModel
+from explorer.lm.blocks import Block
 from explorer.lm.layers import decoder_layers, pruned_view
+from explorer.lm.models import LoadedModel
 
 DEVICE_BUDGET = 2 * 1024**3  # recorded bytes kept on the model's device; the rest goes to CPU
 Evaluate = Callable[[LoadedModel], dict]

@@ -6,25 +6,32 @@ the same numbers are testable without Streamlit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from explorer.surgery.heal import HealConfig
-from explorer.evaluation.agreement import agreement
-from explorer.state.cache import cached_quick_eval, similarity_runs
-from explorer.evaluation.evaluate import quick_eval
-from explorer.export.folder import save_prune
-from explorer.export.gguf import GGUF_FILE, export_gguf
-from explorer.lm.models import LoadedModel
+from explorer.analysis.similarity import SimilarityResult
 from explorer.core.options import widget
 from explorer.core.paths import explorer_home
-from explorer.surgery.prune import PruneResult, prune_block
-from explorer.surgery.repair import LinearFit, RepairConfig, repair_block, repair_record
+from explorer.evaluation.accuracy import question_count
+from explorer.evaluation.agreement import agreement
+from explorer.evaluation.evaluate import quick_eval
+from explorer.export.folder import block_record, save_prune
+from explorer.export.gguf import GGUF_FILE, export_gguf
+from explorer.lm.blocks import check_block
+from explorer.lm.data import source_fingerprint
 from explorer.lm.generate import complete
-from explorer.analysis.similarity import SimilarityResult
+from explorer.lm.models import LoadedModel
+from explorer.state.cache import cached_quick_eval
+from explorer.state.store import Run, Store
+from explorer.surgery.heal import HealConfig
+from explorer.surgery.prune import PruneResult, prune_block
+from explorer.surgery.repair import LinearFit, RepairConfig, prune_or_repair, repair_block, repair_record
+from explorer.views.session import page_runs
 
 PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
 REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
@@ -53,7 +60,8 @@ def heal_widget_values(settings: dict) -> dict:
     heal = settings["heal"]
     return {**{key: heal[name] for key, name in HEAL_WIDGETS.items() if heal.get(name) is not None},
             "ph_start": settings["start"], "ph_n": settings["n"], "ph_allow_final": settings.get("allow_final", False),
-            "ph_save_model": settings.get("save", False), "ph_dtype": settings.get("dtype") or "bf16"}
+            "ph_save_model": settings.get("save", False), "ph_dtype": settings.get("dtype") or "bf16",
+            **({"ph_repair": "linear"} if settings.get("repair") else {})}
 
 
 def recipe_widget_values(recipe) -> dict:
@@ -107,10 +115,48 @@ class Preview:
             (folder / GGUF_FILE).unlink(missing_ok=True)
         return save_prune(self.result, folder, model_source, extra, dtype)
 
+    def to_json(self) -> dict:
+        """The "preview" run's result: the block, the parameter counts and every model's numbers, so a
+        reload shows the comparison again without recomputing it."""
+        block = self.result.block
+        return {"block": block_record(block), "describe": block.describe(self.result.removed_params),
+                "params_before": self.result.params_before, "params_after": self.result.params_after,
+                "rows": self.rows, **self.extra()}
 
-def latest_similarity(loaded: LoadedModel, store) -> SimilarityResult | None:
-    """The newest finished heatmap of this model (any text settings), for the similarity strategy."""
-    runs = similarity_runs(store, loaded)
+
+def preview_settings(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
+                     repair: str) -> dict:
+    """What a preview's numbers depend on (its store key digests these with the model's fingerprint)."""
+    return {"start": start, "n": n, "allow_final": allow_final, "evaluation": asdict(config.evaluation()),
+            "prompt": prompt, "repair": repair, "source_fingerprint": source_fingerprint(config.source)}
+
+
+def preview_run(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
+                repair: str, store: Store, progress: Callable[[int, int, str], None] | None = None) -> tuple[int, dict, bool]:
+    """(run id, result, from the store) of the Prune page's comparison, kept as a "preview" run keyed
+    by the model's fingerprint and its settings: a reload reattaches to it, and identical requests
+    from several sessions are computed once (Store.cached)."""
+    settings = preview_settings(loaded, start, n, allow_final, config, prompt, repair)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return store.cached("preview", f"{loaded.fingerprint}|{digest}", loaded.name, settings,
+                        lambda: make_preview(loaded, start, n, allow_final, config, prompt, repair, store, progress).to_json())
+
+
+def rebuilt_preview(loaded: LoadedModel, run: Run) -> Preview:
+    """The Preview a stored "preview" run measured, its model pruned again (and, for a linear repair,
+    refitted: the fit is deterministic) from the run's settings, with the run's numbers: what Save
+    writes, without measuring anything again. Only on demand (a Save), never to draw the page."""
+    s = run.settings
+    repair = (RepairConfig(source=s["evaluation"]["source"], seq_len=s["evaluation"]["seq_len"],
+                           batch_size=s["evaluation"]["eval_batch_size"]) if s["repair"] == "linear" else None)
+    result, fit = prune_or_repair(loaded, check_block(s["start"], s["n"], loaded.num_layers, s["allow_final"]), repair)
+    return Preview(result, run.result["rows"], repair, fit)
+
+
+def latest_similarity(loaded: LoadedModel, store: Store, visitor: str | None = None) -> SimilarityResult | None:
+    """The newest finished heatmap of this model (any text settings) this visitor computed or was
+    shown (every one for the operator, None), for the similarity strategy."""
+    runs = page_runs(store, "similarity", visitor, fingerprint=loaded.fingerprint, status="done")
     return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
@@ -162,9 +208,32 @@ def comparison_frame(rows: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame([
         {"model": name, "held-out loss": round(m["val_loss"], 3),
          f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
-         "same answer as unpruned": same(name, m)}
+         "questions (n)": question_count(m), "same answer as unpruned": same(name, m)}
         for name, m in rows.items()
     ])
+
+
+def preview_headline(run: Run) -> str | None:
+    """The Runs page's line for a preview: what was removed and the last model's accuracy with its n."""
+    rows = (run.result or {}).get("rows")
+    if not rows:
+        return None
+    name, last = list(rows.items())[-1]
+    return (f"{run.result['describe']}: {name} accuracy {last['accuracy']:.2f} [{last['ci_low']:.2f}, "
+            f"{last['ci_high']:.2f}], n = {question_count(last)}")
+
+
+def preview_table(run: Run, events: list[dict]) -> pd.DataFrame | None:
+    return comparison_frame(run.result["rows"]) if (run.result or {}).get("rows") else None
+
+
+def preview_caption(result: dict) -> str:
+    """What the comparison table's numbers are, under it: the interval, chance, and the linear fit."""
+    after = list(result["rows"].values())[-1]
+    fit = (result.get("repair") or {}).get("fit")
+    return (f"Accuracy with its 95% Wilson interval on n questions; chance {after['chance']:.0%}; the completion is greedy."
+            + (f" Linear repair folded into layer {fit['layer']}: held-out relative residual {fit['heldout_residual']:.2f} "
+               f"(unrepaired {fit['heldout_residual_unrepaired']:.2f})." if fit else ""))
 
 
 def heal_rows(result: dict) -> dict[str, dict]:

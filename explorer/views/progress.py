@@ -13,7 +13,12 @@ phase never shows "0 s" and then jumps.
 
 from __future__ import annotations
 
+import os
 import statistics
+
+from explorer.evaluation.accuracy import question_count
+from explorer.state.store import Store, of_kind
+from explorer.views.session import model_name
 
 MIN_LEFT = 0.1  # the item in progress always has at least this fraction of max(estimate, elapsed) left
 
@@ -112,3 +117,108 @@ def progress_text(parts: list[str | None], eta_s: float | None) -> str:
     measurements' while it cannot be priced yet)."""
     eta = "ETA after the first measurements" if eta_s is None else f"about {format_duration(eta_s)} left"
     return " · ".join([p for p in parts if p] + [eta])
+
+
+# Time estimates before a long action starts, from what this machine measured on earlier runs of
+# the same kind and model (the store keeps every run's events with their times). Each kind is
+# priced by the parts it repeats, each scaled by the one size that drives it: a heal's training
+# step by its tokens (batch x sequence length) and its evaluation by its questions and documents,
+# a sweep's and a classification's point by its questions, a heatmap by its sample tokens, a
+# brute force by its candidate blocks. None when nothing comparable was measured yet: no guess.
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and v >= 0]
+    return statistics.median(values) if values else None
+
+
+def heal_estimate(past: list[tuple[dict, list[dict]]], heal: dict) -> float | None:
+    """Seconds a heal with these HealConfig values takes, from earlier heals' (settings["heal"],
+    events): training steps priced per token, evaluations per (question + held-out document),
+    plus the median model load (its first phase to the next event)."""
+    step_rates, eval_rates, loads = [], [], []
+    for settings, events in past:
+        step_rates += [d / (settings["batch_size"] * settings["seq_len"]) for d in _durations(events, "train")]
+        eval_rates += [d / (settings["eval_limit"] + settings["val_samples"]) for d in _durations(events, "eval")]
+        loads += _phase_durations(events, "loading")
+    step_rate, eval_rate = _median(step_rates), _median(eval_rates)
+    if step_rate is None or eval_rate is None:
+        return None
+    evaluations = len(range(heal["eval_every"], heal["steps"], heal["eval_every"])) + 3  # unpruned, pruned, periodic, healed
+    return (heal["steps"] * heal["batch_size"] * heal["seq_len"] * step_rate
+            + evaluations * (heal["eval_limit"] + heal["val_samples"]) * eval_rate + (_median(loads) or 0.0))
+
+
+def point_estimate(past: list[list[dict]], questions: int, points: int) -> float | None:
+    """Seconds for `points` sweep points of `questions` questions each, from earlier sweeps' point
+    events (one list per run): each run's measured seconds over its questions (points shared with
+    another strategy, or resumed from an earlier run, cost nothing and count as nothing)."""
+    rates = []
+    for run_points in past:
+        measured = [p for p in run_points if not p.get("resumed")]
+        asked = sum(question_count(p) or 0 for p in measured if not p.get("shared"))
+        if asked:
+            rates.append(sum(p.get("seconds") or 0.0 for p in measured) / asked)
+    rate = _median(rates)
+    return None if rate is None else rate * questions * points
+
+
+def rate_estimate(past: list[tuple[float, float]], work: float) -> float | None:
+    """Seconds for `work` units (sample tokens of a heatmap, candidate blocks of a brute force) at the
+    median seconds per unit of earlier runs, given as (seconds, units) pairs."""
+    return None if (rate := _median([seconds / units for seconds, units in past if units > 0])) is None else rate * work
+
+
+def estimate_text(seconds: float | None, what: str, load: float | None = None, cores: int | None = None) -> str:
+    """'about 7 min on this machine (timed on earlier heal runs; load now 5.1 on 2 cores: a busier
+    machine takes longer)', or why there is no estimate yet."""
+    busy = f"; load now {load:.1f} on {cores} cores: a busier machine takes longer" if load is not None and cores else ""
+    if seconds is None:
+        return f"No earlier {what} on this machine to time it from: the first one sets the estimate{busy}."
+    rounded = f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(5, round(seconds / 5) * 5)} s"
+    return f"About {rounded} on this machine (timed on earlier {what}s of this model{busy})."
+
+
+def _done(store: Store, kind: str, model: str, last: int = 5) -> list:
+    """The newest finished runs of a kind on this model (a source or a loaded name), at most `last`."""
+    return [r for r in store.list_runs(kind, "done") if model_name(r.model) == model_name(model)][:last]
+
+
+def machine_load() -> tuple[float | None, int]:
+    """The 1-minute load average (None where the system has none) and the number of cores."""
+    try:
+        return os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return None, os.cpu_count() or 1
+
+
+def estimate_heal(store: Store, model: str, heal: dict) -> float | None:
+    return heal_estimate([(r.settings["heal"], store.events(r.id)) for r in _done(store, "heal", model)], heal)
+
+
+def estimate_sweep(store: Store, model: str, limit: int, points: int, healed: bool) -> float | None:
+    """A sweep of `points` points of `limit` questions, from earlier sweeps that healed (or did not) alike."""
+    past = [r for r in _done(store, "sweep", model, last=20) if bool(r.settings.get("heal_steps")) == healed][:5]
+    return point_estimate([of_kind(store.events(r.id), "point") for r in past], limit, points)
+
+
+def estimate_classify(store: Store, model: str, modes: tuple[str, ...], points_per_mode: int) -> float | None:
+    """A classification curve: each mode's points at that mode's median measured seconds a point."""
+    past = [p for r in _done(store, "classify", model) for p in of_kind(store.events(r.id), "point")]
+    total = 0.0
+    for mode in modes:
+        per_point = _median([p.get("train_seconds", 0.0) + p.get("eval_seconds", 0.0) for p in past if p.get("mode") == mode])
+        if per_point is None:
+            return None
+        total += per_point * points_per_mode
+    return total
+
+
+def estimate_similarity(store: Store, model: str, samples: int, seq_len: int) -> float | None:
+    past = [(r.updated - r.created, r.settings["samples"] * r.settings["seq_len"]) for r in _done(store, "similarity", model)]
+    return rate_estimate(past, samples * seq_len)
+
+
+def estimate_brute_force(store: Store, model: str, blocks: int, samples: int, seq_len: int) -> float | None:
+    past = [(r.updated - r.created, len(r.result["loss_increase"]) * r.settings["samples"] * r.settings["seq_len"])
+            for r in _done(store, "brute-force", model) if r.result]
+    return rate_estimate(past, blocks * samples * seq_len)

@@ -10,6 +10,7 @@ folder / mergekit YAML.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict
 from datetime import datetime
@@ -22,10 +23,13 @@ from explorer.analysis.metrics import MetricScores
 from explorer.analysis.similarity import SimilarityResult
 from explorer.core.errors import ExplorerError
 from explorer.core.policy import Policy, check_delete
+from explorer.evaluation.accuracy import with_n
 from explorer.evaluation.agreement import describe
+from explorer.export.folder import changes
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.blocks import Block, default_size
 from explorer.lm.data import C4, EMBEDDED
+from explorer.lm.save import RECORD_FILE, written_files
 from explorer.state.files import log_path, run_folder
 from explorer.state.store import ACTIVE, Run, Store, of_kind
 from explorer.views.figures.metrics import metrics_frame as scores_frame
@@ -35,15 +39,38 @@ from explorer.views.figures.sweep import points_frame
 SETTINGS_SHOWN = 5
 
 
-def settings_summary(run: Run) -> str:
-    """The first few settings as 'key=value', skipping empty ones."""
-    shown = [(k, v) for k, v in run.settings.items() if v not in (None, "", [], {}, False)]
+_PATH_IN_TEXT = re.compile(r"(?<![\w.:/~])~?/(?:[^\s'\"`,;()/]+/)+([^\s'\"`,;()/]+)")  # /a/b/name, ~/a/name; not URLs
+
+
+def hide_paths(value):
+    """A setting with every server path in it reduced to its file name (nested dicts and lists too,
+    and paths inside a text such as an error message): what a visitor of a served room is shown of
+    other runs (an upload's path names the server's folders; its name is what the visitor chose)."""
+    if isinstance(value, dict):
+        return {key: hide_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [hide_paths(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    if ("/" in value or "\\" in value) and (value.startswith(("/", "~", ".")) or Path(value).expanduser().exists()):
+        return Path(value.replace("\\", "/")).name
+    return _PATH_IN_TEXT.sub(r"\1", value)
+
+
+def shown_settings(run: Run, paths: bool) -> dict:
+    """The run's settings as a page shows them: whole for the operator, paths hidden otherwise."""
+    return run.settings if paths else hide_paths(run.settings)
+
+
+def settings_summary(run: Run, paths: bool = True) -> str:
+    """The first few settings as 'key=value', skipping empty ones (server paths hidden unless `paths`)."""
+    shown = [(k, v) for k, v in shown_settings(run, paths).items() if v not in (None, "", [], {}, False)]
     text = ", ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in shown[:SETTINGS_SHOWN])
     return text + (", …" if len(shown) > SETTINGS_SHOWN else "")
 
 
 def _accuracy(data: dict) -> str:
-    return f"accuracy {data['accuracy']:.2f} [{data['ci_low']:.2f}, {data['ci_high']:.2f}]"
+    return with_n(f"accuracy {data['accuracy']:.2f} [{data['ci_low']:.2f}, {data['ci_high']:.2f}]", data)
 
 
 def similarity_headline(run: Run) -> str | None:
@@ -119,9 +146,12 @@ def events_table(run: Run, events: list[dict]) -> pd.DataFrame:
     return pd.json_normalize({k: v for k, v in (run.result or {}).items() if not isinstance(v, list)})
 
 
-def run_json(run: Run, events: list[dict]) -> str:
-    """Everything the store holds about the run, as one JSON document."""
-    return json.dumps({**asdict(run), "events": events}, indent=1, default=str)
+def run_json(run: Run, events: list[dict], paths: bool = True) -> str:
+    """Everything the store holds about the run, as one JSON document; never its owner's visitor key
+    (it is what lets that session cancel the run), and server paths hidden unless `paths`."""
+    data = {key: value for key, value in asdict(run).items() if key != "owner"}
+    return json.dumps(hide_paths({**data, "events": events}) if not paths else {**data, "events": events},
+                      indent=1, default=str)
 
 
 def model_folder(run: Run) -> Path | None:
@@ -131,14 +161,19 @@ def model_folder(run: Run) -> Path | None:
 
 
 def mergekit_text(run: Run) -> str | None:
-    """The mergekit YAML saved beside the model, or rebuilt from the run's block and model id."""
+    """The mergekit YAML saved beside the model, or rebuilt from the run's block and model id
+    (labelled when the run repaired or healed the model: the YAML rebuilds only the unrepaired slice)."""
     folder = model_folder(run)
     if folder and (folder / "mergekit.yaml").is_file():
         return (folder / "mergekit.yaml").read_text()
     result = run.result or {}
     block, model_id = result.get("block"), result.get("model") or run.settings.get("model") or run.settings.get("source")
+    if isinstance(model_id, dict):  # a heal job's settings hold the model as {"source", "device", ...}
+        model_id = model_id.get("source")
     if isinstance(block, dict) and isinstance(model_id, str) and {"start", "n", "num_layers"} <= set(block):
-        return mergekit_yaml(model_id, block["num_layers"], Block(block["start"], block["n"], block["num_layers"]))
+        record = {**result, "kind": run.kind}
+        return mergekit_yaml(model_id, block["num_layers"], Block(block["start"], block["n"], block["num_layers"]),
+                             changed=changes(record))
     return None
 
 
@@ -152,10 +187,15 @@ def heal_description(settings: dict) -> str:
 
 
 def run_files(store, run: Run) -> list[Path]:
-    """The files a run left on disk: its job folder (runs/<id>/), its job log and a saved model
-    folder its result names; only those that exist."""
-    candidates = [run_folder(store, run.id), log_path(store, run.id), model_folder(run)]
-    return list(dict.fromkeys(p for p in candidates if p is not None and p.exists()))
+    """The files the run wrote, those that still exist: its job folder (runs/<id>/, its own), its
+    job log, and of a model folder elsewhere (a CLI heal's --out) only the files its run.json says
+    were written there, never what else that folder holds (nothing, when the list is unknown)."""
+    own = run_folder(store, run.id)
+    candidates = [own, log_path(store, run.id)]
+    folder = model_folder(run)
+    if folder is not None and not folder.resolve().is_relative_to(own.resolve()):
+        candidates += written_files(folder) or []
+    return list(dict.fromkeys(p for p in candidates if p.exists()))
 
 
 def disk_usage(path: Path) -> int:
@@ -173,11 +213,12 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def delete_run(store: Store, run: Run, policy: Policy, files: list[Path]) -> int:
+def delete_run(store: Store, run: Run, policy: Policy, files: list[Path], visitor: str | None = None) -> int:
     """Delete a finished run and these of its files (see `run_files`); returns the bytes freed.
-    The operator's switch is enforced here, not only by the page hiding its button: a request
-    built by hand is refused too. A queued or running job must be cancelled first."""
-    check_delete(policy)
+    The operator's switch, and that a visitor deletes only their own runs, are enforced here, not
+    only by the page hiding its button: a request built by hand is refused too. A queued or
+    running job must be cancelled first."""
+    check_delete(policy, run.owner, visitor)
     if run.status in ACTIVE:
         raise ExplorerError(f"Run #{run.id} is still {run.status}: cancel it before deleting it.")
     store.delete_run(run.id)
@@ -185,7 +226,8 @@ def delete_run(store: Store, run: Run, policy: Policy, files: list[Path]) -> int
 
 
 def delete_files(paths: list[Path]) -> int:
-    """Delete these files and folders; returns the bytes freed."""
+    """Delete these files and folders, then a model folder left empty (its run.json was deleted
+    with every other file it held); returns the bytes freed."""
     freed = 0
     for path in paths:
         freed += disk_usage(path)
@@ -193,6 +235,9 @@ def delete_files(paths: list[Path]) -> int:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+    for parent in {path.parent for path in paths if path.name == RECORD_FILE}:
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
     return freed
 
 
@@ -210,18 +255,29 @@ def source_name(source: str) -> str:
     return source if source in (EMBEDDED, C4) else Path(source).name
 
 
+def sample_count(used: int | None, asked: int) -> str:
+    """'32 samples', or '2 samples (32 asked; the text has only 2 usable documents)': every caption
+    states the samples really averaged over."""
+    if used is None or used == asked:
+        return f"{asked} samples"
+    return f"{used} sample{'s' if used != 1 else ''} ({asked} asked; the text has only {used} usable document{'s' if used != 1 else ''})"
+
+
 def similarity_label(run: Run) -> str:
     """A saved similarity run in one line, for the page's picker of saved runs."""
     s = run.settings
     when = datetime.fromtimestamp(run.updated).strftime("%Y-%m-%d %H:%M")
-    return f"#{run.id} · {source_name(s['source'])} · {s['samples']} × {s['seq_len']} tokens · {when}"
+    used = (run.result or {}).get("samples")
+    return f"#{run.id} · {source_name(s['source'])} · {used if used is not None else s['samples']} × {s['seq_len']} tokens · {when}"
 
 
-def similarity_caption(run_id: int, model: str, num_layers: int, from_cache: bool, settings: dict) -> str:
-    """Which similarity run the page shows, on what text, and whether it came from the store."""
+def similarity_caption(run_id: int, model: str, num_layers: int, from_cache: bool, settings: dict,
+                       used: int | None = None) -> str:
+    """Which similarity run the page shows, on what text (with the samples really used), and
+    whether it came from the store."""
     origin = f"loaded from cache (run #{run_id})" if from_cache else f"computed now (run #{run_id})"
     return (f"Showing similarity run #{run_id}: {model} · {num_layers} layers · {source_name(settings['source'])} "
-            f"text, {settings['samples']} samples × {settings['seq_len']} tokens · {origin}")
+            f"text, {sample_count(used, settings['samples'])} × {settings['seq_len']} tokens · {origin}")
 
 
 def sweep_label(run: Run) -> str:

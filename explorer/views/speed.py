@@ -9,6 +9,7 @@ from explorer.core.options import widget
 from explorer.evaluation.speed import SpeedSettings, parse_sizes
 from explorer.state.store import Run, Store, of_kind
 from explorer.views.progress import current_phase, format_duration
+from explorer.views.session import page_runs
 
 MB = 2**20
 
@@ -99,8 +100,9 @@ def speed_description(settings: dict) -> str:
             f"{', '.join(map(str, speed.batch_sizes))} · {speed.repeats} repeats")
 
 
-def estimate_text(seconds: float, settings: SpeedSettings, models: int) -> str:
-    """What the panel says before a measurement starts."""
+def speed_estimate_text(seconds: float, settings: SpeedSettings, models: int) -> str:
+    """What the panel says before a measurement starts: priced by a short decode here, not from
+    earlier runs as views.progress.estimate_text is (a speed run's length is set by its settings)."""
     return (f"About {format_duration(seconds)} on this machine (estimated from a short decode here): {models} models × "
             f"{settings.repeats} interleaved repeats × batch {', '.join(map(str, settings.batch_sizes))}, plus the output check, "
             "a warm-up and the memory pass.")
@@ -123,10 +125,11 @@ def form_settings(values: dict) -> SpeedSettings:
                          values["ph_speed_repeats"])
 
 
-def speed_runs(store: Store, source: str, drop: tuple[int, int]) -> list[Run]:
-    """Speed runs of this model without this block, newest first: what the panel shows after a reload."""
+def speed_runs(store: Store, source: str, drop: tuple[int, int], visitor: str | None) -> list[Run]:
+    """This visitor's speed runs (every one for the operator, visitor None) of this model without
+    this block, newest first: what the panel shows after a reload."""
     wanted = {"start": drop[0], "n": drop[1]}
-    return [run for run in store.list_runs("speed") if run.settings.get("drop") == wanted
+    return [run for run in page_runs(store, "speed", visitor) if run.settings.get("drop") == wanted
             and run.settings.get("model", {}).get("source") == source]
 
 

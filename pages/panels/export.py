@@ -6,6 +6,7 @@ EXPLORER_ALLOW_PUSH; on loopback the user is the operator), Push to the Hugging 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import streamlit as st
 
@@ -15,6 +16,7 @@ from explorer.export.hub import check_hub_ready, push, push_plan
 from explorer.export.llamacpp import llama_quantize_command, pruned_name
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.blocks import Block
+from explorer.views.text import plain
 from pages import user_errors, visitor_policy
 
 GGUF_HELP = ("Also write model.gguf for llama.cpp, Ollama or LM Studio: a GGUF model (the embedded one) loses the layers "
@@ -43,23 +45,26 @@ def push_box(folder: Path) -> None:
                 st.success(f"Pushed {len(plan.files)} files to {push(plan, check_hub_ready())}.")
 
 
-def export_panel(model: dict, pruned: dict) -> None:
-    """Draw the box for `pruned` (the page's session entry: its preview and where it was saved)."""
-    preview, source = pruned["preview"], model["source"]
-    block = preview.result.block
+def export_panel(source: str, block: Block, pruned: dict, save: Callable[[bool], Path], changed: str | None) -> None:
+    """Draw the box for the session's pruned model (`pruned`: where it was saved); `save(with_gguf)`
+    writes its folder; `changed` says why mergekit's slice is not this model (its repair), if it is not."""
     rebuild_elsewhere(source, block)
     with st.container(horizontal=True, vertical_alignment="bottom"):
-        st.download_button("mergekit YAML", mergekit_yaml(source, block.num_layers, block),
-                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
+        st.download_button("mergekit YAML" + (" (unrepaired slice)" if changed else ""),
+                           mergekit_yaml(source, block.num_layers, block, changed=changed),
+                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml",
+                           help="mergekit stacks the original layers: it rebuilds the pruned model without its linear "
+                                "repair." if changed else None)
         with_gguf = st.checkbox("with GGUF", key="ph_with_gguf", help=GGUF_HELP)
         if st.button("Save pruned model", key="ph_save"):
-            pruned["saved"] = str(preview.save(source, st.session_state.get("ph_dtype"), with_gguf))
+            with user_errors():
+                pruned["saved"] = str(save(with_gguf))
     if not pruned["saved"]:
         return
     folder = Path(pruned["saved"])
     gguf = folder / GGUF_FILE
-    st.info(f"Saved to `{folder}` (weights, tokenizer, model card README.md, run.json, mergekit.yaml"
-            f"{', model.gguf' if gguf.is_file() else ''}).")
+    st.info(plain(f"Saved to {folder} (weights, tokenizer, model card README.md, run.json, mergekit.yaml"
+                  f"{', model.gguf' if gguf.is_file() else ''})."))
     if gguf.is_file():
         st.download_button("Download GGUF", gguf.read_bytes, pruned_name(source, block), "application/octet-stream",
                            on_click="ignore", key="ph_gguf_download")

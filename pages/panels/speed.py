@@ -7,14 +7,23 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import jobs
-from explorer.evaluation.speed import calibrate, estimate_seconds, SpeedSettings
+from explorer.evaluation.speed import SpeedSettings, calibrate, estimate_seconds
 from explorer.experiments.speed import speed_settings
 from explorer.lm.blocks import check_block
 from explorer.lm.models import LoadedModel
 from explorer.state.store import Run
-from explorer.views.speed import (LABELS, estimate_text, form_settings, speed_description, speed_frame, speed_lines,
-                                  speed_progress, speed_runs, widget_values)
-from pages import get_store, job_status, job_view, user_errors
+from explorer.views.speed import (
+    LABELS,
+    form_settings,
+    speed_description,
+    speed_estimate_text,
+    speed_frame,
+    speed_lines,
+    speed_progress,
+    speed_runs,
+    widget_values,
+)
+from pages import get_store, job_status, job_view, user_errors, viewer, visitor
 
 RUN_KEY = "ph_speed_run"
 CALIBRATION_KEY = "ph_speed_calibration"  # {fingerprint: (seconds per prompt token, seconds per decode step)}
@@ -38,7 +47,7 @@ def estimate(loaded: LoadedModel, settings: SpeedSettings) -> str:
     prices = st.session_state.setdefault(CALIBRATION_KEY, {})
     if loaded.fingerprint not in prices:
         prices[loaded.fingerprint] = calibrate(loaded.model)
-    return estimate_text(estimate_seconds(*prices[loaded.fingerprint], settings, 2), settings, 2)
+    return speed_estimate_text(estimate_seconds(*prices[loaded.fingerprint], settings, 2), settings, 2)
 
 
 def speed_view(run: Run) -> None:
@@ -62,8 +71,9 @@ def speed_panel(loaded: LoadedModel, model: dict, start: int, n: int) -> None:
         st.caption(estimate(loaded, settings))
         if st.button("Measure speed", key="ph_speed_start", disabled=n == 0, help="A background job: it survives reloads."):
             check_block(start, n, loaded.num_layers, allow_final=True)
-            st.session_state[RUN_KEY] = jobs.submit(get_store(), "speed", loaded.name, speed_settings(model, settings, (start, n)))
-    runs = speed_runs(get_store(), model["source"], (start, n))
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "speed", loaded.name, speed_settings(model, settings, (start, n)),
+                                                   owner=visitor())
+    runs = speed_runs(get_store(), model["source"], (start, n), viewer())
     shown = st.session_state.get(RUN_KEY)
     if shown not in [run.id for run in runs]:  # another block or model: its newest measurement, if any
         shown = runs[0].id if runs else None

@@ -6,14 +6,16 @@ A task module calls `register(name, factory)`; `get_task(name, **options)` build
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import types
+import typing
 from typing import Callable, Protocol
 
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.questions import QuestionResult
 from explorer.lm.models import LoadedModel
-import importlib
-import pkgutil
 
 
 class Task(Protocol):
@@ -48,11 +50,29 @@ def get_task(name: str, **options) -> Task:
     if name not in _REGISTRY:
         raise ExplorerError(f"Unknown task '{name}': choose one of {', '.join(sorted(_REGISTRY))}.")
     factory = _REGISTRY[name]
+    signature = inspect.signature(factory, eval_str=True)
     try:
-        inspect.signature(factory).bind(**options)
+        signature.bind(**options)
     except TypeError as exc:  # an option this task does not take, e.g. mmlu_dir for a quiz
         raise ExplorerError(f"Task '{name}' does not take these options ({', '.join(options)}): {exc}.") from exc
-    return factory(**options)
+    return factory(**{key: _typed(name, key, signature.parameters[key].annotation, value) for key, value in options.items()})
+
+
+NUMBERS = {int: "a whole number", float: "a number"}
+
+
+def _typed(task: str, option: str, annotation, value):
+    """A number option given as text (`--option shots=abc`) checked against the task's own type
+    hint: converted when it is a number, refused in one sentence when not (instead of failing
+    deep inside the task with a TypeError)."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    number = next((kind for kind in (int, float) if kind in allowed), None)
+    if number is None or not isinstance(value, str):
+        return value
+    try:
+        return number(value)
+    except ValueError as exc:
+        raise ExplorerError(f"Task '{task}' option {option} takes {NUMBERS[number]}, not '{value}'.") from exc
 
 
 def _load_builtin() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.lmeval import lmeval_folder, run_lmeval, template, write_config, write_jsonl
-from explorer.lm.data import check_hub_dataset, jsonl_values
-from explorer.lm.models import LoadedModel
 from explorer.evaluation.questions import QuestionResult
 from explorer.evaluation.tasks import register
+from explorer.lm.data import check_hub_dataset, jsonl_values
+from explorer.lm.models import LoadedModel
 
 LABELS = ("no", "yes")
 HUB_DATASET = "aps/super_glue"  # what lm-eval's boolq task loads

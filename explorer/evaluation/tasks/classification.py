@@ -45,12 +45,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.lm.data import EMBEDDED, embedded_corpus_dir, jsonl_values, load_hub_dataset
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
-from explorer.evaluation.scoring import loglikelihoods
 from explorer.evaluation.questions import QuestionResult, interleave, limited
+from explorer.evaluation.scoring import loglikelihoods
 from explorer.evaluation.tasks import register
+from explorer.lm.data import EMBEDDED, embedded_corpus_dir, jsonl_values, load_hub_dataset
+from explorer.lm.models import LoadedModel
 
 MAX_SHOTS = 32
 DEMO_EVERY = 10  # local files: rows 9, 19, 29, ... form the demonstration pool

@@ -27,13 +27,13 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.lm.data import load_hub_dataset
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
 from explorer.evaluation.lmeval import lmeval_folder, template, write_config
-from explorer.evaluation.scoring import cloze_picks, loglikelihoods, next_token_logprobs
 from explorer.evaluation.questions import QuestionResult, interleave, limited
+from explorer.evaluation.scoring import cloze_picks, loglikelihoods, next_token_logprobs
 from explorer.evaluation.tasks import register
+from explorer.lm.data import load_hub_dataset
+from explorer.lm.models import LoadedModel
 
 LETTERS = "ABCD"
 SPLITS = ("test", "val", "dev")

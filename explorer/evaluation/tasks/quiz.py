@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
 from explorer.evaluation.lmeval import lmeval_folder, template, write_config, write_jsonl
-from explorer.evaluation.scoring import cloze_picks, loglikelihoods
 from explorer.evaluation.questions import QuestionResult, limited
+from explorer.evaluation.scoring import cloze_picks, loglikelihoods
 from explorer.evaluation.tasks import register
+from explorer.lm.models import LoadedModel
 
 CHOICES = 4
 LETTERS = "ABCD"

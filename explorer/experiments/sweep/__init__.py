@@ -37,7 +37,15 @@ from explorer.experiments.sweep.measure import (
     profile_parts,
     repair_config,
 )
-from explorer.experiments.sweep.points import curve_name, describe_point, first_at_chance, point_key, point_repair, summary, sweep_points
+from explorer.experiments.sweep.points import (
+    curve_name,
+    describe_point,
+    first_at_chance,
+    point_key,
+    point_repair,
+    summary,
+    sweep_points,
+)
 from explorer.experiments.sweep.run import OnEvent, SweepCancelled, execute, run_sweep, start_sweep
 from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings, parse_fractions, teaching_preset
 

@@ -19,11 +19,11 @@ import importlib.util
 import time
 from typing import Callable, Iterator
 
-from explorer.lm.blocks import Block
 from explorer.core.errors import ExplorerError
-from explorer.lm.models import LoadedModel
 from explorer.experiments.sweep.measure import load_for_sweep, measure_block
 from explorer.experiments.sweep.settings import SweepSettings
+from explorer.lm.blocks import Block
+from explorer.lm.models import LoadedModel
 
 POLL_SECONDS = 0.5
 # A local instance started for one sweep: no dashboard, loopback, and a small object store

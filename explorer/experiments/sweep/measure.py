@@ -8,14 +8,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from explorer.lm.blocks import Block
 from explorer.evaluation.evaluate import Evaluated, quick_eval
 from explorer.evaluation.speed import SpeedSettings, measure_speed
-from explorer.lm.models import LoadedModel, load_model
-from explorer.lm.layers import pruned_view
 from explorer.experiments.sweep.settings import SweepSettings
-from explorer.surgery.heal import heal, HealConfig
-from explorer.surgery.repair import fit_block, fit_blocks, fold_private, RepairConfig
+from explorer.lm.blocks import Block
+from explorer.lm.layers import pruned_view
+from explorer.lm.models import LoadedModel, load_model
+from explorer.surgery.heal import HealConfig, heal
+from explorer.surgery.repair import RepairConfig, fit_block, fit_blocks, fold_private
 from explorer.surgery.reuse import PrefixReuse
 
 # What a sweep point's speed is timed with: short, batch 1 only (the decode case depth pruning helps most).

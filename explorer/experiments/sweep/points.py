@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from explorer.experiments.sweep.settings import Key, SweepSettings
 from explorer.evaluation.agreement import describe
 from explorer.evaluation.evaluate import normalized_loss
+from explorer.experiments.sweep.settings import Key, SweepSettings
 
 
 def point_repair(point: dict) -> str:

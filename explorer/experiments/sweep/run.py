@@ -7,16 +7,16 @@ import functools
 import time
 from typing import Callable
 
-from explorer.lm.blocks import Block
-from explorer.core.errors import Cancelled
-from explorer.lm.models import LoadedModel
 from explorer.analysis.strategies import strategy_block
+from explorer.core.errors import Cancelled
+from explorer.evaluation.agreement import agreement
+from explorer.experiments.sweep.distributed import RayExecutor
 from explorer.experiments.sweep.measure import Executor, lap, linear_applies, load_for_sweep, measure_locally
 from explorer.experiments.sweep.points import normalized, normalized_se, point_key, reusable_points, summary, sweep_points
 from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings
-from explorer.evaluation.agreement import agreement
+from explorer.lm.blocks import Block
+from explorer.lm.models import LoadedModel
 from explorer.state.cache import cached_distances, distances_run
-from explorer.experiments.sweep.distributed import RayExecutor
 
 OnEvent = Callable[[dict], None]
 

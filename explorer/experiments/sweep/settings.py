@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from explorer.lm.data import check_settings, split_documents
+from explorer.analysis.strategies import STRATEGIES
 from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting
-from explorer.analysis.strategies import STRATEGIES
-from explorer.surgery.repair import REPAIRS
 from explorer.evaluation.evaluate import EvalSettings
-from explorer.evaluation.tasks import default_eval_task, get_task
 from explorer.evaluation.questions import check_limit
+from explorer.evaluation.tasks import default_eval_task, get_task
+from explorer.lm.data import check_settings, split_documents
+from explorer.surgery.repair import REPAIRS
 
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
 

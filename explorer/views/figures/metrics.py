@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.views.figures.style import BLUE, DARK, LEGEND_BELOW, MARGIN, PURPLE, RED, title
 from explorer.analysis.metrics import METRICS, MetricScores
+from explorer.views.figures.style import BLUE, DARK, LEGEND_BELOW, MARGIN, PURPLE, RED, title
 
 METRIC_COLORS = {"last_token": BLUE, "all_tokens": PURPLE, "block_influence": RED, "brute_force": DARK}
 

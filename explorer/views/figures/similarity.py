@@ -15,10 +15,10 @@ from typing import Literal
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.lm.blocks import Block
 from explorer.analysis.bootstrap import STABLE_FROM, Bootstrap
-from explorer.views.figures.style import LEGEND_ABOVE, MARGIN, interval_bars, title
 from explorer.analysis.similarity import SimilarityResult
+from explorer.lm.blocks import Block
+from explorer.views.figures.style import LEGEND_ABOVE, MARGIN, interval_bars, title
 
 YAxis = Literal["n", "fraction"]
 

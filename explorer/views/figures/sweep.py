@@ -11,21 +11,23 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.views.figures.style import BLUE, GREEN, GREY, LEGEND_BELOW, MARGIN, ORANGE, rgba, title
+from explorer.evaluation.accuracy import question_count
 from explorer.experiments.sweep import curve_name, first_at_chance, point_repair
+from explorer.views.figures.style import BLUE, GREEN, GREY, LEGEND_BELOW, MARGIN, ORANGE, rgba, title
 
 STRATEGY_COLORS = {"similarity": BLUE, "simple": ORANGE, "top-cut": GREEN}
 REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line per (strategy, repair)
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
-    "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
+    "n_questions", "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
     "normalized_loss_se", "speedup", "ideal_speedup", "speedup_bound", "seconds", "shared",
 ]
 
 
 def points_frame(points: list[dict]) -> pd.DataFrame:
     """One row per point, sorted by curve then n (the CSV download and every plot's data)."""
-    frame = pd.DataFrame([{**p, "repair": point_repair(p)} for p in points], columns=POINT_COLUMNS)
+    frame = pd.DataFrame([{**p, "repair": point_repair(p), "n_questions": question_count(p)} for p in points],
+                         columns=POINT_COLUMNS)
     return frame.sort_values(["strategy", "repair", "n"], kind="stable").reset_index(drop=True)
 
 
@@ -41,21 +43,57 @@ def chance_caption(points: list[dict]) -> str:
             + "; ".join(lines))
 
 
+def curve_story(points: list[dict]) -> str:
+    """What each accuracy curve does, in words computed from its points (never a fixed script): the
+    unpruned accuracy with its n, how far the curve holds (each point's 95% interval still overlaps
+    the unpruned one) or that it drops at the first pruned point, and where it reaches chance."""
+    lines = []
+    for strategy, repair in sorted({(p["strategy"], point_repair(p)) for p in points}):
+        curve = sorted((p for p in points if p["strategy"] == strategy and point_repair(p) == repair), key=lambda p: p["n"])
+        base = next((p for p in curve if p["n"] == 0), None) or next((p for p in points if p["n"] == 0), None)
+        pruned = [p for p in curve if p["n"] > 0]
+        if base is None or not pruned:
+            continue
+        holds = []
+        for point in pruned:
+            if point["ci_high"] < base["ci_low"]:
+                break
+            holds.append(point)
+        n = question_count(base)
+        text = f"**{curve_name(strategy, repair)}**: {base['accuracy']:.0%} unpruned" + (f" (n = {n})" if n else "") + "; "
+        if not holds:
+            first = pruned[0]
+            text += f"it drops at the first point measured ({first['fraction']:.0%} dropped: {first['accuracy']:.0%})"
+        elif len(holds) == len(pruned):
+            text += f"it holds within the unpruned model's interval at every point measured (to {holds[-1]['fraction']:.0%})"
+        else:
+            text += f"it holds to {holds[-1]['fraction']:.0%} dropped, then falls"
+        hit = first_at_chance(points, strategy, repair)
+        text += (f", and reaches chance at {hit['fraction']:.0%}" if hit else ", and stays above chance at every point measured")
+        lines.append(text + ".")
+    return " ".join(lines)
+
+
 def _curves(frame: pd.DataFrame):
     for (strategy, repair), curve in frame.groupby(["strategy", "repair"], sort=True):
         yield strategy, repair, curve_name(strategy, repair), curve
 
 
-def _layout(fig: go.Figure, text: str, y_title: str, **yaxis) -> go.Figure:
+def _layout(fig: go.Figure, text: str, y_title: str, x_max: float | None = None, **yaxis) -> go.Figure:
+    """`x_max`: the largest fraction the sweep will measure, so a live plot's axis is the whole sweep's
+    from its first point on and does not stretch as points arrive."""
+    xaxis = dict(title="fraction of layers dropped n / L", tickformat=".0%", rangemode="tozero")
+    if x_max:
+        xaxis["range"] = [-0.02, x_max + 0.02]
     fig.update_layout(
         title=title(text), height=420, margin=MARGIN,
-        xaxis=dict(title="fraction of layers dropped n / L", tickformat=".0%", rangemode="tozero"),
+        xaxis=xaxis,
         yaxis=dict(title=y_title, **yaxis), legend=LEGEND_BELOW, hovermode="closest",
     )
     return fig
 
 
-def accuracy_figure(points: list[dict]) -> go.Figure:
+def accuracy_figure(points: list[dict], x_max: float | None = None) -> go.Figure:
     """Accuracy vs fraction dropped per curve, with its 95% Wilson band, the random-guess line,
     and a ring on each curve's first point whose interval reaches chance."""
     frame = points_frame(points)
@@ -68,9 +106,9 @@ def accuracy_figure(points: list[dict]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=curve.fraction, y=curve.accuracy, mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=color, dash=REPAIR_DASHES.get(repair, "solid")),
-            customdata=curve[["n", "start", "ci_low", "ci_high", "agreement"]].to_numpy(),
+            customdata=curve[["n", "start", "ci_low", "ci_high", "agreement", "n_questions"]].to_numpy(),
             hovertemplate="n = %{customdata[0]} (%{x:.0%}), block from layer %{customdata[1]}<br>"
-            "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}]<br>"
+            "accuracy %{y:.2f} [%{customdata[2]:.2f}, %{customdata[3]:.2f}] on %{customdata[5]} questions<br>"
             "same answer as unpruned: %{customdata[4]:.0%}<extra>" + label + "</extra>",
         ))
         hit = first_at_chance(points, strategy, repair)
@@ -85,10 +123,10 @@ def accuracy_figure(points: list[dict]) -> go.Figure:
         fig.add_hline(y=chance, line=dict(color="gray", dash="dot"), annotation_text=f"random guess ({chance:.0%})",
                       annotation_position="bottom right")
     task = frame.task.iloc[0] if not frame.empty else ""
-    return _layout(fig, f"Accuracy on {task} vs layers dropped", "accuracy (95% Wilson band)", range=[0, 1])
+    return _layout(fig, f"Accuracy on {task} vs layers dropped", "accuracy (95% Wilson band)", x_max, range=[0, 1])
 
 
-def loss_figure(points: list[dict]) -> go.Figure:
+def loss_figure(points: list[dict], x_max: float | None = None) -> go.Figure:
     """Normalized held-out loss vs fraction dropped: 0 = unpruned, 1 = uniform guessing."""
     frame = points_frame(points)
     fig = go.Figure()
@@ -103,7 +141,7 @@ def loss_figure(points: list[dict]) -> go.Figure:
             "± %{customdata[2]:.3f} nats, standard error over documents)<extra>" + label + "</extra>",
         ))
     fig.add_hline(y=1, line=dict(color="gray", dash="dot"), annotation_text="uniform guessing", annotation_position="top left")
-    return _layout(fig, "Normalized held-out loss vs layers dropped", "(loss − unpruned) / (ln|V| − unpruned)")
+    return _layout(fig, "Normalized held-out loss vs layers dropped", "(loss − unpruned) / (ln|V| − unpruned)", x_max)
 
 
 def pareto_front(points: list[dict]) -> list[dict]:

@@ -3,6 +3,8 @@ the result a session keeps on screen."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from explorer.analysis.similarity import SimilarityResult
 from explorer.lm.data import C4, EMBEDDED
 
@@ -15,9 +17,12 @@ SOURCES = {
 }
 
 
-def similarity_widgets(settings: dict) -> dict:
-    """The similarity form's widget values for a saved run's settings, so the form matches what it shows."""
+def similarity_widgets(settings: dict, uploads: Path | None = None) -> dict:
+    """The similarity form's widget values for a saved run's settings, so the form matches what it
+    shows; an uploaded file (under `uploads`) selects the upload choice, never its server path."""
     label = next((name for name, value in SOURCES.items() if value == settings["source"]), "Local file path")
+    if uploads is not None and Path(settings["source"]).expanduser().resolve().is_relative_to(uploads.resolve()):
+        label = "Upload a file"
     values = {"sim_samples": settings["samples"], "sim_seq_len": settings["seq_len"], "sim_source": label}
     values.update({"sim_batch": settings["batch_size"]} if "batch_size" in settings else {})
     return {**values, "sim_path": settings["source"]} if label == "Local file path" else values
