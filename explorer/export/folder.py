@@ -49,6 +49,7 @@ def heal_record(outcome, model_id: str, model_name: str) -> dict:
         "params_after": outcome.params_after,
         "heal": outcome.config.to_json(),
         "repair": outcome.repair or {"method": "none"},
+        **({"self_data": outcome.self_data} if outcome.self_data else {}),
         "metrics": {name: {k: v for k, v in m.items() if k not in ("kind", "step", "merged")} for name, m in outcome.metrics.items()},
     }
 
