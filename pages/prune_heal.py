@@ -13,11 +13,11 @@ from explorer.lm.blocks import check_block
 from explorer.lm.data import C4, EMBEDDED
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.save import DTYPES
-from explorer.surgery.heal import TARGETS, HealConfig
+from explorer.surgery.heal import HealConfig
 from explorer.views.figures.heal import heal_figure
 from explorer.lm.models import LoadedModel, pick_device
 from explorer.surgery.parallel import visible_gpus
-from explorer.views.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, TARGET_NAMES, Preview, comparison_frame,
+from explorer.views.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, Preview, comparison_frame,
                               heal_config, heal_defaults, heal_rows, heal_widget_values, latest_similarity, make_preview,
                               recipe_caption, recipe_widget_values)
 from explorer.views.progress import heal_progress, progress_text
@@ -27,6 +27,7 @@ from explorer.surgery.recipe import recipe_for
 from explorer.state.store import Run
 from explorer.evaluation.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
+from pages.panels.heal_objective import heal_objective
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.views.preview.Preview, "saved"}
@@ -93,8 +94,7 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
                                            key="ph_task")
         values["ph_source"] = c[2].selectbox(**HEAL_LABELS["ph_source"], options=[EMBEDDED, C4],
                                              index=[EMBEDDED, C4].index(d["ph_source"]), key="ph_source")
-        values["ph_targets"] = st.radio(**HEAL_LABELS["ph_targets"], options=TARGETS, index=TARGETS.index(d["ph_targets"]),
-                                        key="ph_targets", horizontal=True, format_func=TARGET_NAMES.get)
+        values.update(heal_objective(d))  # targets, objective, data (pages/panels/heal_objective.py)
     return heal_config(values, st.session_state.get(RECIPE_KEY))
 
 

@@ -14,6 +14,7 @@ from explorer.lm.models import LoadedModel
 from explorer.analysis.strategies import STRATEGIES
 from explorer.state.store import Run
 from explorer.views.progress import progress_text, sweep_progress
+from explorer.surgery.distill import OBJECTIVES
 from explorer.surgery.repair import REPAIRS
 from explorer.views.runs import sweep_description, sweep_label
 from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_preset
@@ -78,6 +79,8 @@ def settings_form(model: dict) -> SweepSettings:
         heal_steps = int(c.number_input(**LABELS["sw_heal"], min_value=0, max_value=10_000, value=state["sw_heal"], key="sw_heal"))
         repair = r.radio(**LABELS["sw_repair"], options=REPAIRS, index=REPAIRS.index(state["sw_repair"]), key="sw_repair",
                          horizontal=True)
+        heal_objective = st.radio(**LABELS["sw_heal_objective"], options=OBJECTIVES, key="sw_heal_objective", horizontal=True,
+                                  index=OBJECTIVES.index(state["sw_heal_objective"]))
         with st.expander("Text and samples"):
             text = st.text_input(**LABELS["sw_text"], value=state["sw_text"], key="sw_text")
             d, e, f, g = st.columns(4)
@@ -88,7 +91,7 @@ def settings_form(model: dict) -> SweepSettings:
     return SweepSettings(
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
-        task=task, limit=limit, heal_steps=heal_steps, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
+        task=task, limit=limit, heal_steps=heal_steps, heal_objective=heal_objective, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
         batch_size=batch,
     )
 
