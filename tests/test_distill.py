@@ -199,3 +199,37 @@ def test_weight_sharing_copy_keeps_flags_private(tiny_llama):
     assert all(p.requires_grad for p in tiny_llama.model.parameters())
     assert storage(copy_).keys() == storage(tiny_llama.model).keys()
     assert copy_.lm_head.weight is copy_.model.embed_tokens.weight  # ties kept
+
+
+def test_cli_options_reach_the_heal_config_and_the_dry_run_names_the_trained_modules(tiny_llama_dir, capsys):
+    import argparse
+
+    from explorer.cli import COMMANDS, _heal_config, main
+
+    parser = argparse.ArgumentParser()
+    COMMANDS["heal"][0](parser)
+    args = parser.parse_args(["--start", "1", "--n", "1", "--objective", "nll+kl", "--temperature", "2", "--kl-weight", "0.25",
+                              "--data", "self", "--prompt-tokens", "16", "--targets", "last-layers", "--last-layers", "2"])
+    config, _ = _heal_config(args, None)
+    assert config == HealConfig(objective="nll+kl", temperature=2.0, kl_weight=0.25, data="self", prompt_tokens=16,
+                                targets="last-layers", last_layers=2)
+    assert main(["heal", "--model", str(tiny_llama_dir), "--start", "1", "--n", "1", "--targets", "last-layers",
+                 "--last-layers", "2", "--objective", "kl", "--dry-run"]) in (0, None)
+    printed = capsys.readouterr().out
+    assert '"objective": "kl"' in printed and '"model.layers.2"' in printed and '"lm_head"' in printed
+
+
+def test_a_sweep_point_heals_by_distillation_from_the_sweep_model(tiny_llama):
+    """The sweep's heal axis: each healed point distils from the unpruned model the sweep holds."""
+    from explorer.experiments.sweep.measure import eval_config, measure_block
+    from explorer.experiments.sweep.settings import SweepSettings
+
+    settings = SweepSettings(model="tiny", strategies=("simple",), fractions=(0.5,), heal_steps=2, heal_objective="kl",
+                             limit=2, val_samples=2, seq_len=16, batch_size=4)
+    assert eval_config(settings).objective == "kl"
+    snapshot = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    measured = measure_block(tiny_llama, check_block(1, 2, 4), settings, lambda: False)
+    assert measured["lora"]["val_loss"] != measured["none"]["val_loss"]
+    assert all(torch.equal(v, snapshot[k]) for k, v in tiny_llama.model.state_dict().items())
+    with pytest.raises(ExplorerError, match="Unknown healing objective"):
+        SweepSettings(heal_objective="kld").check()
