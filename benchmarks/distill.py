@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from benchmarks import arguments, environment, report
-from explorer.analysis.strategies import strategy_block
+from explorer.core.threads import threads_for
 from explorer.lm.layers import decoder_layers
 from explorer.lm.models import load_model
 from explorer.state.cache import cached_distances, cached_quick_eval, cached_self_data
@@ -57,13 +57,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--questions", type=int, default=243, help="quiz questions per evaluation (243: all of quiz-capitals)")
     parser.add_argument("--val-samples", type=int, default=32, help="held-out documents for the loss")
     parser.add_argument("--workers", type=int, default=1, help="heals run at once (each its own process)")
+    parser.add_argument("--starts", default=None, help="comma-separated first layers, one per n (default: the similarity "
+                                                         "blocks, computed on 32 embedded documents x 128 tokens)")
+    parser.add_argument("--generation-batch", type=int, default=16, help="prompts continued at once for the self data")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one heal, as JSON on stdout
     return parser.parse_args(argv)
 
 
 def heal_config(args: argparse.Namespace, arm: str) -> HealConfig:
     return HealConfig(steps=args.steps, eval_every=args.steps, eval_limit=args.questions, val_samples=args.val_samples,
-                      quantize=False, **ARMS[arm])
+                      eval_batch_size=args.generation_batch, quantize=False, **ARMS[arm])
 
 
 def rss_bytes() -> int:
@@ -94,30 +97,30 @@ def recovered(metrics: dict) -> float:
 
 
 def prepare(args: argparse.Namespace, store_path: str, sizes: list[int], arms: list[str]) -> dict:
-    """The blocks, the unpruned model's evaluation and the self data, made once in the shared store."""
+    """The blocks and the unpruned model's evaluation, made once in the shared store. The self data
+    is made by the first self heal (the others wait for it, then reuse it), so its generation
+    overlaps the other arms' training; its time is the store run's."""
     loaded = load_model(args.model, device=args.device or "cpu")
     store = Store(store_path)
-    _, similarity, _ = cached_distances(loaded, "embedded", 32, 128, 8, store)
-    blocks = {n: similarity.best_block(n).start for n in sizes}
+    if args.starts:
+        blocks = dict(zip(sizes, (int(s) for s in args.starts.split(","))))
+    else:
+        _, similarity, _ = cached_distances(loaded, "embedded", 32, 128, 8, store)
+        blocks = {n: similarity.best_block(n).start for n in sizes}
     config = heal_config(args, arms[0])
     cached_quick_eval(loaded, config.resolved(loaded.device), store)
-    generation = None
-    if "self" in arms:
-        started, started_cpu = time.perf_counter(), time.process_time()
-        data = cached_self_data(loaded, heal_config(args, "self").resolved(loaded.device), store)
-        generation = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - started_cpu,
-                      **data.summary()}
     layers = decoder_layers(loaded.model)
     layer_bytes = sum(p.numel() * p.element_size() for p in layers[0].parameters())
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     logits_bytes = config.batch_size * config.seq_len * vocab * 4  # one [batch, tokens, vocab] float32 tensor
-    return {"blocks": blocks, "generation": generation, "layer_bytes": layer_bytes, "logits_bytes": logits_bytes,
+    return {"blocks": blocks, "layer_bytes": layer_bytes, "logits_bytes": logits_bytes,
             "model": loaded.name, "num_layers": loaded.num_layers, "device": str(loaded.device)}
 
 
 def run_one(args: argparse.Namespace, job: dict) -> dict:
     command = [sys.executable, "-m", "benchmarks", "distill", "--model", args.model, "--steps", str(args.steps),
-               "--questions", str(args.questions), "--val-samples", str(args.val_samples), "--one", json.dumps(job)]
+               "--questions", str(args.questions), "--val-samples", str(args.val_samples),
+               "--generation-batch", str(args.generation_batch), "--one", json.dumps(job)]
     if args.device:
         command += ["--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "EXPLORER_TORCH_THREADS": str(args.threads or 1)})
@@ -140,6 +143,9 @@ def measure(args: argparse.Namespace) -> dict:
         jobs = [{"arm": arm, "n": n, "start": shared["blocks"][n], "store": store_path} for n in sizes for arm in arms]
         with ThreadPoolExecutor(args.workers) as pool:
             runs = list(pool.map(lambda job: run_one(args, job), jobs))
+        made = Store(store_path).list_runs("self-data")
+        shared["generation"] = ({"seconds": made[0].updated - made[0].created, **runs[[r["arm"] for r in runs].index("self")]["self_data"]}
+                                if made else None)
     config = heal_config(args, "nll")
     return {**shared, **environment(shared["device"]), "load_average_before": load_before, "steps": args.steps,
             "batch_size": config.batch_size, "seq_len": config.seq_len, "rank": config.rank, "lr": config.lr,
@@ -168,8 +174,8 @@ def table(result: dict) -> str:
             f"{run['seconds']:.0f} | {run['cpu_seconds']:.0f} | {run['peak_rss'] / gib:.2f} | {(run['peak_rss'] - run['loaded_rss']) / gib:.2f} |")
     if result["generation"]:
         g = result["generation"]
-        lines += ["", f"Self data, made once before the heals and reused by both n: {g['documents']} documents, "
-                      f"{g['generated_tokens']} generated tokens, {g['seconds']:.0f} s wall, {g['cpu_seconds']:.0f} s CPU."]
+        lines += ["", f"Self data, made once by the first self heal (inside its time) and reused by the others: "
+                      f"{g['documents']} documents, {g['generated_tokens']} generated tokens, {g['seconds']:.0f} s wall."]
     lines += ["", f"Teacher's expected memory: {result['layer_bytes'] / 2**20:.0f} MiB a removed layer (kept, not copied) "
                   f"plus [batch, tokens, vocab] float32 logits of {result['logits_bytes'] / 2**20:.0f} MiB each."]
     return "\n".join(lines)
@@ -177,8 +183,8 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(args.threads or threads_for("cli"))  # EXPLORER_TORCH_THREADS wins, as everywhere
     if args.one:
-        torch.set_num_threads(args.threads or 1)
         print(json.dumps(one(args)))
         return 0
     return report(measure(args), args.out, table)
