@@ -233,3 +233,32 @@ def test_a_sweep_point_heals_by_distillation_from_the_sweep_model(tiny_llama):
     assert all(torch.equal(v, snapshot[k]) for k, v in tiny_llama.model.state_dict().items())
     with pytest.raises(ExplorerError, match="Unknown healing objective"):
         SweepSettings(heal_objective="kld").check()
+
+
+def test_the_page_form_values_make_the_heal_config():
+    from explorer.views.preview import heal_config, heal_defaults, heal_widget_values
+
+    values = {**heal_defaults("cpu", "quiz-capitals"), "ph_objective": "nll+kl", "ph_kl_weight": 0.25, "ph_temperature": 2,
+              "ph_data": "self", "ph_prompt_tokens": 16, "ph_targets": "last-layers", "ph_last_layers": 2}
+    config = heal_config(values, None)
+    assert config == HealConfig(eval_task="quiz-capitals", quantize=False, objective="nll+kl", kl_weight=0.25,
+                                temperature=2.0, data="self", prompt_tokens=16, targets="last-layers", last_layers=2)
+    assert isinstance(config.temperature, float) and isinstance(config.last_layers, int)
+    shown = heal_widget_values({"heal": config.to_json(), "start": 1, "n": 2})  # a followed run shows its choices
+    assert (shown["ph_objective"], shown["ph_data"], shown["ph_targets"]) == ("nll+kl", "self", "last-layers")
+
+
+def test_the_prune_and_heal_page_draws_the_objective_panel(embedded):
+    from streamlit.testing.v1 import AppTest
+
+    from explorer.core.options import widget
+
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    at.switch_page("pages/prune_heal.py").run()
+    for key, value in (("ph_objective", "kl"), ("ph_data", "self"), ("ph_targets", "last-layers")):
+        at.radio(key=key).set_value(value).run()
+    assert not at.exception
+    assert at.radio(key="ph_objective").label == widget(HealConfig, "objective")["label"]
+    assert at.radio(key="ph_objective").value == "kl" and at.radio(key="ph_targets").value == "last-layers"
+    assert (at.number_input(key="ph_temperature").value, at.number_input(key="ph_last_layers").value) == (1.0, 3)
