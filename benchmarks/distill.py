@@ -54,6 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--n", default="6,9", help="comma-separated block sizes")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per training document (and held-out document)")
     parser.add_argument("--questions", type=int, default=243, help="quiz questions per evaluation (243: all of quiz-capitals)")
     parser.add_argument("--val-samples", type=int, default=32, help="held-out documents for the loss")
     parser.add_argument("--workers", type=int, default=1, help="heals run at once (each its own process)")
@@ -65,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def heal_config(args: argparse.Namespace, arm: str) -> HealConfig:
-    return HealConfig(steps=args.steps, eval_every=args.steps, eval_limit=args.questions, val_samples=args.val_samples,
+    return HealConfig(steps=args.steps, seq_len=args.seq_len, eval_every=args.steps, eval_limit=args.questions, val_samples=args.val_samples,
                       eval_batch_size=args.generation_batch, quantize=False, **ARMS[arm])
 
 
@@ -119,6 +120,7 @@ def prepare(args: argparse.Namespace, store_path: str, sizes: list[int], arms: l
 
 def run_one(args: argparse.Namespace, job: dict) -> dict:
     command = [sys.executable, "-m", "benchmarks", "distill", "--model", args.model, "--steps", str(args.steps),
+               "--seq-len", str(args.seq_len),
                "--questions", str(args.questions), "--val-samples", str(args.val_samples),
                "--generation-batch", str(args.generation_batch), "--one", json.dumps(job)]
     if args.device:
@@ -127,6 +129,8 @@ def run_one(args: argparse.Namespace, job: dict) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{job}: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    with open(args.out + ".partial", "a") as partial:  # each heal as it ends: a stopped run keeps what it measured
+        partial.write(json.dumps(result) + "\n")
     print(f"  n={job['n']} {job['arm']}: recovered {recovered(result['metrics']):.2f}, {result['seconds']:.0f} s", file=sys.stderr, flush=True)
     return result
 
