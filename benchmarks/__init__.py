@@ -76,4 +76,5 @@ BENCHMARKS = {
     "repair": "benchmarks.repair",
     "gguf-export": "benchmarks.gguf_export",
     "speed": "benchmarks.speed",
+    "distill": "benchmarks.distill",
 }

@@ -593,9 +593,9 @@ def _heal(args: argparse.Namespace) -> None:
     config, about = _heal_config(args, skeleton)  # bad settings fail before the model loads
     if args.dry_run:
         settings = {key: getattr(config, key) for key in ("rank", "alpha", "dropout", "lr", "warmup_steps", "steps",
-                                                          "batch_size", "seq_len", "quantize", "source")}
+                                                          "batch_size", "seq_len", "quantize", "source", "objective", "data")}
         print(json.dumps({**settings, "target_choice": config.targets,
-                          "targets": target_modules(skeleton, config.targets), **about}, indent=1))
+                          "targets": target_modules(skeleton, config.targets, config.last_layers), **about}, indent=1))
         return
     if args.out is not None:
         _check_out(args.out, folder=True, model=args.model)

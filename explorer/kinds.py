@@ -53,6 +53,7 @@ KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
     RunKind("quick-eval", "evaluation (loss and accuracy)"),
     RunKind("reference-predictions", "the unpruned model's answers"),
     RunKind("preview", "prune comparison (the Prune page)", headline=preview_headline, table=preview_table),
+    RunKind("self-data", "the unpruned model's own text (self-data healing)"),
     RunKind("heal", "prune and heal", runner=heal_job, headline=views.heal_headline, figures=figures.heal_figures),
     RunKind("sweep", "phase-transition sweep", runner=lambda store, run, stop: sweep(store, run.id, should_stop=stop),
             headline=views.sweep_headline, table=views.sweep_table, figures=figures.sweep_figures),

@@ -14,6 +14,7 @@ from explorer.evaluation.tasks import task_names
 from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_preset
 from explorer.experiments.sweep.distributed import ray_available
 from explorer.state.store import Run
+from explorer.surgery.distill import OBJECTIVES
 from explorer.surgery.repair import REPAIRS
 from explorer.views.figures.sweep import accuracy_figure, curve_story, loss_figure, points_frame
 from explorer.views.forms.sweep import LABELS, MODES, widget_values
@@ -83,6 +84,8 @@ def settings_form(model: dict) -> SweepSettings:
         repair = r.radio(**LABELS["sw_repair"], options=REPAIRS, index=REPAIRS.index(state["sw_repair"]), key="sw_repair",
                          horizontal=True)
         speed = st.checkbox(**LABELS["sw_speed"], value=state["sw_speed"], key="sw_speed")
+        heal_objective = st.radio(**LABELS["sw_heal_objective"], options=OBJECTIVES, key="sw_heal_objective", horizontal=True,
+                                  index=OBJECTIVES.index(state["sw_heal_objective"]))
         with st.expander("Text and samples"):
             text = st.text_input(**LABELS["sw_text"], value=state["sw_text"], key="sw_text")
             d, e, f, g = st.columns(4)
@@ -94,7 +97,7 @@ def settings_form(model: dict) -> SweepSettings:
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
         task=task, limit=limit, heal_steps=heal_steps, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
-        batch_size=batch, speed=speed,
+        batch_size=batch, speed=speed, heal_objective=heal_objective,
     )
 
 

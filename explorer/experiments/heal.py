@@ -16,7 +16,7 @@ from explorer.core.errors import Cancelled, ExplorerError
 from explorer.core.paths import CHECKOUT
 from explorer.export.folder import heal_record, save_model
 from explorer.lm.models import load_model
-from explorer.state.cache import cached_quick_eval
+from explorer.state.cache import cached_quick_eval, cached_self_data
 from explorer.state.files import log_path, run_folder
 from explorer.state.store import Run, Store
 from explorer.surgery.heal import HealConfig, prune_and_heal
@@ -110,6 +110,7 @@ def heal_run(
     outcome = prune_and_heal(
         loaded, settings["start"], settings["n"], config, on_event, should_stop, settings.get("allow_final", False),
         lambda unpruned, resolved: cached_quick_eval(unpruned, resolved, store), ranks, repair,
+        lambda unpruned, resolved: cached_self_data(unpruned, resolved, store),
     )
     if not main:
         return {}

@@ -27,7 +27,7 @@ def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: Bl
     original checkpoint (labelled as such when the saved weights were repaired or healed), and the
     model card made from the same record; run.json lists all of them."""
     yaml = mergekit_yaml(model_id, block.num_layers, block, changed=changes(record))
-    card = model_card({"model": model_id, **record}, Path(folder).name)
+    card = model_card({"model": model_id, "block": block_record(block), **record}, Path(folder).name)
     return save_pruned(loaded, folder, record, dtype, files={"mergekit.yaml": yaml, CARD_FILE: card})
 
 
@@ -62,6 +62,7 @@ def heal_record(outcome, model_id: str, model_name: str) -> dict:
         "params_after": outcome.params_after,
         "heal": outcome.config.to_json(),
         "repair": outcome.repair or {"method": "none"},
+        **({"self_data": outcome.self_data} if outcome.self_data else {}),
         "metrics": {name: {k: v for k, v in m.items() if k not in ("kind", "step", "merged")} for name, m in outcome.metrics.items()},
     }
 

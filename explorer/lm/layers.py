@@ -145,12 +145,30 @@ def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, value)
 
 
+def weight_sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose module tree and config are its own and whose weights are not: every
+    parameter is a NEW nn.Parameter over the SAME storage (same data_ptr), buffers are shared.
+
+    Healing trains on this instead of a deep copy: peft freezes and wraps the copy's modules and
+    a distillation teacher (the unpruned model) keeps running on the very same weights, so the
+    student costs no second model in memory. New Parameter objects (not the same ones) keep the
+    copy's flags private: peft's requires_grad=False does not reach the original, and a weight
+    swapped in by `.data = ...` (peft's safe merge) or replaced by a private clone changes the copy
+    alone. In-place writes (`.data += ...`) would reach both: callers never do them. Tied weights
+    stay tied (one new Parameter per original)."""
+    fresh = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
+    fresh.update({id(b): b for b in model.buffers()})
+    with exclusive(model):  # a copy taken while another caller's hooks are on would keep them
+        return copy.deepcopy(model, fresh)
+
+
 def pruned_view(loaded: Model, block: Block) -> Model:
     """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
     edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
     buffers are not. A point then costs no weight copy and no extra memory, which is what lets
     a sweep over a model that fills the GPU keep one load. Safe because evaluation never
-    writes weights and healing trains on its own copy (heal.training_model)."""
+    writes weights and healing trains adapters (or private clones) on a `weight_sharing_copy`
+    (heal.training_model)."""
     model = loaded.model
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     with exclusive(model):  # a copy taken while another caller's hooks are on would keep them

@@ -22,6 +22,8 @@ from explorer.evaluation.evaluate import Evaluated, quick_eval, run_task
 from explorer.lm.data import make_samples, source_fingerprint
 from explorer.lm.models import LoadedModel
 from explorer.state.store import Run, Store
+from explorer.surgery.distill import SelfData
+from explorer.surgery.heal import HealConfig, self_data
 
 
 def _calibration_run(kind: str, key: Callable[[LoadedModel, str], str], loaded: LoadedModel, source: str, samples: int,
@@ -125,3 +127,27 @@ def cached_reference(loaded: LoadedModel, task: str, limit: int | None, batch_si
     compute = lambda: {"predictions": predictions(run_task(loaded, task, limit, batch_size, **options).per_question)}  # noqa: E731
     return store.cached("reference-predictions", f"{loaded.fingerprint}|{digest}", loaded.name, settings, compute)[1][
         "predictions"]
+
+
+def self_data_key(loaded: LoadedModel, config: HealConfig) -> tuple[str, dict]:
+    """The store key and settings of a model's self data for a heal: what the text is (the training
+    documents' fingerprint: source, split, count, length) and how it is continued (prompt length,
+    sequence length, greedy decoding). The batch size is left out: equal-length prompts share a
+    batch unpadded, so it cannot change a token."""
+    documents = make_samples(loaded.tokenizer, config.source, config.train_samples or config.steps * config.batch_size,
+                             config.seq_len, "train")
+    settings = {"source": config.source, "documents": len(documents.ids), "seq_len": config.seq_len,
+                "prompt_tokens": config.prompt_tokens, "decoding": "greedy"}
+    digest = hashlib.sha1(json.dumps({**settings, "samples": documents.fingerprint}, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{loaded.fingerprint}|{digest}", settings
+
+
+def cached_self_data(loaded: LoadedModel, config: HealConfig, store: Store | None = None) -> SelfData:
+    """The unpruned model's greedy continuations of the training prompts (heal.self_data), kept as
+    a "self-data" run keyed by the model's fingerprint and `self_data_key`, so a second heal of
+    the same model and text reuses them. No store: just generate."""
+    if store is None:
+        return self_data(loaded, config)
+    key, settings = self_data_key(loaded, config)
+    run_id, result, _ = store.cached("self-data", key, loaded.name, settings, lambda: self_data(loaded, config).to_json())
+    return SelfData.from_json(result, run_id)

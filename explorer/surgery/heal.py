@@ -5,24 +5,35 @@ The paper (Gromov et al. 2403.17887, Sec. 4 and App. A) heals each pruned model 
 with a next-token loss on C4; `explorer.surgery.recipe` holds its full recipe (alpha = rank, dropout
 0.05, 5000 steps of batch 16, 100 warm-up steps then cosine, its per-model learning rates and
 ranks) and resolves it for a given model. `HealConfig.targets` chooses the adapters' modules:
-"ffn" (the paper) or "all-linear" (every projection of attention and MLP, the demo default).
+"ffn" (the paper), "all-linear" (every projection of attention and MLP, the demo default), or
+"last-layers": FULL fine-tuning, no adapters, of the last `last_layers` decoder layers and the
+LM head, as "Reassessing Layer Pruning in LLMs" (Lu et al., ICLR 2026, arXiv 2411.15558) heals. On a
+model with tied embeddings (the embedded SmolLM2) the LM head IS the input embedding matrix:
+training it trains both, and the healed model stays tied (it saves as a stock model).
+`HealConfig.objective` chooses what the model learns (next-token NLL, or distillation from the
+unpruned model) and `HealConfig.data` on what text: explorer.surgery.distill.
 `HealConfig`'s other defaults are demo-sized too (rank 8, 40 steps of 4 x 128 tokens) so one
 heal of the 30-layer embedded model finishes in a few minutes on a 2-core CPU.
 
 QLoRA is the default on CUDA. On CPU the default is fp32 LoRA, but `quantize=True` works
 there too (bitsandbytes >= 0.49 trains nf4 on CPU), which is how the tests check that path.
 
-Merging: with plain LoRA the trained adapter is merged into its own copy of the pruned
-weights (`merge_and_unload`). With QLoRA the adapter was trained against nf4-rounded base
-weights; we merge it into a fresh full-precision copy of the pruned weights (the weights
-nf4 was made from), so the healed model is not rounded to 4 bits a second time. A model
-that was already loaded in 4-bit has no full-precision copy: it trains in place and peft
-merges into its dequantized weights and re-quantizes them.
+Memory: training runs on `weight_sharing_copy(pruned model)`, new module objects over the SAME
+weight storage, so a heal holds one copy of the model's weights plus the adapters (or the
+last-layers clones) and their optimizer state; the distillation teacher runs on that same storage.
+
+Merging: with plain LoRA peft's safe merge writes W + BA into a NEW tensor per adapted module
+(never into the shared storage, which the caller's model still uses); the healed model shares
+every weight no adapter touched with `loaded_pruned`. With QLoRA the adapter was trained against
+nf4-rounded base weights; we merge it the same way into a weight-sharing copy of the
+full-precision pruned weights (the weights nf4 was made from), so the healed model is not rounded
+to 4 bits a second time. A model that was already loaded in 4-bit has no full-precision copy: it
+trains in place and peft merges into its dequantized weights and re-quantizes them. A last-layers
+heal needs no merge: its model, trained clones and all, is the healed model.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -43,9 +54,10 @@ from explorer.evaluation.evaluate import EvalSettings, Evaluated, quick_eval
 from explorer.evaluation.tasks import default_eval_task, get_task
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.data import EMBEDDED, batches, make_samples, pad_batch
-from explorer.lm.layers import decoder_layers
+from explorer.lm.layers import decoder_layers, layers_path, weight_sharing_copy
 from explorer.lm.models import LoadedModel, load_model
 from explorer.lm.save import save_pruned
+from explorer.surgery.distill import DATA, OBJECTIVES, HealLoss, SelfData, generate_self_data
 from explorer.surgery.parallel import Ranks
 from explorer.surgery.repair import prune_or_repair, repair_record
 
@@ -53,7 +65,8 @@ Event = dict
 OnEvent = Callable[[Event], None]
 ShouldStop = Callable[[], bool]
 
-TARGETS = ("all-linear", "ffn")
+LAST_LAYERS = "last-layers"
+TARGETS = ("all-linear", "ffn", LAST_LAYERS)
 FFN_BLOCKS = ("mlp", "feed_forward", "ffn")  # a decoder layer's feed-forward block, by family
 FFN_ON_LAYER = ("fc1", "fc2")  # OPT-style layers hold their feed-forward projections directly
 
@@ -88,8 +101,23 @@ class HealConfig:
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory for big models, "
                                            "more compute", label="Gradient checkpointing")
     seed: int = setting(0, "seed of the adapters' initialisation and the training order", label="Seed")
-    targets: str = setting("all-linear", "LoRA on every linear projection of the layers, or on the feed-forward ones only "
-                           "(the paper's choice)", choices=TARGETS, label="LoRA on")
+    targets: str = setting("all-linear", "what trains: LoRA on every linear projection of the layers, LoRA on the "
+                           "feed-forward ones only (the paper's choice), or last-layers: full fine-tuning of the last "
+                           "K layers and the LM head, no LoRA (Reassessing Layer Pruning, ICLR 2026)", choices=TARGETS,
+                           label="Train")
+    last_layers: int = setting(3, "K, the decoder layers trained with targets last-layers (the last K of the pruned "
+                               "model, with the LM head)", label="Last layers trained (K)")
+    objective: str = setting("nll", "nll: next-token loss on the text (the paper); kl: KL(unpruned || pruned) over the "
+                             "whole vocabulary at every position, distilling from the unpruned model; nll+kl: a mix",
+                             choices=OBJECTIVES, label="Objective")
+    temperature: float = setting(1.0, "distillation temperature T: both distributions are softmax(logits / T) and the "
+                                 "KL is scaled by T² so the gradient keeps its size", label="Temperature (kl)")
+    kl_weight: float = setting(0.5, "w in nll+kl: loss = (1 - w) NLL + w KL", label="KL weight (nll+kl)")
+    data: str = setting("text", "text: train on the healing text; self: on the unpruned model's own greedy "
+                        "continuations of the text's first tokens (self-data distillation, generated once and "
+                        "kept in the store)", choices=DATA, label="Training data")
+    prompt_tokens: int = setting(32, "tokens of each training document the unpruned model continues (data self)",
+                                 label="Prompt tokens (self data)")
 
     def check(self) -> None:
         """Reject impossible values and unknown tasks before any model loads."""
@@ -99,6 +127,7 @@ class HealConfig:
             "evaluation interval": (self.eval_every, 1), "validation samples": (self.val_samples, 1),
             "evaluation question limit": (self.eval_limit, 1),
             "training samples": (1 if self.train_samples is None else self.train_samples, 1),
+            "last layers": (self.last_layers, 1), "prompt tokens": (self.prompt_tokens, 1),
         }
         if bad := [f"{name} must be at least {least} (got {value})" for name, (value, least) in minimums.items()
                    if value < least]:
@@ -108,7 +137,21 @@ class HealConfig:
         if not 0 <= self.dropout < 1:
             raise ExplorerError(f"LoRA dropout must be in [0, 1) (got {self.dropout}).")
         if self.targets not in TARGETS:
-            raise ExplorerError(f"Unknown LoRA targets '{self.targets}': choose {' or '.join(TARGETS)}.")
+            raise ExplorerError(f"Unknown training targets '{self.targets}': choose {', '.join(TARGETS)}.")
+        if self.targets == LAST_LAYERS and self.quantize:
+            raise ExplorerError("QLoRA trains adapters on a 4-bit base; last-layers fine-tunes full-precision layers: "
+                                "turn QLoRA off or choose LoRA targets.")
+        if self.objective not in OBJECTIVES:
+            raise ExplorerError(f"Unknown healing objective '{self.objective}': choose {', '.join(OBJECTIVES)}.")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ExplorerError(f"The distillation temperature must be a positive number (got {self.temperature}).")
+        if not 0 <= self.kl_weight <= 1:
+            raise ExplorerError(f"The KL weight must be in [0, 1] (got {self.kl_weight}).")
+        if self.data not in DATA:
+            raise ExplorerError(f"Unknown training data '{self.data}': choose {' or '.join(DATA)}.")
+        if self.data == "self" and self.prompt_tokens >= self.seq_len:
+            raise ExplorerError(f"Self data needs prompts shorter than the sequence length ({self.seq_len} tokens) "
+                                f"to leave room for the continuation (got {self.prompt_tokens} prompt tokens).")
         get_task(self.eval_task or default_eval_task(), **self.eval_options)
 
     def evaluation(self) -> EvalSettings:
@@ -120,8 +163,22 @@ class HealConfig:
     def resolved(self, device: torch.device | str) -> "HealConfig":
         """Checked, with the device-dependent defaults filled in (QLoRA on CUDA, the default task)."""
         self.check()
-        quantize = self.quantize if self.quantize is not None else torch.device(device).type == "cuda"
+        quantize = self.quantize if self.quantize is not None else torch.device(device).type == "cuda" and self.lora
         return replace(self, quantize=quantize, eval_task=self.eval_task or default_eval_task())
+
+    @property
+    def lora(self) -> bool:
+        """Whether this heal trains LoRA adapters (else full fine-tuning of the last layers)."""
+        return self.targets != LAST_LAYERS
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the heal needs the unpruned model while it trains (a KL term) or before (self data)."""
+        return self.objective != "nll" or self.data == "self"
+
+    def loss(self, teacher: nn.Module | None = None) -> HealLoss:
+        """The loss of each training step, distilling from `teacher` (the unpruned model's module) when the objective asks."""
+        return HealLoss(self.objective, self.temperature, self.kl_weight, teacher)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -176,9 +233,25 @@ def ffn_targets(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def target_modules(model: nn.Module, targets: str) -> list[str]:
-    """The modules LoRA adapters go on for a `HealConfig.targets` choice."""
+def target_modules(model: nn.Module, targets: str, last_layers: int = 3) -> list[str]:
+    """The modules that train for a `HealConfig.targets` choice: LoRA's (matched by suffix inside
+    the layers) or, for last-layers, the full paths of the last `last_layers` layers and the head."""
+    if targets == LAST_LAYERS:
+        return last_layer_modules(model, last_layers)
     return ffn_targets(model) if targets == "ffn" else lora_targets(model)
+
+
+def last_layer_modules(model: nn.Module, count: int) -> list[str]:
+    """Paths of the last `count` decoder layers and of the LM head, e.g. model.layers.25 ... lm_head."""
+    path, layers = layers_path(model), decoder_layers(model)
+    if not 1 <= count <= len(layers):
+        raise ExplorerError(f"Cannot train the last {count} layers of a model with {len(layers)} (after pruning): "
+                            f"choose K from 1 to {len(layers)}.")
+    head = model.get_output_embeddings()
+    names = [name for name, module in model.named_modules() if module is head]
+    if not names:
+        raise ExplorerError("The model has no output embedding (LM head) to train.")
+    return [f"{path}.{index}" for index in range(len(layers) - count, len(layers))] + names[:1]
 
 
 def lora_config(model: nn.Module, config: HealConfig):
@@ -222,15 +295,19 @@ def _keep_4bit_differentiable(model: nn.Module) -> None:
 
 
 def training_model(loaded: LoadedModel, config: HealConfig):
-    """A peft model with fresh adapters on a copy of the pruned model (nf4 when quantizing)."""
+    """The model that trains: a peft model with fresh adapters on a weight-sharing copy of the pruned
+    model (an nf4 copy when quantizing; the model itself when it was loaded in 4-bit), or for
+    last-layers a weight-sharing copy whose trained modules are private clones."""
     from peft import get_peft_model, prepare_model_for_kbit_training  # deferred: peft loads only when healing or finetuning
 
+    if not config.lora:
+        return last_layers_model(loaded, config)
     if is_quantized(loaded.model):
         base = loaded.model
     elif config.quantize:
         base = _nf4_copy(loaded)
     else:
-        base = copy.deepcopy(loaded.model)
+        base = weight_sharing_copy(loaded.model)
     if is_quantized(base):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing)
         _keep_4bit_differentiable(base)
@@ -242,22 +319,58 @@ def training_model(loaded: LoadedModel, config: HealConfig):
     return get_peft_model(base, lora_config(base, config))
 
 
+def last_layers_model(loaded: LoadedModel, config: HealConfig) -> nn.Module:
+    """A weight-sharing copy of the pruned model in which only the last `last_layers` layers and the
+    LM head train, fully (no adapters): their parameters are replaced by trainable clones (every
+    module holding one, so a head tied to the input embedding stays tied), the rest stays frozen
+    and shared with `loaded`, which training therefore never changes."""
+    if is_quantized(loaded.model):
+        raise ExplorerError("Full fine-tuning of the last layers needs full-precision weights: load the model without 4-bit.")
+    model = weight_sharing_copy(loaded.model)
+    trained = {id(p): p for name in last_layer_modules(model, config.last_layers) for p in model.get_submodule(name).parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    clones = {key: nn.Parameter(p.detach().clone(), requires_grad=True) for key, p in trained.items()}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in clones:
+                module._parameters[name] = clones[id(p)]
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether `model` trains adapters (a peft model) rather than its own weights."""
+    return hasattr(model, "get_base_model")
+
+
 def merge(peft_model, loaded: LoadedModel) -> nn.Module:
-    """The healed model: the adapter merged into full-precision pruned weights when we have them."""
+    """The healed model: the adapter merged into full-precision pruned weights when we have them.
+    peft's safe merge writes each merged weight to a new tensor, so the storage the training
+    model shares with `loaded` is never written (see the module doc). A last-layers model is
+    already the healed model."""
     from peft import get_peft_model  # deferred: peft loads only when healing or finetuning
     from peft.utils import (  # deferred: peft loads only when healing or finetuning
         get_peft_model_state_dict,
         set_peft_model_state_dict,
     )
 
-    if not is_quantized(peft_model.get_base_model()) or is_quantized(loaded.model):
+    if not is_peft(peft_model):
+        merged = peft_model
+        merged.requires_grad_(False)
+    elif is_quantized(loaded.model):
         merged = peft_model.merge_and_unload()
+    elif not is_quantized(peft_model.get_base_model()):
+        merged = peft_model.merge_and_unload(safe_merge=True)
     else:
-        target = copy.deepcopy(loaded.model)
+        target = weight_sharing_copy(loaded.model)
         adapter = replace(peft_model.peft_config["default"], base_model_name_or_path=target.config.name_or_path)
         fresh = get_peft_model(target, adapter)
         set_peft_model_state_dict(fresh, get_peft_model_state_dict(peft_model, save_embedding_layers=False))
-        merged = fresh.merge_and_unload()
+        merged = fresh.merge_and_unload(safe_merge=True)
     merged.config.use_cache = True
     return merged.eval()
 
@@ -271,28 +384,50 @@ def lr_at(step: int, config: HealConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def training_batches(loaded: LoadedModel, config: HealConfig) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """`steps` batches of (input_ids, attention_mask, labels) from the source's train split,
+def training_documents(tokenizer, config: HealConfig) -> list[list[int]]:
+    """The distinct training documents of the source's train split (`train_samples`, default
+    steps x batch size): the text an nll heal reads and the prompts self data starts from."""
+    return make_samples(tokenizer, config.source, config.train_samples or config.steps * config.batch_size,
+                        config.seq_len, "train").ids
+
+
+def self_data(teacher: LoadedModel, config: HealConfig) -> SelfData:
+    """The unpruned model's greedy continuations of the training documents' first `prompt_tokens`
+    tokens, up to `seq_len` tokens each (explorer.surgery.distill); state.cache keeps them in the store."""
+    return generate_self_data(teacher, training_documents(teacher.tokenizer, config), config.prompt_tokens,
+                              config.seq_len, config.eval_batch_size)
+
+
+def training_batches(loaded: LoadedModel, config: HealConfig, data: SelfData | None = None,
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`steps` batches of (input_ids, attention_mask, labels) from the source's train split (or
+    from `data`, self data, whose prompts get no labels: the loss is on the continuations),
     shuffled with the seed and cycled when there are fewer documents than steps x batch."""
-    wanted = config.train_samples or config.steps * config.batch_size
-    ids = make_samples(loaded.tokenizer, config.source, wanted, config.seq_len, "train").ids
-    order: list[list[int]] = []
+    if data is None:
+        documents = [(ids, 0) for ids in training_documents(loaded.tokenizer, config)]
+    else:
+        documents = list(zip(data.documents, data.prompt_lengths))
+    order: list[tuple[list[int], int]] = []
     rng = random.Random(config.seed)
     while len(order) < config.steps * config.batch_size:
-        epoch = list(ids)
+        epoch = list(documents)
         rng.shuffle(epoch)
         order += epoch
     pad_id = loaded.tokenizer.pad_token_id or 0
     out = []
     for chunk in list(batches(order, config.batch_size))[: config.steps]:
-        input_ids, mask = pad_batch(chunk, pad_id)
-        out.append((input_ids, mask, input_ids.masked_fill(mask == 0, -100)))
+        input_ids, mask = pad_batch([ids for ids, _ in chunk], pad_id)
+        labels = input_ids.masked_fill(mask == 0, -100)
+        for row, (_, prompt) in enumerate(chunk):
+            labels[row, :prompt] = -100
+        out.append((input_ids, mask, labels))
     return out
 
 
 def _evaluate_adapter(peft_model, loaded: LoadedModel, config: HealConfig) -> dict:
     """quick_eval of the model with its live adapter; the scorers switch dropout off and back."""
-    return quick_eval(LoadedModel(peft_model.get_base_model(), loaded.tokenizer, loaded.name, loaded.fingerprint), config)
+    model = peft_model.get_base_model() if is_peft(peft_model) else peft_model
+    return quick_eval(LoadedModel(model, loaded.tokenizer, loaded.name, loaded.fingerprint), config)
 
 
 def optimizer_step(
@@ -324,16 +459,21 @@ def optimizer_step(
     return value
 
 
-def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch.device, ranks: Ranks | None = None) -> float:
-    """One AdamW update of the LoRA heal; returns the loss (with `ranks`, this rank trains on its share)."""
-    weight = 1.0
+def train_step(peft_model, optimizer, batch, lr: float, step: int, device: torch.device, ranks: Ranks | None = None,
+               loss: HealLoss = HealLoss()) -> float:
+    """One AdamW update of the heal on `loss` (default: the NLL); returns the loss. With `ranks` this
+    rank trains on its share, its NLL weighed by its label tokens and its KL by its real tokens (each
+    term's own normaliser, explorer.surgery.parallel), so the step equals one process's on the whole batch."""
+    nll_scale = kl_scale = 1.0
     if ranks is not None:
-        batch, weight = ranks.share(batch)
+        mine, nll_scale = ranks.share(batch)
+        kl_scale = ranks.size * int(mine[1].sum()) / int(batch[1].sum())
+        batch = mine
     input_ids, mask, labels = (t.to(device) for t in batch)
     return optimizer_step(
-        optimizer, lambda: peft_model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss, lr, step,
+        optimizer, lambda: loss(peft_model, input_ids, mask, labels, nll_scale, kl_scale), lr, step,
         f"Out of memory while healing with batch size {input_ids.shape[0]} x {input_ids.shape[1]} tokens: "
-        "use a smaller batch or sequence length, or 4-bit (QLoRA).", weight, ranks,
+        "use a smaller batch or sequence length, or 4-bit (QLoRA).", 1.0, ranks,
     )
 
 
@@ -345,8 +485,9 @@ def train_adapter(
     should_stop: ShouldStop = lambda: False,
     evaluate: Callable[[int], None] | None = None,
     ranks: Ranks | None = None,
+    loss: HealLoss = HealLoss(),
 ) -> None:
-    """AdamW over `data` with the warm-up/cosine schedule, one "train" event per step, and
+    """AdamW on `loss` over `data` with the warm-up/cosine schedule, one "train" event per step, and
     `evaluate(step)` every `eval_every` steps before the last (the merged model is evaluated
     instead). `tokens_per_s` counts real (unpadded) tokens of the global batch over training
     time only. With `ranks`, every rank calls this with the same global batches and trains on
@@ -361,10 +502,10 @@ def train_adapter(
             raise HealCancelled(f"Healing was cancelled after {step - 1} of {config.steps} steps.")
         lr = lr_at(step - 1, config)
         started = time.perf_counter()
-        loss = train_step(trained, optimizer, batch, lr, step, device, ranks)
+        value = train_step(trained, optimizer, batch, lr, step, device, ranks, loss)
         training_s += time.perf_counter() - started
         tokens += int(batch[1].sum())
-        on_event({"kind": "train", "step": step, "train_loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / training_s})
+        on_event({"kind": "train", "step": step, "train_loss": value, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / training_s})
         if evaluate and step % config.eval_every == 0 and step < config.steps:
             evaluate(step)
 
@@ -378,6 +519,7 @@ class HealResult:
     after_pruning: Event | None
     after_healing: Event | None
     steps: int  # training steps done (all of them: a stopped heal raises HealCancelled)
+    self_data: SelfData | None = None  # the unpruned model's text it trained on (data "self")
 
 
 def heal(
@@ -386,9 +528,16 @@ def heal(
     on_event: OnEvent = lambda event: None,
     should_stop: ShouldStop = lambda: False,
     ranks: Ranks | None = None,
+    teacher: LoadedModel | None = None,
+    data: SelfData | None = None,
 ) -> HealResult:
-    """Train LoRA adapters on the pruned model and return the merged, healed model with its
-    evaluations before and after healing.
+    """Train LoRA adapters (or the last layers) on the pruned model and return the merged, healed
+    model with its evaluations before and after healing.
+
+    `teacher`: the unpruned model, which a kl objective distills from and self data is generated
+    by; it should be the model `loaded_pruned` shares its weights with (a `pruned_view` of it, or
+    it pruned in place after keeping the removed layers), so that the two hold one copy. `data`:
+    self data made beforehand (e.g. kept in the store); made here from `teacher` when missing.
 
     Events (each a dict with "kind" and "step"): "eval" at step 0 (after pruning, before
     healing) and every `eval_every` steps; "train" after every update (train_loss, lr,
@@ -400,9 +549,17 @@ def heal(
     events and evaluations happen on the main process only, the others wait for it.
     """
     config = config.resolved(loaded_pruned.device)
-    data = training_batches(loaded_pruned, config)  # empty or unreadable text fails before the model copy
+    if teacher is None and (config.objective != "nll" or (config.data == "self" and data is None)):
+        raise ExplorerError(f"Healing with objective {config.objective} and {config.data} data needs the unpruned model "
+                            "as the teacher.")
     on_event, should_stop, main = _main_only(on_event, should_stop, ranks, config)
-    on_event({"kind": "phase", "step": 0, "phase": "preparing adapters" + (" on the nf4 base (QLoRA)" if config.quantize else "")})
+    if config.data == "self" and data is None:
+        on_event({"kind": "phase", "step": 0, "phase": "generating the unpruned model's own text (self data)"})
+        data = self_data(teacher, config)
+    train_data = training_batches(loaded_pruned, config, data if config.data == "self" else None)  # empty text fails before training
+    preparing = "preparing adapters" + (" on the nf4 base (QLoRA)" if config.quantize else "") if config.lora else \
+        f"preparing the last {config.last_layers} layers and the LM head"
+    on_event({"kind": "phase", "step": 0, "phase": preparing})
     peft_model = training_model(loaded_pruned, config)
     evaluations: dict[int, Event] = {}
 
@@ -419,8 +576,9 @@ def heal(
     evaluate(0)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     on_event({"kind": "phase", "step": 0, "phase": "training", "trainable_params": trainable})
-    train_adapter(peft_model, data, config, on_event, should_stop, evaluate, ranks)
-    on_event({"kind": "phase", "step": config.steps, "phase": "merging the adapter"})
+    train_adapter(peft_model, train_data, config, on_event, should_stop, evaluate, ranks,
+                  config.loss(teacher.model if teacher is not None else None))
+    on_event({"kind": "phase", "step": config.steps, "phase": "merging the adapter" if config.lora else "finishing"})
     healed = LoadedModel(
         merge(peft_model, loaded_pruned),
         loaded_pruned.tokenizer,
@@ -432,7 +590,7 @@ def heal(
         on_event({"kind": "phase", "step": config.steps, "phase": "evaluating the healed model"})
         merged = {"kind": "eval", "step": config.steps, "merged": True, **quick_eval(healed, config)}
         on_event(merged)
-    return HealResult(healed, evaluations.get(0), merged, config.steps)
+    return HealResult(healed, evaluations.get(0), merged, config.steps, data if config.data == "self" else None)
 
 
 def _main_only(on_event: OnEvent, should_stop: ShouldStop, ranks: Ranks | None, config: HealConfig) -> tuple[OnEvent, ShouldStop, bool]:
@@ -455,6 +613,7 @@ class HealOutcome:
     params_after: int
     metrics: dict  # {"before_pruning": {...}, "after_pruning": {...}, "healed": {...}}
     repair: dict | None = None  # repair.repair_record when a linear repair ran before healing
+    self_data: dict | None = None  # distill.SelfData.summary() when it trained on self data
 
 
 def prune_and_heal(
@@ -468,12 +627,19 @@ def prune_and_heal(
     reference: Callable[[LoadedModel, Evaluated], dict] = quick_eval,
     ranks: Ranks | None = None,
     repair=None,
+    make_self_data: Callable[[LoadedModel, HealConfig], SelfData] = self_data,
 ) -> HealOutcome:
     """The whole run behind the job and the CLI: evaluate the unpruned model with `reference`
     (the "before pruning" event; the job passes `cache.cached_quick_eval` on its store), prune
     [start, start+n) IN PLACE (the caller's own copy; saves a model's worth of memory), heal,
     and collect the metrics. With `ranks` only the main process evaluates and reports (heal's
-    data-parallel rules)."""
+    data-parallel rules).
+
+    Self data is made from the unpruned model first (`make_self_data`: the job passes the store's
+    cached version). A kl objective keeps the unpruned model whole as the teacher and heals a
+    `pruned_view` of it (the linear repair folded into a private copy of its one weight): the
+    student and the teacher then share every weight, and the removed layers, which an nll heal
+    frees by pruning in place, are all the memory the teacher adds."""
     config = config.resolved(loaded.device)
     block = check_block(start, n, loaded.num_layers, allow_final)
     before: Event = {}
@@ -490,12 +656,18 @@ def prune_and_heal(
         on_event(before)
     if agreed_stop():
         raise HealCancelled("Healing was cancelled before pruning.")
+    data = None
+    if config.data == "self":
+        emit({"kind": "phase", "step": 0, "phase": "generating the unpruned model's own text (self data)"})
+        data = make_self_data(loaded, config)
     if repair is not None:  # fold the linear map first, heal from there
         emit({"kind": "phase", "step": 0, "phase": "fitting the linear repair"})
-    pruned, fit = prune_or_repair(loaded, block, repair, inplace=True)
+    distilling = config.objective != "nll"
+    pruned, fit = prune_or_repair(loaded, block, repair, inplace=not distilling, share=distilling)
     repaired = repair_record(repair, fit) if repair is not None else None
-    result = heal(pruned.loaded, config, record, should_stop, ranks)
+    result = heal(pruned.loaded, config, record, should_stop, ranks, loaded if distilling else None, data)
     metrics = {"before_pruning": before, "after_pruning": result.after_pruning, "healed": result.after_healing} if main else {}
-    return HealOutcome(result.healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics, repaired)
+    return HealOutcome(result.healed, config, pruned.block, pruned.params_before, pruned.params_after, metrics, repaired,
+                       data.summary() if data is not None else None)
 
 

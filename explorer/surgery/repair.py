@@ -50,7 +50,7 @@ from explorer.core.options import setting
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.data import EMBEDDED, batches, check_settings, make_samples, pad_batch, source_fingerprint
 from explorer.lm.forward import inference
-from explorer.lm.layers import decoder_layers
+from explorer.lm.layers import decoder_layers, parameter_count, pruned_view
 from explorer.lm.models import LoadedModel
 from explorer.surgery.prune import PruneResult, prune_block
 
@@ -319,16 +319,30 @@ def repair_block(
     result = prune_block(loaded, start, n, allow_final=allow_final, inplace=inplace)
     if fit is not None:
         fold(down_projection(result.loaded.model, fit.layer), fit.transform)
-        result.loaded.name += " (linear repair)"
-        settings = json.dumps({**config.to_json(), "source": source_fingerprint(config.source)}, sort_keys=True)
-        result.loaded.fingerprint += f"|linear:{hashlib.sha1(settings.encode()).hexdigest()[:12]}"
+        _name_repaired(result.loaded, config)
     return result, fit
 
 
-def prune_or_repair(loaded: LoadedModel, block: Block, config: RepairConfig | None,
-                    inplace: bool = False) -> tuple[PruneResult, LinearFit | None]:
+def _name_repaired(repaired: LoadedModel, config: RepairConfig) -> None:
+    """Rename and re-fingerprint a model whose block was repaired (the caches key it by this)."""
+    repaired.name += " (linear repair)"
+    settings = json.dumps({**config.to_json(), "source": source_fingerprint(config.source)}, sort_keys=True)
+    repaired.fingerprint += f"|linear:{hashlib.sha1(settings.encode()).hexdigest()[:12]}"
+
+
+def prune_or_repair(loaded: LoadedModel, block: Block, config: RepairConfig | None, inplace: bool = False,
+                    share: bool = False) -> tuple[PruneResult, LinearFit | None]:
     """The block removed, and repaired when a linear repair is asked for (`config`): the one way the
-    CLI's prune and a heal's start turn a chosen block into a model."""
+    CLI's prune and a heal's start turn a chosen block into a model. `share`: a `pruned_view`
+    sharing `loaded`'s weights, which stays whole (a distillation teacher), the map folded into a
+    private copy of its one down-projection."""
+    if share:
+        view = pruned_view(loaded, block)
+        fit = fit_block(loaded, block, config) if config is not None and block.n else None
+        if fit is not None:
+            fold_private(view.model, fit.layer, fit.transform)
+            _name_repaired(view, config)
+        return PruneResult(view, block, parameter_count(loaded.model), parameter_count(view.model)), fit
     if config is None:
         return prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=inplace), None
     return repair_block(loaded, block.start, block.n, config, allow_final=block.includes_final, inplace=inplace)

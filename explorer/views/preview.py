@@ -39,14 +39,25 @@ REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibrat
 HEAL_WIDGETS = {"ph_steps": "steps", "ph_rank": "rank", "ph_alpha": "alpha", "ph_lr": "lr", "ph_batch": "batch_size",
                 "ph_seq": "seq_len", "ph_every": "eval_every", "ph_qlora": "quantize", "ph_task": "eval_task",
                 "ph_limit": "eval_limit", "ph_val": "val_samples", "ph_source": "source",
-                "ph_targets": "targets"}  # the page's widget key -> HealConfig field
-TARGET_NAMES = {"all-linear": "all linear projections", "ffn": "feed-forward modules only (the paper)"}  # HealConfig.targets
+                "ph_targets": "targets", "ph_objective": "objective", "ph_data": "data", "ph_last_layers": "last_layers",
+                "ph_temperature": "temperature", "ph_kl_weight": "kl_weight",
+                "ph_prompt_tokens": "prompt_tokens"}  # the page's widget key -> HealConfig field
+TARGET_NAMES = {"all-linear": "LoRA, all linear projections", "ffn": "LoRA, feed-forward modules only (the paper)",
+                "last-layers": "last K layers + LM head, full fine-tuning"}  # HealConfig.targets
+OBJECTIVE_NAMES = {"nll": "next-token loss (the paper)", "kl": "distill from the unpruned model (KL)",
+                   "nll+kl": "both, weighted"}  # HealConfig.objective
+DATA_NAMES = {"text": "the healing text", "self": "the unpruned model's own continuations"}  # HealConfig.data
 HEAL_LABELS = {key: widget(HealConfig, name) for key, name in HEAL_WIDGETS.items()}  # label and help, as the CLI's
 HEAL_NUMBERS = tuple(  # the form's number inputs, in order: (widget key, label, number_input options with the help)
     (key, HEAL_LABELS[key]["label"], {**options, "help": HEAL_LABELS[key]["help"]}) for key, options in (
         ("ph_steps", {"min_value": 1}), ("ph_rank", {"min_value": 1}), ("ph_alpha", {"min_value": 1}),
         ("ph_lr", {"min_value": 1e-7, "format": "%.0e"}), ("ph_batch", {"min_value": 1}), ("ph_seq", {"min_value": 8, "step": 32}),
         ("ph_every", {"min_value": 1}), ("ph_limit", {"min_value": 1}), ("ph_val", {"min_value": 1})))
+DISTILL_NUMBERS = tuple(  # the objective panel's number inputs (pages/panels/heal_objective.py), as HEAL_NUMBERS
+    (key, HEAL_LABELS[key]["label"], {**options, "help": HEAL_LABELS[key]["help"]}) for key, options in (
+        ("ph_last_layers", {"min_value": 1}), ("ph_temperature", {"min_value": 0.05, "step": 0.5, "format": "%.2f"}),
+        ("ph_kl_weight", {"min_value": 0.0, "max_value": 1.0, "step": 0.1}), ("ph_prompt_tokens", {"min_value": 1, "step": 8})))
+FLOAT_WIDGETS = ("ph_lr", "ph_temperature", "ph_kl_weight")  # number inputs holding floats; the others hold ints
 
 
 def heal_defaults(device: str, eval_task: str) -> dict:
@@ -82,7 +93,8 @@ def recipe_caption(recipe: dict | None) -> str:
 def heal_config(values: dict, recipe: dict | None) -> HealConfig:
     """The HealConfig of the form's values (widget key -> value); the recipe adds what the form does not show."""
     fields = {name: values[key] for key, name in HEAL_WIDGETS.items()}
-    numbers = {HEAL_WIDGETS[key]: (float if key == "ph_lr" else int)(values[key]) for key, _, _ in HEAL_NUMBERS}
+    numbers = {HEAL_WIDGETS[key]: (float if key in FLOAT_WIDGETS else int)(values[key])
+               for key, _, _ in HEAL_NUMBERS + DISTILL_NUMBERS}
     extra = {"warmup_steps": recipe["warmup_steps"], "dropout": recipe["dropout"]} if recipe else {}
     return HealConfig(**{**fields, **numbers, **extra})
 

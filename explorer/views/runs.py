@@ -181,8 +181,13 @@ def heal_description(settings: dict) -> str:
     """The settings of a heal job in one line, as the Prune & heal page says which run it shows."""
     h, start, n = settings["heal"], settings["start"], settings["n"]
     saved = f"saving the model ({settings.get('dtype') or 'as loaded'})" if settings.get("save") else "not saving the model"
+    trains = (f"last {h.get('last_layers', 3)} layers + LM head, lr {h['lr']:g}" if h.get("targets") == "last-layers"
+              else f"LoRA rank {h['rank']}, alpha {h['alpha']}, lr {h['lr']:g}")
+    objective = {"nll": "", "kl": f" · distilled (KL, T {h.get('temperature', 1.0):g})",
+                 "nll+kl": f" · NLL + {h.get('kl_weight', 0.5):g} KL (T {h.get('temperature', 1.0):g})"}[h.get("objective", "nll")]
+    data = " · on the unpruned model's own text" if h.get("data") == "self" else ""
     return (f"layers {start}-{start + n - 1} removed · {h['steps']} steps of {h['batch_size']} × {h['seq_len']} tokens · "
-            f"LoRA rank {h['rank']}, alpha {h['alpha']}, lr {h['lr']:g} · {h.get('eval_task') or 'default task'}, "
+            f"{trains}{objective}{data} · {h.get('eval_task') or 'default task'}, "
             f"{h['eval_limit']} questions every {h['eval_every']} steps · {saved}")
 
 

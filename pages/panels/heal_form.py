@@ -10,18 +10,18 @@ import streamlit as st
 from explorer.evaluation.tasks import default_eval_task, task_names
 from explorer.lm.data import C4, EMBEDDED
 from explorer.lm.models import LoadedModel, pick_device
-from explorer.surgery.heal import TARGETS, HealConfig
+from explorer.surgery.heal import HealConfig
 from explorer.surgery.recipe import recipe_for
 from explorer.views.preview import (
     HEAL_LABELS,
     HEAL_NUMBERS,
-    TARGET_NAMES,
     heal_config,
     heal_defaults,
     recipe_caption,
     recipe_widget_values,
 )
 from explorer.views.runs import source_name
+from pages.panels.heal_objective import heal_objective
 
 RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.surgery.recipe.PaperRecipe.to_json())
 
@@ -53,11 +53,9 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
             values[key] = column.number_input(label, value=d[key], key=key, **options)
         c = st.columns(4)
         values["ph_qlora"] = c[0].checkbox(**HEAL_LABELS["ph_qlora"], value=d["ph_qlora"], key="ph_qlora")
-        tasks, sources, targets = with_value(task_names(), d["ph_task"]), with_value([EMBEDDED, C4], d["ph_source"]), \
-            with_value(list(TARGETS), d["ph_targets"])
+        tasks, sources = with_value(task_names(), d["ph_task"]), with_value([EMBEDDED, C4], d["ph_source"])
         values["ph_task"] = c[1].selectbox(**HEAL_LABELS["ph_task"], options=tasks, index=tasks.index(d["ph_task"]), key="ph_task")
         values["ph_source"] = c[2].selectbox(**HEAL_LABELS["ph_source"], options=sources, index=sources.index(d["ph_source"]),
                                              key="ph_source", format_func=source_name)
-        values["ph_targets"] = st.radio(**HEAL_LABELS["ph_targets"], options=targets, index=targets.index(d["ph_targets"]),
-                                        key="ph_targets", horizontal=True, format_func=lambda t: TARGET_NAMES.get(t, t))
+        values.update(heal_objective(d))  # targets, objective, data (pages/panels/heal_objective.py)
     return heal_config(values, st.session_state.get(RECIPE_KEY))

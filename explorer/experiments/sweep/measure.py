@@ -30,11 +30,11 @@ Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], boo
 
 
 def eval_config(settings: SweepSettings):
-    """A healed point's settings: the sweep's evaluation (task, limit, held-out text), evaluated
-    only before and after healing (eval_every = steps)."""
+    """A healed point's settings: the sweep's objective and evaluation (task, limit, held-out text),
+    evaluated only before and after healing (eval_every = steps)."""
     steps = max(1, settings.heal_steps)
     return HealConfig(
-        steps=steps, eval_every=steps, source=settings.text, seq_len=settings.seq_len,
+        steps=steps, eval_every=steps, source=settings.text, seq_len=settings.seq_len, objective=settings.heal_objective,
         eval_task=settings.task, eval_limit=settings.limit, eval_options=dict(settings.task_options),
         val_samples=settings.val_samples, eval_batch_size=settings.batch_size,
     )
@@ -67,13 +67,14 @@ def measure_block(
     shared: Shared | None = None, timings: dict[str, float] | None = None,
 ) -> dict[str, dict]:
     """Metrics by repair: the pruned copy ("none"), the healed copy ("lora") when healing, and the
-    linearly repaired copy ("linear") when `linear_applies`. With healing, the heal run's own
+    linearly repaired copy ("linear") when `linear_applies`. With healing (the unpruned `loaded`, whose
+    weights the pruned view shares, is the teacher of a kl objective), the heal run's own
     evaluations (step 0 = pruned, merged = healed) are the points: healing changes weights, so a
     healed point never reuses the unpruned forward. Without it, `shared` (see `Shared`) runs only
     the layers after the block, and for a linear repair the layers from the one its map folds into."""
     measured: dict[str, dict] = {}
     if settings.heal_steps:
-        healed = heal(pruned_view(loaded, block), eval_config(settings), should_stop=should_stop)
+        healed = heal(pruned_view(loaded, block), eval_config(settings), should_stop=should_stop, teacher=loaded)
         measured.update(none=healed.after_pruning, lora=healed.after_healing)
     else:
         measured["none"] = _evaluate_view(loaded, block, settings, shared, timings)

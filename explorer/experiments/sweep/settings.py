@@ -13,6 +13,7 @@ from explorer.evaluation.evaluate import EvalSettings
 from explorer.evaluation.questions import check_limit
 from explorer.evaluation.tasks import default_eval_task, get_task
 from explorer.lm.data import check_settings, split_documents
+from explorer.surgery.distill import OBJECTIVES
 from explorer.surgery.repair import REPAIRS
 
 Key = tuple[str, int, str]  # (strategy, n, repair): repair in REPAIR_AXIS
@@ -39,6 +40,9 @@ class SweepSettings:
                                  factory=dict, cli=SHARED)
     heal_steps: int = setting(0, "LoRA healing steps per point, 0 for none (its other settings: heal's)",
                               label="Healing steps per point (0 = none)")
+    heal_objective: str = setting("nll", "what each point's heal minimises: nll (the paper), kl (distillation from the "
+                                  "unpruned model, which the sweep holds anyway) or nll+kl", choices=OBJECTIVES,
+                                  label="Healing objective")
     repair: str = setting("none", "linear: also measure each point after a linear repair (a fitted map folded in, "
                           "no training; one fit a point)", choices=REPAIRS, label="Linear repair per point")
     speed: bool = setting(False, "also time each point's pruned model against the unpruned one (decode at batch 1, "
@@ -80,6 +84,8 @@ class SweepSettings:
         check_settings(self.repair_samples, self.seq_len, self.batch_size)
         if self.heal_steps < 0:
             raise ExplorerError(f"Healing steps must be 0 (no healing) or more (got {self.heal_steps}).")
+        if self.heal_objective not in OBJECTIVES:
+            raise ExplorerError(f"Unknown healing objective '{self.heal_objective}': choose {', '.join(OBJECTIVES)}.")
         check_limit(self.limit)
         check_settings(self.val_samples, self.seq_len, self.batch_size)
         check_settings(self.sim_samples, self.seq_len, self.batch_size)
