@@ -1,21 +1,248 @@
-"""Text generation: the quickest look at what pruning, repair or healing did to a model."""
+"""Text generation: batched decoding on a KV cache, for generation-based evaluation (what pruning
+loses that log-likelihood scoring hides) and the side-by-side completions of pruned, repaired and
+healed models.
+
+lm-eval's `generate_until` (Hugging Face `generate` underneath) is the reference, and greedy
+outputs equal its outputs token for token (tests/test_generate.py). What differs is the work done:
+
+- Prompts are sorted by their tokens, so prompts sharing a few-shot header sit side by side, and
+  cut into batches of `batch_size`. A batch's common token prefix (the header) runs once as a
+  batch-1 KV cache, broadcast to every row and kept while the next batch shares it
+  (`explorer.lm.forward` does the same for likelihood scoring); lm-eval runs the header once per row.
+- Each row's own tokens follow, left-padded: [shared prefix][padding][own tokens]. Padding is
+  masked and positions are explicit (counted as if there were none), so the result equals the
+  row run alone, and every row's last token sits in the last column.
+- Each step feeds one token per row. A row that stops (end of sequence, a stop string, or
+  `max_new_tokens`) leaves the batch with its cache rows; lm-eval's `generate` keeps computing
+  finished rows until the whole batch stops.
+
+Stop strings act as lm-eval's `until`: a row stops as soon as its decoded continuation contains
+one, and its text is the continuation cut before the first of them (the tokenizer's end-of-sequence
+text always counts as one, as lm-eval adds it). The token ids run through the token that completed
+the stop. Only a model in memory decodes; a layer-streamed model would read every layer's weights
+from disk for each token.
+"""
 
 from __future__ import annotations
 
-import torch
+import inspect
+from dataclasses import dataclass
+from typing import Callable
 
-from explorer.core.concurrency import exclusive
+import torch
+from transformers.cache_utils import DynamicLayer
+
 from explorer.core.errors import ExplorerError
+from explorer.lm.data import batches, check_settings
+from explorer.lm.forward import _expanded, inference
 from explorer.lm.models import LoadedModel
+
+MIN_SHARED = 8  # shortest common token prefix worth a cache of its own (one extra forward per header)
+FINISHES = ("eos", "stop", "length")  # why a row stopped: end-of-sequence token, a stop string, max_new_tokens
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to continue a prompt. temperature 0 is greedy (argmax, what evaluation uses); above 0 the
+    next token is sampled from softmax(logits / temperature), cut to the smallest set of most likely
+    tokens holding `top_p` of the probability (nucleus sampling). Sampling is seeded per prompt
+    (`seed` and the prompt's position), so a prompt's sample does not depend on the batch it ran in."""
+
+    max_new_tokens: int = 32
+    until: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ExplorerError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens}).")
+        if self.temperature < 0:
+            raise ExplorerError(f"The temperature must be 0 (greedy) or more (got {self.temperature}).")
+        if not 0 < self.top_p <= 1:
+            raise ExplorerError(f"top_p must be in (0, 1] (got {self.top_p}).")
+
+
+@dataclass
+class Generation:
+    """One prompt's continuation: `text` as lm-eval returns it (decoded without special tokens, cut
+    before the first stop string), `token_ids` every token generated (through the one that ended
+    it), `finish` one of FINISHES."""
+
+    text: str
+    token_ids: list[int]
+    finish: str
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
+    """The text before the first occurrence of any stop string (empty ones ignored), as lm-eval's
+    `postprocess_generated_text` cuts a generation."""
+    for stop in stops:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end a sequence: the generation config's (what Hugging Face `generate` stops
+    on), else the tokenizer's."""
+    config = getattr(loaded.model, "generation_config", None)
+    found = getattr(config, "eos_token_id", None)
+    if found is None:
+        found = loaded.tokenizer.eos_token_id
+    return set(found if isinstance(found, (list, tuple)) else [] if found is None else [found])
+
+
+def _check_in_memory(loaded) -> None:
+    if not isinstance(loaded, LoadedModel):
+        raise ExplorerError("Generation needs the model in memory: a layer-streamed model would read every layer from "
+                            "disk for each new token, so load it without --stream to generate.")
+
+
+def generate(loaded: LoadedModel, prompts: list[str], decoding: Decoding = Decoding(), batch_size: int = 8,
+             progress: Callable[[int, int], None] | None = None) -> list[Generation]:
+    """Each prompt's continuation, in the prompts' order (the prompt encoded as the tokenizer does by
+    default, as lm-eval encodes a context). `progress(done, total)` hears after each batch."""
+    _check_in_memory(loaded)
+    decoding.check()
+    check_settings(1, 2, batch_size)
+    encoded = [loaded.tokenizer(prompt)["input_ids"] for prompt in prompts]
+    if any(not ids for ids in encoded):
+        raise ExplorerError("Give a prompt to complete: an empty prompt has no token to continue from.")
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if limit and (longest := max((len(ids) for ids in encoded), default=0)) + decoding.max_new_tokens > limit:
+        raise ExplorerError(f"A prompt of {longest} tokens plus {decoding.max_new_tokens} new tokens exceeds the model's "
+                            f"{limit} positions: shorten the prompt or ask for fewer tokens.")
+    stops = tuple(decoding.until) + ((loaded.tokenizer.eos_token,) if loaded.tokenizer.eos_token else ())
+    order = sorted(range(len(prompts)), key=lambda i: encoded[i])
+    results: list[Generation | None] = [None] * len(prompts)
+    decoder = _Decoder(loaded, decoding, stops)
+    with inference(loaded.model):
+        for done, batch in enumerate(batches(order, batch_size), 1):
+            for index, generation in zip(batch, decoder.run([encoded[i] for i in batch], batch)):
+                results[index] = generation
+            if progress:
+                progress(min(done * batch_size, len(prompts)), len(prompts))
+    return results  # type: ignore[return-value]
 
 
 def complete(loaded: LoadedModel, prompt: str, max_new_tokens: int = 24) -> str:
-    """Greedy continuation of `prompt` (deterministic, so two models' answers compare)."""
+    """Greedy continuation of `prompt` up to the end of sequence (deterministic, so two models'
+    answers compare)."""
     if not prompt.strip():
         raise ExplorerError("Give a prompt to complete.")
-    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
-    with exclusive(loaded.model), torch.no_grad():
-        output = loaded.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
-        )
-    return loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return generate(loaded, [prompt], Decoding(max_new_tokens=max_new_tokens), batch_size=1)[0].text
+
+
+def _common_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each at least its last token (whose logits
+    start the decoding)."""
+    shortest = min(len(row) for row in rows)
+    first = rows[0]
+    length = next((i for i in range(shortest) if any(row[i] != first[i] for row in rows)), shortest)
+    return min(length, shortest - 1)
+
+
+class _Decoder:
+    """The decoding loop of one `generate` call: its settings, and the shared prefix's cache, kept
+    from one batch to the next while they share it."""
+
+    def __init__(self, loaded: LoadedModel, decoding: Decoding, stops: tuple[str, ...]):
+        self.loaded, self.decoding, self.stops = loaded, decoding, stops
+        self.eos = eos_ids(loaded)
+        self.pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+        base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+        parameters = set(inspect.signature(base.forward).parameters)
+        self.positions = "position_ids" in parameters
+        self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        self.shared: tuple[tuple[int, ...], object] | None = None  # (tokens, their batch-1 cache)
+
+    def _shared_cache(self, tokens: list[int]):
+        """The batch-1 cache of a common prefix, or None where the model's cache cannot carry a
+        padding gap (a sliding-window or recurrent cache; then every row runs whole)."""
+        if self.shared is not None and self.shared[0] == tuple(tokens):
+            return self.shared[1]
+        ids = torch.tensor([tokens], device=self.loaded.device)
+        cache = self.loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                                  **self.keep_last).past_key_values
+        if cache is None or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+            return None
+        self.shared = (tuple(tokens), cache)
+        return cache
+
+    def run(self, rows: list[list[int]], indices: list[int]) -> list[Generation]:
+        """Decode one batch; `indices` are the prompts' positions (the sampling seeds)."""
+        device, size = self.loaded.device, len(rows)
+        length = _common_length(rows) if size > 1 and self.positions else 0
+        shared = self._shared_cache(rows[0][:length]) if length >= MIN_SHARED else None
+        length = length if shared is not None else 0
+        own = [row[length:] for row in rows]
+        width = max(len(row) for row in own)
+        input_ids = torch.full((size, width), self.pad, dtype=torch.long)
+        mask = torch.zeros((size, width), dtype=torch.long)
+        for b, row in enumerate(own):  # left padding: every row's last token in the last column
+            input_ids[b, width - len(row):] = torch.tensor(row)
+            mask[b, width - len(row):] = 1
+        positions = length + (mask.cumsum(dim=1) - 1).clamp(min=0)
+        attention = torch.cat([torch.ones(size, length, dtype=torch.long), mask], dim=1).to(device)
+        extra = {"position_ids": positions.to(device)} if self.positions else {}
+        if shared is not None:
+            extra["past_key_values"] = _expanded(shared, size)
+        out = self.loaded.model(input_ids=input_ids.to(device), attention_mask=attention, use_cache=True,
+                                **extra, **self.keep_last)
+        return self._continue(out, attention, positions[:, -1].to(device) + 1, indices)
+
+    def _continue(self, out, attention: torch.Tensor, next_position: torch.Tensor, indices: list[int]) -> list[Generation]:
+        """The step loop after the prompts' forward: pick, record, drop finished rows, feed the rest."""
+        decoding, cache = self.decoding, out.past_key_values
+        generators = [torch.Generator().manual_seed((decoding.seed * 1_000_003 + i) % 2**32) if decoding.temperature else None
+                      for i in indices]
+        generated: list[list[int]] = [[] for _ in indices]
+        finished: list[str | None] = [None] * len(indices)
+        active = list(range(len(indices)))  # batch rows still decoding, in cache order
+        logits = out.logits[:, -1].float()
+        for step in range(decoding.max_new_tokens):
+            tokens = _pick(logits, decoding, [generators[b] for b in active])
+            for b, token in zip(active, tokens.tolist()):
+                generated[b].append(token)
+                finished[b] = self._finish(generated[b], step + 1)
+            keep = [k for k, b in enumerate(active) if finished[b] is None]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=attention.device)
+                cache.batch_select_indices(index)
+                attention, next_position, tokens = attention[index], next_position[index], tokens[index]
+                active = [active[k] for k in keep]
+            attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
+            extra = {"position_ids": next_position[:, None]} if self.positions else {}
+            out = self.loaded.model(input_ids=tokens[:, None].to(attention.device), attention_mask=attention,
+                                    past_key_values=cache, use_cache=True, **extra)
+            cache, logits, next_position = out.past_key_values, out.logits[:, -1].float(), next_position + 1
+        tokenizer = self.loaded.tokenizer
+        return [Generation(cut_at_stops(tokenizer.decode(ids, skip_special_tokens=True), self.stops), ids, finish or "length")
+                for ids, finish in zip(generated, finished)]
+
+    def _finish(self, ids: list[int], count: int) -> str | None:
+        if ids[-1] in self.eos:
+            return "eos"
+        if self.stops:
+            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+            if any(stop and stop in text for stop in self.stops):
+                return "stop"
+        return "length" if count >= self.decoding.max_new_tokens else None
+
+
+def _pick(logits: torch.Tensor, decoding: Decoding, generators: list[torch.Generator]) -> torch.Tensor:
+    """The next token of each row: argmax when greedy, else a seeded draw from the tempered,
+    nucleus-cut distribution (one generator per row)."""
+    if decoding.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / decoding.temperature, dim=-1).cpu()
+    if decoding.top_p < 1:
+        ordered, order = probs.sort(dim=-1, descending=True)
+        before = ordered.cumsum(dim=-1) - ordered  # the mass of the tokens more likely than each
+        ordered[before >= decoding.top_p] = 0  # keep the smallest top set reaching top_p (at least one token)
+        probs = torch.zeros_like(probs).scatter_(-1, order, ordered)
+    draws = [torch.multinomial(row, 1, generator=generator) for row, generator in zip(probs, generators)]
+    return torch.cat(draws).to(logits.device)
