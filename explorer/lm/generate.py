@@ -5,10 +5,10 @@ healed models.
 lm-eval's `generate_until` (Hugging Face `generate` underneath) is the reference, and greedy
 outputs equal its outputs token for token (tests/test_generate.py). What differs is the work done:
 
-- Prompts are sorted by their tokens, so prompts sharing a few-shot header sit side by side, and
-  cut into batches of `batch_size`. A batch's common token prefix (the header) runs once as a
-  batch-1 KV cache, broadcast to every row and kept while the next batch shares it
-  (`explorer.lm.forward` does the same for likelihood scoring); lm-eval runs the header once per row.
+- Prompts sharing a few-shot header are grouped (explorer.lm.forward's clusters, as likelihood
+  scoring groups them); the header runs once as a batch-1 KV cache, broadcast to every row of every
+  batch of its group, where lm-eval runs it once per row. Each group runs in batches of
+  `batch_size`, longest prompts first.
 - Each row's own tokens follow, left-padded: [shared prefix][padding][own tokens]. Padding is
   masked and positions are explicit (counted as if there were none), so the result equals the
   row run alone, and every row's last token sits in the last column.
@@ -34,10 +34,9 @@ from transformers.cache_utils import DynamicLayer
 
 from explorer.core.errors import ExplorerError
 from explorer.lm.data import batches, check_settings
-from explorer.lm.forward import _expanded, inference
+from explorer.lm.forward import _expanded, _shared_clusters, inference
 from explorer.lm.models import LoadedModel
 
-MIN_SHARED = 8  # shortest common token prefix worth a cache of its own (one extra forward per header)
 FINISHES = ("eos", "stop", "length")  # why a row stopped: end-of-sequence token, a stop string, max_new_tokens
 
 
@@ -114,16 +113,29 @@ def generate(loaded: LoadedModel, prompts: list[str], decoding: Decoding = Decod
         raise ExplorerError(f"A prompt of {longest} tokens plus {decoding.max_new_tokens} new tokens exceeds the model's "
                             f"{limit} positions: shorten the prompt or ask for fewer tokens.")
     stops = tuple(decoding.until) + ((loaded.tokenizer.eos_token,) if loaded.tokenizer.eos_token else ())
-    order = sorted(range(len(prompts)), key=lambda i: encoded[i])
     results: list[Generation | None] = [None] * len(prompts)
     decoder = _Decoder(loaded, decoding, stops)
+    done = 0
     with inference(loaded.model):
-        for done, batch in enumerate(batches(order, batch_size), 1):
-            for index, generation in zip(batch, decoder.run([encoded[i] for i in batch], batch)):
-                results[index] = generation
-            if progress:
-                progress(min(done * batch_size, len(prompts)), len(prompts))
+        for members, length in _groups(encoded, decoder.positions):
+            shared = decoder.shared_cache(encoded[members[0]][:length]) if length else None
+            length = length if shared is not None else 0
+            for batch in batches(sorted(members, key=lambda i: -len(encoded[i])), batch_size):
+                for index, generation in zip(batch, decoder.run([encoded[i][length:] for i in batch], batch, length, shared)):
+                    results[index] = generation
+                done += len(batch)
+                if progress:
+                    progress(done, len(prompts))
     return results  # type: ignore[return-value]
+
+
+def _groups(encoded: list[list[int]], shares: bool) -> list[tuple[list[int], int]]:
+    """(prompt indices, length of the token prefix they share) to decode together: the prompts of
+    one few-shot header (explorer.lm.forward's clusters), then every prompt sharing nothing in one
+    group. Each group runs in batches, longest prompts first (lm-eval's order)."""
+    clusters = _shared_clusters(encoded) if shares else [(list(range(len(encoded))), 0)]
+    alone = [i for members, length in clusters if not length for i in members]
+    return [(members, length) for members, length in clusters if length] + ([(alone, 0)] if alone else [])
 
 
 def complete(loaded: LoadedModel, prompt: str, max_new_tokens: int = 24) -> str:
@@ -134,18 +146,8 @@ def complete(loaded: LoadedModel, prompt: str, max_new_tokens: int = 24) -> str:
     return generate(loaded, [prompt], Decoding(max_new_tokens=max_new_tokens), batch_size=1)[0].text
 
 
-def _common_length(rows: list[list[int]]) -> int:
-    """How many leading tokens every row shares, leaving each at least its last token (whose logits
-    start the decoding)."""
-    shortest = min(len(row) for row in rows)
-    first = rows[0]
-    length = next((i for i in range(shortest) if any(row[i] != first[i] for row in rows)), shortest)
-    return min(length, shortest - 1)
-
-
 class _Decoder:
-    """The decoding loop of one `generate` call: its settings, and the shared prefix's cache, kept
-    from one batch to the next while they share it."""
+    """The decoding loop of one `generate` call, batch by batch."""
 
     def __init__(self, loaded: LoadedModel, decoding: Decoding, stops: tuple[str, ...]):
         self.loaded, self.decoding, self.stops = loaded, decoding, stops
@@ -155,28 +157,20 @@ class _Decoder:
         parameters = set(inspect.signature(base.forward).parameters)
         self.positions = "position_ids" in parameters
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-        self.shared: tuple[tuple[int, ...], object] | None = None  # (tokens, their batch-1 cache)
 
-    def _shared_cache(self, tokens: list[int]):
-        """The batch-1 cache of a common prefix, or None where the model's cache cannot carry a
+    def shared_cache(self, tokens: list[int]):
+        """The batch-1 cache of a shared prefix, or None where the model's cache cannot carry a
         padding gap (a sliding-window or recurrent cache; then every row runs whole)."""
-        if self.shared is not None and self.shared[0] == tuple(tokens):
-            return self.shared[1]
         ids = torch.tensor([tokens], device=self.loaded.device)
         cache = self.loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
                                   **self.keep_last).past_key_values
-        if cache is None or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
-            return None
-        self.shared = (tuple(tokens), cache)
-        return cache
+        plain = cache is not None and all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+        return cache if plain else None
 
-    def run(self, rows: list[list[int]], indices: list[int]) -> list[Generation]:
-        """Decode one batch; `indices` are the prompts' positions (the sampling seeds)."""
-        device, size = self.loaded.device, len(rows)
-        length = _common_length(rows) if size > 1 and self.positions else 0
-        shared = self._shared_cache(rows[0][:length]) if length >= MIN_SHARED else None
-        length = length if shared is not None else 0
-        own = [row[length:] for row in rows]
+    def run(self, own: list[list[int]], indices: list[int], length: int = 0, shared=None) -> list[Generation]:
+        """Decode one batch: each row's tokens after the `length` shared ones whose cache is `shared`;
+        `indices` are the prompts' positions (the sampling seeds)."""
+        device, size = self.loaded.device, len(own)
         width = max(len(row) for row in own)
         input_ids = torch.full((size, width), self.pad, dtype=torch.long)
         mask = torch.zeros((size, width), dtype=torch.long)
