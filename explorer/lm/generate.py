@@ -103,9 +103,15 @@ def generate(loaded: LoadedModel, prompts: list[str], decoding: Decoding = Decod
     """Each prompt's continuation, in the prompts' order (the prompt encoded as the tokenizer does by
     default, as lm-eval encodes a context). `progress(done, total)` hears after each batch."""
     _check_in_memory(loaded)
+    return generate_ids(loaded, [loaded.tokenizer(prompt)["input_ids"] for prompt in prompts], decoding, batch_size, progress)
+
+
+def generate_ids(loaded: LoadedModel, encoded: list[list[int]], decoding: Decoding = Decoding(), batch_size: int = 8,
+                 progress: Callable[[int, int], None] | None = None) -> list[Generation]:
+    """`generate` for prompts given as token ids (held-out text cut at a token count)."""
+    _check_in_memory(loaded)
     decoding.check()
     check_settings(1, 2, batch_size)
-    encoded = [loaded.tokenizer(prompt)["input_ids"] for prompt in prompts]
     if any(not ids for ids in encoded):
         raise ExplorerError("Give a prompt to complete: an empty prompt has no token to continue from.")
     limit = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -113,7 +119,7 @@ def generate(loaded: LoadedModel, prompts: list[str], decoding: Decoding = Decod
         raise ExplorerError(f"A prompt of {longest} tokens plus {decoding.max_new_tokens} new tokens exceeds the model's "
                             f"{limit} positions: shorten the prompt or ask for fewer tokens.")
     stops = tuple(decoding.until) + ((loaded.tokenizer.eos_token,) if loaded.tokenizer.eos_token else ())
-    results: list[Generation | None] = [None] * len(prompts)
+    results: list[Generation | None] = [None] * len(encoded)
     decoder = _Decoder(loaded, decoding, stops)
     done = 0
     with inference(loaded.model):
@@ -125,7 +131,7 @@ def generate(loaded: LoadedModel, prompts: list[str], decoding: Decoding = Decod
                     results[index] = generation
                 done += len(batch)
                 if progress:
-                    progress(done, len(prompts))
+                    progress(done, len(encoded))
     return results  # type: ignore[return-value]
 
 
