@@ -102,3 +102,48 @@ def test_streamed_model_is_refused(embedded):
 
     with pytest.raises(ExplorerError, match="in memory"):
         generate(open_streamed("embedded", device="cpu"), ["The capital of France is"])
+
+
+def _recording_hflm():
+    """lm-eval's HFLM, recording the tokens its `generate` returns for each context (the context's
+    real tokens, padding dropped -> the tokens after it, as long as its batch ran)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class Recording(HFLM):
+        generated: dict[tuple[int, ...], list[int]] = {}
+
+        def _model_generate(self, context, max_length, stop, **kwargs):
+            out = super()._model_generate(context, max_length, stop, **kwargs)
+            for row, mask, tokens in zip(context.tolist(), kwargs["attention_mask"].tolist(), out.tolist()):
+                Recording.generated[tuple(t for t, real in zip(row, mask) if real)] = tokens[len(row):]
+            return out
+
+    return Recording
+
+
+@pytest.mark.parametrize(("name", "options", "limit"), [
+    ("quiz-capitals-gen", {}, 24), ("arith-cot", {}, 6), ("mmlu-gen", {"shots": 1}, 8)])
+def test_outputs_equal_lm_eval_generate_until(embedded, mmlu_dir, tmp_path, name, options, limit):
+    """lm-eval's HFLM on the same in-memory model, greedy, from the same prompts: our text equals
+    lm-eval's and our tokens equal the first tokens it generated (its batch may run on past a stop)."""
+    from explorer.evaluation.evaluate import run_task
+    from explorer.evaluation.lmeval import run_lmeval
+    from explorer.evaluation.tasks import get_task
+
+    if name == "mmlu-gen":
+        options = {**options, "mmlu_dir": mmlu_dir, "subjects": ["high_school_geography"]}
+    task = get_task(name, **options)
+    lmeval_task = task.write_lmeval_task(limit, folder=tmp_path)
+    recording = _recording_hflm()
+    theirs = run_lmeval(embedded, [lmeval_task], limit=limit, include_path=tmp_path, lm_class=recording)
+    ours = run_task(embedded, task, limit=limit).per_question
+    generated = generate(embedded, [q.prompt for q in task.selected(limit)], task.decoding)
+    samples, predictions = theirs["samples"][lmeval_task], theirs["predictions"][lmeval_task]
+    assert len(samples) == len(ours) == len(generated) == limit
+    for sample, prediction, result, question, generation in zip(samples, predictions, ours, task.selected(limit), generated):
+        assert sample["arguments"][0][0] == question.prompt
+        their_tokens = recording.generated[tuple(embedded.tokenizer(question.prompt)["input_ids"])]
+        assert generation.token_ids == their_tokens[:len(generation.token_ids)]
+        assert generation.text == prediction["output"] == result.output
+    if name == "quiz-capitals-gen":
+        assert sum(r.correct for r in ours) > 0  # the embedded model knows some capitals
