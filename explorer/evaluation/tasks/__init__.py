@@ -72,6 +72,17 @@ def get_task(name: str, **options) -> Task:
     return factory(**options)
 
 
+def fitting_options(name: str, options: dict) -> dict:
+    """The options that task `name` takes, of `options`: one set of task options serves a likelihood
+    task and a generation task side by side (mmlu's mmlu_dir also reaches mmlu-gen; a quiz's seed
+    does not reach mmlu-gen)."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ExplorerError(f"Unknown task '{name}': choose one of {', '.join(sorted(_REGISTRY))}.")
+    parameters = inspect.signature(_REGISTRY[name]).parameters
+    return {key: value for key, value in options.items() if key in parameters}
+
+
 def _load_builtin() -> None:
     """Task modules register themselves on import; imported lazily to keep start-up fast."""
     for info in pkgutil.iter_modules(__path__):

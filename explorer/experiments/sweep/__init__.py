@@ -37,7 +37,9 @@ from explorer.experiments.sweep.measure import (
     profile_parts,
     repair_config,
 )
-from explorer.experiments.sweep.points import curve_name, describe_point, first_at_chance, point_key, point_repair, summary, sweep_points
+from explorer.experiments.sweep.points import (
+    curve_name, describe_point, describe_verdict, first_at_chance, point_key, point_repair, repair_verdicts, summary, sweep_points,
+)
 from explorer.experiments.sweep.run import OnEvent, SweepCancelled, execute, run_sweep, start_sweep
 from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings, parse_fractions, teaching_preset
 
@@ -52,6 +54,7 @@ __all__ = [
     "SweepSettings",
     "curve_name",
     "describe_point",
+    "describe_verdict",
     "eval_config",
     "execute",
     "first_at_chance",
@@ -64,6 +67,7 @@ __all__ = [
     "point_key",
     "point_repair",
     "profile_parts",
+    "repair_verdicts",
     "repair_config",
     "run_sweep",
     "start_sweep",
