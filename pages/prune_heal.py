@@ -27,6 +27,7 @@ from explorer.surgery.recipe import recipe_for
 from explorer.state.store import Run
 from explorer.evaluation.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
+from pages.panels.generations import generation_pane
 
 BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.views.preview.Preview, "saved"}
@@ -110,7 +111,7 @@ def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config
     st.session_state[PRUNED_KEY] = {"fingerprint": loaded.fingerprint, "preview": preview, "saved": None}
 
 
-def show_pruned(model: dict, pruned: dict) -> None:
+def show_pruned(model: dict, pruned: dict, loaded: LoadedModel) -> None:
     preview: Preview = pruned["preview"]
     result, rows, block = preview.result, preview.rows, preview.result.block
     st.success(f"Removed {block.describe(result.removed_params)}.")
@@ -119,9 +120,7 @@ def show_pruned(model: dict, pruned: dict) -> None:
     st.caption(f"Accuracy with its 95% Wilson interval; chance {after['chance']:.0%}; the completion is greedy."
                + (f" Linear repair folded into layer {preview.fit.layer}: held-out relative residual "
                   f"{preview.fit.heldout_residual:.2f} (unrepaired {preview.fit.heldout_residual_unrepaired:.2f})." if preview.fit else ""))
-    for column, (name, row) in zip(st.columns(len(rows)), rows.items()):
-        column.markdown(f"**{name.capitalize()} completes**")
-        column.code(row["completion"], language=None, wrap_lines=True)
+    generation_pane(loaded, preview, st.session_state.get(RUN_KEY))  # completions side by side, the repair's verdict
     with st.container(horizontal=True):
         st.download_button("mergekit YAML", mergekit_yaml(model["source"], block.num_layers, block),
                            f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
@@ -188,7 +187,7 @@ def main() -> None:
         pruned = st.session_state.get(PRUNED_KEY)
         if pruned and pruned["fingerprint"] == loaded.fingerprint:
             st.subheader("Pruned model")
-            show_pruned(model, pruned)
+            show_pruned(model, pruned, loaded)
     st.subheader("Healing")
     if RUN_KEY not in st.session_state:
         st.caption("No healing run for this model yet.")

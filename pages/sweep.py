@@ -20,6 +20,7 @@ from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_
 from explorer.views.forms.sweep import LABELS, MODES, widget_values
 from explorer.views.figures.sweep import accuracy_figure, chance_caption, loss_figure, points_frame
 from explorer.evaluation.tasks import task_names
+from pages.panels.sweep_generation import generation_inputs, generation_plots
 from pages import (check_text, current_model, download_row, get_store, job_view, model_picker, points_status, show_page,
                    user_errors)
 
@@ -89,7 +90,7 @@ def settings_form(model: dict) -> SweepSettings:
         model=model["source"], device=model["device"], load_in_4bit=model["load_in_4bit"],
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
         task=task, limit=limit, heal_steps=heal_steps, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
-        batch_size=batch,
+        batch_size=batch, **generation_inputs(state),
     )
 
 
@@ -119,6 +120,7 @@ def plots(run: Run, points: list[dict]) -> None:
     left, right = st.columns([3, 1])
     left.plotly_chart(loss, key="sw_loss")
     right.markdown(LOSS_TEXT + (HEALED_TEXT if any(p["healed"] for p in points) else ""))
+    generation_plots(points)  # the generative curve, repetition and the repairs' verdicts (issue 21)
     stem = f"sweep-{run.id}"
     download_row([
         ("Points (CSV)", points_frame(points).to_csv(index=False), f"{stem}.csv", "text/csv", "sw_csv"),

@@ -1,0 +1,49 @@
+"""The Prune & heal page's generation pane: the completions of its prompt by every model it compared,
+the linear repair's verdict on the evaluation text, and on request the same prompts side by side for
+the unpruned, pruned, repaired and healed models (explorer.views.generations computes; this draws)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.core.errors import ExplorerError
+from explorer.lm.models import LoadedModel
+from explorer.views.generations import DEFAULT_PROMPTS, prompt_lines, repair_verdict, side_by_side
+from explorer.views.preview import Preview
+from pages import cached_model, get_store, user_errors
+
+TABLE_KEY = "ph_gen_table"
+
+
+def generation_pane(loaded: LoadedModel, preview: Preview, heal_run_id: int | None) -> None:
+    rows = preview.rows
+    if preview.repair is not None and (verdict := repair_verdict(rows, preview.repair.source)):
+        (st.warning if verdict[1] else st.caption)(verdict[0])
+    for column, (name, row) in zip(st.columns(len(rows)), rows.items()):
+        column.markdown(f"**{name.capitalize()} completes**")
+        column.code(row["completion"], language=None, wrap_lines=True)
+    with st.expander("Side by side: more prompts, every model (greedy)"):
+        text = st.text_area("Prompts, one a line (\\n for a line break)", "\n".join(p.replace("\n", "\\n") for p in DEFAULT_PROMPTS),
+                            key="ph_gen_prompts")
+        healed = _healed_folder(heal_run_id)
+        with_healed = bool(healed) and st.checkbox(f"Include the healed model of run #{heal_run_id}", key="ph_gen_healed",
+                                                   help="Loads the merged model the heal run saved.")
+        if st.button("Generate", key="ph_gen"):
+            with user_errors(), st.spinner("Generating…"):
+                models = {"unpruned": loaded, "pruned": loaded.pruned(preview.result.block.start, preview.result.block.n, True)}
+                if preview.repair is not None:
+                    models["linear repair"] = preview.result.loaded
+                if with_healed:
+                    models["LoRA healed"] = cached_model(healed, str(loaded.device), False, False)
+                st.session_state[TABLE_KEY] = side_by_side(models, prompt_lines(text))
+        if (table := st.session_state.get(TABLE_KEY)) is not None:
+            st.dataframe(table, hide_index=True)  # plain text cells: prompts and completions are never markdown
+
+
+def _healed_folder(run_id: int | None) -> str | None:
+    """The merged model a finished heal run saved, if it saved one (and the run still exists)."""
+    try:
+        run = get_store().get_run(run_id) if run_id is not None else None
+    except ExplorerError:  # deleted meanwhile
+        return None
+    return (run.result or {}).get("folder") if run is not None and run.status == "done" else None
