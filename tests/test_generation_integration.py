@@ -93,6 +93,13 @@ def test_prune_page_pane_and_verdict(embedded):
     table = at.dataframe[-1].value
     assert list(table.columns) == ["prompt", "unpruned", "pruned", "linear repair"]
     assert table.unpruned.iloc[0] == generate(embedded, ["The capital of France is"], Decoding(max_new_tokens=32))[0].text
+    at.number_input(key="ph_gen_limit").set_value(3)
+    at.button(key="ph_gen_score").click().run()
+    assert not at.exception and not at.error
+    scores = at.dataframe[-1].value
+    assert list(scores.model) == ["unpruned", "pruned", "linear repair"]
+    unpruned = run_task(embedded, "quiz-capitals-gen", 3)
+    assert scores["accuracy by generation (quiz-capitals-gen)"].iloc[0].startswith(f"{unpruned.accuracy:.0%} [")
 
 
 def _point(n: int, repair: str, accuracy: float, gen: float, loss: float) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from explorer.core.errors import ExplorerError
+from explorer.evaluation.evaluate import run_task
 from explorer.lm.generate import Decoding, generate
 from explorer.lm.models import LoadedModel
 
@@ -35,6 +36,18 @@ def side_by_side(models: dict[str, LoadedModel], prompts: list[str], new_tokens:
     decoding = Decoding(max_new_tokens=new_tokens)
     columns = {name: [g.text for g in generate(model, prompts, decoding, batch_size)] for name, model in models.items()}
     return pd.DataFrame({"prompt": prompts, **columns})
+
+
+def generative_scores(models: dict[str, LoadedModel], task: str, limit: int, batch_size: int = 8) -> pd.DataFrame:
+    """One row per model: its accuracy by generation on `task` (95% Wilson interval) and its first
+    answer as written, the same questions for every model."""
+    rows = []
+    for name, model in models.items():
+        report = run_task(model, task, limit, batch_size)
+        first = report.per_question[0]
+        rows.append({"model": name, f"accuracy by generation ({task})": f"{report.accuracy:.0%} [{report.ci_low:.0%}, "
+                     f"{report.ci_high:.0%}]", "first answer written": first.output, "gold": first.gold})
+    return pd.DataFrame(rows)
 
 
 def repair_verdict(rows: dict[str, dict], source: str) -> tuple[str, bool] | None:

@@ -140,8 +140,9 @@ def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, con
 
 
 def comparison_frame(rows: dict[str, dict]) -> pd.DataFrame:
-    """One row per model: held-out loss, accuracy with its 95% interval, and how often it gives the
-    unpruned model's answer (explorer.evaluation.agreement, with its interval), side by side."""
+    """One row per model: held-out loss, accuracy with its 95% interval (and by generation, when the
+    evaluation scored a generation task), and how often it gives the unpruned model's answer
+    (explorer.evaluation.agreement, with its interval), side by side."""
     reference = rows.get("unpruned", {}).get("predictions")
 
     def same(name: str, m: dict) -> str:
@@ -150,10 +151,15 @@ def comparison_frame(rows: dict[str, dict]) -> pd.DataFrame:
             return "—"
         return f"{found['agreement']:.0%} [{found['agreement_ci_low']:.0%}, {found['agreement_ci_high']:.0%}]"
 
+    def generated(m: dict) -> dict:  # the generation task's accuracy, when the evaluation scored one
+        if m.get("gen_accuracy") is None:
+            return {}
+        return {f"by generation ({m['gen_task']})": f"{m['gen_accuracy']:.0%} [{m['gen_ci_low']:.0%}, {m['gen_ci_high']:.0%}]"}
+
     return pd.DataFrame([
         {"model": name, "held-out loss": round(m["val_loss"], 3),
          f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
-         "same answer as unpruned": same(name, m)}
+         **generated(m), "same answer as unpruned": same(name, m)}
         for name, m in rows.items()
     ])
 

@@ -43,7 +43,11 @@ def settings_summary(run: Run) -> str:
 
 
 def _accuracy(data: dict) -> str:
-    return f"accuracy {data['accuracy']:.2f} [{data['ci_low']:.2f}, {data['ci_high']:.2f}]"
+    """'accuracy 0.43 [0.38, 0.48]', and the generation task's beside it when measured."""
+    text = f"accuracy {data['accuracy']:.2f} [{data['ci_low']:.2f}, {data['ci_high']:.2f}]"
+    if data.get("gen_accuracy") is not None:
+        text += f", by generation {data['gen_accuracy']:.2f} [{data['gen_ci_low']:.2f}, {data['gen_ci_high']:.2f}]"
+    return text
 
 
 def similarity_headline(run: Run) -> str | None:
@@ -58,7 +62,11 @@ def sweep_headline(run: Run) -> str | None:
     if "first_at_chance" not in run.result:
         return None
     parts = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in run.result["first_at_chance"].items()]
-    return f"{len(run.result['points'])} points; at chance from: " + ", ".join(parts)
+    floors = [f"{curve} {'—' if f is None else f'{f:.0%}'}" for curve, f in run.result.get("gen_first_at_chance", {}).items()]
+    hurt = sum(v["hurts"] for v in run.result.get("repair_verdicts", []))
+    return (f"{len(run.result['points'])} points; at chance from: " + ", ".join(parts)
+            + ("; by generation at its floor from: " + ", ".join(floors) if floors else "")
+            + (f"; the linear repair raised the held-out loss at {hurt} points" if hurt else ""))
 
 
 def metrics_headline(run: Run) -> str:

@@ -8,11 +8,12 @@ import streamlit as st
 
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
-from explorer.views.generations import DEFAULT_PROMPTS, prompt_lines, repair_verdict, side_by_side
+from explorer.evaluation.tasks import generation_task_names
+from explorer.views.generations import DEFAULT_PROMPTS, generative_scores, prompt_lines, repair_verdict, side_by_side
 from explorer.views.preview import Preview
 from pages import cached_model, get_store, user_errors
 
-TABLE_KEY = "ph_gen_table"
+TABLE_KEY, SCORES_KEY = "ph_gen_table", "ph_gen_scores"
 
 
 def generation_pane(loaded: LoadedModel, preview: Preview, heal_run_id: int | None) -> None:
@@ -30,14 +31,29 @@ def generation_pane(loaded: LoadedModel, preview: Preview, heal_run_id: int | No
                                                    help="Loads the merged model the heal run saved.")
         if st.button("Generate", key="ph_gen"):
             with user_errors(), st.spinner("Generating…"):
-                models = {"unpruned": loaded, "pruned": loaded.pruned(preview.result.block.start, preview.result.block.n, True)}
-                if preview.repair is not None:
-                    models["linear repair"] = preview.result.loaded
-                if with_healed:
-                    models["LoRA healed"] = cached_model(healed, str(loaded.device), False, False)
-                st.session_state[TABLE_KEY] = side_by_side(models, prompt_lines(text))
+                st.session_state[TABLE_KEY] = side_by_side(_models(loaded, preview, with_healed and healed), prompt_lines(text))
         if (table := st.session_state.get(TABLE_KEY)) is not None:
             st.dataframe(table, hide_index=True)  # plain text cells: prompts and completions are never markdown
+        task, limit, score = st.columns(3, vertical_alignment="bottom")
+        chosen = task.selectbox("Generation task", generation_task_names(), key="ph_gen_task",
+                                index=generation_task_names().index("quiz-capitals-gen"))
+        questions = int(limit.number_input("Questions", min_value=1, max_value=1000, value=16, key="ph_gen_limit"))
+        if score.button("Score every model", key="ph_gen_score"):
+            with user_errors(), st.spinner("Generating answers…"):
+                st.session_state[SCORES_KEY] = generative_scores(_models(loaded, preview, with_healed and healed), chosen, questions)
+        if (scores := st.session_state.get(SCORES_KEY)) is not None:
+            st.dataframe(scores, hide_index=True)
+
+
+def _models(loaded: LoadedModel, preview: Preview, healed: str | None) -> dict[str, LoadedModel]:
+    """The pane's models: unpruned, pruned, the linear repair (when made) and the saved healed model (when asked)."""
+    block = preview.result.block
+    models = {"unpruned": loaded, "pruned": loaded.pruned(block.start, block.n, True)}
+    if preview.repair is not None:
+        models["linear repair"] = preview.result.loaded
+    if healed:
+        models["LoRA healed"] = cached_model(healed, str(loaded.device), False, False)
+    return models
 
 
 def _healed_folder(run_id: int | None) -> str | None:
