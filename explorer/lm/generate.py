@@ -40,8 +40,6 @@ from explorer.lm.data import batches, check_settings
 from explorer.lm.forward import _expanded, _shared_clusters, inference
 from explorer.lm.models import LoadedModel
 
-FINISHES = ("eos", "stop", "length")  # why a row stopped: end-of-sequence token, a stop string, max_new_tokens
-
 
 @dataclass(frozen=True)
 class Decoding:
@@ -69,7 +67,8 @@ class Decoding:
 class Generation:
     """One prompt's continuation: `text` as lm-eval returns it (decoded without special tokens, cut
     before the first stop string), `token_ids` every token generated (through the one that ended
-    it), `finish` one of FINISHES."""
+    it), `finish` why it stopped: "eos" (an end-of-sequence token), "stop" (a stop string) or
+    "length" (max_new_tokens)."""
 
     text: str
     token_ids: list[int]
