@@ -77,4 +77,5 @@ BENCHMARKS = {
     "gguf-export": "benchmarks.gguf_export",
     "speed": "benchmarks.speed",
     "distill": "benchmarks.distill",
+    "generation": "benchmarks.generation",
 }

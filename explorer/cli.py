@@ -36,7 +36,7 @@ from explorer.experiments.classify import execute as execute_classify
 from explorer.experiments.heal import heal_ranks, heal_run
 from explorer.experiments.speed import execute as execute_speed
 from explorer.experiments.speed import speed_settings
-from explorer.experiments.sweep import SweepSettings, start_sweep, teaching_preset
+from explorer.experiments.sweep import SweepSettings, describe_verdict, start_sweep, teaching_preset
 from explorer.experiments.sweep import describe_point as describe_sweep_point
 from explorer.experiments.sweep import execute as execute_sweep
 from explorer.experiments.sweep.distributed import ray_available
@@ -347,7 +347,8 @@ def _export_gguf(args: argparse.Namespace) -> None:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
-    parser.add_argument("--task", default="mmlu", help="a registered task: mmlu, mmlu-cloze, a quiz, ...")
+    parser.add_argument("--task", default="mmlu", help="a registered task: mmlu, mmlu-cloze, a quiz, or one scored by "
+                        "generation (quiz-capitals-gen, arith, arith-cot, gsm8k, mmlu-gen)")
     _task_arguments(parser)
     parser.add_argument("--limit", type=int, default=None, help="score at most this many questions")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -446,6 +447,8 @@ def _eval(args: argparse.Namespace) -> None:
         print(report.summary() + describe(same))
     else:
         print(report.summary())
+    for line in generated_lines(report.per_question):
+        print(line)
     write_json(args.out, data)
 
 
@@ -475,6 +478,20 @@ def _speed(args: argparse.Namespace) -> None:
                                 lambda event: print(event.get("phase", event), file=sys.stderr, flush=True))
     write_json(args.out, {"run_id": run_id, **result})
     print("\n".join(speed_lines(result)))
+
+
+SHOWN_OUTPUTS = 10  # generated answers an eval prints; --out holds every one
+
+
+def generated_lines(results: list) -> list[str]:
+    """A generation task's first answers as the model wrote them, one line each (the JSON has all):
+    '✓ quiz-capitals/17: ' Paris' -> paris (gold paris)'."""
+    written = [r for r in results if r.output is not None]
+    lines = [f"{'✓' if r.correct else '✗'} {r.id}: {r.output!r} -> {r.pred or '(nothing)'} (gold {r.gold})"
+             for r in written[:SHOWN_OUTPUTS]]
+    if len(written) > SHOWN_OUTPUTS:
+        lines.append(f"... {len(written) - SHOWN_OUTPUTS} more in the --out file")
+    return lines
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -526,6 +543,12 @@ def _sweep(args: argparse.Namespace) -> None:
     result = _run_in_foreground(store, run_id, execute_sweep, report)
     for curve, fraction in result["first_at_chance"].items():
         print(f"{curve}: accuracy first reaches chance at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
+    for curve, fraction in result.get("gen_first_at_chance", {}).items():
+        print(f"{curve}: accuracy by generation ({settings.gen_task}) first reaches its floor (no right answer "
+              f"within its 95% interval) at {'—' if fraction is None else f'{fraction:.0%}'} of layers dropped")
+    for verdict in result.get("repair_verdicts", []):
+        if verdict["hurts"]:
+            print(f"the repair HURTS on {settings.text}: {describe_verdict(verdict)}")
     try:
         write_json(args.out, {"run_id": run_id, "settings": settings.to_json(), **result})
     except ExplorerError as exc:  # a full disk or a read-only folder: the points are safe in the store

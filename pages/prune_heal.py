@@ -142,7 +142,7 @@ def main() -> None:
         pruned = st.session_state.get(PRUNED_KEY)
         if pruned and pruned["fingerprint"] == loaded.fingerprint:
             st.subheader("Pruned model")
-            show_pruned(loaded, model, pruned)
+            show_pruned(loaded, model, pruned, st.session_state.get(RUN_KEY))
     speed_panel(loaded, model, start, n)
     st.subheader("Healing")
     if RUN_KEY not in st.session_state:

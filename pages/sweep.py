@@ -24,6 +24,7 @@ from explorer.views.session import page_runs
 from explorer.views.text import plain
 from pages import check_text, download_row, get_store, job_view, points_status, show_page, user_errors, viewer, visitor
 from pages.panels.model import open_page
+from pages.panels.sweep_generation import generation_inputs, generation_plots
 from pages.panels.sweep_notes import estimate, heatmap_notice
 from pages.panels.sweep_speed import speed_plot
 
@@ -98,6 +99,7 @@ def settings_form(model: dict) -> SweepSettings:
         trust_remote_code=model["trust_remote_code"], strategies=tuple(strategies), fractions=fractions, stride=stride,
         task=task, limit=limit, heal_steps=heal_steps, repair=repair, text=text, val_samples=val, sim_samples=sim, seq_len=seq,
         batch_size=batch, speed=speed, heal_objective=heal_objective,
+        **generation_inputs(state),
     )
 
 
@@ -110,6 +112,7 @@ def plots(run: Run, points: list[dict], x_max: float | None) -> None:
     left, right = st.columns([3, 1])
     left.plotly_chart(loss, key="sw_loss")
     right.markdown(LOSS_TEXT + (HEALED_TEXT if any(p["healed"] for p in points) else ""))
+    generation_plots(points, x_max)  # the generative curve, repetition and the repairs' verdicts (issue 21)
     stem = f"sweep-{run.id}"
     speed_plot(points, stem)
     download_row([

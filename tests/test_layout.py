@@ -34,7 +34,7 @@ def test_layout_table_names_every_module():
     missing = {}
     for package in packages:
         row = _row(table, f"`explorer/{package.name}/`")
-        named = set(re.findall(r"`(?:[a-z_.]+/)*([a-z_]+)/?`", row))
+        named = set(re.findall(r"`(?:[a-z0-9_.]+/)*([a-z0-9_]+)/?`", row))
         inner = [sub for sub in package.rglob("*") if (sub / "__init__.py").is_file()]
         wanted = _modules(package) | {m for sub in inner for m in _modules(sub)}
         if absent := sorted(wanted - named):

@@ -47,6 +47,12 @@ def question_count(measured: dict) -> int | None:
     return len(answers) if isinstance(answers, (dict, list)) and answers else None
 
 
+def generation_part(measured: dict) -> dict:
+    """An evaluation's generation-task fields ("gen_accuracy", "gen_predictions", ...) under the
+    likelihood task's names, so one accuracy text (with its n) serves both scorings."""
+    return {key[len("gen_"):]: value for key, value in measured.items() if key.startswith("gen_")}
+
+
 def with_n(text: str, measured: dict) -> str:
     """An accuracy's text followed by its number of questions, e.g. '84% [74%, 91%], n = 64'."""
     n = question_count(measured)

@@ -4,7 +4,8 @@
 `TaskReport`, the one result shape the CLI writes, the pages plot and the jobs store.
 `validation_loss` is the mean next-token loss on held-out text (documents never used for
 calibration or healing), and `normalized_loss` puts it on the paper's 0-to-random scale.
-`quick_eval` is both at once, the snapshot every healing and sweep curve plots.
+`quick_eval` is both at once, the snapshot every healing and sweep curve plots, with a generation
+task's accuracy beside the likelihood task's when one is set (`generation_metrics`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from explorer.core.errors import ExplorerError
 from explorer.evaluation.accuracy import Accuracy
 from explorer.evaluation.agreement import predictions
 from explorer.evaluation.questions import QuestionResult, check_limit
-from explorer.evaluation.tasks import Task, default_eval_task, get_task
+from explorer.evaluation.tasks import Task, default_eval_task, fitting_options, generation_task_names, get_task, is_generative
 from explorer.lm.data import check_settings, make_samples
 from explorer.lm.forward import inference
 from explorer.lm.models import LanguageModel
@@ -169,6 +170,8 @@ class EvalSettings:
     eval_limit: int = 32
     eval_options: dict = field(default_factory=dict)
     eval_batch_size: int = 8
+    gen_task: str | None = None  # a generation task scored beside eval_task (None: none)
+    gen_limit: int = 32
 
     def evaluation(self) -> "EvalSettings":
         """Itself with the default task filled in: an `Evaluated` like the settings it comes from."""
@@ -181,20 +184,45 @@ class Evaluated(Protocol):
     def evaluation(self) -> EvalSettings: ...
 
 
-def quick_eval(loaded: LanguageModel, config: Evaluated, timings: dict[str, float] | None = None) -> dict:
+def check_generation_task(name: str | None, options: dict) -> None:
+    """A generation task given beside the likelihood task must be one (and take the options that fit it)."""
+    if not name:
+        return
+    if not is_generative(name):
+        raise ExplorerError(f"'{name}' is not a generation task: choose one of {', '.join(generation_task_names())}.")
+    get_task(name, **fitting_options(name, options))
+
+
+def generation_metrics(loaded: LanguageModel, settings: EvalSettings, examples: int = 8) -> dict:
+    """The generation task's accuracy (95% Wilson interval), its predictions (for agreement with the
+    unpruned model) and the first `examples` questions' outputs, under "gen_" names beside quick_eval's."""
+    report = run_task(loaded, settings.gen_task, settings.gen_limit, settings.eval_batch_size,
+                      **fitting_options(settings.gen_task, settings.eval_options))
+    return {
+        "gen_task": settings.gen_task,
+        "gen_accuracy": report.accuracy,
+        "gen_ci_low": report.ci_low,
+        "gen_ci_high": report.ci_high,
+        "gen_chance": report.chance,
+        "gen_predictions": predictions(report.per_question),
+        "gen_examples": [{"id": r.id, "output": r.output, "pred": r.pred, "gold": r.gold} for r in report.per_question[:examples]],
+    }
+
+
+def quick_eval(loaded: LanguageModel, config: Evaluated, timings: dict[str, float] | None = None,
+               generative: bool = True) -> dict:
     """Held-out loss (with its standard error over documents) and task accuracy (with its 95% Wilson
-    interval): the numbers every curve plots. `timings` accumulates the seconds spent in "loss" and
-    "scoring" (the sweep benchmark's profile)."""
+    interval): the numbers every curve plots, and with a generation task set (and `generative`) its
+    accuracy too (`generation_metrics`). `timings` accumulates the seconds spent in "loss",
+    "scoring" and "generation" (the sweep benchmark's profile)."""
     settings = config.evaluation()
     started = time.perf_counter()
     val_loss, val_loss_se = validation_loss_with_error(loaded, settings.source, settings.val_samples, settings.seq_len,
                                                        settings.eval_batch_size)
     scored = time.perf_counter()
     report = run_task(loaded, settings.eval_task, settings.eval_limit, settings.eval_batch_size, **settings.eval_options)
-    if timings is not None:
-        timings["loss"] = timings.get("loss", 0.0) + scored - started
-        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - scored
-    return {
+    generating = time.perf_counter()
+    metrics = {
         "val_loss": val_loss,
         "val_loss_se": val_loss_se,  # standard error over the held-out documents
         "task": settings.eval_task,
@@ -205,6 +233,13 @@ def quick_eval(loaded: LanguageModel, config: Evaluated, timings: dict[str, floa
         "n_questions": report.n_questions,  # every accuracy is shown with its n
         "predictions": predictions(report.per_question),  # compared with the unpruned model's (explorer.evaluation.agreement)
     }
+    if generative and settings.gen_task:
+        metrics.update(generation_metrics(loaded, settings))
+    if timings is not None:
+        timings["loss"] = timings.get("loss", 0.0) + scored - started
+        timings["scoring"] = timings.get("scoring", 0.0) + generating - scored
+        timings["generation"] = timings.get("generation", 0.0) + time.perf_counter() - generating
+    return metrics
 
 
 def normalized_loss(loss: float, base_loss: float, vocab_size: int) -> float:

@@ -100,6 +100,12 @@ def predictions(sample: dict, target_delimiter: str = " ") -> dict:
     return {"doc_id": sample["doc_id"], "pred": raw, "pred_norm": normalized, "gold": gold, "loglikelihoods": logprobs}
 
 
+def generation(sample: dict) -> dict:
+    """Our per-question view of one logged sample of a generate_until task: the generated text as
+    lm-eval returns it (cut at the stop strings, before lm-eval's own answer filters)."""
+    return {"doc_id": sample["doc_id"], "output": sample["resps"][0][0], "target": sample["target"]}
+
+
 def run_lmeval(
     loaded: LoadedModel,
     tasks: list[str],
@@ -107,13 +113,15 @@ def run_lmeval(
     num_fewshot: int | None = None,
     include_path: str | Path | None = None,
     batch_size: int = 8,
+    lm_class: type | None = None,
 ) -> dict:
     """Run lm-eval tasks (names of lm-eval tasks or groups, or of tasks written by the
     `write_*` functions above) on the loaded model, in this process.
 
     Returns lm-eval's result dict (`results`, `configs`, `samples`, ...) plus `predictions`:
-    {task: [predictions(sample) per question, in document order]}. `limit` takes the first
-    questions of each task; `num_fewshot` None keeps each task's own setting.
+    {task: [predictions(sample) per question, in document order]} (`generation(sample)` for a
+    generate_until task). `limit` takes the first questions of each task; `num_fewshot` None keeps
+    each task's own setting. `lm_class`: HFLM or a subclass of it (the tests record its tokens).
     """
     check_limit(limit)
     if not tasks:
@@ -124,13 +132,14 @@ def run_lmeval(
     manager = _task_manager(tasks, include_path)
     built = _load_tasks(manager, tasks)
     with inference(loaded.model):
-        lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
+        lm = (lm_class or HFLM)(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
         results = simple_evaluate(
             model=lm, tasks=built, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
             log_samples=True, bootstrap_iters=0,
         )
     results["predictions"] = {
-        task: [predictions(s, results["configs"][task].get("target_delimiter", " ")) for s in samples]
+        task: [generation(s) if results["configs"][task].get("output_type") == "generate_until"
+               else predictions(s, results["configs"][task].get("target_delimiter", " ")) for s in samples]
         for task, samples in results["samples"].items()
     }
     return results

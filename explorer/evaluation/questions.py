@@ -14,13 +14,16 @@ class QuestionResult:
     """One scored question: `pred` and `gold` are choice labels ("A".."D" or the label word).
 
     `alt_preds` holds the picks of a task's secondary metrics by name, e.g. {"acc": "B"} for a
-    cloze task whose `pred` is the length-normalized pick (acc_norm), so reports show both."""
+    cloze task whose `pred` is the length-normalized pick (acc_norm), so reports show both.
+    A generation task keeps what the model wrote in `output`; its `pred` and `gold` are the answer
+    extracted from it and the gold answer, both normalized (explorer.evaluation.answers)."""
 
     id: str
     pred: str
     gold: str
     scores: list[float] = field(default_factory=list)
     alt_preds: dict[str, str] = field(default_factory=dict)
+    output: str | None = None  # the generated text (generation tasks only)
 
     @property
     def correct(self) -> bool:

@@ -50,7 +50,7 @@ from transformers.pytorch_utils import Conv1D
 from explorer.core.errors import Cancelled, ExplorerError
 from explorer.core.options import SHARED, setting
 from explorer.evaluation.agreement import agreement
-from explorer.evaluation.evaluate import EvalSettings, Evaluated, quick_eval
+from explorer.evaluation.evaluate import EvalSettings, Evaluated, check_generation_task, quick_eval
 from explorer.evaluation.tasks import default_eval_task, get_task
 from explorer.lm.blocks import Block, check_block
 from explorer.lm.data import EMBEDDED, batches, make_samples, pad_batch
@@ -96,6 +96,9 @@ class HealConfig:
     eval_limit: int = setting(32, "questions per evaluation", label="Questions per evaluation")
     eval_options: dict = setting(help="the evaluation task's options (the task options --mmlu-dir, --subjects, --shots, "
                                  "--split, --option)", factory=dict, cli=SHARED)
+    gen_task: str | None = setting(None, "a generation task scored beside the accuracy task at every evaluation, e.g. "
+                                   "quiz-capitals-gen (default: none)", label="Generation task")
+    gen_limit: int = setting(32, "questions of the generation task per evaluation", label="Generation questions")
     val_samples: int = setting(16, "held-out documents for the validation loss", label="Held-out samples (loss)")
     eval_batch_size: int = setting(8, "questions and documents per evaluation batch", label="Evaluation batch size")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory for big models, "
@@ -128,6 +131,7 @@ class HealConfig:
             "evaluation question limit": (self.eval_limit, 1),
             "training samples": (1 if self.train_samples is None else self.train_samples, 1),
             "last layers": (self.last_layers, 1), "prompt tokens": (self.prompt_tokens, 1),
+            "generation question limit": (self.gen_limit, 1),
         }
         if bad := [f"{name} must be at least {least} (got {value})" for name, (value, least) in minimums.items()
                    if value < least]:
@@ -153,12 +157,14 @@ class HealConfig:
             raise ExplorerError(f"Self data needs prompts shorter than the sequence length ({self.seq_len} tokens) "
                                 f"to leave room for the continuation (got {self.prompt_tokens} prompt tokens).")
         get_task(self.eval_task or default_eval_task(), **self.eval_options)
+        check_generation_task(self.gen_task, self.eval_options)
 
     def evaluation(self) -> EvalSettings:
-        """The settings of every evaluation of this heal (checked): held-out loss and task accuracy."""
+        """The settings of every evaluation of this heal (checked): held-out loss, task accuracy and
+        the generation task's, if any."""
         self.check()
         return EvalSettings(self.source, self.val_samples, self.seq_len, self.eval_task or default_eval_task(),
-                            self.eval_limit, dict(self.eval_options), self.eval_batch_size)
+                            self.eval_limit, dict(self.eval_options), self.eval_batch_size, self.gen_task, self.gen_limit)
 
     def resolved(self, device: torch.device | str) -> "HealConfig":
         """Checked, with the device-dependent defaults filled in (QLoRA on CUDA, the default task)."""

@@ -17,7 +17,7 @@ import pandas as pd
 from explorer.analysis.similarity import SimilarityResult
 from explorer.core.options import widget
 from explorer.core.paths import explorer_home
-from explorer.evaluation.accuracy import question_count
+from explorer.evaluation.accuracy import generation_part, question_count, with_n
 from explorer.evaluation.agreement import agreement
 from explorer.evaluation.evaluate import quick_eval
 from explorer.export.folder import block_record, save_prune
@@ -207,8 +207,9 @@ def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, con
 
 
 def comparison_frame(rows: dict[str, dict]) -> pd.DataFrame:
-    """One row per model: held-out loss, accuracy with its 95% interval, and how often it gives the
-    unpruned model's answer (explorer.evaluation.agreement, with its interval), side by side."""
+    """One row per model: held-out loss, accuracy with its 95% interval (and by generation, when the
+    evaluation scored a generation task), and how often it gives the unpruned model's answer
+    (explorer.evaluation.agreement, with its interval), side by side."""
     reference = rows.get("unpruned", {}).get("predictions")
 
     def same(name: str, m: dict) -> str:
@@ -217,10 +218,16 @@ def comparison_frame(rows: dict[str, dict]) -> pd.DataFrame:
             return "—"
         return f"{found['agreement']:.0%} [{found['agreement_ci_low']:.0%}, {found['agreement_ci_high']:.0%}]"
 
+    def generated(m: dict) -> dict:  # the generation task's accuracy, when the evaluation scored one
+        if m.get("gen_accuracy") is None:
+            return {}
+        gen = generation_part(m)
+        return {f"by generation ({gen['task']})": with_n(f"{gen['accuracy']:.0%} [{gen['ci_low']:.0%}, {gen['ci_high']:.0%}]", gen)}
+
     return pd.DataFrame([
         {"model": name, "held-out loss": round(m["val_loss"], 3),
          f"accuracy ({m['task']})": f"{m['accuracy']:.0%} [{m['ci_low']:.0%}, {m['ci_high']:.0%}]",
-         "questions (n)": question_count(m), "same answer as unpruned": same(name, m)}
+         "questions (n)": question_count(m), **generated(m), "same answer as unpruned": same(name, m)}
         for name, m in rows.items()
     ])
 

@@ -16,6 +16,7 @@ from explorer.views.preview import comparison_frame, preview_caption, preview_ru
 from explorer.views.text import plain
 from pages import get_store, visitor
 from pages.panels.export import export_panel
+from pages.panels.generations import generation_pane
 from pages.panels.progress import steady_progress
 
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "run_id", "saved"}
@@ -31,7 +32,7 @@ def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config
     st.session_state[PRUNED_KEY] = {"fingerprint": loaded.fingerprint, "run_id": run_id, "saved": None}
 
 
-def show_pruned(loaded: LoadedModel, model: dict, pruned: dict) -> None:
+def show_pruned(loaded: LoadedModel, model: dict, pruned: dict, heal_run_id: int | None) -> None:
     """The comparison of the preview run the session shows, its completions and the export box
     (pages.panels.export: the mergekit YAML, labelled when the model was repaired, Save, GGUF, push)."""
     try:
@@ -47,9 +48,7 @@ def show_pruned(loaded: LoadedModel, model: dict, pruned: dict) -> None:
     st.success(f"Removed {result['describe']} (prune comparison run #{run.id}).")
     st.dataframe(comparison_frame(result["rows"]), hide_index=True)  # loss, accuracy (with n), agreement side by side
     st.caption(preview_caption(result))
-    for column, (name, row) in zip(st.columns(len(result["rows"])), result["rows"].items()):
-        column.markdown(f"**{name.capitalize()} completes**")
-        column.code(row["completion"], language=None, wrap_lines=True)
+    generation_pane(loaded, run, heal_run_id)  # completions side by side, the repair's verdict on the evaluation text
     block = Block(s["start"], s["n"], result["block"]["num_layers"])
     export_panel(model["source"], block, pruned,
                  lambda gguf: rebuilt_preview(loaded, run).save(model["source"], st.session_state.get("ph_dtype"), gguf),

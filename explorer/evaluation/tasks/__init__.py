@@ -1,7 +1,10 @@
 """Task registry: every evaluation (MMLU letter, MMLU cloze, knowledge quiz, ...) has one interface,
 so the healing live plot, the sweep and the CLI take any of them by name.
 
-A task module calls `register(name, factory)`; `get_task(name, **options)` builds one.
+A task module calls `register(name, factory)`; `get_task(name, **options)` builds one. Tasks
+scored by generating an answer (the quizzes answered in words, arithmetic, GSM8K, MMLU's letter
+generated: tasks/generative.py) register with `generative=True` and have the same interface:
+their `QuestionResult`s also keep the generated text.
 """
 
 from __future__ import annotations
@@ -27,15 +30,29 @@ class Task(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
+_GENERATIVE: set[str] = set()
 
 
-def register(name: str, factory: Callable[..., Task]) -> None:
+def register(name: str, factory: Callable[..., Task], generative: bool = False) -> None:
     _REGISTRY[name] = factory
+    if generative:
+        _GENERATIVE.add(name)
 
 
 def task_names() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
+
+
+def generation_task_names() -> list[str]:
+    """The tasks scored by generating an answer (the rest score choices by log-likelihood)."""
+    _load_builtin()
+    return sorted(_GENERATIVE)
+
+
+def is_generative(name: str) -> bool:
+    _load_builtin()
+    return name in _GENERATIVE
 
 
 def default_eval_task() -> str:
@@ -73,6 +90,17 @@ def _typed(task: str, option: str, annotation, value):
         return number(value)
     except ValueError as exc:
         raise ExplorerError(f"Task '{task}' option {option} takes {NUMBERS[number]}, not '{value}'.") from exc
+
+
+def fitting_options(name: str, options: dict) -> dict:
+    """The options that task `name` takes, of `options`: one set of task options serves a likelihood
+    task and a generation task side by side (mmlu's mmlu_dir also reaches mmlu-gen; a quiz's seed
+    does not reach mmlu-gen)."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ExplorerError(f"Unknown task '{name}': choose one of {', '.join(sorted(_REGISTRY))}.")
+    parameters = inspect.signature(_REGISTRY[name]).parameters
+    return {key: value for key, value in options.items() if key in parameters}
 
 
 def _load_builtin() -> None:

@@ -9,6 +9,10 @@
   continuation, scored by its log-likelihood. `pred` is the length-normalized pick (acc_norm:
   log-likelihood per character, as lm-eval computes it) and the raw pick is kept as `acc`.
   Small models that answer nearly every letter-format question "A" still show a signal here.
+- "mmlu-gen": the letter format's prompt, the answer letter generated (greedy, up to the end of
+  the line, at most 8 tokens; lm-eval's `mmlu_generative` stops at the line's end too) and read
+  from the start of the line ("B", "(B)", "B. Paris": explorer.evaluation.answers.extract_letter).
+  Beside "mmlu" it shows whether the letter the model ranks first is also the one it writes.
 
 k-shot prompts prepend the first k questions of the subject's dev split, solved (lm-eval's
 `first_n` sampler). A local folder uses the original Hendrycks layout: `dev/`, `val/`,
@@ -28,11 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explorer.core.errors import ExplorerError
+from explorer.evaluation.answers import extract_letter
 from explorer.evaluation.lmeval import lmeval_folder, template, write_config
 from explorer.evaluation.questions import QuestionResult, interleave, limited
 from explorer.evaluation.scoring import cloze_picks, loglikelihoods, next_token_logprobs
 from explorer.evaluation.tasks import register
+from explorer.evaluation.tasks.generative import GenerationTask, Prompted
 from explorer.lm.data import load_hub_dataset
+from explorer.lm.generate import Decoding
 from explorer.lm.models import LoadedModel
 
 LETTERS = "ABCD"
@@ -251,6 +258,21 @@ class MMLUCloze(MMLUTask):
         return results
 
 
+class MMLUGeneration(GenerationTask, MMLULetter):
+    """MMLU with the answer letter generated after the letter format's prompt (GenerationTask's
+    scoring, MMLULetter's questions and prompts)."""
+
+    name = "mmlu-gen"
+    metric = "exact_match"
+    prompt_format = "letter format, answer generated"
+    decoding = Decoding(max_new_tokens=8, until=("</s>", "\n"))  # lm-eval's mmlu_generative stop strings
+    answer = staticmethod(extract_letter)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompted = [Prompted(q.id, self.prompt(q), LETTERS[q.answer]) for q in self.questions]
+
+
 def write_mmlu_tasks(mmlu_dir: str | Path, subjects: list[str] | str | None = None, folder: Path | None = None) -> list[str]:
     """One lm-eval task per subject over the local Hendrycks CSVs (test, and dev for few-shot);
     returns the task names, `explorer_mmlu_<subject>`, in subject order.
@@ -290,3 +312,4 @@ def write_mmlu_tasks(mmlu_dir: str | Path, subjects: list[str] | str | None = No
 
 register(MMLULetter.name, MMLULetter)
 register(MMLUCloze.name, MMLUCloze)
+register(MMLUGeneration.name, MMLUGeneration, generative=True)

@@ -10,6 +10,12 @@ Questions are generated deterministically: the same seed gives the same question
 and gold positions on every machine. Scoring is cloze-style, like `mmlu-cloze`: the
 log-likelihood of each answer's text after "Question: ...\\nAnswer:", with the prediction taken
 from the length-normalized score (lm-eval's `acc_norm`) and the raw score reported beside it.
+
+Each quiz is also a generation task, `<quiz>-gen` (e.g. quiz-capitals-gen): the same questions
+after the same prompt and demonstrations, but the model must write the answer (greedy, up to the
+end of the line) and the line must equal the gold answer after SQuAD's normalization
+(explorer.evaluation.answers): "Paris" for France, without the three choices to rank. The two
+scorings of one quiz thus sit side by side.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from pathlib import Path
 from typing import Callable
 
 from explorer.core.errors import ExplorerError
+from explorer.evaluation.answers import normalize
 from explorer.evaluation.lmeval import lmeval_folder, template, write_config, write_jsonl
 from explorer.evaluation.questions import QuestionResult, limited
 from explorer.evaluation.scoring import cloze_picks, loglikelihoods
 from explorer.evaluation.tasks import register
+from explorer.evaluation.tasks.generative import GenerationTask, Prompted
+from explorer.lm.generate import Decoding
 from explorer.lm.models import LoadedModel
 
 CHOICES = 4
@@ -244,5 +253,27 @@ def write_quiz_task(name: str, seed: int = 0, shots: int | None = None, folder: 
     return write_config(folder, config)
 
 
+class QuizGenerationTask(GenerationTask):
+    """A quiz answered by generation: the cloze task's prompts, the answer written out (one line,
+    at most 16 tokens: the longest gold answer of the four quizzes is 7 tokens of the embedded model,
+    tests/test_generation_tasks.py), normalized exact match."""
+
+    chance = 0.0  # an open answer is not guessed among choices
+    decoding = Decoding(max_new_tokens=16, until=("\n",))
+    answer = staticmethod(normalize)
+
+    def __init__(self, quiz: Quiz, seed: int = 0, shots: int = DEFAULT_SHOTS):
+        self.quiz, self.seed, self.shots = quiz, seed, shots
+        self.name = f"{quiz.name}-gen"
+        demonstrations, questions = split(quiz, seed, shots)
+        prefix = fewshot_prefix(demonstrations)
+        self.prompted = [Prompted(q.id, prefix + q.prompt, q.choices[q.answer]) for q in questions]
+        self.source = (
+            f"{quiz.package} {package_version(quiz)}: {quiz.description}, answered by generation "
+            f"({len(questions)} questions, seed {seed}, {shots}-shot, normalized exact match)"
+        )
+
+
 for _quiz in QUIZZES.values():
     register(_quiz.name, functools.partial(QuizTask, _quiz))
+    register(f"{_quiz.name}-gen", functools.partial(QuizGenerationTask, _quiz), generative=True)

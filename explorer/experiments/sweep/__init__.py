@@ -40,9 +40,11 @@ from explorer.experiments.sweep.measure import (
 from explorer.experiments.sweep.points import (
     curve_name,
     describe_point,
+    describe_verdict,
     first_at_chance,
     point_key,
     point_repair,
+    repair_verdicts,
     summary,
     sweep_points,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "SweepSettings",
     "curve_name",
     "describe_point",
+    "describe_verdict",
     "eval_config",
     "execute",
     "first_at_chance",
@@ -72,6 +75,7 @@ __all__ = [
     "point_key",
     "point_repair",
     "profile_parts",
+    "repair_verdicts",
     "repair_config",
     "run_sweep",
     "start_sweep",

@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from explorer.evaluation.evaluate import Evaluated, quick_eval
+from explorer.evaluation.degeneration import degeneration
+from explorer.evaluation.evaluate import Evaluated, generation_metrics, quick_eval
 from explorer.evaluation.speed import SpeedSettings, measure_speed
 from explorer.experiments.sweep.settings import SweepSettings
 from explorer.lm.blocks import Block
@@ -36,7 +37,8 @@ def eval_config(settings: SweepSettings):
     return HealConfig(
         steps=steps, eval_every=steps, source=settings.text, seq_len=settings.seq_len, objective=settings.heal_objective,
         eval_task=settings.task, eval_limit=settings.limit, eval_options=dict(settings.task_options),
-        val_samples=settings.val_samples, eval_batch_size=settings.batch_size,
+        val_samples=settings.val_samples, eval_batch_size=settings.batch_size, gen_task=settings.gen_task or None,
+        gen_limit=settings.gen_limit,
     )
 
 
@@ -74,8 +76,10 @@ def measure_block(
     the layers after the block, and for a linear repair the layers from the one its map folds into."""
     measured: dict[str, dict] = {}
     if settings.heal_steps:
-        healed = heal(pruned_view(loaded, block), eval_config(settings), should_stop=should_stop, teacher=loaded)
-        measured.update(none=healed.after_pruning, lora=healed.after_healing)
+        view = pruned_view(loaded, block)
+        healed = heal(view, eval_config(settings), should_stop=should_stop, teacher=loaded)  # its evaluations score the generation task
+        measured.update(none={**healed.after_pruning, **free_text(view, settings, loaded, timings)},
+                        lora={**healed.after_healing, **free_text(healed.healed, settings, loaded, timings)})
     else:
         measured["none"] = _evaluate_view(loaded, block, settings, shared, timings)
     if linear_applies(settings, block):
@@ -164,17 +168,43 @@ def _evaluate_view(
     """The sweep's evaluation of the block's pruned view, edited by `prepare` (which changes no layer
     below `changed`): replaying the shared recording's layers below the block when there is one,
     else the whole view."""
-    if shared is not None:
-        return shared.recording.measure(block, prepare=prepare, changed=changed)
+    metrics = shared.recording.measure(block, prepare=prepare, changed=changed) if shared is not None else None
+    if metrics is not None and not settings.gen_task and not settings.continuations:
+        return metrics
     view = pruned_view(loaded, block)
     if prepare is not None:
         prepare(view)
-    return quick_eval(view, settings, timings)
+    if metrics is None:
+        metrics = quick_eval(view, settings, timings, generative=False)
+    return {**metrics, **generated(view, settings, loaded, timings)}
+
+
+def generated(model: LoadedModel, settings: SweepSettings, reference: LoadedModel, timings: dict[str, float] | None) -> dict:
+    """What a point's model writes: the generation task's accuracy (`evaluate.generation_metrics`)
+    and the free continuations' measures (`free_text`). Run on the model itself, never through the
+    unpruned recording: a pruned model's tokens differ, so its calls would not match."""
+    started = time.perf_counter()
+    found = generation_metrics(model, settings.evaluation()) if settings.gen_task else {}
+    lap(timings, "generation", started)
+    return {**found, **free_text(model, settings, reference, timings)}
+
+
+def free_text(model: LoadedModel, settings: SweepSettings, reference: LoadedModel, timings: dict[str, float] | None) -> dict:
+    """The degeneration measures of the point's free continuations of held-out text (none without
+    `continuations`), with the unpruned `reference` scoring them, and the first three texts."""
+    if (chosen := settings.degeneration()) is None:
+        return {}
+    started = time.perf_counter()
+    found = degeneration(model, chosen, reference)
+    lap(timings, "generation", started)
+    return {"repetition_4": found["repetition_4"], "distinct_1": found["distinct_1"], "distinct_2": found["distinct_2"],
+            "reference_logprob": found["reference_logprob"], "continuation_examples": found["continuations"][:3]}
 
 
 def _timed_eval(config: Evaluated, timings: dict[str, float] | None) -> Callable[[LoadedModel], dict]:
-    """The sweep's evaluation of one model (evaluate.quick_eval), timing its loss and scoring."""
-    return lambda model: quick_eval(model, config, timings)
+    """The sweep's evaluation of one model (evaluate.quick_eval without generation: the recording
+    replays the unpruned model's calls), timing its loss and scoring."""
+    return lambda model: quick_eval(model, config, timings, generative=False)
 
 
 def lap(timings: dict[str, float] | None, part: str, since: float) -> None:
@@ -184,15 +214,17 @@ def lap(timings: dict[str, float] | None, part: str, since: float) -> None:
 
 def profile_parts(timings: dict[str, float]) -> dict[str, float]:
     """Seconds of the points' work by part: recording the unpruned evaluation (once per sweep),
-    model preparation (pruned view and replay set-up: the evaluation minus its loss and
-    scoring, the fits and the speed timing), held-out loss, task scoring, linear-repair fits, speed
-    timing (`SweepSettings.speed`), and bookkeeping (store writes, events)."""
-    loss, scoring, fit, speed = (timings.get(part, 0.0) for part in ("loss", "scoring", "fit", "speed"))
+    model preparation (pruned view and replay set-up: the evaluation minus its loss, scoring,
+    generation, the fits and the speed timing), held-out loss, task scoring, generation (the
+    generation task and the free continuations), linear-repair fits, speed timing
+    (`SweepSettings.speed`), and bookkeeping (store writes, events)."""
+    loss, scoring, fit, speed, generation = (timings.get(part, 0.0) for part in ("loss", "scoring", "fit", "speed", "generation"))
     return {
         "recording": timings.get("recording", 0.0),
-        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring - fit - speed),
+        "preparation": max(0.0, timings.get("evaluation", 0.0) - loss - scoring - fit - speed - generation),
         "loss": loss,
         "scoring": scoring,
+        "generation": generation,
         "fit": fit,
         "speed": speed,
         "bookkeeping": timings.get("bookkeeping", 0.0),

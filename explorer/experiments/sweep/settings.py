@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from explorer.analysis.strategies import STRATEGIES
 from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting
-from explorer.evaluation.evaluate import EvalSettings
+from explorer.evaluation.degeneration import DegenerationSettings
+from explorer.evaluation.evaluate import EvalSettings, check_generation_task
 from explorer.evaluation.questions import check_limit
 from explorer.evaluation.tasks import default_eval_task, get_task
 from explorer.lm.data import check_settings, split_documents
@@ -36,6 +37,12 @@ class SweepSettings:
     task: str = setting("", "a registered task (default: the strongest small-model quiz): quizzes give a small "
                          "model a clear signal above chance; MMLU needs a larger model", label="Task")  # "" = tasks.default_eval_task()
     limit: int = setting(32, "questions per point", label="Questions per point")
+    gen_task: str = setting("", "a generation task measured at every point beside the task, for a generative curve "
+                            "per strategy, e.g. quiz-capitals-gen (default: none)", label="Generation task")
+    gen_limit: int = setting(32, "questions of the generation task per point", label="Generation questions per point")
+    continuations: int = setting(0, "held-out documents continued freely at every point for the repetition rate and "
+                                 "the unpruned model's log-probability of the text (0: none)",
+                                 label="Free continuations per point")
     task_options: dict = setting(help="the task's options (--mmlu-dir, --subjects, --shots, --split, --option)",
                                  factory=dict, cli=SHARED)
     heal_steps: int = setting(0, "LoRA healing steps per point, 0 for none (its other settings: heal's)",
@@ -87,15 +94,27 @@ class SweepSettings:
         if self.heal_objective not in OBJECTIVES:
             raise ExplorerError(f"Unknown healing objective '{self.heal_objective}': choose {', '.join(OBJECTIVES)}.")
         check_limit(self.limit)
+        check_limit(self.gen_limit)
+        check_generation_task(self.gen_task, self.task_options)
+        if self.continuations < 0:
+            raise ExplorerError(f"Free continuations per point must be 0 (none) or more (got {self.continuations}).")
         check_settings(self.val_samples, self.seq_len, self.batch_size)
         check_settings(self.sim_samples, self.seq_len, self.batch_size)
         get_task(self.task, **self.task_options)  # unknown task or options fail here
         next(iter(split_documents(self.text, "train")), None)  # a missing text file fails here
 
     def evaluation(self) -> EvalSettings:
-        """Every point's evaluation: the task's accuracy on `limit` questions and the held-out loss."""
+        """Every point's evaluation: the task's accuracy on `limit` questions, the held-out loss, and
+        the generation task's accuracy on `gen_limit` questions when one is set."""
         return EvalSettings(self.text, self.val_samples, self.seq_len, self.task or default_eval_task(), self.limit,
-                            dict(self.task_options), self.batch_size)
+                            dict(self.task_options), self.batch_size, self.gen_task or None, self.gen_limit)
+
+    def degeneration(self) -> DegenerationSettings | None:
+        """The free continuations each point writes (None without any): held-out text of the sweep's
+        source, the sweep's batch size."""
+        if not self.continuations:
+            return None
+        return DegenerationSettings(source=self.text, samples=self.continuations, batch_size=self.batch_size)
 
     def block_sizes(self, num_layers: int) -> list[int]:
         """The n values: f * L rounded half up for each fraction (at most L - 1), or 0, stride, 2*stride, ...

@@ -10,7 +10,8 @@ from explorer.views.figures.style import GREEN, finish_panels, loss_accuracy_pan
 
 def heal_figure(events: list[dict], steps: int) -> go.Figure:
     """Train/val loss and accuracy (Wilson band, chance) against step, with the unpruned
-    ("before pruning") and step-0 ("after pruning") levels as reference lines."""
+    ("before pruning") and step-0 ("after pruning") levels as reference lines; the generation
+    task's accuracy dashed beside it when the heal scores one."""
     fig = loss_accuracy_panels("Loss")
     train = [e for e in events if e.get("kind") == "train"]
     evals = [e for e in events if e.get("kind") == "eval"]
@@ -28,6 +29,11 @@ def heal_figure(events: list[dict], steps: int) -> go.Figure:
         fig.add_scatter(x=steps_x, y=[e["accuracy"] for e in evals], mode="lines+markers", name="accuracy",
                         marker_size=8, line_color=GREEN, row=1, col=2)
         fig.add_hline(y=evals[0]["chance"], line_dash="dot", line_color="gray", annotation_text="chance", row=1, col=2)
+        generated = [e for e in evals if e.get("gen_accuracy") is not None]
+        if generated:  # the generation task's accuracy beside the likelihood task's
+            fig.add_scatter(x=[e["step"] for e in generated], y=[e["gen_accuracy"] for e in generated], mode="lines+markers",
+                            name=f"accuracy by generation ({generated[0]['gen_task']})", marker_size=8,
+                            line=dict(color=GREEN, dash="dash"), row=1, col=2)
     for label, point, color in (("before pruning", reference, "black"), ("after pruning", after, "crimson")):
         if point:
             fig.add_hline(y=point["val_loss"], line_dash="dash", line_color=color, annotation_text=label, row=1, col=1)

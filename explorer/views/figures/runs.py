@@ -16,7 +16,7 @@ from explorer.views.figures.heal import heal_figure
 from explorer.views.figures.metrics import metrics_figure
 from explorer.views.figures.similarity import heatmap_figure
 from explorer.views.figures.style import BLUE, RED, finish_panels, interval_bars, loss_accuracy_panels
-from explorer.views.figures.sweep import accuracy_figure, loss_figure, speed_figure
+from explorer.views.figures.sweep import accuracy_figure, generation_figure, loss_figure, repetition_figure, speed_figure
 
 RUN_COLORS = (BLUE, RED)
 
@@ -30,8 +30,12 @@ def similarity_figures(run: Run, events: list[dict]) -> list[go.Figure]:
 
 def sweep_figures(run: Run, events: list[dict]) -> list[go.Figure]:
     points = of_kind(events, "point")
-    timed = [speed_figure(points)] if any(p.get("speedup") is not None for p in points) else []
-    return [accuracy_figure(points), loss_figure(points), *timed] if points else []
+    if not points:
+        return []
+    extra = [generation_figure(points)] if any(p.get("gen_accuracy") is not None for p in points) else []
+    extra += [repetition_figure(points)] if any(p.get("repetition_4") is not None for p in points) else []
+    extra += [speed_figure(points)] if any(p.get("speedup") is not None for p in points) else []
+    return [accuracy_figure(points), loss_figure(points), *extra]
 
 
 def heal_figures(run: Run, events: list[dict]) -> list[go.Figure]:

@@ -1,6 +1,7 @@
 """The Sweep page's figures (the paper's Figures 1-2): accuracy and normalized loss against the
-fraction of layers dropped, one line per (strategy, repair); and, when the sweep timed its points,
-accuracy against the measured speedup with each curve's Pareto front.
+fraction of layers dropped, one line per (strategy, repair); with a generation task, its accuracy
+beside the likelihood accuracy, and the repetition rate of the free continuations; and, when the
+sweep timed its points, accuracy against the measured speedup with each curve's Pareto front.
 
 Every builder takes the sweep's point dicts and returns a go.Figure; the same frame feeds the
 CSV download, so a plot and its data never disagree.
@@ -20,7 +21,8 @@ REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line p
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
     "n_questions", "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
-    "normalized_loss_se", "speedup", "ideal_speedup", "speedup_bound", "seconds", "shared",
+    "normalized_loss_se", "speedup", "ideal_speedup", "speedup_bound", "seconds", "shared", "gen_task", "gen_accuracy", "gen_ci_low", "gen_ci_high",
+    "repetition_4", "distinct_2", "reference_logprob",
 ]
 
 
@@ -181,3 +183,47 @@ def speed_figure(points: list[dict]) -> go.Figure:
                       xaxis=dict(title="measured decode speedup at batch 1 (× the unpruned model)"),
                       yaxis=dict(title="accuracy", range=[0, 1]), legend=LEGEND_BELOW, hovermode="closest")
     return fig
+
+
+def generation_figure(points: list[dict], x_max: float | None = None) -> go.Figure:
+    """Accuracy by generation (bold, its 95% Wilson band) beside the likelihood accuracy of the same
+    questions' curve (thin), per curve: where the two part is what log-likelihood scoring hides."""
+    frame = points_frame(points)
+    frame = frame[frame.gen_accuracy.notna()]
+    fig = go.Figure()
+    for strategy, repair, label, curve in _curves(frame):
+        color, dash = STRATEGY_COLORS.get(strategy, GREY), REPAIR_DASHES.get(repair, "solid")
+        band = dict(mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label)
+        fig.add_trace(go.Scatter(x=curve.fraction, y=curve.gen_ci_high, **band))
+        fig.add_trace(go.Scatter(x=curve.fraction, y=curve.gen_ci_low, fill="tonexty", fillcolor=rgba(color, 0.15), **band))
+        fig.add_trace(go.Scatter(
+            x=curve.fraction, y=curve.gen_accuracy, mode="lines+markers", name=f"{label} by generation", legendgroup=label,
+            line=dict(color=color, dash=dash, width=3), marker=dict(symbol="diamond", size=9),
+            customdata=curve[["n", "gen_ci_low", "gen_ci_high"]].to_numpy(),
+            hovertemplate="n = %{customdata[0]} (%{x:.0%})<br>by generation %{y:.2f} "
+            "[%{customdata[1]:.2f}, %{customdata[2]:.2f}]<extra>" + label + "</extra>",
+        ))
+        fig.add_trace(go.Scatter(
+            x=curve.fraction, y=curve.accuracy, mode="lines", name=f"{label} by likelihood", legendgroup=label,
+            line=dict(color=rgba(color, 0.5), dash=dash, width=1),
+            hovertemplate="n = %{x:.0%}<br>by likelihood %{y:.2f}<extra>" + label + "</extra>",
+        ))
+    task = frame.gen_task.iloc[0] if not frame.empty else ""
+    return _layout(fig, f"Accuracy by generation ({task}) beside likelihood vs layers dropped", "accuracy", x_max, range=[0, 1])
+
+
+def repetition_figure(points: list[dict], x_max: float | None = None) -> go.Figure:
+    """The 4-gram repetition rate of the free continuations vs fraction dropped: 0 = no 4-gram
+    repeats, 1 = a loop."""
+    frame = points_frame(points)
+    frame = frame[frame.repetition_4.notna()]
+    fig = go.Figure()
+    for strategy, repair, label, curve in _curves(frame):
+        fig.add_trace(go.Scatter(
+            x=curve.fraction, y=curve.repetition_4, mode="lines+markers", name=label,
+            line=dict(color=STRATEGY_COLORS.get(strategy, GREY), dash=REPAIR_DASHES.get(repair, "solid")),
+            customdata=curve[["n", "distinct_2", "reference_logprob"]].to_numpy(),
+            hovertemplate="n = %{customdata[0]} (%{x:.0%})<br>4-gram repetition %{y:.2f}, distinct-2 %{customdata[1]:.2f}"
+            "<br>unpruned model's log-prob per token %{customdata[2]:.2f}<extra>" + label + "</extra>",
+        ))
+    return _layout(fig, "Repetition in free continuations vs layers dropped", "4-gram repetition rate", x_max, range=[0, 1])

@@ -11,6 +11,7 @@ WIDGETS = {  # the Sweep page's widget key -> SweepSettings field
     "sw_heal": "heal_steps", "sw_text": "text", "sw_val": "val_samples", "sw_sim": "sim_samples",
     "sw_seq": "seq_len", "sw_batch": "batch_size", "sw_repair": "repair", "sw_speed": "speed",
     "sw_heal_objective": "heal_objective",
+    "sw_gen_task": "gen_task", "sw_gen_limit": "gen_limit", "sw_continuations": "continuations",
 }
 
 
