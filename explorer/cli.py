@@ -29,17 +29,18 @@ from explorer.experiments.heal import heal_ranks, heal_run
 from explorer.experiments.sweep import describe_point as describe_sweep_point, execute as execute_sweep, start_sweep, SweepSettings, teaching_preset
 from explorer.export.folder import save_prune
 from explorer.jobs import run_job
-from explorer.lm.blocks import check_block
+from explorer.lm.blocks import check_block, check_layer_set, parse_indices
 from explorer.lm.data import check_settings, split_documents
 from explorer.lm.models import load_model, model_skeleton
 from explorer.lm.save import DTYPES
 from explorer.lm.stream import open_for_analysis
-from explorer.state.cache import cached_distances, cached_reference
+from explorer.lm.sublayers import FORM
+from explorer.state.cache import cached_distances, cached_reference, strategy_context
 from explorer.state.store import Store
 from explorer.surgery.finetune import FinetuneConfig
 from explorer.surgery.heal import HealConfig, target_modules
 from explorer.surgery.parallel import data_parallel
-from explorer.analysis.strategies import STRATEGIES, strategy_block
+from explorer.analysis.strategies import choose_layers, get_strategy, needs_of, strategies_help
 from explorer.surgery.recipe import recipe_for
 from explorer.surgery.repair import REPAIRS, RepairConfig, prune_or_repair, repair_record
 from dataclasses import replace
@@ -151,10 +152,15 @@ def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
-    _similarity_arguments(parser)  # the similarity strategy computes (or reuses) distances with these settings
-    parser.add_argument("--start", type=int, default=None, help="first layer of the block (or use --strategy)")
-    parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
-    parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
+    _similarity_arguments(parser)  # what a strategy needs (distances, Block Influence, ...) is computed (or reused) on this text
+    parser.add_argument("--start", type=int, default=None, help="first layer of the block (or use --strategy or --layers)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="how many to remove with --start or --strategy: layers, or sub-layers for attention-drop and mlp-drop")
+    parser.add_argument("--strategy", default=None, help=f"choose what to remove: {strategies_help()}")
+    parser.add_argument("--layers", default=None, metavar="LIST", help="remove exactly these layers, e.g. 3,7-9 (any set, no --n)")
+    parser.add_argument("--attention", default=None, metavar="LIST",
+                        help="skip these layers' attention sub-layers (saved with zero weights; see run.json)")
+    parser.add_argument("--mlp", default=None, metavar="LIST", help="skip these layers' MLP sub-layers (saved with zero weights)")
     parser.add_argument("--allow-final", action="store_true", help="allow removing the final layer (the paper keeps it)")
     _dtype_argument(parser)
     _repair_arguments(parser)
@@ -182,39 +188,56 @@ def _dtype_argument(parser: argparse.ArgumentParser) -> None:
                         help="type of the saved weights (default: as loaded; bf16 halves fp32)")
 
 
+def _prune_choice(args: argparse.Namespace) -> str:
+    """Which way the command names what to remove: "start", "strategy" or "set"; one sentence when
+    it names none or several, or --n is missing or extra."""
+    given = {"start": args.start is not None, "strategy": args.strategy is not None,
+             "set": any(v is not None for v in (args.layers, args.attention, args.mlp))}
+    if sum(given.values()) != 1:
+        raise ExplorerError("Give one of --start (a block's first layer, with --n), --strategy (with --n) or "
+                            "--layers / --attention / --mlp (any set).")
+    choice = next(name for name, present in given.items() if present)
+    if (args.n is None) != (choice == "set"):
+        raise ExplorerError("--n goes with --start and --strategy, not with --layers / --attention / --mlp." if choice == "set"
+                            else f"--{choice} needs --n, how many to remove.")
+    if args.strategy is not None:
+        get_strategy(args.strategy)  # an unknown name fails before the model loads
+    return choice
+
+
 def _prune(args: argparse.Namespace) -> None:
-    """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
-    if (args.start is None) == (args.strategy is None):
-        raise ExplorerError("Give either --start (the block's first layer) or --strategy (similarity, simple or top-cut).")
-    if args.strategy is not None and args.strategy not in STRATEGIES:
-        raise ExplorerError(f"Unknown strategy '{args.strategy}': choose one of {', '.join(STRATEGIES)}.")
-    use_similarity = args.strategy == "similarity" and args.n > 0
-    if use_similarity:
+    """Prune a block or any set of layers (or sub-layers) and write the model folder, its run.json
+    and a mergekit passthrough YAML."""
+    choice = _prune_choice(args)
+    strategies = [args.strategy] if choice == "strategy" and args.n > 0 else []
+    if strategies and needs_of(strategies):
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True)
     repair = _repair_config(args, args.text_file, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
-    similarity = None
-    if use_similarity:
-        _, similarity, _ = cached_distances(
-            loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples")
-        )
-    if args.strategy:
-        block = strategy_block(args.strategy, args.n, num_layers, similarity)
-    else:
+    if choice == "strategy":
+        context = strategy_context(loaded, strategies, args.text_file, args.samples, args.seq_len, args.batch_size,
+                                   phase=lambda text: print(f"computing {text}", file=sys.stderr, flush=True))
+        block = choose_layers(args.strategy, args.n, context)
+    elif choice == "start":
         block = check_block(args.start, args.n, num_layers, args.allow_final)
+    else:
+        block = check_layer_set(parse_indices(args.layers or ""), num_layers, args.allow_final,
+                                parse_indices(args.attention or "", "--attention"), parse_indices(args.mlp or "", "--mlp"))
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
     result, fit = prune_or_repair(loaded, block, repair, inplace=True)
-    extra = {"strategy": args.strategy or "manual",
-             "similarity": {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len} if use_similarity else None,
+    calibration = {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len}
+    extra = {"strategy": args.strategy or "manual", "calibration": calibration if strategies and needs_of(strategies) else None,
              "repair": repair_record(repair, fit) if repair else {"method": "none"}}
     out = save_prune(result, args.out, args.model, extra, args.dtype)
     print(
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
         f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
     )
+    if block.sublayers:
+        print(f"sub-layers are skipped in memory; the saved model holds them with zero weights ({FORM}): exact, not faster")
     if fit is not None:
         print(f"linear repair folded into layer {fit.layer}: held-out relative residual {fit.heldout_residual:.3f} "
               f"(unrepaired {fit.heldout_residual_unrepaired:.3f})")
@@ -508,7 +531,7 @@ def _heal_ranks(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
-    "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
+    "prune": (_prune_arguments, _prune, "remove a block or any set of layers (or sub-layers) and save the model"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),
     "sweep": (_sweep_arguments, _sweep, "accuracy and loss against the fraction of layers dropped"),

@@ -19,7 +19,8 @@ from torch import nn
 
 from explorer.core.concurrency import exclusive
 from explorer.core.errors import ExplorerError
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
+from explorer.lm.sublayers import skip_sublayers
 
 if TYPE_CHECKING:  # LoadedModel's module imports this one
     from explorer.lm.models import LoadedModel
@@ -146,8 +147,8 @@ def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, value)
 
 
-def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
-    """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
+def pruned_view(loaded: LoadedModel, block: LayerSet) -> LoadedModel:
+    """`loaded` without the block (any `LayerSet`), SHARING its weights: the module tree and config (what pruning
     edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
     buffers are not. A point then costs no weight copy and no extra memory, which is what lets
     a sweep over a model that fills the GPU keep one load. Safe because evaluation never
@@ -160,12 +161,14 @@ def pruned_view(loaded: LoadedModel, block: Block) -> LoadedModel:
     return without_identity(replace(loaded, model=shell), block)
 
 
-def remove_layers(model: nn.Module, block: Block) -> None:
-    """Take the block's layers out of `model` in place: the layer list, every per-layer config
-    entry, and the kept layers' `layer_idx`."""
+def remove_layers(model: nn.Module, block: LayerSet) -> None:
+    """Take the set's layers out of `model` in place: the layer list, every per-layer config
+    entry, and the kept layers' `layer_idx`; its skipped sub-layers are skipped first
+    (`explorer.lm.sublayers`: their indices are the unpruned model's)."""
+    layers = decoder_layers(model)
+    skip_sublayers(model, layers, block.attention, block.mlp)
     if not block.n:
         return
-    layers = decoder_layers(model)
     kept = nn.ModuleList(layers[i] for i in block.kept)
     renumber_layers(kept)
     _set_path(model, layers_path(model), kept)
@@ -173,8 +176,9 @@ def remove_layers(model: nn.Module, block: Block) -> None:
         prune_config(config, block.kept, block.num_layers)
 
 
-def without_identity(loaded: LoadedModel, block: Block) -> LoadedModel:
-    """`loaded` renamed and re-fingerprinted as the model without the block: what every cache
+def without_identity(loaded: LoadedModel, block: LayerSet) -> LoadedModel:
+    """`loaded` renamed and re-fingerprinted as the model without the set: what every cache
     keys a pruned model by, whichever way it was pruned."""
-    name = f"{loaded.name} − layers {block.span}" if block.n else loaded.name
-    return replace(loaded, name=name, fingerprint=f"{loaded.fingerprint}|pruned:{block.start}:{block.n}")
+    what = f"layer{'s' if block.n > 1 or block.sublayers else ''} {block.span}"
+    name = loaded.name if block.empty else f"{loaded.name} − {what}"
+    return replace(loaded, name=name, fingerprint=f"{loaded.fingerprint}|pruned:{block.key}")

@@ -5,6 +5,7 @@ sits with model access, below everything that exports."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -13,9 +14,12 @@ from pathlib import Path
 
 from torch import nn
 
-from explorer.core.errors import ExplorerError
-from explorer.lm.models import WRITE_ERRORS, LoadedModel
 import torch
+
+from explorer.core.errors import ExplorerError
+from explorer.lm.layers import decoder_layers
+from explorer.lm.models import WRITE_ERRORS, LoadedModel
+from explorer.lm.sublayers import skipped, zero_sublayers
 
 RECORD_FILE = "run.json"
 
@@ -27,6 +31,18 @@ def _mergeable(model: nn.Module) -> nn.Module:
     if isinstance(model, PeftModel):
         return copy.deepcopy(model).merge_and_unload()
     return model
+
+
+def stock_form(model: nn.Module) -> nn.Module:
+    """What is saved for `model`: itself, or, when sub-layers are skipped in memory, a copy sharing
+    its weights in which each is its original module with zero weights (`sublayers.zero_sublayers`),
+    which stock transformers loads and which gives the same logits."""
+    if not any(skipped(decoder_layers(model)).values()):
+        return model
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    saved = copy.deepcopy(model, shared)
+    zero_sublayers(saved, decoder_layers(saved))
+    return saved
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what a user picks -> torch's name
@@ -51,7 +67,7 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
     so a full disk or a read-only folder leaves no half-written model that would fail to load
     later, and keeps whatever `folder` already held."""
     folder = Path(folder)
-    model = _mergeable(loaded.model)
+    model = stock_form(_mergeable(loaded.model))
     scratch = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)

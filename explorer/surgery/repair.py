@@ -45,13 +45,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from explorer.lm.blocks import Block, check_block
+from explorer.lm.blocks import Block, LayerSet, check_block
 from explorer.lm.data import EMBEDDED, batches, check_settings, make_samples, pad_batch, source_fingerprint
 from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
 from explorer.lm.layers import decoder_layers
 from explorer.core.options import setting
-from explorer.surgery.prune import PruneResult, prune_block
+from explorer.surgery.prune import PruneResult, prune_block, prune_layers
 from explorer.lm.forward import inference
 
 REPAIRS = ("none", "linear")  # what --repair, the sweep setting and its page radio offer (a LoRA heal is separate)
@@ -325,12 +325,16 @@ def repair_block(
     return result, fit
 
 
-def prune_or_repair(loaded: LoadedModel, block: Block, config: RepairConfig | None,
+def prune_or_repair(loaded: LoadedModel, block: LayerSet, config: RepairConfig | None,
                     inplace: bool = False) -> tuple[PruneResult, LinearFit | None]:
-    """The block removed, and repaired when a linear repair is asked for (`config`): the one way the
-    CLI's prune and a heal's start turn a chosen block into a model."""
+    """The set removed, and repaired when a linear repair is asked for (`config`; one contiguous
+    block only: the map replaces one run of layers): the one way the CLI's prune and a heal's start
+    turn a chosen set into a model."""
     if config is None:
-        return prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=inplace), None
+        return prune_layers(loaded, block, inplace=inplace), None
+    if not block.contiguous:
+        raise ExplorerError(f"A linear repair replaces one contiguous block; {block.describe()} is not one: "
+                            "prune it without repair.")
     return repair_block(loaded, block.start, block.n, config, allow_final=block.includes_final, inplace=inplace)
 
 

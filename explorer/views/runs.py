@@ -24,7 +24,8 @@ from explorer.core.errors import ExplorerError
 from explorer.core.policy import Policy, check_delete
 from explorer.evaluation.agreement import describe
 from explorer.export.mergekit import mergekit_yaml
-from explorer.lm.blocks import Block, default_size
+from explorer.export.folder import recorded_layers
+from explorer.lm.blocks import default_size
 from explorer.lm.data import C4, EMBEDDED
 from explorer.state.files import log_path, run_folder
 from explorer.state.store import ACTIVE, Run, Store, of_kind
@@ -69,6 +70,20 @@ def brute_force_headline(run: Run) -> str:
     increase = run.result["loss_increase"]
     best = min(range(len(increase)), key=increase.__getitem__)
     return f"n={run.result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
+
+
+def sublayers_headline(run: Run) -> str:
+    """The attention and the MLP sub-layer that change the stream least (lowest Block Influence)."""
+    result = run.result
+    lowest = {kind: min(range(result["num_layers"]), key=result[f"{kind}_influence"].__getitem__) for kind in ("attention", "mlp")}
+    return f"least-changing sub-layers: attention of layer {lowest['attention']}, MLP of layer {lowest['mlp']}"
+
+
+def selection_headline(run: Run) -> str:
+    """An iterative strategy's first removals and how long choosing took."""
+    order = run.result["order"]
+    return (f"{run.result['strategy']} removes {', '.join(map(str, order[:5]))}{', ...' if len(order) > 5 else ''} "
+            f"(chosen in {run.result['seconds']:.0f} s)")
 
 
 def heal_headline(run: Run) -> str | None:
@@ -138,7 +153,7 @@ def mergekit_text(run: Run) -> str | None:
     result = run.result or {}
     block, model_id = result.get("block"), result.get("model") or run.settings.get("model") or run.settings.get("source")
     if isinstance(block, dict) and isinstance(model_id, str) and {"start", "n", "num_layers"} <= set(block):
-        return mergekit_yaml(model_id, block["num_layers"], Block(block["start"], block["n"], block["num_layers"]))
+        return mergekit_yaml(model_id, block["num_layers"], recorded_layers(block))
     return None
 
 

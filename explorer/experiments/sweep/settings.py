@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from explorer.lm.data import check_settings, split_documents
 from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting
-from explorer.analysis.strategies import STRATEGIES
+from explorer.analysis.strategies import PAPER_STRATEGIES, STRATEGIES
 from explorer.surgery.repair import REPAIRS
 from explorer.evaluation.evaluate import EvalSettings
 from explorer.evaluation.tasks import default_eval_task, get_task
@@ -26,8 +26,8 @@ class SweepSettings:
     """Everything that determines a sweep's points; equal settings (and weights) resume each other."""
 
     model: str = setting("embedded", "the model", cli=SHARED)
-    strategies: tuple[str, ...] = setting(STRATEGIES, "comma-separated strategies to compare, of similarity, simple and top-cut",
-                                          label="Strategies")
+    strategies: tuple[str, ...] = setting(PAPER_STRATEGIES, f"comma-separated strategies to compare, of {', '.join(STRATEGIES)}"
+                                          " (attention-drop and mlp-drop: n counts sub-layers of that kind)", label="Strategies")
     fractions: tuple[float, ...] | None = setting(  # None = every `stride`-th n
         None, "comma-separated fractions of layers to drop, each in [0, 1)", label="Fractions of layers dropped, each in [0, 1)",
         parse=lambda text: parse_fractions(text), exclusive="points")
