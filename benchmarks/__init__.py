@@ -75,4 +75,5 @@ BENCHMARKS = {
     "threads": "benchmarks.threads",
     "sweep-reuse": "benchmarks.sweep_reuse",
     "repair": "benchmarks.repair",
+    "strategies": "benchmarks.strategies",
 }

@@ -9,7 +9,6 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.lm.blocks import check_block
 from explorer.lm.data import C4, EMBEDDED
 from explorer.export.mergekit import mergekit_yaml
 from explorer.lm.save import DTYPES
@@ -18,53 +17,21 @@ from explorer.views.figures.heal import heal_figure
 from explorer.lm.models import LoadedModel, pick_device
 from explorer.surgery.parallel import visible_gpus
 from explorer.views.preview import (HEAL_LABELS, HEAL_NUMBERS, PAGE_REPAIRS, REPAIR_HELP, TARGET_NAMES, Preview, comparison_frame,
-                              heal_config, heal_defaults, heal_rows, heal_widget_values, latest_similarity, make_preview,
-                              recipe_caption, recipe_widget_values)
+                              heal_config, heal_defaults, heal_rows, heal_widget_values, make_preview, recipe_caption,
+                              recipe_widget_values)
 from explorer.views.progress import heal_progress, progress_text
 from explorer.views.runs import heal_description
-from explorer.analysis.strategies import STRATEGIES, strategy_block
+from explorer.core.errors import ExplorerError
+from explorer.lm.blocks import LayerSet
 from explorer.surgery.recipe import recipe_for
 from explorer.state.store import Run
 from explorer.evaluation.tasks import default_eval_task, task_names
 from pages import current_model, get_store, job_status, job_view, model_picker, show_page, user_errors
+from pages.panels.layer_picker import MANUAL, layer_picker
 
-BLOCK_KEY = "selected_block"  # written by the heatmap page
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "preview": explorer.views.preview.Preview, "saved"}
 RUN_KEY = "ph_run"
-START_KEY, SIZE_KEY = "ph_start", "ph_n"
-MANUAL = "manual (numbers below)"
 RECIPE_KEY = "ph_recipe"  # the paper recipe last applied (explorer.surgery.recipe.PaperRecipe.to_json())
-
-
-def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
-    """Start and size of the block: the heatmap's pick when it was made on this model, or a strategy."""
-    num_layers = loaded.num_layers
-    picked = st.session_state.get(BLOCK_KEY)
-    from_heatmap = picked if picked and picked["model"] == model and picked["num_layers"] == num_layers else None
-    if from_heatmap and st.session_state.get("ph_from") != (from_heatmap["start"], from_heatmap["n"]):
-        st.session_state["ph_from"] = (from_heatmap["start"], from_heatmap["n"])
-        st.session_state[START_KEY], st.session_state[SIZE_KEY] = from_heatmap["start"], from_heatmap["n"]
-    if st.session_state.get(SIZE_KEY, num_layers) >= num_layers or st.session_state.get(START_KEY, num_layers) >= num_layers:
-        st.session_state[SIZE_KEY] = max(1, num_layers // 4)  # first visit, or a model with fewer layers
-        st.session_state[START_KEY] = num_layers - 1 - st.session_state[SIZE_KEY]
-    strategy = st.selectbox("Choose the block by", [MANUAL, *STRATEGIES], key="ph_strategy",
-                            help="similarity: the paper's argmin of the angular distance (needs a heatmap run); "
-                                 "simple: the deepest n layers before the last; top-cut: the last n layers.")
-    left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
-    n = int(middle.number_input("Block size n", min_value=0, max_value=num_layers - 1,
-                                value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY))
-    if strategy != MANUAL:
-        with user_errors():
-            similarity = latest_similarity(loaded, get_store()) if strategy == "similarity" else None
-            block = strategy_block(strategy, n, num_layers, similarity)
-            st.session_state[START_KEY] = block.start
-    start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1,
-                                  value=st.session_state[START_KEY], step=1, key=START_KEY, disabled=strategy != MANUAL))
-    allow_final = right.checkbox("Allow removing the final layer", key="ph_allow_final",
-                                 help="The paper shows the final layer must be kept; top-cut removes it by design.")
-    if from_heatmap and (start, n) == (from_heatmap["start"], from_heatmap["n"]):
-        st.caption(f"Block picked on the heatmap (similarity run #{from_heatmap['similarity_run']}).")
-    return start, n, allow_final or strategy == "top-cut"
 
 
 def apply_paper_recipe(loaded: LoadedModel) -> None:
@@ -98,12 +65,12 @@ def heal_settings(loaded: LoadedModel) -> HealConfig:
     return heal_config(values, st.session_state.get(RECIPE_KEY))
 
 
-def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str, repair: str) -> None:
+def prune_now(loaded: LoadedModel, layers: LayerSet, config: HealConfig, prompt: str, repair: str) -> None:
     """Prune (and repair) a copy step by step under a progress bar, and keep it, with every model's
     numbers, in the session."""
     bar = st.progress(0.0)
     try:
-        preview = make_preview(loaded, start, n, allow_final, config, prompt, repair, get_store(),
+        preview = make_preview(loaded, layers, config, prompt, repair, get_store(),
                                lambda i, total, label: bar.progress(i / total, text=f"Step {i + 1} of {total}: {label}…"))
     finally:
         bar.empty()
@@ -124,7 +91,7 @@ def show_pruned(model: dict, pruned: dict) -> None:
         column.code(row["completion"], language=None, wrap_lines=True)
     with st.container(horizontal=True):
         st.download_button("mergekit YAML", mergekit_yaml(model["source"], block.num_layers, block),
-                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
+                           f"prune-{block.key.replace(':', '-').replace(';', '_')}.yaml", "text/yaml", on_click="ignore", key="ph_yaml")
         if st.button("Save pruned model", key="ph_save"):
             pruned["saved"] = str(preview.save(model["source"], st.session_state.get("ph_dtype")))
     if pruned["saved"]:
@@ -162,8 +129,8 @@ def main() -> None:
     if RUN_KEY not in st.session_state and (latest := jobs.latest_job(get_store(), "heal", loaded.name)):
         st.session_state[RUN_KEY] = latest.id  # a reload shows the running (or newest) job, and the form its settings
         st.session_state.update({**heal_widget_values(latest.settings), "ph_strategy": MANUAL})
-    st.subheader("Block")
-    start, n, allow_final = block_picker(loaded, model)
+    st.subheader("Layers to remove")
+    layers, allow_final = layer_picker(loaded, model)
     config = heal_settings(loaded)
     visible = visible_gpus()  # several GPUs: the job can train data-parallel on them (accelerate)
     gpus = st.slider(f"GPUs for healing ({visible} visible)", 1, visible, visible, key="ph_gpus") if visible > 1 else 1
@@ -178,11 +145,15 @@ def main() -> None:
                              key="ph_dtype", help="bf16 and fp16 take half the disk of fp32.", width=140)
     with user_errors():
         config.check()
+        if (prune_clicked or heal_clicked) and layers is None:
+            raise ExplorerError("Choose what to remove first (the strategy above could not choose).")
         if prune_clicked:
-            prune_now(loaded, start, n, allow_final, config, prompt, repair)
+            prune_now(loaded, layers, config, prompt, repair)
+        if heal_clicked and not layers.contiguous:  # fail here, not in the job
+            raise ExplorerError("Healing takes one contiguous block of layers; prune this set (and save it) instead.")
         if heal_clicked:
-            check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
-            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json(),
+            block = layers.as_block()
+            settings = {"model": model, "start": block.start, "n": block.n, "allow_final": allow_final, "heal": config.to_json(),
                         "save": save, "dtype": dtype, "processes": gpus}
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "heal", loaded.name, settings)
         pruned = st.session_state.get(PRUNED_KEY)

@@ -22,6 +22,8 @@ from explorer.state.cache import cached_distances, similarity_runs
 from explorer.analysis.similarity import SimilarityResult
 from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
 from explorer.state.store import Run
+from pages.panels.chosen_layers import marked_sets
+from pages.panels.sublayers import sublayer_panel
 from pages import (MODEL_KEY, current_model, download_row, get_store, model_picker, show_page, user_errors,
                    visitor_policy)
 
@@ -156,14 +158,16 @@ def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cac
     scaled = right.toggle("Paper style: rescale each row to [0, 1]", key="sim_scaled",
                           help="Colours each n's row from its own minimum to its maximum, as the paper's heatmaps do; "
                           "the hover still shows the distance.")
+    marked = marked_sets(loaded, settings)
     with st.container(horizontal=True, gap="medium"):
-        fig = heatmap_figure(result, (start, n), y_axis, scaled, boot)
+        fig = heatmap_figure(result, (start, n), y_axis, scaled, boot, marked)
         st.plotly_chart(fig, width="content", theme=None, key=CHART_KEY, on_select=on_chart_select,
                         selection_mode="points", config={"displaylogo": False})
         st.plotly_chart(min_distance_figure(result, boot), width=480, key="similarity_min")
     if boot:
         st.plotly_chart(stability_figure(result, boot), key="similarity_stability")
     downloads(result, boot, fig)
+    sublayer_panel(loaded, settings)
 
 
 def main() -> None:

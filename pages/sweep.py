@@ -11,7 +11,7 @@ from explorer import jobs
 from explorer.state.cache import cached_distances, distances_run
 from explorer.experiments.sweep.distributed import ray_available
 from explorer.lm.models import LoadedModel
-from explorer.analysis.strategies import STRATEGIES
+from explorer.analysis.strategies import STRATEGIES, strategies_help
 from explorer.state.store import Run
 from explorer.views.progress import progress_text, sweep_progress
 from explorer.surgery.repair import REPAIRS
@@ -62,7 +62,8 @@ def settings_form(model: dict) -> SweepSettings:
         st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
                   help=f"Embedded model on CPU in a few minutes: n = 0, {preset.stride}, {2 * preset.stride}, …, "
                        f"{' and '.join(preset.strategies)}, {preset.limit} quiz questions per point.")
-        strategies = st.multiselect(**LABELS["sw_strategies"], options=STRATEGIES, default=state["sw_strategies"], key="sw_strategies")
+        strategies = st.multiselect(**{**LABELS["sw_strategies"], "help": strategies_help()}, options=list(STRATEGIES),
+                                    default=state["sw_strategies"], key="sw_strategies")
         left, right = st.columns(2)
         mode = left.radio("Block sizes", MODES, index=MODES.index(state["sw_mode"]), key="sw_mode", horizontal=True)
         if mode == MODES[0]:

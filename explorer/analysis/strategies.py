@@ -88,8 +88,9 @@ class Strategy:
         raise NotImplementedError
 
     def removal_order(self, loaded: LoadedModel, ids: list[list[int]], batch_size: int,
-                      progress: Progress | None = None) -> list[int]:
-        """The layers in the order an iterative strategy removes them (only for those needing MODEL)."""
+                      progress: Progress | None = None, steps: int | None = None) -> list[int]:
+        """The layers in the order an iterative strategy removes them (only for those needing MODEL),
+        `steps` of them (default: all but the final layer)."""
         raise NotImplementedError
 
 
@@ -145,16 +146,17 @@ class Iterative(Strategy):
         return check_layer_set(order[:n], context.num_layers)
 
     def removal_order(self, loaded: LoadedModel, ids: list[list[int]], batch_size: int,
-                      progress: Progress | None = None) -> list[int]:
-        """L - 1 greedy steps; the final layer is never a candidate. Ties go to the shallower layer."""
+                      progress: Progress | None = None, steps: int | None = None) -> list[int]:
+        """L - 1 greedy steps (or `steps`); the final layer is never a candidate. Ties go to the shallower layer."""
         num_layers, removed = loaded.num_layers, []
-        for step in range(num_layers - 1):
+        steps = num_layers - 1 if steps is None else steps
+        for step in range(steps):
             current = pruned_view(loaded, LayerSet(tuple(removed), num_layers)) if removed else loaded
             kept = [i for i in range(num_layers) if i not in removed]
             scores = self.step_scores(current, ids, batch_size)  # by position in `current`, final excluded
             removed.append(kept[min(range(len(scores)), key=lambda p: (scores[p], p))])
             if progress:
-                progress(step + 1, num_layers - 1)
+                progress(step + 1, steps)
         return removed
 
     def step_scores(self, current: LoadedModel, ids: list[list[int]], batch_size: int) -> list[float]:

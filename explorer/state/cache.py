@@ -66,6 +66,11 @@ def cached_scores(loaded: LoadedModel, source: str, samples: int, seq_len: int, 
     return run_id, MetricScores.from_json(result), hit
 
 
+def sublayers_run(store: Store, loaded: LoadedModel, source: str, samples: int, seq_len: int) -> Run | None:
+    """The finished run `cached_sublayers` would return for these settings, or None: it would compute."""
+    return store.find_done("sublayers", similarity_key(loaded, make_samples(loaded.tokenizer, source, samples, seq_len).fingerprint))
+
+
 def cached_sublayers(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
                      store: Store | None = None, progress: Progress | None = None) -> tuple[int, SublayerScores, bool]:
     """Every attention and MLP sub-layer's scores (analysis.sublayers) as a 'sublayers' run."""

@@ -14,16 +14,17 @@ import pandas as pd
 
 from explorer.surgery.heal import HealConfig
 from explorer.evaluation.agreement import agreement
-from explorer.state.cache import cached_quick_eval, similarity_runs
+from explorer.state.cache import cached_quick_eval
 from explorer.evaluation.evaluate import quick_eval
 from explorer.export.folder import save_prune
 from explorer.lm.models import LoadedModel
 from explorer.core.options import widget
 from explorer.core.paths import explorer_home
-from explorer.surgery.prune import PruneResult, prune_block
+from explorer.surgery.prune import PruneResult, prune_layers
 from explorer.surgery.repair import LinearFit, RepairConfig, repair_block, repair_record
 from explorer.lm.generate import complete
-from explorer.analysis.similarity import SimilarityResult
+from explorer.lm.blocks import LayerSet
+from explorer.core.errors import ExplorerError
 
 PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
 REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
@@ -99,22 +100,19 @@ class Preview:
         return save_prune(self.result, folder, model_source, self.extra(), dtype)
 
 
-def latest_similarity(loaded: LoadedModel, store) -> SimilarityResult | None:
-    """The newest finished heatmap of this model (any text settings), for the similarity strategy."""
-    runs = similarity_runs(store, loaded)
-    return SimilarityResult.from_json(runs[0].result) if runs else None
-
-
 def _numbers(loaded: LoadedModel, config: HealConfig, prompt: str) -> dict:
     return {**quick_eval(loaded, config), "completion": complete(loaded, prompt)}
 
 
-def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
-                 repair: str = "none", store=None, progress: Callable[[int, int, str], None] | None = None) -> Preview:
-    """Prune a copy and measure it against the unpruned model (whose numbers are cached in `store`
-    and shared with the heal jobs); with repair "linear" also the repaired copy, fitted on the
-    healing text's calibration split with the evaluation's sequence length. `progress(i, total,
-    label)` hears of each step before it runs (a minute or more on a busy CPU)."""
+def make_preview(loaded: LoadedModel, layers: LayerSet, config: HealConfig, prompt: str, repair: str = "none",
+                 store=None, progress: Callable[[int, int, str], None] | None = None) -> Preview:
+    """Prune a copy (any checked `LayerSet`) and measure it against the unpruned model (whose numbers
+    are cached in `store` and shared with the heal jobs); with repair "linear" (one contiguous block)
+    also the repaired copy, fitted on the healing text's calibration split with the evaluation's
+    sequence length. `progress(i, total, label)` hears of each step before it runs (a minute or
+    more on a busy CPU)."""
+    if repair == "linear" and not layers.contiguous:
+        raise ExplorerError(f"A linear repair replaces one contiguous block; {layers.describe()} is not one.")
     labels = ["pruning a copy", "evaluating the unpruned model (cached after the first time)",
               "evaluating the pruned model", *(["fitting the linear repair", "evaluating the repaired model"]
                                               if repair == "linear" else [])]
@@ -124,7 +122,7 @@ def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, con
             progress(index, len(labels), labels[index])
 
     step(0)
-    pruned = prune_block(loaded, start, n, allow_final=allow_final)
+    pruned = prune_layers(loaded, layers)
     step(1)
     rows = {"unpruned": {**cached_quick_eval(loaded, config, store), "completion": complete(loaded, prompt)}}
     step(2)
@@ -133,7 +131,7 @@ def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, con
         return Preview(pruned, rows)
     step(3)
     repair_config = RepairConfig(source=config.source, seq_len=config.seq_len, batch_size=config.eval_batch_size)
-    repaired, fit = repair_block(loaded, start, n, repair_config, allow_final=allow_final)
+    repaired, fit = repair_block(loaded, layers.start, layers.n, repair_config, allow_final=layers.includes_final)
     step(4)
     rows["linear repair"] = _numbers(repaired.loaded, config, prompt)
     return Preview(repaired, rows, repair_config, fit)

@@ -45,7 +45,8 @@ class SweepSettings:
     text: str = setting("embedded", "text for the heatmap, the held-out loss and healing: 'embedded', 'c4' or a "
                         ".txt/.jsonl/.parquet file", flag="--text-file", label="Text for heatmap, held-out loss and healing")
     val_samples: int = setting(16, "held-out documents for the loss", label="Held-out samples")
-    sim_samples: int = setting(32, "calibration samples for the heatmap", flag="--samples", label="Heatmap samples")
+    sim_samples: int = setting(32, "calibration samples for the heatmap and what other strategies need", flag="--samples",
+                               label="Heatmap samples")
     seq_len: int = setting(128, "tokens per sample", label="Tokens per sample")
     batch_size: int = setting(8, "samples per forward pass", label="Batch size")
     device: str | None = setting(None, "the device", cli=SHARED)

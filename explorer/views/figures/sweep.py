@@ -10,16 +10,15 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.views.figures.style import BLUE, GREEN, GREY, LEGEND_BELOW, MARGIN, ORANGE, rgba, title
+from explorer.views.figures.style import GREY, LEGEND_BELOW, MARGIN, STRATEGY_COLORS, rgba, title
 from explorer.experiments.sweep import curve_name, first_at_chance, point_repair
 
-STRATEGY_COLORS = {"similarity": BLUE, "simple": ORANGE, "top-cut": GREEN}
 REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line per (strategy, repair)
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
     "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
-    "normalized_loss_se", "seconds", "shared",
-]
+    "normalized_loss_se", "seconds", "shared", "layers", "attention", "mlp",
+]  # layers / attention / mlp: the indices of a point whose set is not one block (explorer.experiments.sweep.run)
 
 
 def points_frame(points: list[dict]) -> pd.DataFrame:
@@ -48,7 +47,8 @@ def _curves(frame: pd.DataFrame):
 def _layout(fig: go.Figure, text: str, y_title: str, **yaxis) -> go.Figure:
     fig.update_layout(
         title=title(text), height=420, margin=MARGIN,
-        xaxis=dict(title="fraction of layers dropped n / L", tickformat=".0%", rangemode="tozero"),
+        xaxis=dict(title="fraction dropped n / L (of layers; of that kind's sub-layers for attention-drop, mlp-drop)",
+                   tickformat=".0%", rangemode="tozero"),
         yaxis=dict(title=y_title, **yaxis), legend=LEGEND_BELOW, hovermode="closest",
     )
     return fig

@@ -1,0 +1,39 @@
+"""What the pages ask of the strategy registry: what a strategy removes on the Prune page, and every
+strategy's choice for each n on the Similarity page's heatmap. Whatever a strategy needs is computed
+on the newest heatmap's calibration text (or `PAGE_CALIBRATION` before any heatmap ran) and cached in
+the store, so a page pays for it once per model."""
+
+from __future__ import annotations
+
+from explorer.analysis.similarity import SimilarityResult
+from explorer.analysis.strategies import STRATEGIES, Context, choose_layers
+from explorer.lm.blocks import LayerSet
+from explorer.lm.models import LoadedModel
+from explorer.state.cache import similarity_runs, strategy_context
+
+PAGE_CALIBRATION = {"source": "embedded", "samples": 32, "seq_len": 128}  # before any heatmap ran on the model
+MARKABLE = tuple(name for name, s in STRATEGIES.items() if s.unit == "layers" and name not in ("similarity", "simple"))
+
+
+def calibration(loaded: LoadedModel, store) -> dict:
+    """The text settings a page's strategy uses: the newest heatmap's, so its choices and the heatmap agree."""
+    runs = similarity_runs(store, loaded)
+    settings = runs[0].settings if runs else PAGE_CALIBRATION
+    return {key: settings[key] for key in PAGE_CALIBRATION}
+
+
+def page_context(loaded: LoadedModel, strategies: list[str], store, text: dict | None = None) -> Context:
+    """What `strategies` need on `loaded`: the similarity strategy takes the newest heatmap as the
+    Prune page always has; the others compute (or fetch) theirs on `text` (default `calibration`)."""
+    text = text or calibration(loaded, store)
+    others = [name for name in strategies if name != "similarity"]
+    context = strategy_context(loaded, others, text["source"], text["samples"], text["seq_len"], store=store)
+    if "similarity" in strategies and (runs := similarity_runs(store, loaded)):
+        context.similarity = SimilarityResult.from_json(runs[0].result)
+    return context
+
+
+def chosen_sets(loaded: LoadedModel, strategies: list[str], store, text: dict) -> dict[str, list[LayerSet]]:
+    """Each strategy's set for every n = 1..L-1 (what the heatmap marks), from one context."""
+    context = page_context(loaded, strategies, store, text)
+    return {name: [choose_layers(name, n, context) for n in range(1, loaded.num_layers)] for name in strategies}
