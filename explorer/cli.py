@@ -35,7 +35,7 @@ from explorer.lm.models import load_model, model_skeleton
 from explorer.lm.save import DTYPES
 from explorer.lm.stream import open_for_analysis
 from explorer.lm.sublayers import FORM
-from explorer.state.cache import cached_distances, cached_reference, strategy_context
+from explorer.state.cache import cached_distances, cached_reference, cached_sublayers, strategy_context
 from explorer.state.store import Store
 from explorer.surgery.finetune import FinetuneConfig
 from explorer.surgery.heal import HealConfig, target_modules
@@ -142,6 +142,20 @@ def _similarity(args: argparse.Namespace) -> None:
     boot = bootstrap(result, args.bootstrap, args.seed)
     _write_json(args.out, result_json(result, boot))
     print(summary(result, boot))
+
+
+def _sublayers(args: argparse.Namespace) -> None:
+    """Angular distance and Block Influence of every attention and MLP sub-layer, as JSON to --out."""
+    check_settings(args.samples, args.seq_len, args.batch_size)
+    _check_out(args.out)
+    loaded = _load(args)
+    _, scores, _ = cached_sublayers(loaded, args.text_file, args.samples, args.seq_len, args.batch_size,
+                                    progress=_progress("samples"))
+    _write_json(args.out, scores.to_json())
+    quarter = max(1, scores.num_layers // 4)
+    for kind, label in (("attention", "attention"), ("mlp", "MLP")):
+        print(f"{label} sub-layers changing the stream least (lowest Block Influence; {kind}-drop's first {quarter}): "
+              f"{', '.join(map(str, scores.lowest(kind, quarter)))}")
 
 
 def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
@@ -531,6 +545,7 @@ def _heal_ranks(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
+    "sublayers": (_similarity_arguments, _sublayers, "angular distance and Block Influence of every attention and MLP sub-layer"),
     "prune": (_prune_arguments, _prune, "remove a block or any set of layers (or sub-layers) and save the model"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),

@@ -5,6 +5,8 @@ same logits, and the sub-layer scores equal a direct computation."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from explorer.analysis.sublayers import compute_sublayer_scores
 from explorer.core.errors import ExplorerError
 from explorer.export.folder import save_prune
 from explorer.lm.blocks import LayerSet
+from explorer.lm.data import make_samples
 from explorer.lm.layers import parameter_count, pruned_view
 from explorer.lm.models import LoadedModel
 from explorer.lm.save import stock_form
@@ -150,3 +153,14 @@ def test_sublayer_scores_equal_a_direct_computation(tiny5):
     for got, expected in [(scores.attention_influence, influence[0::2]), (scores.mlp_influence, influence[1::2]),
                           (scores.attention_distance, distance[0::2]), (scores.mlp_distance, distance[1::2])]:
         assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_cli_sublayers_writes_the_scores(tiny_llama, tiny_llama_dir, tmp_path):
+    out = tmp_path / "sub.json"
+    done = subprocess.run([sys.executable, "-m", "explorer", "sublayers", "--model", str(tiny_llama_dir), "--samples", "3",
+                           "--seq-len", "16", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(out.read_text())
+    expected = compute_sublayer_scores(tiny_llama, make_samples(tiny_llama.tokenizer, "embedded", 3, 16).ids)
+    assert written["attention_influence"] == pytest.approx(expected.attention_influence, abs=1e-6)
+    assert "attention sub-layers changing the stream least" in done.stdout
