@@ -3,7 +3,9 @@ sub-layers saves a forward pass, on one model in one process.
 
   selection: the seconds each strategy takes to choose, from nothing (its needs computed here,
     not fetched from the store), on the calibration text; as a ratio to one plain forward pass
-    over the same samples (the cheapest thing any data-driven strategy must do).
+    over the same samples (the cheapest thing any data-driven strategy must do). iterative-loss's
+    whole order takes hours on a shared CPU: its first steps are timed under "reuse", and a
+    sweep stores the whole order's seconds in its "selection" run.
   iterative-loss reuse: the scores of its first `--steps` steps measured two ways, each candidate
     running only the layers after it (`reuse.PrefixReuse`, what the strategy does) and each
     candidate's pruned model run whole (the obvious baseline); the scores are checked equal.
@@ -60,10 +62,10 @@ def selection_seconds(loaded: LoadedModel, ids: list[list[int]], batch_size: int
         "attention-drop": lambda: Context(L, sublayers=compute_sublayer_scores(loaded, ids, batch_size)),
         "mlp-drop": lambda: Context(L, sublayers=compute_sublayer_scores(loaded, ids, batch_size)),
     }
-    for name in ("iterative-loss", "iterative-angular"):
-        needs[name] = lambda name=name: Context(L, orders={name: STRATEGIES[name].removal_order(loaded, ids, batch_size)})
+    needs["iterative-angular"] = lambda: Context(
+        L, orders={"iterative-angular": STRATEGIES["iterative-angular"].removal_order(loaded, ids, batch_size)})
     rows = {}
-    for name in STRATEGIES:
+    for name in needs:
         seconds, cpu, block = timed(lambda: choose_layers(name, L // 4, needs[name]()))
         rows[name] = {"seconds": seconds, "cpu_seconds": cpu, "per_forward": seconds / forward, "chosen": block.span}
         print(f"{name}: {seconds:.1f} s ({block.span})", file=sys.stderr, flush=True)
@@ -123,7 +125,9 @@ def table(result: dict) -> str:
     if "reuse" in result:
         r = result["reuse"]
         lines += ["", f"iterative-loss, first {r['steps']} steps: {r['reuse_seconds']:.1f} s with prefix reuse, "
-                  f"{r['whole_seconds']:.1f} s with whole pruned models: {r['speedup']:.2f}x (scores equal)"]
+                  f"{r['whole_seconds']:.1f} s with whole pruned models: {r['speedup']:.2f}x (scores equal); "
+                  f"{r['reuse_seconds'] / r['steps'] / result.get('selection', {}).get('forward_seconds', float('nan')):.0f} "
+                  "forward passes a step"]
     if "sublayers" in result:
         lines += ["", "| dropped | unpruned (s) | skipped in memory (s) | stock form, zeroed (s) | skipped vs stock |",
                   "|---|---|---|---|---|"]

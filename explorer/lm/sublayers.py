@@ -13,8 +13,9 @@ shapes, on the meta device). A dropped attention also keeps no KV cache: the con
 llama-like families read that list nowhere else. The other layers keep their `layer_idx`, so
 the cache stays aligned. (`layer_types` cannot carry it: qwen2 picks each layer's mask by it.)
 
-Saved, stock transformers must load it (`stock_form`): a dropped sub-layer becomes its original
-module with every weight zero, so its output projection (o_proj / down_proj) writes exact zeros.
+Saved, stock transformers must load it (`zero_sublayers`, through `save.stock_form`): a dropped
+sub-layer becomes its original module with every weight zero, so its output projection (o_proj /
+down_proj) writes exact zeros.
 That is exact, but a stock model still computes the zeroed sub-layer and caches its keys: no
 speed-up once saved. transformers 5.x carries per-layer `skip` entries in its heterogeneous
 configs (`per_layer_config`), but its llama-family modelling ignores them (checked by a test), so
@@ -65,7 +66,7 @@ def mid_norm(layer: nn.Module) -> nn.Module:
 
 def _on_meta(module: nn.Module) -> nn.Module:
     """A copy of `module` whose parameters and buffers live on the meta device: its structure and
-    shapes, no memory (what `stock_form` rebuilds a dropped sub-layer from)."""
+    shapes, no memory (what `zero_sublayers` rebuilds a dropped sub-layer from)."""
     memo = {}
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         meta = tensor.detach().to("meta")
