@@ -41,7 +41,9 @@ first removed layer, with no sharp transition: the paper's contrast between grad
 degradation and abrupt collapse of knowledge QA. Above 1 the pruned model is worse than guessing
 uniformly: it is confidently wrong. Compare the strategies: *similarity* removes the block whose input and output
 agree most; *simple* removes the deepest layers but keeps the last; *top-cut* also drops the last
-layer. Error bars: the loss's standard error over the held-out documents.
+layer; *block-influence* and the *iterative* strategies remove any set of layers, not one block; *attention-drop*
+and *mlp-drop* drop sub-layers only (their x counts sub-layers of that kind). Error bars: the loss's standard
+error over the held-out documents.
 """
 HEALED_TEXT = "Dashed lines are the same points after a short LoRA healing run."
 

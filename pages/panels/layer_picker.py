@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer.analysis.strategies import STRATEGIES, choose_layers, get_strategy, strategies_help
-from explorer.lm.blocks import LayerSet, check_block
+from explorer.lm.blocks import LayerSet, check_block, simple_start
 from explorer.lm.models import LoadedModel
 from explorer.views.strategies import calibration, page_context
 from pages import get_store, user_errors
@@ -25,7 +25,7 @@ def _from_heatmap(model: dict, num_layers: int) -> dict | None:
         st.session_state[START_KEY], st.session_state[SIZE_KEY] = from_heatmap["start"], from_heatmap["n"]
     if st.session_state.get(SIZE_KEY, num_layers) >= num_layers or st.session_state.get(START_KEY, num_layers) >= num_layers:
         st.session_state[SIZE_KEY] = max(1, num_layers // 4)  # first visit, or a model with fewer layers
-        st.session_state[START_KEY] = num_layers - 1 - st.session_state[SIZE_KEY]
+        st.session_state[START_KEY] = simple_start(st.session_state[SIZE_KEY], num_layers)
     return from_heatmap
 
 
