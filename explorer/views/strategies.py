@@ -12,7 +12,8 @@ from explorer.lm.models import LoadedModel
 from explorer.state.cache import similarity_runs, strategy_context
 
 PAGE_CALIBRATION = {"source": "embedded", "samples": 32, "seq_len": 128}  # before any heatmap ran on the model
-MARKABLE = tuple(name for name, s in STRATEGIES.items() if s.unit == "layers" and name not in ("similarity", "simple"))
+# Strategies the heatmap can mark besides its own (similarity's best block, simple's; top-cut's is the right edge)
+MARKABLE = tuple(name for name, s in STRATEGIES.items() if s.unit == "layers" and name not in ("similarity", "simple", "top-cut"))
 
 
 def calibration(loaded: LoadedModel, store) -> dict:

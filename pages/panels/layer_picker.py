@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.analysis.strategies import STRATEGIES, choose_layers, get_strategy, strategies_help
+from explorer.analysis.strategies import DISTANCES, STRATEGIES, choose_layers, get_strategy, strategies_help
 from explorer.lm.blocks import LayerSet, check_block, simple_start
 from explorer.lm.models import LoadedModel
 from explorer.views.strategies import calibration, page_context
@@ -31,7 +31,7 @@ def _from_heatmap(model: dict, num_layers: int) -> dict | None:
 
 def _strategy_set(loaded: LoadedModel, strategy: str, n: int) -> LayerSet | None:
     """The strategy's set for n; what it needs is computed once per model (a spinner says what)."""
-    needs = get_strategy(strategy).needs - {"distances"}
+    needs = get_strategy(strategy).needs - {DISTANCES}  # the heatmap is read, never computed here
     text = calibration(loaded, get_store())
     with user_errors(), st.spinner(f"Computing what {strategy} needs on {text['samples']} samples of "
                                    f"{text['source']} (once per model, then cached)…" if needs else "Choosing…"):
