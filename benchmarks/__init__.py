@@ -78,4 +78,5 @@ BENCHMARKS = {
     "speed": "benchmarks.speed",
     "distill": "benchmarks.distill",
     "generation": "benchmarks.generation",
+    "strategies": "benchmarks.strategies",
 }

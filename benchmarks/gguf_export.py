@@ -54,7 +54,7 @@ def measure_in(args: argparse.Namespace, work: Path) -> dict:
 
     source = embedded_gguf_path()
     source.read_bytes()  # into the page cache for both sides
-    direct_runs = [timed(lambda: prune_gguf(source, work / "direct.gguf", args.start, args.n)) for _ in range(2)]
+    direct_runs = [timed(lambda: prune_gguf(source, work / "direct.gguf", range(args.start, args.start + args.n))) for _ in range(2)]
 
     def baseline():
         loaded = load_model(str(source), device="cpu", dtype=torch.float32)  # the GGUF itself: dequantized here

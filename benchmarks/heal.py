@@ -24,7 +24,7 @@ from dataclasses import replace
 import torch
 
 from benchmarks import arguments, environment, report
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.lm.models import LoadedModel, load_model
 from explorer.surgery.heal import HealConfig, lora_targets, train_adapter, training_batches, training_model
 from explorer.surgery.prune import prune_block
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, device=args.device)
     n = args.n if args.n is not None else loaded.num_layers // 4
-    block = strategy_block("simple", n, loaded.num_layers)
+    block = choose_layers("simple", n, Context(loaded.num_layers))
     pruned = prune_block(loaded, block.start, block.n, inplace=True).loaded
     config = HealConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, rank=args.rank,
                         alpha=2 * args.rank, eval_every=args.steps, quantize=False).resolved(pruned.device)

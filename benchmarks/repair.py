@@ -17,7 +17,7 @@ import sys
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.evaluation.evaluate import validation_loss
 from explorer.lm.models import LoadedModel, load_model
 from explorer.state.cache import cached_distances
@@ -53,7 +53,7 @@ def measure(args: argparse.Namespace) -> dict:
     repair_config = RepairConfig()
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
-        block = strategy_block("similarity", n, loaded.num_layers, similarity)
+        block = choose_layers("similarity", n, Context(loaded.num_layers, similarity))
         pruned = prune_block(loaded, block.start, block.n)
         pruned_loss = loss(pruned.loaded)
         linear_s, linear_cpu, (repaired, fit) = timed(lambda: repair_block(loaded, block.start, block.n, repair_config))

@@ -23,7 +23,7 @@ import sys
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.evaluation.evaluate import quick_eval
 from explorer.experiments.sweep import SweepSettings, eval_config, parse_fractions
 from explorer.lm.blocks import Block
@@ -65,7 +65,7 @@ def measure(args: argparse.Namespace) -> dict:
     settings.check()
     load_s, _, loaded = timed(lambda: load_model(settings.model, device=settings.device))
     num_layers = loaded.num_layers
-    blocks = [strategy_block("simple", n, num_layers) for n in settings.block_sizes(num_layers)]
+    blocks = [choose_layers("simple", n, Context(num_layers)) for n in settings.block_sizes(num_layers)]
     probe = torch.tensor([loaded.tokenizer("The capital of France is Paris, and the capital of Spain is")["input_ids"]])
 
     def reload(block: Block) -> LoadedModel:

@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.analysis.strategies import STRATEGIES
+from explorer.analysis.strategies import PAPER_STRATEGIES
 from explorer.experiments.sweep import profile_parts, run_sweep, start_sweep, teaching_preset
 from explorer.lm.models import load_model
 from explorer.state.store import Store
 
 GOAL = 3.0
-SWEEPS = {"teaching": {}, "three strategies": {"strategies": STRATEGIES}}
+SWEEPS = {"teaching": {}, "three strategies": {"strategies": PAPER_STRATEGIES}}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

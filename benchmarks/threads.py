@@ -24,7 +24,7 @@ import time
 import torch
 
 from benchmarks import arguments, environment, report, timed
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.core.threads import cores, threads_for
 from explorer.lm.models import load_model
 from explorer.surgery.heal import HealConfig, train_step, training_batches, training_model
@@ -69,7 +69,7 @@ def timed_steps(peft_model, optimizer, data: list, threads: int) -> list[float]:
 def measure(args: argparse.Namespace) -> dict:
     default = cores()  # torch's own choice without OMP_NUM_THREADS: one thread per core
     loaded = load_model(args.model, device="cpu")
-    block = strategy_block("simple", loaded.num_layers // 4, loaded.num_layers)
+    block = choose_layers("simple", loaded.num_layers // 4, Context(loaded.num_layers))
     pruned = prune_block(loaded, block.start, block.n, inplace=True).loaded
     config = HealConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, quantize=False).resolved("cpu")
     data = training_batches(pruned, config)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from explorer.analysis.bootstrap import DRAWS, SEED, bootstrap, result_json, summary
-from explorer.analysis.strategies import STRATEGIES, strategy_block
+from explorer.analysis.strategies import choose_layers, get_strategy, needs_of, strategies_help
 from explorer.core.errors import ExplorerError
 from explorer.core.files import write_json
 from explorer.core.options import add_options, given
@@ -55,12 +55,20 @@ from explorer.export.gguf import (
 from explorer.export.hub import check_hub_ready, check_repo_id, push, push_plan
 from explorer.export.llamacpp import llama_quantize_command
 from explorer.jobs import cancel, run_job
-from explorer.lm.blocks import check_block
+from explorer.lm.blocks import check_block, check_layer_set, parse_indices
 from explorer.lm.data import check_settings, split_documents
 from explorer.lm.models import check_device, load_config, load_model, model_skeleton
 from explorer.lm.save import DTYPES
 from explorer.lm.stream import open_for_analysis
-from explorer.state.cache import cached_distances, cached_reference, heatmap_origin, stored_heatmap
+from explorer.lm.sublayers import FORM
+from explorer.state.cache import (
+    cached_distances,
+    cached_reference,
+    cached_sublayers,
+    heatmap_origin,
+    stored_heatmap,
+    strategy_context,
+)
 from explorer.state.store import Store
 from explorer.surgery.finetune import FinetuneConfig
 from explorer.surgery.heal import HealConfig, check_heal_size, target_modules
@@ -169,6 +177,20 @@ def _similarity(args: argparse.Namespace) -> None:
     print(summary(result, boot))
 
 
+def _sublayers(args: argparse.Namespace) -> None:
+    """Angular distance and Block Influence of every attention and MLP sub-layer, as JSON to --out."""
+    check_settings(args.samples, args.seq_len, args.batch_size)
+    _check_out(args.out)
+    loaded = _load(args)
+    _, scores, _ = cached_sublayers(loaded, args.text_file, args.samples, args.seq_len, args.batch_size,
+                                    progress=_progress("samples"))
+    write_json(args.out, scores.to_json())
+    quarter = max(1, scores.num_layers // 4)
+    for kind, label in (("attention", "attention"), ("mlp", "MLP")):
+        print(f"{label} sub-layers changing the stream least (lowest Block Influence; {kind}-drop's first {quarter}): "
+              f"{', '.join(map(str, scores.lowest(kind, quarter)))}")
+
+
 def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
     _streamed_similarity_arguments(parser)
     parser.add_argument("--bootstrap", type=int, default=DRAWS, metavar="B",
@@ -177,10 +199,15 @@ def _similarity_command_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
-    _similarity_arguments(parser)  # the similarity strategy computes (or reuses) distances with these settings
-    parser.add_argument("--start", type=int, default=None, help="first layer of the block (or use --strategy)")
-    parser.add_argument("--n", type=int, required=True, help="number of layers to remove")
-    parser.add_argument("--strategy", default=None, help="pick the block: similarity, simple or top-cut")
+    _similarity_arguments(parser)  # what a strategy needs (distances, Block Influence, ...) is computed (or reused) on this text
+    parser.add_argument("--start", type=int, default=None, help="first layer of the block (or use --strategy or --layers)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="how many to remove with --start or --strategy: layers, or sub-layers for attention-drop and mlp-drop")
+    parser.add_argument("--strategy", default=None, help=f"choose what to remove: {strategies_help()}")
+    parser.add_argument("--layers", default=None, metavar="LIST", help="remove exactly these layers, e.g. 3,7-9 (any set, no --n)")
+    parser.add_argument("--attention", default=None, metavar="LIST",
+                        help="skip these layers' attention sub-layers (saved with zero weights; see run.json)")
+    parser.add_argument("--mlp", default=None, metavar="LIST", help="skip these layers' MLP sub-layers (saved with zero weights)")
     parser.add_argument("--similarity", default=None, metavar="RUN_ID|FILE",
                         help="the similarity strategy reuses this heatmap (a similarity run id, or the JSON `similarity --out` "
                              "wrote) instead of computing one from --text-file/--samples/--seq-len")
@@ -251,44 +278,68 @@ def _dtype_argument(parser: argparse.ArgumentParser) -> None:
                         help="type of the saved weights (default: as loaded; bf16 halves fp32)")
 
 
+def _prune_choice(args: argparse.Namespace) -> str:
+    """Which way the command names what to remove: "start", "strategy" or "set"; one sentence when
+    it names none or several, or --n is missing or extra."""
+    given = {"start": args.start is not None, "strategy": args.strategy is not None,
+             "set": any(v is not None for v in (args.layers, args.attention, args.mlp))}
+    if sum(given.values()) != 1:
+        raise ExplorerError("Give one of --start (a block's first layer, with --n), --strategy (with --n) or "
+                            "--layers / --attention / --mlp (any set).")
+    choice = next(name for name, present in given.items() if present)
+    if (args.n is None) != (choice == "set"):
+        raise ExplorerError("--n goes with --start and --strategy, not with --layers / --attention / --mlp." if choice == "set"
+                            else f"--{choice} needs --n, how many to remove.")
+    if args.strategy is not None:
+        get_strategy(args.strategy)  # an unknown name fails before the model loads
+    return choice
+
+
 def _prune(args: argparse.Namespace) -> None:
-    """Prune one block and write the model folder, its run.json and a mergekit passthrough YAML."""
-    if (args.start is None) == (args.strategy is None):
-        raise ExplorerError("Give either --start (the block's first layer) or --strategy (similarity, simple or top-cut).")
-    if args.strategy is not None and args.strategy not in STRATEGIES:
-        raise ExplorerError(f"Unknown strategy '{args.strategy}': choose one of {', '.join(STRATEGIES)}.")
-    use_similarity = args.strategy == "similarity" and args.n > 0
+    """Prune a block or any set of layers (or sub-layers) and write the model folder, its run.json
+    and a mergekit passthrough YAML."""
+    choice = _prune_choice(args)
+    strategies = [args.strategy] if choice == "strategy" and args.n > 0 else []
     if args.similarity is not None and args.strategy != "similarity":
         raise ExplorerError("--similarity gives the heatmap of --strategy similarity: add --strategy similarity.")
-    reused = stored_heatmap(args.similarity, Store()) if use_similarity and args.similarity is not None else None
-    if use_similarity:
+    reused = stored_heatmap(args.similarity, Store()) if strategies and args.similarity is not None else None
+    if strategies and needs_of(strategies) and reused is None:
         check_settings(args.samples, args.seq_len, args.batch_size)
     _check_out(args.out, folder=True, model=args.model)
     token = _check_export(args, weights_change=args.repair != "none")
     repair = _repair_config(args, args.text_file, args.samples)
     loaded = _load(args)
     num_layers = loaded.num_layers
-    similarity = None
+    similarity, origin = None, None
     if reused is not None:
         similarity, origin = reused
         if (similarity.model, similarity.num_layers) != (loaded.name, num_layers):
             raise ExplorerError(f"The heatmap {args.similarity} was computed on {similarity.model} ({similarity.num_layers} "
                                 f"layers), not on {loaded.name} ({num_layers} layers): give one of this model.")
-    elif use_similarity:
+    elif "similarity" in strategies:
         run_id, similarity, hit = cached_distances(
             loaded, args.text_file, args.samples, args.seq_len, args.batch_size, progress=_progress("samples")
         )
         origin = heatmap_origin(similarity, f"run #{run_id}{', from the store' if hit else ''}")
-    if args.strategy:
-        block = strategy_block(args.strategy, args.n, num_layers, similarity)
-    else:
+    if choice == "strategy":
+        others = [name for name in strategies if name != "similarity"]  # the heatmap is fetched above, with its origin
+        context = strategy_context(loaded, others, args.text_file, args.samples, args.seq_len, args.batch_size,
+                                   phase=lambda text: print(f"computing {text}", file=sys.stderr, flush=True))
+        context.similarity = similarity
+        block = choose_layers(args.strategy, args.n, context)
+    elif choice == "start":
         block = check_block(args.start, args.n, num_layers, args.allow_final)
+    else:
+        block = check_layer_set(parse_indices(args.layers or ""), num_layers, args.allow_final,
+                                parse_indices(args.attention or "", "--attention"), parse_indices(args.mlp or "", "--mlp"))
     if block.includes_final:
         print(f"warning: removing the final layer {num_layers - 1}; the paper shows it must be kept.", file=sys.stderr)
     result, fit = prune_or_repair(loaded, block, repair, inplace=True)
     if similarity is not None:
         print(f"block chosen by the similarity heatmap of {origin}", file=sys.stderr)
+    calibration = {"source": args.text_file, "samples": args.samples, "seq_len": args.seq_len}
     extra = {"strategy": args.strategy or "manual",
+             "calibration": calibration if strategies and needs_of(strategies) and reused is None else None,
              "similarity": {"source": similarity.source, "samples": similarity.samples, "seq_len": similarity.seq_len,
                             "chosen_by": origin} if similarity is not None else None,
              "repair": repair_record(repair, fit) if repair else {"method": "none"}}
@@ -300,6 +351,8 @@ def _prune(args: argparse.Namespace) -> None:
         f"pruned {block.describe(result.removed_params)}: {result.params_before / 1e6:.1f}M -> "
         f"{result.params_after / 1e6:.1f}M parameters, saved to {out}"
     )
+    if block.sublayers:
+        print(f"sub-layers are skipped in memory; the saved model holds them with zero weights ({FORM}): exact, not faster")
     if fit is not None:
         print(f"linear repair folded into layer {fit.layer}: held-out relative residual {fit.heldout_residual:.3f} "
               f"(unrepaired {fit.heldout_residual_unrepaired:.3f})")
@@ -334,7 +387,7 @@ def _export_gguf(args: argparse.Namespace) -> None:
 
     token = _check_export(args, weights_change=False)
     if source := gguf_source(args.model):
-        exported = prune_gguf(source, args.gguf, args.start, args.n, args.allow_final)
+        exported = prune_gguf(source, args.gguf, range(args.start, args.start + args.n), args.allow_final)
     else:
         loaded = load_model(args.model, device=args.device, dtype=torch.float32, trust_remote_code=args.trust_remote_code)
         block = check_block(args.start, args.n, loaded.num_layers, args.allow_final)
@@ -470,7 +523,7 @@ def _speed(args: argparse.Namespace) -> None:
     drop = _drop_block(args.drop)
     reference = args.reference if drop is not None else _reference_model(args)
     model = {"source": args.model, "device": args.device, "load_in_4bit": args.load_in_4bit, "trust_remote_code": args.trust_remote_code}
-    settings = speed_settings(model, speed, drop, reference)
+    settings = speed_settings(model, speed, None if drop is None else {"start": drop[0], "n": drop[1]}, reference)
     _check_out(args.out)
     store = Store()
     run_id = store.create_run("speed", args.model, settings)
@@ -717,7 +770,8 @@ def _heal_ranks(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "similarity": (_similarity_command_arguments, _similarity, "angular distances for every (l, n)"),
-    "prune": (_prune_arguments, _prune, "remove a block of layers and save the model"),
+    "sublayers": (_similarity_arguments, _sublayers, "angular distance and Block Influence of every attention and MLP sub-layer"),
+    "prune": (_prune_arguments, _prune, "remove a block or any set of layers (or sub-layers) and save the model"),
     "export-gguf": (_export_gguf_arguments, _export_gguf, "a GGUF without a block: copied from a GGUF, or converted from a folder"),
     "eval": (_eval_arguments, _eval, "accuracy of a task (MMLU, MMLU cloze, quiz, ...) with its 95%% interval"),  # argparse formats help with %
     "loss": (_loss_arguments, _loss, "validation loss on held-out text, optionally with a block dropped"),

@@ -50,6 +50,8 @@ KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
     RunKind("metrics", "metric comparison", headline=views.metrics_headline, table=views.metrics_table,
             figures=figures.metrics_figures),
     RunKind("brute-force", "brute-force loss", headline=views.brute_force_headline, table=views.brute_force_table),
+    RunKind("sublayers", "sub-layer scores", headline=views.sublayers_headline),
+    RunKind("selection", "iterative layer selection", headline=views.selection_headline),
     RunKind("quick-eval", "evaluation (loss and accuracy)"),
     RunKind("reference-predictions", "the unpruned model's answers"),
     RunKind("preview", "prune comparison (the Prune page)", headline=preview_headline, table=preview_table),

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.analysis.metrics import METRICS, MetricScores
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.lm.blocks import Block, default_size
 from explorer.lm.models import LoadedModel
 from explorer.state.cache import brute_force_run, cached_brute_force, cached_scores
@@ -77,8 +78,9 @@ def show(loaded: LoadedModel, scores: MetricScores, settings: dict) -> None:
         st.dataframe(choices_table(scores, n), hide_index=True, key="met_choices")
         st.markdown("**Spearman rank correlation of the candidate blocks' scores**")
         st.plotly_chart(correlation_figure(scores, n), key="met_corr", config={"displayModeBar": False})
-        shortgpt = scores.lowest_influence_layers(n)
-        st.caption(f"ShortGPT itself drops the {n} lowest-BI layers wherever they are: {shortgpt}. Here every metric "
+        shortgpt = choose_layers("block-influence", n, Context(scores.num_layers, influence=scores.layer_influence))
+        st.caption(f"ShortGPT itself drops the {n} lowest-BI layers wherever they are (the block-influence strategy, "
+                   f"keeping the final layer): {shortgpt.span}. Here every metric "
                    "scores the same contiguous blocks [l, l+n) (BI summed over the block) so their choices compare. "
                    f"Scores from {scores.samples} samples, {scores.tokens} tokens.")
     st.plotly_chart(influence_figure(scores), key="met_influence")

@@ -11,8 +11,7 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.analysis.strategies import STRATEGIES, strategy_block
-from explorer.lm.blocks import check_block
+from explorer.core.errors import ExplorerError
 from explorer.lm.models import LoadedModel
 from explorer.lm.save import DTYPES
 from explorer.state.store import Run
@@ -20,53 +19,20 @@ from explorer.surgery.heal import check_heal_size
 from explorer.surgery.parallel import visible_gpus
 from explorer.surgery.repair import RepairConfig
 from explorer.views.figures.heal import heal_figure
-from explorer.views.preview import PAGE_REPAIRS, REPAIR_HELP, comparison_frame, heal_rows, heal_widget_values, latest_similarity
+from explorer.views.preview import PAGE_REPAIRS, REPAIR_HELP, comparison_frame, heal_rows, heal_widget_values
 from explorer.views.progress import estimate_heal, estimate_text, heal_progress, machine_load, progress_text
 from explorer.views.runs import heal_description
 from explorer.views.session import first_run
 from explorer.views.text import plain
 from pages import check_text, get_store, job_status, job_view, show_page, user_errors, viewer, visitor
 from pages.panels.heal_form import heal_settings
+from pages.panels.layer_picker import MANUAL, layer_picker
 from pages.panels.model import open_page
 from pages.panels.pruned import PRUNED_KEY, prune_now, show_pruned
 from pages.panels.speed import speed_panel
 
-BLOCK_KEY = "selected_block"  # written by the heatmap page
 RUN_KEY = "ph_run"
-START_KEY, SIZE_KEY = "ph_start", "ph_n"
-MANUAL = "manual (numbers below)"
 LORA = PAGE_REPAIRS[2]  # "LoRA heal": a background job, started with Start healing
-
-
-def block_picker(loaded: LoadedModel, model: dict) -> tuple[int, int, bool]:
-    """Start and size of the block: the heatmap's pick when it was made on this model, or a strategy."""
-    num_layers = loaded.num_layers
-    picked = st.session_state.get(BLOCK_KEY)
-    from_heatmap = picked if picked and picked["model"] == model and picked["num_layers"] == num_layers else None
-    if from_heatmap and st.session_state.get("ph_from") != (from_heatmap["start"], from_heatmap["n"]):
-        st.session_state["ph_from"] = (from_heatmap["start"], from_heatmap["n"])
-        st.session_state[START_KEY], st.session_state[SIZE_KEY] = from_heatmap["start"], from_heatmap["n"]
-    if st.session_state.get(SIZE_KEY, num_layers) >= num_layers or st.session_state.get(START_KEY, num_layers) >= num_layers:
-        st.session_state[SIZE_KEY] = max(1, num_layers // 4)  # first visit, or a model with fewer layers
-        st.session_state[START_KEY] = num_layers - 1 - st.session_state[SIZE_KEY]
-    strategy = st.selectbox("Choose the block by", [MANUAL, *STRATEGIES], key="ph_strategy",
-                            help="similarity: the paper's argmin of the angular distance (needs a heatmap run); "
-                                 "simple: the deepest n layers before the last; top-cut: the last n layers.")
-    left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
-    n = int(middle.number_input("Block size n", min_value=0, max_value=num_layers - 1,
-                                value=st.session_state[SIZE_KEY], step=1, key=SIZE_KEY))
-    if strategy != MANUAL:
-        with user_errors():
-            similarity = latest_similarity(loaded, get_store(), viewer()) if strategy == "similarity" else None
-            block = strategy_block(strategy, n, num_layers, similarity)
-            st.session_state[START_KEY] = block.start
-    start = int(left.number_input("First layer l", min_value=0, max_value=num_layers - 1,
-                                  value=st.session_state[START_KEY], step=1, key=START_KEY, disabled=strategy != MANUAL))
-    allow_final = right.checkbox("Allow removing the final layer", key="ph_allow_final",
-                                 help="The paper shows the final layer must be kept; top-cut removes it by design.")
-    if from_heatmap and (start, n) == (from_heatmap["start"], from_heatmap["n"]):
-        st.caption(f"Block picked on the heatmap (similarity run #{from_heatmap['similarity_run']}).")
-    return start, n, allow_final or strategy == "top-cut"
 
 
 def run_summary(run: Run, events: list[dict]) -> None:
@@ -107,8 +73,8 @@ def main() -> None:
         return
     model, loaded = opened
     reattach(loaded)
-    st.subheader("Block")
-    start, n, allow_final = block_picker(loaded, model)
+    st.subheader("Layers to remove")
+    layers, allow_final = layer_picker(loaded, model)
     config = heal_settings(loaded)
     visible = visible_gpus()  # several GPUs: the job can train data-parallel on them (accelerate)
     gpus = st.slider(f"GPUs for healing ({visible} visible)", 1, visible, visible, key="ph_gpus") if visible > 1 else 1
@@ -129,21 +95,25 @@ def main() -> None:
     with user_errors():
         config.check()
         check_text(config.source)
+        if (prune_clicked or heal_clicked) and layers is None:
+            raise ExplorerError("Choose what to remove first (the strategy above could not choose).")
         if prune_clicked:
-            prune_now(loaded, start, n, allow_final, config, prompt, repair)
+            prune_now(loaded, layers, config, prompt, repair)
+        if heal_clicked and not layers.contiguous:  # fail here, not in the job
+            raise ExplorerError("Healing takes one contiguous block of layers; prune this set (and save it) instead.")
         if heal_clicked:
-            check_heal_size(n)
-            check_block(start, n, loaded.num_layers, allow_final)  # fail here, not in the job
+            block = layers.as_block()  # healing starts from one contiguous block
+            check_heal_size(block.n)
             linear = RepairConfig(source=config.source, seq_len=config.seq_len, batch_size=config.eval_batch_size) \
                 if repair == "linear" else None
-            settings = {"model": model, "start": start, "n": n, "allow_final": allow_final, "heal": config.to_json(),
+            settings = {"model": model, "start": block.start, "n": block.n, "allow_final": allow_final, "heal": config.to_json(),
                         "save": save, "dtype": dtype, "processes": gpus, "repair": linear.to_json() if linear else None}
             st.session_state[RUN_KEY] = jobs.submit(get_store(), "heal", loaded.name, settings, owner=visitor())
         pruned = st.session_state.get(PRUNED_KEY)
         if pruned and pruned["fingerprint"] == loaded.fingerprint:
             st.subheader("Pruned model")
             show_pruned(loaded, model, pruned, st.session_state.get(RUN_KEY))
-    speed_panel(loaded, model, start, n)
+    speed_panel(loaded, model, layers)
     st.subheader("Healing")
     if RUN_KEY not in st.session_state:
         st.caption("No healing run for this model yet.")

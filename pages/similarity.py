@@ -10,28 +10,28 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.analysis.bootstrap import Bootstrap, block_notes, bootstrap, selection_text, summary
+from explorer.analysis.bootstrap import bootstrap, summary
 from explorer.analysis.similarity import SimilarityResult
 from explorer.core.paths import explorer_home
-from explorer.lm.blocks import check_block, default_size
+from explorer.lm.blocks import default_size
 from explorer.lm.data import save_upload
 from explorer.lm.models import LoadedModel
 from explorer.state.cache import cached_distances
 from explorer.state.store import Run
-from explorer.surgery.prune import removed_parameters
-from explorer.views.figures.export import figure_png, png_export_available
-from explorer.views.figures.similarity import LEGEND, distances_frame, heatmap_figure, min_distance_figure, stability_figure
+from explorer.views.figures.similarity import LEGEND, heatmap_figure, min_distance_figure, stability_figure
 from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
 from explorer.views.progress import estimate_similarity, estimate_text, machine_load
 from explorer.views.runs import similarity_caption, similarity_label
 from explorer.views.session import page_runs
 from explorer.views.text import plain
-from pages import download_row, get_store, show_page, user_errors, viewer, visitor, visitor_policy
-from pages.panels.model import MODEL_KEY, current_model, model_picker
+from pages import get_store, show_page, user_errors, viewer, visitor, visitor_policy
+from pages.panels.chosen_layers import marked_sets
+from pages.panels.heatmap import downloads, show_block
+from pages.panels.model import current_model, model_picker
 from pages.panels.progress import steady_progress
+from pages.panels.sublayers import sublayer_panel
 
 RESULT_KEY = "similarity_result"  # {"run_id", "result" (json), "fingerprint", "from_cache"}
-BLOCK_KEY = "selected_block"  # read by the prune page
 CHART_KEY = "similarity_chart"
 START_KEY, SIZE_KEY = "block_start", "block_n"
 
@@ -117,29 +117,6 @@ def block_inputs() -> tuple[int, int]:
     return int(start), int(n)
 
 
-def show_block(loaded: LoadedModel, result: SimilarityResult, boot: Bootstrap | None, run_id: int, start: int,
-               n: int) -> None:
-    """Validate the picked block, say what it removes and how sure the best block for n is, and
-    hand it to the prune page."""
-    st.session_state.pop(BLOCK_KEY, None)
-    block = check_block(start, n, result.num_layers, allow_final=True)
-    st.success(selection_text(result, boot, block, removed_parameters(loaded, block)))
-    for note in block_notes(result, boot, block):
-        st.warning(note)
-    st.session_state[BLOCK_KEY] = {"start": start, "n": n, "num_layers": result.num_layers, "similarity_run": run_id,
-                                   "model": st.session_state[MODEL_KEY]}
-
-
-def downloads(result: SimilarityResult, boot: Bootstrap | None, fig) -> None:
-    """CSV and HTML always; PNG when kaleido finds a Chrome/Chromium. Files are built on click."""
-    stem = f"similarity-{result.num_layers}-layers-{result.samples}-samples"
-    png = png_export_available()
-    download_row([("Matrix (CSV)", distances_frame(result, boot).to_csv(index=False), f"{stem}.csv", "text/csv", None),
-                  ("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"{stem}.html", "text/html", None)]
-                 + ([("Figure (PNG)", lambda: figure_png(fig), f"{stem}.png", "image/png", None)] if png else []),
-                 None if png else "PNG export needs Chrome/Chromium for kaleido; use the camera button on the chart.")
-
-
 def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cache: bool, settings: dict) -> None:
     """Block panel above the heatmap (so a click's effect is in view), the min-distance plot beside it
     (it wraps below on narrow screens), then the downloads."""
@@ -159,14 +136,16 @@ def results(loaded: LoadedModel, run_id: int, result: SimilarityResult, from_cac
     scaled = right.toggle("Paper style: rescale each row to [0, 1]", key="sim_scaled",
                           help="Colours each n's row from its own minimum to its maximum, as the paper's heatmaps do; "
                           "the hover still shows the distance.")
+    marked = marked_sets(loaded, settings)
     with st.container(horizontal=True, gap="medium"):
-        fig = heatmap_figure(result, (start, n), y_axis, scaled, boot)
+        fig = heatmap_figure(result, (start, n), y_axis, scaled, boot, marked)
         st.plotly_chart(fig, width="content", theme=None, key=CHART_KEY, on_select=on_chart_select,
                         selection_mode="points", config={"displaylogo": False})
         st.plotly_chart(min_distance_figure(result, boot), width=480, key="similarity_min")
     if boot:
         st.plotly_chart(stability_figure(result, boot), key="similarity_stability")
     downloads(result, boot, fig)
+    sublayer_panel(loaded, settings)
 
 
 def main() -> None:

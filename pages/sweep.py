@@ -9,7 +9,7 @@ import time
 import streamlit as st
 
 from explorer import jobs
-from explorer.analysis.strategies import STRATEGIES
+from explorer.analysis.strategies import STRATEGIES, strategies_help
 from explorer.evaluation.tasks import task_names
 from explorer.experiments.sweep import SweepSettings, parse_fractions, teaching_preset
 from explorer.experiments.sweep.distributed import ray_available
@@ -47,7 +47,9 @@ first removed layer, with no sharp transition: the paper's contrast between grad
 degradation and abrupt collapse of knowledge QA. Above 1 the pruned model is worse than guessing
 uniformly: it is confidently wrong. Compare the strategies: *similarity* removes the block whose input and output
 agree most; *simple* removes the deepest layers but keeps the last; *top-cut* also drops the last
-layer. Error bars: the loss's standard error over the held-out documents.
+layer; *block-influence* and the *iterative* strategies remove any set of layers, not one block; *attention-drop*
+and *mlp-drop* drop sub-layers only (their x counts sub-layers of that kind). Error bars: the loss's standard
+error over the held-out documents.
 """
 HEALED_TEXT = "Dashed lines are the same points after a short LoRA healing run."
 
@@ -68,7 +70,8 @@ def settings_form(model: dict) -> SweepSettings:
         st.button("🎓 Teaching preset", on_click=apply_preset, key="sw_preset",
                   help=f"Embedded model on CPU in a few minutes: n = 0, {preset.stride}, {2 * preset.stride}, …, "
                        f"{' and '.join(preset.strategies)}, {preset.limit} quiz questions per point.")
-        strategies = st.multiselect(**LABELS["sw_strategies"], options=STRATEGIES, default=state["sw_strategies"], key="sw_strategies")
+        strategies = st.multiselect(**{**LABELS["sw_strategies"], "help": strategies_help()}, options=list(STRATEGIES),
+                                    default=state["sw_strategies"], key="sw_strategies")
         left, right = st.columns(2)
         mode = left.radio("Block sizes", MODES, index=MODES.index(state["sw_mode"]), key="sw_mode", horizontal=True)
         if mode == MODES[0]:

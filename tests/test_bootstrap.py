@@ -16,7 +16,7 @@ import torch
 
 from explorer.analysis.bootstrap import bootstrap, choice_notes, optimal_with_uncertainty, result_json, summary
 from explorer.analysis.similarity import SimilarityResult, compute_distances
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.kinds import headline
 from explorer.lm.layers import decoder_layers
 from explorer.lm.models import LoadedModel
@@ -50,7 +50,7 @@ def test_best_block_keeps_the_final_layer_in_every_view():
     for n in range(1, L):
         row = TOY.distances[n - 1]
         expected = int(np.argmin(row[: L - n]))  # independent: numpy over starts whose block ends before layer L-1
-        assert TOY.best_block(n).start == expected == strategy_block("similarity", n, L, TOY).start
+        assert TOY.best_block(n).start == expected == choose_layers("similarity", n, Context(L, TOY)).start
         assert TOY.optimal[n - 1] == {"n": n, "layer": expected, "distance": row[expected]}
     assert TOY.unrestricted_minima == [{"n": 1, "layer": 3, "distance": 0.1}, {"n": 2, "layer": 2, "distance": 0.2}]
     frame = distances_frame(TOY)

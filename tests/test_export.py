@@ -13,8 +13,11 @@ import pytest
 import torch
 import yaml
 
+from explorer.analysis.similarity import compute_distances
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.export.mergekit import EMBEDDED_HUB_ID, mergekit_yaml
 from explorer.lm.blocks import Block, check_block
+from explorer.lm.data import make_samples
 from explorer.lm.save import save_pruned
 from explorer.surgery.prune import prune_block
 
@@ -133,16 +136,12 @@ def test_cli_prune_writes_folder(embedded, tmp_path):
 
 
 def test_cli_prune_similarity_strategy(tiny_llama, tiny_llama_dir, tmp_path):
-    from explorer.analysis.similarity import compute_distances
-    from explorer.analysis.strategies import strategy_block
-    from explorer.lm.data import make_samples
-
     out = tmp_path / "sim"
     done = _cli("--model", str(tiny_llama_dir), "--strategy", "similarity", "--n", "2",
                 "--samples", "4", "--seq-len", "32", "--out", str(out))
     assert done.returncode == 0, done.stderr
     samples = make_samples(tiny_llama.tokenizer, "embedded", 4, 32, "train")
-    expected = strategy_block("similarity", 2, 4, compute_distances(tiny_llama, samples.ids))
+    expected = choose_layers("similarity", 2, Context(4, compute_distances(tiny_llama, samples.ids)))
     record = json.loads((out / "run.json").read_text())
     assert record["strategy"] == "similarity" and record["block"]["start"] == expected.start
 

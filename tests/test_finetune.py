@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from explorer import cli, jobs
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.tasks import get_task
 from explorer.experiments.classify import ClassifySettings, run_classify
@@ -103,7 +103,7 @@ def test_a_few_steps_learn_a_real_split(embedded):
     """16 real Pang & Lee sentences, the embedded model cut to its first 4 layers: training lowers the
     loss and raises accuracy on the training split, for prompt-based LoRA and for the head."""
     task = get_task("sst2", data_file="embedded", train=16)
-    pruned = pruned_view(embedded, strategy_block("top-cut", embedded.num_layers - 4, embedded.num_layers))
+    pruned = pruned_view(embedded, choose_layers("top-cut", embedded.num_layers - 4, Context(embedded.num_layers)))
     items = encode_task(pruned, task, task.train_examples)
     for mode in ("prompt-ft", "head-ft"):
         config = FinetuneConfig(steps=16, batch_size=8, lr=1e-2, head_lr=3e-2)

@@ -53,7 +53,7 @@ def test_direct_prune_copies_the_kept_tensors_and_computes_the_pruned_model(embe
     exactly as the embedded model was dequantized) gives the logits of the embedded model pruned with
     prune_block, to float precision."""
     source, out = embedded_gguf_path(), tmp_path / "pruned.gguf"
-    exported = prune_gguf(source, out, 20, 5)
+    exported = prune_gguf(source, out, range(20, 25))
     before, after = embedded_reader, gguf.GGUFReader(out)
     old = {t.name: t for t in before.tensors}
     renamed = {t.name: t.name for t in before.tensors if not t.name.startswith("blk.")}
@@ -98,7 +98,7 @@ def _synthetic_gguf(path: Path, arch: str = "llama", layers: int = 4, alignment:
 def test_per_layer_arrays_are_cut_and_blocks_renumbered(tmp_path):
     source, out = tmp_path / "synthetic.gguf", tmp_path / "out.gguf"
     _synthetic_gguf(source, alignment=64)
-    prune_gguf(source, out, 1, 2)
+    prune_gguf(source, out, range(1, 3))
     fields = _fields(out)
     assert fields["llama.block_count"] == 2
     assert fields["llama.attention.head_count_kv"] == [1, 4]  # the entries of blocks 0 and 3
@@ -116,13 +116,13 @@ def test_direct_prune_refusals(tmp_path):
     for out, start, n, message in [(source, 1, 1, "is the input model itself"), (tmp_path / "x.bin", 1, 1, "ending in .gguf"),
                                    (tmp_path / "x.gguf", 2, 3, "does not fit"), (tmp_path / "x.gguf", 3, 1, "final layer")]:
         with pytest.raises(ExplorerError, match=message):
-            prune_gguf(source, out, start, n)
+            prune_gguf(source, out, range(start, start + n))
     _synthetic_gguf(other := tmp_path / "gemma2.gguf", arch="gemma2")
     with pytest.raises(ExplorerError, match="'gemma2' is not among them"):
-        prune_gguf(other, tmp_path / "y.gguf", 1, 1)
+        prune_gguf(other, tmp_path / "y.gguf", [1])
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf at all")
     with pytest.raises(ExplorerError, match="Could not read"):
-        prune_gguf(tmp_path / "broken.gguf", tmp_path / "z.gguf", 1, 1)
+        prune_gguf(tmp_path / "broken.gguf", tmp_path / "z.gguf", [1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.gguf", "gemma2.gguf", "synthetic.gguf"]
 
 

@@ -14,6 +14,7 @@ import torch
 
 from explorer.analysis.metrics import MetricScores, compute_scores, ranks, spearman
 from explorer.analysis.similarity import compute_distances
+from explorer.analysis.strategies import Context, choose_layers
 from explorer.core.errors import ExplorerError
 from explorer.lm.data import make_samples
 from explorer.state.cache import cached_brute_force, cached_scores
@@ -99,7 +100,8 @@ def test_block_scores_and_choices(scores):
     choices = scores.choices(n)
     for name, values in by_metric.items():
         assert values[choices[name]] == min(values)
-    assert scores.lowest_influence_layers(2) == sorted(np.argsort(influence)[:2].tolist())
+    shortgpt = choose_layers("block-influence", 2, Context(scores.num_layers, influence=influence))
+    assert list(shortgpt.removed) == sorted(np.argsort(influence[:-1])[:2].tolist())  # the final layer is kept
 
 
 def test_last_token_metric_is_the_similarity_engine(tiny_llama, ragged_samples, scores):

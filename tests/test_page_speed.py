@@ -28,7 +28,7 @@ def test_speed_panel_estimates_starts_a_run_and_shows_it(embedded):
     assert "Speed and memory" in [h.value for h in at.subheader]
     captions = " | ".join(c.value for c in at.caption)
     assert "About " in captions and "2 models × 3 interleaved repeats × batch 1, 8" in captions
-    assert "No speed measurement of this block yet." in captions
+    assert "No speed measurement of these layers yet." in captions
     start, n = at.number_input(key="ph_start").value, at.number_input(key="ph_n").value
     at.number_input(key="ph_speed_prompt").set_value(4)
     at.number_input(key="ph_speed_steps").set_value(2)

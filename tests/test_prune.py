@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from explorer.analysis.similarity import SimilarityResult, compute_distances
-from explorer.analysis.strategies import STRATEGIES, strategy_block
+from explorer.analysis.strategies import STRATEGIES, Context, choose_layers
 from explorer.core.errors import ExplorerError
 from explorer.surgery.prune import prune_block
 
@@ -74,7 +74,7 @@ def test_pruned_config_layer_idx_and_original_untouched(embedded):
     model = result.loaded.model
     assert model.config.num_hidden_layers == 24 == result.loaded.num_layers
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == list(range(24))
-    assert result.block.removed == list(range(20, 26))
+    assert result.block.removed == tuple(range(20, 26))
     assert result.params_before - result.params_after == sum(
         p.numel() for i in range(20, 26) for p in embedded.model.model.layers[i].parameters()
     )
@@ -120,6 +120,11 @@ def test_final_layer_needs_override(tiny_llama):
             prune_block(tiny_llama, start, n, allow_final=True)
 
 
+def strategy_block(name: str, n: int, num_layers: int, similarity=None):
+    """What strategy `name` removes for n, given only the distances (the paper's three strategies)."""
+    return choose_layers(name, n, Context(num_layers, similarity))
+
+
 def test_top_cut_extremes(embedded):
     num_layers = embedded.num_layers
     ids = _ids(embedded, copies=1)
@@ -135,10 +140,10 @@ def test_top_cut_extremes(embedded):
 
 
 def test_strategy_blocks(tiny_llama):
-    assert strategy_block("simple", 3, 30).removed == [26, 27, 28]
-    assert strategy_block("top-cut", 3, 30).removed == [27, 28, 29]
+    assert strategy_block("simple", 3, 30).removed == (26, 27, 28)
+    assert strategy_block("top-cut", 3, 30).removed == (27, 28, 29)
     for strategy in STRATEGIES:
-        assert strategy_block(strategy, 0, 30).n == 0
+        assert strategy_block(strategy, 0, 30).empty
     with pytest.raises(ExplorerError, match="Unknown strategy"):
         strategy_block("random", 2, 30)
     with pytest.raises(ExplorerError, match="distances"):

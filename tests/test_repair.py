@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from explorer.core.errors import ExplorerError
-from explorer.lm.blocks import check_block
+from explorer.lm.blocks import Block, check_block
 from explorer.lm.layers import decoder_layers
 from explorer.lm.models import LoadedModel
 from explorer.surgery.repair import RepairConfig, collect_stats, down_projection, fit_block, fit_blocks, fold, repair_block, solve
@@ -166,13 +166,13 @@ def test_page_preview_puts_the_repair_beside_the_pruned_model(tiny_llama, tmp_pa
 
     monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))
     config = HealConfig(eval_task="quiz-capitals", eval_limit=4, val_samples=2, seq_len=32)
-    preview = make_preview(tiny_llama, 1, 2, False, config, "The capital of France is", repair="linear")
+    preview = make_preview(tiny_llama, Block(1, 2, tiny_llama.num_layers), config, "The capital of France is", repair="linear")
     assert list(preview.rows) == ["unpruned", "pruned", "linear repair"]
     assert preview.rows["linear repair"]["val_loss"] != preview.rows["pruned"]["val_loss"]
     assert list(comparison_frame(preview.rows)["model"]) == ["unpruned", "pruned", "linear repair"]
     record = json.loads((preview.save("tiny") / "run.json").read_text())
     assert record["repair"]["method"] == "linear" and record["block"]["removed"] == [1, 2]
-    assert list(make_preview(tiny_llama, 1, 2, False, config, "Paris is").rows) == ["unpruned", "pruned"]
+    assert list(make_preview(tiny_llama, Block(1, 2, tiny_llama.num_layers), config, "Paris is").rows) == ["unpruned", "pruned"]
 
 
 def test_heal_repairs_linearly_before_healing(tiny_llama_dir, tmp_path):

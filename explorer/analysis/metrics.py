@@ -8,8 +8,9 @@ Four scores for the block [l, l+n), lower = safer to drop, all from the same cal
   pooled over the samples' tokens;
 - Block Influence (ShortGPT, Men et al. 2403.03853): BI_i = 1 - mean over all real tokens of
   cos(x^i, x^(i+1)), the input and output of layer i. ShortGPT drops the n lowest-BI layers
-  wherever they are; to compare on the same candidates as the others we score a contiguous
-  block by the SUM of its layers' BI, BI(l, n) = BI_l + ... + BI_(l+n-1);
+  wherever they are (the block-influence strategy, explorer.analysis.strategies); to compare on
+  the same candidates as the others we score a contiguous block by the SUM of its layers' BI,
+  BI(l, n) = BI_l + ... + BI_(l+n-1);
 - brute force (optional, costly): the measured validation-loss increase when [l, l+n) is
   removed, one prune + loss pass per l: the ground truth the cheap metrics try to predict.
 
@@ -78,10 +79,6 @@ class MetricScores:
         """Spearman correlation between every two metrics' rankings of l (a symmetric table)."""
         scores = self.scores(n)
         return {a: {b: spearman(scores[a], scores[b]) for b in scores} for a in scores}
-
-    def lowest_influence_layers(self, n: int) -> list[int]:
-        """ShortGPT's own choice: the n layers with the lowest BI, contiguous or not."""
-        return sorted(int(i) for i in np.argsort(self.layer_influence, kind="stable")[:n])
 
     def to_json(self) -> dict:
         return asdict(self)

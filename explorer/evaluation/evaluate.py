@@ -127,7 +127,13 @@ def validation_loss_with_error(
     is that ratio estimator's (`ratio_standard_error`), i.e. how much the loss would move with
     other documents of the same kind. 0 with a single document."""
     check_settings(samples, seq_len, batch_size)
-    ids = make_samples(loaded.tokenizer, source, samples, seq_len, split="heldout").ids
+    return token_loss(loaded, make_samples(loaded.tokenizer, source, samples, seq_len, split="heldout").ids, batch_size)
+
+
+def token_loss(loaded: LanguageModel, ids: list[list[int]], batch_size: int = 8) -> tuple[float, float]:
+    """(loss, its standard error over documents) of the given token sequences, as
+    `validation_loss_with_error` defines them: what the held-out loss and an iterative
+    selection's calibration loss (explorer.analysis.strategies) both compute."""
     sums: list[float] = []
     counts: list[int] = []
     with inference(loaded.model):

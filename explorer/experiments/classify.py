@@ -1,5 +1,6 @@
 """The accuracy-vs-k curve of "Why Lift so Heavy?" (Yuan, Nie, Ma & Färber, arXiv 2402.11700): for
-each strategy ("top-cut", "similarity"), each k (layers kept) and each mode, one "point" event with
+each strategy (any whole-layer strategy of explorer.analysis.strategies; "top-cut" is the paper's),
+each k (layers kept) and each mode, one "point" event with
 every held-out example's prediction and gold label, the accuracy computed from them (95% Wilson
 interval), the chance line, the train / test split sizes and the finetuning cost in seconds.
 Points go to a store run of kind "classify", so the background job and the page draw them live.
@@ -11,19 +12,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import STRATEGIES, choose_layers
 from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting
 from explorer.evaluation.accuracy import Accuracy
 from explorer.evaluation.questions import check_limit
 from explorer.evaluation.tasks import get_task
+from explorer.lm.blocks import LayerSet
 from explorer.lm.layers import pruned_view
 from explorer.lm.models import LoadedModel, load_model
-from explorer.state.cache import cached_distances
+from explorer.state.cache import strategy_context
 from explorer.state.store import Store, of_kind
 from explorer.surgery.finetune import MODES, ClassifyCancelled, FinetuneConfig, measure
 
-CLASSIFY_STRATEGIES = ("top-cut", "similarity")
+CLASSIFY_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.unit == "layers")  # cuts of whole layers
 CLASSIFY_TASKS = ("sst2", "agnews")
 OnEvent = Callable[[dict], None]
 ShouldStop = Callable[[], bool]
@@ -42,8 +44,9 @@ class ClassifySettings:
     label_words: str | None = setting(None, "comma-separated, one per label (default: terrible,great / World,...)",
                                       label="Label words")
     train: int = setting(80, "training examples held out of the scored set", label="Training examples (held out)")
-    strategies: tuple[str, ...] = setting(("top-cut",), "comma-separated cuts: top-cut (keep layers 0..k-1), similarity "
-                                          "(drop the most similar block of L-k layers)", flag="--strategy", label="Strategies")
+    strategies: tuple[str, ...] = setting(("top-cut",), f"comma-separated cuts of L-k layers, of {', '.join(CLASSIFY_STRATEGIES)}:"
+                                          " top-cut keeps layers 0..k-1 (the paper's), similarity drops the most similar block",
+                                          flag="--strategy", label="Strategies")
     keep: tuple[int, ...] = setting((1, 2, 4, 8, 15, 22, 30), "comma-separated layers kept, k = 1..L",
                                     parse=lambda text: parse_ints(text, "--keep"), label="Layers kept k")
     modes: tuple[str, ...] = setting(MODES, "comma-separated: icl (no training), prompt-ft (label words finetuned), "
@@ -51,7 +54,7 @@ class ClassifySettings:
     finetune: dict = setting(help="FinetuneConfig's fields (their own options)", factory=dict, cli=SHARED)
     limit: int | None = setting(None, "score at most this many held-out examples (default: all)", label="Scored examples")
     batch_size: int = setting(8, "examples per scoring batch", label="Batch size")
-    text: str = setting("embedded", "calibration text of the similarity strategy's heatmap", flag="--text-file",
+    text: str = setting("embedded", "calibration text of what a strategy needs (the similarity heatmap, ...)", flag="--text-file",
                         label="Calibration text")
     sim_samples: int = setting(32, "heatmap samples (similarity strategy)", label="Heatmap samples")
     seq_len: int = setting(128, "tokens per heatmap sample", label="Tokens per sample")
@@ -136,28 +139,29 @@ def run_classify(loaded: LoadedModel, settings: ClassifySettings, store: Store, 
     config = settings.finetune_config()
     num_layers = loaded.num_layers
     check_keep(settings.keep, num_layers)
-    similarity = None
-    if "similarity" in settings.strategies and min(settings.keep) < num_layers:
-        _add(store, run_id, {"kind": "phase", "phase": "similarity heatmap (computed once, then cached)"}, on_event)
-        _, similarity, _ = cached_distances(loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store)
+    context = strategy_context(
+        loaded, settings.strategies if min(settings.keep) < num_layers else (), settings.text, settings.sim_samples,
+        settings.seq_len, settings.batch_size, store,
+        lambda text: _add(store, run_id, {"kind": "phase", "phase": f"{text} (computed once, then cached)"}, on_event))
     sizes = {"n_train": len(task.train_examples), "n_test": len(task.examples[: settings.limit])}
     total = len(settings.keep) * len(settings.strategies) * len(settings.modes)
     _add(store, run_id, {"kind": "plan", "points": total, "num_layers": num_layers, "source": task.source, **sizes}, on_event)
-    measured: dict[tuple[int, int, str], dict] = {}
+    measured: dict[tuple[LayerSet, str], dict] = {}
     points = []
     for k in sorted(set(settings.keep)):
         for strategy in settings.strategies:
-            block = strategy_block(strategy, num_layers - k, num_layers, similarity)
+            block = choose_layers(strategy, num_layers - k, context)
             for mode in settings.modes:
                 if should_stop():
                     raise ClassifyCancelled(f"The run was cancelled after {len(points)} of {total} points.")
-                key = (block.start, block.n, mode)
+                key = (block, mode)
                 if key not in measured:
                     _add(store, run_id, {"kind": "phase", "phase": f"{strategy} k={k}: {mode}"}, on_event)
                     measured[key] = measure(pruned_view(loaded, block), task, mode, config, settings.limit,
                                             settings.batch_size, should_stop)
                 result = measured[key]
                 point = {"kind": "point", "strategy": strategy, "k": k, "mode": mode, "start": block.start, "n": block.n,
+                         **({} if block.contiguous else {"layers": list(block.removed)}),
                          "num_layers": num_layers, "chance": task.chance, **sizes, "steps": 0 if mode == "icl" else config.steps,
                          **point_accuracy(result["predictions"]), **result,
                          "predictions": [{"id": i, "pred": task.words[p], "gold": task.words[g]} for i, p, g in result["predictions"]]}

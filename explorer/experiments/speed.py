@@ -13,25 +13,42 @@ from typing import Callable
 
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.speed import SpeedSettings, measure_speed
+from explorer.lm.blocks import LayerSet, check_block, check_layer_set
+from explorer.lm.layers import pruned_view
 from explorer.lm.models import LoadedModel, load_model
 from explorer.state.store import Run, Store
 
 OnEvent = Callable[[dict], None]
 
 
-def speed_settings(model: dict, speed: SpeedSettings, drop: tuple[int, int] | None = None, reference: str | None = None) -> dict:
+def drop_record(layers: LayerSet) -> dict:
+    """What a speed run drops, as its settings keep it: {start, n} for a block, else the removed layers
+    and the skipped attention and MLP sub-layers (checked against the model when it loads)."""
+    if layers.contiguous:
+        return {"start": layers.start if layers.n else 0, "n": layers.n}
+    return {"removed": list(layers.removed), "attention": list(layers.attention), "mlp": list(layers.mlp)}
+
+
+def dropped_layers(drop: dict, num_layers: int) -> LayerSet:
+    """The set a `drop_record` names, checked against the model (the final layer may go: it is timed, not judged)."""
+    if "start" in drop:
+        return check_block(drop["start"], drop["n"], num_layers, allow_final=True)
+    return check_layer_set(drop["removed"], num_layers, True, drop["attention"], drop["mlp"])
+
+
+def speed_settings(model: dict, speed: SpeedSettings, drop: dict | None = None, reference: str | None = None) -> dict:
     """A speed run's stored settings. `model`: {source, device, load_in_4bit, trust_remote_code};
-    `drop`: (start, n) of the block to remove; `reference`: the model to compare with instead."""
+    `drop`: a `drop_record` of what to remove; `reference`: the model to compare with instead."""
     if drop is not None and reference is not None:
         raise ExplorerError("Compare with a dropped block or with a reference model, not both.")
-    return {"model": model, "drop": None if drop is None else {"start": drop[0], "n": drop[1]}, "reference": reference,
-            "speed": speed.to_json()}
+    return {"model": model, "drop": drop, "reference": reference, "speed": speed.to_json()}
 
 
 def compared_models(loaded: LoadedModel, drop: dict | None, reference: LoadedModel | None) -> dict[str, LoadedModel]:
-    """The models to time, the reference first, by label."""
+    """The models to time, the reference first, by label. A dropped set is a weight-sharing view in
+    which removed layers are gone and skipped sub-layers compute nothing."""
     if drop is not None:
-        return {"unpruned": loaded, "pruned": loaded.pruned(drop["start"], drop["n"], allow_final=True)}
+        return {"unpruned": loaded, "pruned": pruned_view(loaded, dropped_layers(drop, loaded.num_layers))}
     if reference is not None:
         return {"reference": reference, "pruned": loaded}
     return {"model": loaded}

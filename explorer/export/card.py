@@ -25,7 +25,7 @@ from huggingface_hub import try_to_load_from_cache
 from explorer.core.options import SHARED, flag
 from explorer.export.llamacpp import llama_quantize_command
 from explorer.export.mergekit import EMBEDDED_HUB_ID, kept_ranges
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import recorded_layers
 from explorer.lm.models import EMBEDDED
 from explorer.surgery.heal import HealConfig
 
@@ -108,11 +108,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _block(record: dict) -> Block:
-    b = record["block"]
-    return Block(b["start"], b["n"], b["num_layers"])
-
-
 def _flags(config_cls, values: dict) -> list[str]:
     """A settings dataclass's recorded values as its CLI options (explorer.core.options' flags)."""
     args = []
@@ -137,12 +132,19 @@ def _task_flags(options: dict) -> list[str]:
 
 def reproduce_command(record: dict, folder_name: str) -> str:
     """The `python -m explorer` line that makes this model again from its base."""
-    block = _block(record)
+    block = recorded_layers(record["block"])
     args = ["python", "-m", "explorer", "heal" if record.get("kind") == "heal" else "prune", "--model", record["model"]]
     strategy = record.get("strategy")
-    args += ["--strategy", strategy] if strategy and strategy != "manual" else ["--start", str(block.start)]
-    args += ["--n", str(block.n)] + (["--allow-final"] if block.includes_final and strategy != "top-cut" else [])
-    if similarity := record.get("similarity"):
+    if strategy and strategy != "manual":  # a sub-layer strategy's n counts the sub-layers it drops
+        args += ["--strategy", strategy, "--n", str(block.n or block.sublayers)]
+    elif block.contiguous:
+        args += ["--start", str(block.start), "--n", str(block.n)]
+    else:
+        args += [flag for kind, indices in (("--layers", block.removed), ("--attention", block.attention), ("--mlp", block.mlp))
+                 if indices for flag in (kind, ",".join(map(str, indices)))]
+    args += ["--allow-final"] if block.includes_final and strategy != "top-cut" else []
+    similarity = record.get("similarity") or record.get("calibration")  # the text the choice was computed on
+    if similarity:
         args += ["--text-file", similarity["source"], "--samples", str(similarity["samples"]), "--seq-len", str(similarity["seq_len"])]
     if record.get("kind") == "heal":
         args += _flags(HealConfig, record["heal"]) + _task_flags(record["heal"].get("eval_options") or {})
@@ -233,7 +235,7 @@ def _speed_lines(record: dict) -> list[str]:
 
 def model_card(record: dict, folder_name: str) -> str:
     """README.md for an exported folder holding the model that `record` (its run.json) describes."""
-    block, model_id = _block(record), record["model"]
+    block, model_id = recorded_layers(record["block"]), record["model"]
     base, licence = base_model(model_id)
     meta = {**({"base_model": base} if base and HUB_ID.fullmatch(base) else {}), **({"license": licence} if licence else {}),
             "library_name": "transformers", "pipeline_tag": "text-generation", "tags": _tags(record)}

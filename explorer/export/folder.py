@@ -10,17 +10,26 @@ from pathlib import Path
 
 from explorer.export.card import CARD_FILE, model_card
 from explorer.export.mergekit import mergekit_yaml
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
 from explorer.lm.models import LoadedModel
 from explorer.lm.save import save_pruned
+from explorer.lm.sublayers import FORM
 
 
-def block_record(block: Block) -> dict:
-    """A removed block as run.json records it."""
-    return {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": block.removed}
+def block_record(block: LayerSet) -> dict:
+    """What was removed, as run.json records it: the layers (start and n, as for a block, and every
+    index), and for skipped sub-layers which ones and the form the saved weights hold them in."""
+    record = {"start": block.start, "n": block.n, "num_layers": block.num_layers, "removed": list(block.removed),
+              "contiguous": block.contiguous}
+    if block.sublayers:
+        record["sublayers"] = {"attention": list(block.attention), "mlp": list(block.mlp), "form": FORM,
+                               "note": "each dropped sub-layer is saved with zero weights (its output projection "
+                                       "writes zeros): stock transformers loads it and computes the same logits, "
+                                       "but still runs it; only in memory is it skipped"}
+    return record
 
 
-def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: Block, record: dict,
+def save_model(loaded: LoadedModel, folder: str | Path, model_id: str, block: LayerSet, record: dict,
                dtype: str | None = None) -> Path:
     """The one export of a pruned, repaired or healed model: its folder with run.json (`save_pruned`),
     the mergekit YAML of the unhealed slice, which rebuilds the pruned starting point from the

@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from transformers.integrations.gguf.gguf_tokenizer_mapping import (
 
 from explorer.core.errors import ExplorerError
 from explorer.core.paths import scratch_beside
-from explorer.lm.blocks import Block, check_block
+from explorer.lm.blocks import LayerSet, check_layer_set
 from explorer.lm.models import EMBEDDED, LoadedModel, embedded_gguf_path
 from explorer.lm.save import mergeable
 
@@ -116,7 +117,7 @@ def _add_field(writer, name: str, field, value=None) -> None:
     writer.add_key_value(name, field.contents() if value is None else value, kind, sub_type=sub)
 
 
-def _kept_value(name: str, field, arch: str, block: Block):
+def _kept_value(name: str, field, arch: str, block: LayerSet):
     """A key's value in the pruned file: the new block count, each per-layer array (an `<arch>.*`
     array with one entry per block) cut to the kept blocks' entries, everything else as it was."""
     value = field.contents()
@@ -165,9 +166,10 @@ def _summary(target: Path, method: str, started: float, tensors: list[tuple[str,
                       time.perf_counter() - started, num_layers)
 
 
-def prune_gguf(source: str | Path, out: str | Path, start: int, n: int, allow_final: bool = False) -> GGUFExport:
-    """`source` without layers [start, start+n), written to `out` (see the module docstring). The
-    block is checked against the file's own layer count, read from its header."""
+def prune_gguf(source: str | Path, out: str | Path, removed: Iterable[int], allow_final: bool = False) -> GGUFExport:
+    """`source` without the layers `removed` (a block, `range(start, start + n)`, or any set), written
+    to `out` (see the module docstring). The set is checked against the file's own layer count, read
+    from its header."""
 
     started = time.perf_counter()
     source = Path(source)
@@ -182,7 +184,7 @@ def prune_gguf(source: str | Path, out: str | Path, start: int, n: int, allow_fi
     if (_scalar(reader, "split.count") or 1) > 1:
         raise ExplorerError(f"{source.name} is one part of a split GGUF: merge the parts first (llama-gguf-split --merge).")
     num_layers = int(_scalar(reader, f"{arch}.block_count"))
-    block = check_block(start, n, num_layers, allow_final)
+    block = check_layer_set(removed, num_layers, allow_final)
     renumber = {old: new for new, old in enumerate(block.kept)}
     writer = gguf.GGUFWriter(None, arch, endianess=reader.endianess)
     for name, field in _fields(reader).items():
@@ -379,12 +381,15 @@ def tokenizer_gguf(model_id: str | None) -> Path | None:
         return None
 
 
-def export_gguf(model_id: str, out: str | Path, block: Block, loaded: LoadedModel, weights_changed: bool = False,
+def export_gguf(model_id: str, out: str | Path, block: LayerSet, loaded: LoadedModel, weights_changed: bool = False,
                 dtype: str = "f16") -> GGUFExport:
     """The pruned model as GGUF, the natural way for where it came from: directly from the source
     GGUF when the model was loaded from one and only lost layers; else converted from `loaded`
     (the pruned, repaired or healed model in memory) with the source's tokenizer when there is one."""
+    if block.sublayers:
+        raise ExplorerError("A GGUF holds whole layers only: llama.cpp cannot skip an attention or MLP sub-layer. Save the "
+                            "Hugging Face folder instead (its dropped sub-layers are zero weights).")
     source = gguf_source(model_id)
     if source is not None and not weights_changed:
-        return prune_gguf(source, out, block.start, block.n, allow_final=block.includes_final)
+        return prune_gguf(source, out, block.removed, allow_final=block.includes_final)
     return convert_model(loaded, out, dtype, tokenizer_gguf(model_id), inputs=tuple(filter(None, [source])))

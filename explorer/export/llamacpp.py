@@ -13,18 +13,24 @@ import shlex
 from pathlib import Path
 
 from explorer.export.mergekit import EMBEDDED_HUB_ID
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
 from explorer.lm.models import EMBEDDED, EMBEDDED_FILE
 
 
-def pruned_name(model_id: str, block: Block) -> str:
-    """A file name for the pruned GGUF, e.g. SmolLM2-135M-Instruct.Q4_1-pruned-20-5.gguf."""
+def pruned_name(model_id: str, block: LayerSet) -> str:
+    """A file name for the pruned GGUF, e.g. SmolLM2-135M-Instruct.Q4_1-pruned-20-5.gguf (a block's
+    start and size) or ...-pruned-3_17_25.gguf (any other set's layers)."""
     stem = Path(EMBEDDED_FILE if model_id == EMBEDDED else model_id.rstrip("/")).name.removesuffix(".gguf")
-    return f"{stem}-pruned-{block.start}-{block.n}.gguf"
+    cut = f"{block.start}-{block.n}" if block.contiguous else "_".join(map(str, block.removed))
+    return f"{stem}-pruned-{cut}.gguf"
 
 
-def llama_quantize_command(model_id: str, block: Block) -> str:
-    """The shell lines that make the same pruned model with llama.cpp's own tools."""
+def llama_quantize_command(model_id: str, block: LayerSet) -> str:
+    """The shell lines that make the same pruned model with llama.cpp's own tools (whole layers only:
+    llama.cpp has no way to skip a sub-layer, which the lines then say)."""
+    if block.sublayers:
+        return (f"# llama.cpp cannot make this model: it removes whole layers only, and {block.describe()} skips "
+                "sub-layers\n")
     out = shlex.quote(pruned_name(model_id, block))
     prune = f"--prune-layers {','.join(map(str, block.removed))} " if block.n else ""
     lines = [f"# llama.cpp: remove {block.describe()}; COPY keeps every kept tensor as it is"]

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Iterator, Protocol
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DummyLayer, DynamicLayer
 
 from explorer.core.concurrency import exclusive
 from explorer.lm.data import batches, check_settings, pad_batch
@@ -76,13 +76,15 @@ def _mixes_prefix_lengths(loaded: InMemory, parameters: set[str]) -> bool:
 
     Right-padded prefixes leave padding slots inside the cache; the tails skip them through the
     attention mask and take their true positions from `position_ids`. That holds for a plain
-    attention cache (transformers' DynamicLayer) in a model taking position_ids; a recurrent or
-    sliding-window cache would carry the padding along, so such a model batches equal lengths only."""
+    attention cache (transformers' DynamicLayer; a dropped attention's DummyLayer holds nothing)
+    in a model taking position_ids; a recurrent or sliding-window cache would carry the padding
+    along, so such a model batches equal lengths only."""
     if "position_ids" not in parameters:
         return False
     probe = torch.tensor([[prefix_token_id(loaded.tokenizer)]], device=loaded.device)
     cache = loaded.model(input_ids=probe, use_cache=True).past_key_values
-    return cache is not None and all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+    layers = getattr(cache, "layers", [None])
+    return cache is not None and all(type(layer) in (DynamicLayer, DummyLayer) for layer in layers) and DynamicLayer in map(type, layers)
 
 
 def _prefix_batches(
@@ -115,8 +117,9 @@ def _expanded(cache, batch: int):
     view.layers = []
     for layer in cache.layers:
         layer = copy.copy(layer)
-        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
-        layer.values = layer.values.expand(batch, *layer.values.shape[1:])
+        if layer.keys is not None:  # a DummyLayer (a dropped attention, explorer.lm.sublayers) holds none
+            layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(batch, *layer.values.shape[1:])
         view.layers.append(layer)
     return view
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from explorer.core.concurrency import exclusive
 from explorer.core.errors import ExplorerError
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
+from explorer.lm.sublayers import skip_sublayers
 
 Model = TypeVar("Model")  # a LoadedModel (a dataclass with `model`, `name` and `fingerprint`)
 
@@ -162,8 +163,8 @@ def weight_sharing_copy(model: nn.Module) -> nn.Module:
         return copy.deepcopy(model, fresh)
 
 
-def pruned_view(loaded: Model, block: Block) -> Model:
-    """`loaded` without the block, SHARING its weights: the module tree and config (what pruning
+def pruned_view(loaded: Model, block: LayerSet) -> Model:
+    """`loaded` without the block (any `LayerSet`), SHARING its weights: the module tree and config (what pruning
     edits: the layer list, per-layer config, layer_idx) are deep-copied, the parameters and
     buffers are not. A point then costs no weight copy and no extra memory, which is what lets
     a sweep over a model that fills the GPU keep one load. Safe because evaluation never
@@ -177,12 +178,14 @@ def pruned_view(loaded: Model, block: Block) -> Model:
     return without_identity(replace(loaded, model=shell), block)
 
 
-def remove_layers(model: nn.Module, block: Block) -> None:
-    """Take the block's layers out of `model` in place: the layer list, every per-layer config
-    entry, and the kept layers' `layer_idx`."""
+def remove_layers(model: nn.Module, block: LayerSet) -> None:
+    """Take the set's layers out of `model` in place: the layer list, every per-layer config
+    entry, and the kept layers' `layer_idx`; its skipped sub-layers are skipped first
+    (`explorer.lm.sublayers`: their indices are the unpruned model's)."""
+    layers = decoder_layers(model)
+    skip_sublayers(model, layers, block.attention, block.mlp)
     if not block.n:
         return
-    layers = decoder_layers(model)
     kept = nn.ModuleList(layers[i] for i in block.kept)
     renumber_layers(kept)
     _set_path(model, layers_path(model), kept)
@@ -190,8 +193,9 @@ def remove_layers(model: nn.Module, block: Block) -> None:
         prune_config(config, block.kept, block.num_layers)
 
 
-def without_identity(loaded: Model, block: Block) -> Model:
-    """`loaded` renamed and re-fingerprinted as the model without the block: what every cache
+def without_identity(loaded: Model, block: LayerSet) -> Model:
+    """`loaded` renamed and re-fingerprinted as the model without the set: what every cache
     keys a pruned model by, whichever way it was pruned."""
-    name = f"{loaded.name} − layers {block.span}" if block.n else loaded.name
-    return replace(loaded, name=name, fingerprint=f"{loaded.fingerprint}|pruned:{block.start}:{block.n}")
+    what = f"layer{'s' if block.n > 1 or block.sublayers else ''} {block.span}"
+    name = loaded.name if block.empty else f"{loaded.name} − {what}"
+    return replace(loaded, name=name, fingerprint=f"{loaded.fingerprint}|pruned:{block.key}")

@@ -5,6 +5,7 @@ sits with model access, below everything that exports."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -15,7 +16,9 @@ import torch
 from torch import nn
 
 from explorer.core.errors import ExplorerError
+from explorer.lm.layers import decoder_layers
 from explorer.lm.models import WRITE_ERRORS, LoadedModel
+from explorer.lm.sublayers import skipped, zero_sublayers
 
 RECORD_FILE = "run.json"
 
@@ -27,6 +30,18 @@ def mergeable(model: nn.Module) -> nn.Module:
     if isinstance(model, PeftModel):
         return copy.deepcopy(model).merge_and_unload()
     return model
+
+
+def stock_form(model: nn.Module) -> nn.Module:
+    """What is saved for `model`: itself, or, when sub-layers are skipped in memory, a copy sharing
+    its weights in which each is its original module with zero weights (`sublayers.zero_sublayers`),
+    which stock transformers loads and which gives the same logits."""
+    if not any(skipped(decoder_layers(model)).values()):
+        return model
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    saved = copy.deepcopy(model, shared)
+    zero_sublayers(saved, decoder_layers(saved))
+    return saved
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what a user picks -> torch's name
@@ -53,7 +68,7 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, record: dict, dtype: st
     so a full disk or a read-only folder leaves no half-written model that would fail to load
     later, and keeps whatever `folder` already held."""
     folder = Path(folder)
-    model = mergeable(loaded.model)
+    model = stock_form(mergeable(loaded.model))
     scratch = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)

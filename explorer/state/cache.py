@@ -16,6 +16,8 @@ from typing import Callable
 
 from explorer.analysis.metrics import MetricScores, brute_force_key, brute_force_losses, compute_scores
 from explorer.analysis.similarity import Progress, SimilarityResult, compute_distances, distances_key, similarity_key
+from explorer.analysis.strategies import DISTANCES, INFLUENCE, MODEL, SUBLAYERS, Context, get_strategy, needs_of, timed_order
+from explorer.analysis.sublayers import SublayerScores, compute_sublayer_scores
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.agreement import predictions
 from explorer.evaluation.evaluate import Evaluated, quick_eval, run_task
@@ -87,6 +89,55 @@ def cached_scores(loaded: LoadedModel, source: str, samples: int, seq_len: int, 
         lambda ids: compute_scores(loaded, ids, batch_size, progress).to_json(),
     )
     return run_id, MetricScores.from_json(result), hit
+
+
+def sublayers_run(store: Store, loaded: LoadedModel, source: str, samples: int, seq_len: int) -> Run | None:
+    """The finished run `cached_sublayers` would return for these settings, or None: it would compute."""
+    return store.find_done("sublayers", similarity_key(loaded, make_samples(loaded.tokenizer, source, samples, seq_len).fingerprint))
+
+
+def cached_sublayers(loaded: LoadedModel, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                     store: Store | None = None, progress: Progress | None = None) -> tuple[int, SublayerScores, bool]:
+    """Every attention and MLP sub-layer's scores (analysis.sublayers) as a 'sublayers' run."""
+    run_id, result, hit = _calibration_run(
+        "sublayers", similarity_key, loaded, source, samples, seq_len, batch_size, store,
+        lambda ids: compute_sublayer_scores(loaded, ids, batch_size, progress).to_json(),
+    )
+    return run_id, SublayerScores.from_json(result), hit
+
+
+def cached_order(loaded: LoadedModel, strategy: str, source: str, samples: int, seq_len: int, batch_size: int = 8,
+                 store: Store | None = None, progress: Progress | None = None) -> tuple[int, dict, bool]:
+    """An iterative strategy's whole removal order (and the seconds it took) as a 'selection' run
+    keyed by the model, the calibration samples and the strategy: every n of every sweep reuses it."""
+    chosen = get_strategy(strategy)
+    return _calibration_run(
+        "selection", lambda model, samples_key: f"{similarity_key(model, samples_key)}|{strategy}", loaded, source,
+        samples, seq_len, batch_size, store, lambda ids: timed_order(chosen, loaded, ids, batch_size, progress),
+    )
+
+
+def strategy_context(loaded: LoadedModel, strategies: list[str] | tuple[str, ...], source: str, samples: int,
+                     seq_len: int, batch_size: int = 8, store: Store | None = None,
+                     phase: Callable[[str], None] = lambda text: None) -> Context:
+    """What the named strategies need to choose on `loaded`, each computed once on the calibration
+    text (`samples` documents of `seq_len` tokens) or fetched from the store; `phase` hears of each."""
+    needs = needs_of(strategies)
+    context = Context(loaded.num_layers)
+    if DISTANCES in needs:
+        phase("angular distances (the similarity heatmap)")
+        context.similarity = cached_distances(loaded, source, samples, seq_len, batch_size, store)[1]
+    if INFLUENCE in needs:
+        phase("Block Influence of every layer")
+        context.influence = cached_scores(loaded, source, samples, seq_len, batch_size, store)[1].layer_influence
+    if SUBLAYERS in needs:
+        phase("Block Influence of every attention and MLP sub-layer")
+        context.sublayers = cached_sublayers(loaded, source, samples, seq_len, batch_size, store)[1]
+    for name in strategies:
+        if MODEL in get_strategy(name).needs:
+            phase(f"{name}: choosing layer by layer (computed once per model and text)")
+            context.orders[name] = cached_order(loaded, name, source, samples, seq_len, batch_size, store)[1]["order"]
+    return context
 
 
 def brute_force_run(store: Store, loaded: LoadedModel, n: int, source: str, samples: int, seq_len: int) -> Run | None:

@@ -47,12 +47,12 @@ from torch import nn
 
 from explorer.core.errors import ExplorerError
 from explorer.core.options import setting
-from explorer.lm.blocks import Block, check_block
+from explorer.lm.blocks import Block, LayerSet, check_block
 from explorer.lm.data import EMBEDDED, batches, check_settings, make_samples, pad_batch, source_fingerprint
 from explorer.lm.forward import inference
 from explorer.lm.layers import decoder_layers, parameter_count, pruned_view
 from explorer.lm.models import LoadedModel
-from explorer.surgery.prune import PruneResult, prune_block
+from explorer.surgery.prune import PruneResult, prune_block, prune_layers
 
 REPAIRS = ("none", "linear")  # what --repair, the sweep setting and its page radio offer (a LoRA heal is separate)
 # Where each family keeps the MLP's last projection, relative to a decoder layer.
@@ -330,12 +330,15 @@ def _name_repaired(repaired: LoadedModel, config: RepairConfig) -> None:
     repaired.fingerprint += f"|linear:{hashlib.sha1(settings.encode()).hexdigest()[:12]}"
 
 
-def prune_or_repair(loaded: LoadedModel, block: Block, config: RepairConfig | None, inplace: bool = False,
+def prune_or_repair(loaded: LoadedModel, block: LayerSet, config: RepairConfig | None, inplace: bool = False,
                     share: bool = False) -> tuple[PruneResult, LinearFit | None]:
-    """The block removed, and repaired when a linear repair is asked for (`config`): the one way the
-    CLI's prune and a heal's start turn a chosen block into a model. `share`: a `pruned_view`
-    sharing `loaded`'s weights, which stays whole (a distillation teacher), the map folded into a
-    private copy of its one down-projection."""
+    """The set removed, and repaired when a linear repair is asked for (`config`; one contiguous
+    block only: the map replaces one run of layers): the one way the CLI's prune and a heal's start
+    turn a chosen set into a model. `share`: a `pruned_view` sharing `loaded`'s weights, which stays
+    whole (a distillation teacher), the map folded into a private copy of its one down-projection."""
+    if config is not None and not block.contiguous:
+        raise ExplorerError(f"A linear repair replaces one contiguous block; {block.describe()} is not one: "
+                            "prune it without repair.")
     if share:
         view = pruned_view(loaded, block)
         fit = fit_block(loaded, block, config) if config is not None and block.n else None
@@ -344,7 +347,7 @@ def prune_or_repair(loaded: LoadedModel, block: Block, config: RepairConfig | No
             _name_repaired(view, config)
         return PruneResult(view, block, parameter_count(loaded.model), parameter_count(view.model)), fit
     if config is None:
-        return prune_block(loaded, block.start, block.n, allow_final=block.includes_final, inplace=inplace), None
+        return prune_layers(loaded, block, inplace=inplace), None
     return repair_block(loaded, block.start, block.n, config, allow_final=block.includes_final, inplace=inplace)
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from explorer.core.concurrency import exclusive
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
 from explorer.lm.layers import decoder_layers, pruned_view
 from explorer.lm.models import LoadedModel
 
@@ -172,12 +172,13 @@ class PrefixReuse:
         self.base, self.tape = record(loaded, starts, evaluate)
         self.replayed = 0
 
-    def measure(self, block: Block, prepare: Callable[[LoadedModel], None] | None = None, changed: int | None = None) -> dict:
-        """`evaluate` of `loaded` without `block`: equal to the full pruned forward (within float
-        rounding), running only the layers after the block where the recording allows.
+    def measure(self, block: LayerSet, prepare: Callable[[LoadedModel], None] | None = None, changed: int | None = None) -> dict:
+        """`evaluate` of `loaded` without `block` (any `LayerSet`): equal to the full pruned forward
+        (within float rounding), running only the layers from the first one it changes where the
+        recording allows.
         `prepare` edits the pruned view before it runs, changing no layer below `changed` (a linear
         repair folds its map into layer start - 1): those layers still replay."""
-        if block.n == 0 and prepare is None:
+        if block.empty and prepare is None:
             return self.base
         replay = block.start if changed is None else min(changed, block.start)
 

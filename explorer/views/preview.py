@@ -14,7 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
-from explorer.analysis.similarity import SimilarityResult
+from explorer.core.errors import ExplorerError
 from explorer.core.options import widget
 from explorer.core.paths import explorer_home
 from explorer.evaluation.accuracy import generation_part, question_count, with_n
@@ -22,16 +22,15 @@ from explorer.evaluation.agreement import agreement
 from explorer.evaluation.evaluate import quick_eval
 from explorer.export.folder import block_record, save_prune
 from explorer.export.gguf import GGUF_FILE, export_gguf
-from explorer.lm.blocks import check_block
+from explorer.lm.blocks import LayerSet, recorded_layers
 from explorer.lm.data import source_fingerprint
 from explorer.lm.generate import complete
 from explorer.lm.models import LoadedModel
 from explorer.state.cache import cached_quick_eval
 from explorer.state.store import Run, Store
 from explorer.surgery.heal import HealConfig
-from explorer.surgery.prune import PruneResult, prune_block
+from explorer.surgery.prune import PruneResult, prune_layers
 from explorer.surgery.repair import LinearFit, RepairConfig, prune_or_repair, repair_block, repair_record
-from explorer.views.session import page_runs
 
 PAGE_REPAIRS = ("none", "linear", "LoRA heal")  # the page's choice beside Prune
 REPAIR_HELP = ("none: the block simply removed; linear: a map fitted on calibration text, folded into the layer before "
@@ -136,22 +135,21 @@ class Preview:
                 "rows": self.rows, **self.extra()}
 
 
-def preview_settings(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
-                     repair: str) -> dict:
+def preview_settings(loaded: LoadedModel, layers: LayerSet, config: HealConfig, prompt: str, repair: str) -> dict:
     """What a preview's numbers depend on (its store key digests these with the model's fingerprint)."""
-    return {"start": start, "n": n, "allow_final": allow_final, "evaluation": asdict(config.evaluation()),
-            "prompt": prompt, "repair": repair, "source_fingerprint": source_fingerprint(config.source)}
+    return {"layers": block_record(layers), "evaluation": asdict(config.evaluation()), "prompt": prompt, "repair": repair,
+            "source_fingerprint": source_fingerprint(config.source)}
 
 
-def preview_run(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
-                repair: str, store: Store, progress: Callable[[int, int, str], None] | None = None) -> tuple[int, dict, bool]:
+def preview_run(loaded: LoadedModel, layers: LayerSet, config: HealConfig, prompt: str, repair: str, store: Store,
+                progress: Callable[[int, int, str], None] | None = None) -> tuple[int, dict, bool]:
     """(run id, result, from the store) of the Prune page's comparison, kept as a "preview" run keyed
     by the model's fingerprint and its settings: a reload reattaches to it, and identical requests
     from several sessions are computed once (Store.cached)."""
-    settings = preview_settings(loaded, start, n, allow_final, config, prompt, repair)
+    settings = preview_settings(loaded, layers, config, prompt, repair)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return store.cached("preview", f"{loaded.fingerprint}|{digest}", loaded.name, settings,
-                        lambda: make_preview(loaded, start, n, allow_final, config, prompt, repair, store, progress).to_json())
+                        lambda: make_preview(loaded, layers, config, prompt, repair, store, progress).to_json())
 
 
 def rebuilt_preview(loaded: LoadedModel, run: Run) -> Preview:
@@ -161,27 +159,23 @@ def rebuilt_preview(loaded: LoadedModel, run: Run) -> Preview:
     s = run.settings
     repair = (RepairConfig(source=s["evaluation"]["source"], seq_len=s["evaluation"]["seq_len"],
                            batch_size=s["evaluation"]["eval_batch_size"]) if s["repair"] == "linear" else None)
-    result, fit = prune_or_repair(loaded, check_block(s["start"], s["n"], loaded.num_layers, s["allow_final"]), repair)
+    result, fit = prune_or_repair(loaded, recorded_layers(s["layers"]), repair)
     return Preview(result, run.result["rows"], repair, fit)
-
-
-def latest_similarity(loaded: LoadedModel, store: Store, visitor: str | None = None) -> SimilarityResult | None:
-    """The newest finished heatmap of this model (any text settings) this visitor computed or was
-    shown (every one for the operator, None), for the similarity strategy."""
-    runs = page_runs(store, "similarity", visitor, fingerprint=loaded.fingerprint, status="done")
-    return SimilarityResult.from_json(runs[0].result) if runs else None
 
 
 def _numbers(loaded: LoadedModel, config: HealConfig, prompt: str) -> dict:
     return {**quick_eval(loaded, config), "completion": complete(loaded, prompt)}
 
 
-def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str,
-                 repair: str = "none", store=None, progress: Callable[[int, int, str], None] | None = None) -> Preview:
-    """Prune a copy and measure it against the unpruned model (whose numbers are cached in `store`
-    and shared with the heal jobs); with repair "linear" also the repaired copy, fitted on the
-    healing text's calibration split with the evaluation's sequence length. `progress(i, total,
-    label)` hears of each step before it runs (a minute or more on a busy CPU)."""
+def make_preview(loaded: LoadedModel, layers: LayerSet, config: HealConfig, prompt: str, repair: str = "none",
+                 store=None, progress: Callable[[int, int, str], None] | None = None) -> Preview:
+    """Prune a copy (any checked `LayerSet`) and measure it against the unpruned model (whose numbers
+    are cached in `store` and shared with the heal jobs); with repair "linear" (one contiguous block)
+    also the repaired copy, fitted on the healing text's calibration split with the evaluation's
+    sequence length. `progress(i, total, label)` hears of each step before it runs (a minute or
+    more on a busy CPU)."""
+    if repair == "linear" and not layers.contiguous:
+        raise ExplorerError(f"A linear repair replaces one contiguous block; {layers.describe()} is not one.")
     labels = ["pruning a copy", "evaluating the unpruned model (cached after the first time)",
               "evaluating the pruned model", *(["fitting the linear repair", "evaluating the repaired model"]
                                               if repair == "linear" else [])]
@@ -191,7 +185,7 @@ def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, con
             progress(index, len(labels), labels[index])
 
     step(0)
-    pruned = prune_block(loaded, start, n, allow_final=allow_final)
+    pruned = prune_layers(loaded, layers)
     step(1)
     rows = {"unpruned": {**cached_quick_eval(loaded, config, store), "completion": complete(loaded, prompt)}}
     step(2)
@@ -200,7 +194,7 @@ def make_preview(loaded: LoadedModel, start: int, n: int, allow_final: bool, con
         return Preview(pruned, rows)
     step(3)
     repair_config = RepairConfig(source=config.source, seq_len=config.seq_len, batch_size=config.eval_batch_size)
-    repaired, fit = repair_block(loaded, start, n, repair_config, allow_final=allow_final)
+    repaired, fit = repair_block(loaded, layers.start, layers.n, repair_config, allow_final=layers.includes_final)
     step(4)
     rows["linear repair"] = _numbers(repaired.loaded, config, prompt)
     return Preview(repaired, rows, repair_config, fit)

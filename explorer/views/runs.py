@@ -27,7 +27,7 @@ from explorer.evaluation.accuracy import generation_part, with_n
 from explorer.evaluation.agreement import describe
 from explorer.export.folder import changes
 from explorer.export.mergekit import mergekit_yaml
-from explorer.lm.blocks import Block, default_size
+from explorer.lm.blocks import default_size, recorded_layers
 from explorer.lm.data import C4, EMBEDDED
 from explorer.lm.save import RECORD_FILE, written_files
 from explorer.state.files import log_path, run_folder
@@ -107,6 +107,20 @@ def brute_force_headline(run: Run) -> str:
     return f"n={run.result['n']}: smallest loss increase {increase[best]:.3f} at layer {best}"
 
 
+def sublayers_headline(run: Run) -> str:
+    """The attention and the MLP sub-layer that change the stream least (lowest Block Influence)."""
+    result = run.result
+    lowest = {kind: min(range(result["num_layers"]), key=result[f"{kind}_influence"].__getitem__) for kind in ("attention", "mlp")}
+    return f"least-changing sub-layers: attention of layer {lowest['attention']}, MLP of layer {lowest['mlp']}"
+
+
+def selection_headline(run: Run) -> str:
+    """An iterative strategy's first removals and how long choosing took."""
+    order = run.result["order"]
+    return (f"{run.result['strategy']} removes {', '.join(map(str, order[:5]))}{', ...' if len(order) > 5 else ''} "
+            f"(chosen in {run.result['seconds']:.0f} s)")
+
+
 def heal_headline(run: Run) -> str | None:
     healed = (run.result.get("metrics") or {}).get("healed")
     return "healed " + _accuracy(healed) + describe(healed) if healed and "accuracy" in healed else None
@@ -181,8 +195,7 @@ def mergekit_text(run: Run) -> str | None:
         model_id = model_id.get("source")
     if isinstance(block, dict) and isinstance(model_id, str) and {"start", "n", "num_layers"} <= set(block):
         record = {**result, "kind": run.kind}
-        return mergekit_yaml(model_id, block["num_layers"], Block(block["start"], block["n"], block["num_layers"]),
-                             changed=changes(record))
+        return mergekit_yaml(model_id, block["num_layers"], recorded_layers(block), changed=changes(record))
     return None
 
 

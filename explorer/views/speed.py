@@ -93,7 +93,7 @@ def speed_description(settings: dict) -> str:
     speed = SpeedSettings.from_json(settings["speed"])
     drop = settings.get("drop")
     if drop:
-        what = f"layers {drop['start']}-{drop['start'] + drop['n'] - 1} dropped" if drop["n"] else "no layers dropped"
+        what = f"{describe_drop(drop)} dropped"
     else:
         what = f"against {settings['reference']}" if settings.get("reference") else "the model alone"
     return (f"{what} · prompts of {speed.prompt_tokens} tokens, {speed.new_tokens} decode steps at batch "
@@ -125,11 +125,20 @@ def form_settings(values: dict) -> SpeedSettings:
                          values["ph_speed_repeats"])
 
 
-def speed_runs(store: Store, source: str, drop: tuple[int, int], visitor: str | None) -> list[Run]:
+def describe_drop(drop: dict) -> str:
+    """'layers 21-28', 'layers 3, 9 and the attention of 4, 7', or 'no layers'."""
+    if "start" in drop:
+        return f"layers {drop['start']}-{drop['start'] + drop['n'] - 1}" if drop["n"] else "no layers"
+    parts = [f"layers {', '.join(map(str, drop['removed']))}"] if drop["removed"] else []
+    parts += [f"the {kind} of {', '.join(map(str, drop[key]))}" for key, kind in (("attention", "attention"), ("mlp", "MLP"))
+              if drop[key]]
+    return " and ".join(parts) or "no layers"
+
+
+def speed_runs(store: Store, source: str, drop: dict, visitor: str | None) -> list[Run]:
     """This visitor's speed runs (every one for the operator, visitor None) of this model without
     this block, newest first: what the panel shows after a reload."""
-    wanted = {"start": drop[0], "n": drop[1]}
-    return [run for run in page_runs(store, "speed", visitor) if run.settings.get("drop") == wanted
+    return [run for run in page_runs(store, "speed", visitor) if run.settings.get("drop") == drop
             and run.settings.get("model", {}).get("source") == source]
 
 

@@ -15,7 +15,7 @@ from explorer.export.gguf import GGUF_FILE
 from explorer.export.hub import check_hub_ready, push, push_plan
 from explorer.export.llamacpp import llama_quantize_command, pruned_name
 from explorer.export.mergekit import mergekit_yaml
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
 from explorer.views.text import plain
 from pages import user_errors, visitor_policy
 
@@ -23,7 +23,7 @@ GGUF_HELP = ("Also write model.gguf for llama.cpp, Ollama or LM Studio: a GGUF m
              "directly, its kept tensors copied still quantized; a repaired or Hugging Face model is converted (f16).")
 
 
-def rebuild_elsewhere(source: str, block: Block) -> None:
+def rebuild_elsewhere(source: str, block: LayerSet) -> None:
     with st.expander("Rebuild it elsewhere: mergekit and llama.cpp"):
         left, right = st.columns(2)
         left.caption("mergekit passthrough from the hub checkpoint (`mergekit-yaml prune.yaml OUT`)")
@@ -45,17 +45,17 @@ def push_box(folder: Path) -> None:
                 st.success(f"Pushed {len(plan.files)} files to {push(plan, check_hub_ready())}.")
 
 
-def export_panel(source: str, block: Block, pruned: dict, save: Callable[[bool], Path], changed: str | None) -> None:
+def export_panel(source: str, block: LayerSet, pruned: dict, save: Callable[[bool], Path], changed: str | None) -> None:
     """Draw the box for the session's pruned model (`pruned`: where it was saved); `save(with_gguf)`
     writes its folder; `changed` says why mergekit's slice is not this model (its repair), if it is not."""
     rebuild_elsewhere(source, block)
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.download_button("mergekit YAML" + (" (unrepaired slice)" if changed else ""),
                            mergekit_yaml(source, block.num_layers, block, changed=changed),
-                           f"prune-{block.start}-{block.n}.yaml", "text/yaml", on_click="ignore", key="ph_yaml",
+                           f"{pruned_name(source, block).removesuffix('.gguf')}.yaml", "text/yaml", on_click="ignore", key="ph_yaml",
                            help="mergekit stacks the original layers: it rebuilds the pruned model without its linear "
                                 "repair." if changed else None)
-        with_gguf = st.checkbox("with GGUF", key="ph_with_gguf", help=GGUF_HELP)
+        with_gguf = not block.sublayers and st.checkbox("with GGUF", key="ph_with_gguf", help=GGUF_HELP)
         if st.button("Save pruned model", key="ph_save"):
             with user_errors():
                 pruned["saved"] = str(save(with_gguf))

@@ -8,7 +8,7 @@ import streamlit as st
 
 from explorer.core.errors import ExplorerError
 from explorer.export.folder import changes
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet, recorded_layers
 from explorer.lm.models import LoadedModel
 from explorer.state.store import Run
 from explorer.surgery.heal import HealConfig
@@ -22,11 +22,11 @@ from pages.panels.progress import steady_progress
 PRUNED_KEY = "ph_pruned"  # {"fingerprint", "run_id", "saved"}
 
 
-def prune_now(loaded: LoadedModel, start: int, n: int, allow_final: bool, config: HealConfig, prompt: str, repair: str) -> None:
+def prune_now(loaded: LoadedModel, layers: LayerSet, config: HealConfig, prompt: str, repair: str) -> None:
     """Prune (and repair) a copy step by step under a progress bar, store the comparison as this
     visitor's "preview" run and show it."""
     with steady_progress("Pruning…") as update:
-        run_id, _, _ = preview_run(loaded, start, n, allow_final, config, prompt, repair, get_store(),
+        run_id, _, _ = preview_run(loaded, layers, config, prompt, repair, get_store(),
                                    lambda i, total, label: update(i / total, f"Step {i + 1} of {total}: {label}…"))
     get_store().add_visitor(run_id, visitor())
     st.session_state[PRUNED_KEY] = {"fingerprint": loaded.fingerprint, "run_id": run_id, "saved": None}
@@ -41,7 +41,7 @@ def show_pruned(loaded: LoadedModel, model: dict, pruned: dict, heal_run_id: int
         st.warning(f"{plain(exc)} Press Prune to compute it again.")
         st.session_state.pop(PRUNED_KEY, None)
         return
-    result, s = run.result or {}, run.settings
+    result = run.result or {}
     if run.status != "done" or not result.get("rows"):
         st.info(f"Prune comparison run #{run.id} is {run.status}{f': {plain(run.error)}' if run.error else ''}.")
         return
@@ -49,7 +49,7 @@ def show_pruned(loaded: LoadedModel, model: dict, pruned: dict, heal_run_id: int
     st.dataframe(comparison_frame(result["rows"]), hide_index=True)  # loss, accuracy (with n), agreement side by side
     st.caption(preview_caption(result))
     generation_pane(loaded, run, heal_run_id)  # completions side by side, the repair's verdict on the evaluation text
-    block = Block(s["start"], s["n"], result["block"]["num_layers"])
+    block = recorded_layers(result["block"])
     export_panel(model["source"], block, pruned,
                  lambda gguf: rebuilt_preview(loaded, run).save(model["source"], st.session_state.get("ph_dtype"), gguf),
                  changes({"repair": result.get("repair")}))

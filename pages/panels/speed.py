@@ -8,8 +8,8 @@ import streamlit as st
 
 from explorer import jobs
 from explorer.evaluation.speed import SpeedSettings, calibrate, estimate_seconds
-from explorer.experiments.speed import speed_settings
-from explorer.lm.blocks import check_block
+from explorer.experiments.speed import drop_record, speed_settings
+from explorer.lm.blocks import LayerSet
 from explorer.lm.models import LoadedModel
 from explorer.state.store import Run
 from explorer.views.speed import (
@@ -59,25 +59,28 @@ def speed_view(run: Run) -> None:
         st.text("\n".join(speed_lines(run.result)))
 
 
-def speed_panel(loaded: LoadedModel, model: dict, start: int, n: int) -> None:
-    """Measure (a background job) and show what removing layers [start, start + n) buys."""
+def speed_panel(loaded: LoadedModel, model: dict, layers: LayerSet | None) -> None:
+    """Measure (a background job) and show what removing `layers` (a block, any set, or sub-layers) buys."""
     st.subheader("Speed and memory")
     st.caption("Prefill latency, decode throughput and memory of the unpruned and the pruned model, timed one after the "
                "other in one process (fastest of the repeats), against the ideal L / (L − n): what the LM head, the "
-               "embeddings and each step's Python keep from the ideal is measured too.")
+               "embeddings and each step's Python keep from the ideal is measured too. Skipped sub-layers are timed "
+               "as they run in memory (computing nothing); a saved model holds them as zero weights and is not faster.")
+    if layers is None:
+        return
+    drop = drop_record(layers)
     with user_errors():
         settings = settings_form()
         settings.check()
         st.caption(estimate(loaded, settings))
-        if st.button("Measure speed", key="ph_speed_start", disabled=n == 0, help="A background job: it survives reloads."):
-            check_block(start, n, loaded.num_layers, allow_final=True)
-            st.session_state[RUN_KEY] = jobs.submit(get_store(), "speed", loaded.name, speed_settings(model, settings, (start, n)),
+        if st.button("Measure speed", key="ph_speed_start", disabled=layers.empty, help="A background job: it survives reloads."):
+            st.session_state[RUN_KEY] = jobs.submit(get_store(), "speed", loaded.name, speed_settings(model, settings, drop),
                                                    owner=visitor())
-    runs = speed_runs(get_store(), model["source"], (start, n), viewer())
+    runs = speed_runs(get_store(), model["source"], drop, viewer())
     shown = st.session_state.get(RUN_KEY)
     if shown not in [run.id for run in runs]:  # another block or model: its newest measurement, if any
         shown = runs[0].id if runs else None
     if shown is None:
-        st.caption("No speed measurement of this block yet.")
+        st.caption("No speed measurement of these layers yet.")
         return
     job_view(shown, RUN_KEY, speed_view)

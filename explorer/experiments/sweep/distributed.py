@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from explorer.core.errors import ExplorerError
 from explorer.experiments.sweep.measure import load_for_sweep, measure_block
 from explorer.experiments.sweep.settings import SweepSettings
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
 from explorer.lm.models import LoadedModel
 
 POLL_SECONDS = 0.5
@@ -61,7 +61,7 @@ class _Worker:
         self.settings = SweepSettings.from_json(settings_json)
         self.loaded = load_for_sweep(self.settings)
 
-    def measure(self, block: Block) -> tuple[dict, float, str]:
+    def measure(self, block: LayerSet) -> tuple[dict, float, str]:
         started = time.perf_counter()
         measured = measure_block(self.loaded, block, self.settings, lambda: False)
         return measured, time.perf_counter() - started, self.loaded.fingerprint
@@ -84,8 +84,8 @@ class RayExecutor:
         self.address, self.local = address, local
 
     def __call__(
-        self, loaded: LoadedModel, blocks: list[Block], settings, should_stop: Callable[[], bool]
-    ) -> Iterator[tuple[Block, dict, float]]:
+        self, loaded: LoadedModel, blocks: list[LayerSet], settings, should_stop: Callable[[], bool]
+    ) -> Iterator[tuple[LayerSet, dict, float]]:
         if not blocks:
             return
         connect(self.address, **self.local)
@@ -117,7 +117,7 @@ class RayExecutor:
                 ray.kill(actor)
 
 
-def _result(task, block: Block) -> tuple[dict, float, str]:
+def _result(task, block: LayerSet) -> tuple[dict, float, str]:
     """A finished task's value; its failure as one ExplorerError sentence."""
     import ray  # deferred: Ray is optional (requirements-distributed.txt)
     from ray.exceptions import RayActorError, RayTaskError  # deferred: Ray is optional (requirements-distributed.txt)
@@ -127,8 +127,8 @@ def _result(task, block: Block) -> tuple[dict, float, str]:
     except RayTaskError as exc:
         if isinstance(exc.cause, ExplorerError):
             raise exc.cause from None
-        raise ExplorerError(f"Measuring block {block.start}..{block.start + block.n - 1} failed on a Ray worker: "
+        raise ExplorerError(f"Measuring layers {block.span} failed on a Ray worker: "
                             f"{type(exc.cause).__name__}: {exc.cause}") from exc
     except RayActorError as exc:
-        raise ExplorerError(f"A Ray worker died while measuring block {block.start}..{block.start + block.n - 1} "
+        raise ExplorerError(f"A Ray worker died while measuring layers {block.span} "
                             "(out of memory?): use fewer workers per machine or the local executor.") from exc

@@ -12,7 +12,7 @@ from explorer.evaluation.degeneration import degeneration
 from explorer.evaluation.evaluate import Evaluated, generation_metrics, quick_eval
 from explorer.evaluation.speed import SpeedSettings, measure_speed
 from explorer.experiments.sweep.settings import SweepSettings
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import Block, LayerSet
 from explorer.lm.layers import pruned_view
 from explorer.lm.models import LoadedModel, load_model
 from explorer.surgery.heal import HealConfig, heal
@@ -22,12 +22,12 @@ from explorer.surgery.reuse import PrefixReuse
 # What a sweep point's speed is timed with: short, batch 1 only (the decode case depth pruning helps most).
 SWEEP_SPEED = SpeedSettings(prompt_tokens=32, new_tokens=16, batch_sizes=(1,), repeats=3)
 
-Measured = tuple[Block, dict[str, dict], float]  # a block, measure_block's metrics by repair, seconds it took
+Measured = tuple[LayerSet, dict[str, dict], float]  # a block, measure_block's metrics by repair, seconds it took
 
 
 # An executor measures blocks (measure_block on each) and yields them as they finish, in any order;
 # it stops early, yielding no more, once should_stop() turns true. Local: measure_locally; Ray: explorer.experiments.sweep.distributed.
-Executor = Callable[[LoadedModel, list[Block], "SweepSettings", Callable[[], bool]], Iterator[Measured]]
+Executor = Callable[[LoadedModel, list[LayerSet], "SweepSettings", Callable[[], bool]], Iterator[Measured]]
 
 
 def eval_config(settings: SweepSettings):
@@ -42,10 +42,11 @@ def eval_config(settings: SweepSettings):
     )
 
 
-def linear_applies(settings: SweepSettings, block: Block) -> bool:
-    """Whether the sweep measures this block after a linear repair: asked for, and a kept layer
-    before the block to fold the map into (n = 0 removes nothing: its point is the unpruned one)."""
-    return settings.repair == "linear" and not (block.n and block.start == 0)
+def linear_applies(settings: SweepSettings, block: LayerSet) -> bool:
+    """Whether the sweep measures this set after a linear repair: asked for, one contiguous block
+    (the map stands in for one run of layers), and a kept layer before it to fold the map into
+    (n = 0 removes nothing: its point is the unpruned one)."""
+    return settings.repair == "linear" and block.contiguous and not (block.n and block.start == 0)
 
 
 @dataclass
@@ -65,7 +66,7 @@ def repair_config(settings: SweepSettings):
 
 
 def measure_block(
-    loaded: LoadedModel, block: Block, settings: SweepSettings, should_stop: Callable[[], bool],
+    loaded: LoadedModel, block: LayerSet, settings: SweepSettings, should_stop: Callable[[], bool],
     shared: Shared | None = None, timings: dict[str, float] | None = None,
 ) -> dict[str, dict]:
     """Metrics by repair: the pruned copy ("none"), the healed copy ("lora") when healing, and the
@@ -107,7 +108,7 @@ def measure_speedup(loaded: LoadedModel, block: Block) -> dict:
 
 def measure_locally(
     loaded: LoadedModel,
-    blocks: list[Block],
+    blocks: list[LayerSet],
     settings: SweepSettings,
     should_stop: Callable[[], bool],
     reuse: bool = True,
@@ -132,7 +133,7 @@ def measure_locally(
             if timings is not None:  # the recording's own loss and scoring count as recording
                 timings.update({part: before.get(part, 0.0) for part in ("loss", "scoring")})
             fitting = time.perf_counter()
-            shared = Shared(recording, {(b.start, b.n): fit for b, fit in zip(linear, fit_blocks(loaded, linear, repair_config(settings)))})
+            shared = Shared(recording, {(b.start, b.n): fit for b, fit in zip(linear, fit_blocks(loaded, [b.as_block() for b in linear], repair_config(settings)))})
             for part in ("fit", "evaluation"):  # the fits are evaluation work, as when each block fits its own
                 lap(timings, part, fitting)
         measuring = time.perf_counter()
@@ -141,7 +142,7 @@ def measure_locally(
         yield block, measured, time.perf_counter() - started
 
 
-def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, shared: Shared | None = None,
+def measure_linear(loaded: LoadedModel, block: LayerSet, settings: SweepSettings, shared: Shared | None = None,
                    timings: dict[str, float] | None = None) -> dict:
     """Metrics of the pruned view after a linear repair, with the fit's held-out residual. The map
     folds into a private copy of one down-projection, so the shared weights stay untouched; with
@@ -151,7 +152,7 @@ def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, s
         fit = shared.fits[(block.start, block.n)]
     else:
         fitting = time.perf_counter()
-        fit = fit_block(loaded, block, repair_config(settings))
+        fit = fit_block(loaded, block.as_block(), repair_config(settings))
         lap(timings, "fit", fitting)
 
     def fold(view: LoadedModel) -> None:
@@ -162,7 +163,7 @@ def measure_linear(loaded: LoadedModel, block: Block, settings: SweepSettings, s
 
 
 def _evaluate_view(
-    loaded: LoadedModel, block: Block, settings: SweepSettings, shared: Shared | None, timings: dict[str, float] | None,
+    loaded: LoadedModel, block: LayerSet, settings: SweepSettings, shared: Shared | None, timings: dict[str, float] | None,
     prepare: Callable[[LoadedModel], None] | None = None, changed: int | None = None,
 ) -> dict:
     """The sweep's evaluation of the block's pruned view, edited by `prepare` (which changes no layer

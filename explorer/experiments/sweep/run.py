@@ -7,16 +7,16 @@ import functools
 import time
 from typing import Callable
 
-from explorer.analysis.strategies import strategy_block
+from explorer.analysis.strategies import DISTANCES, choose_layers, needs_of
 from explorer.core.errors import Cancelled
 from explorer.evaluation.agreement import agreement
 from explorer.experiments.sweep.distributed import RayExecutor
 from explorer.experiments.sweep.measure import Executor, lap, linear_applies, load_for_sweep, measure_locally
 from explorer.experiments.sweep.points import normalized, normalized_se, point_key, reusable_points, summary, sweep_points
 from explorer.experiments.sweep.settings import REPAIR_AXIS, Key, SweepSettings
-from explorer.lm.blocks import Block
+from explorer.lm.blocks import LayerSet
 from explorer.lm.models import LoadedModel
-from explorer.state.cache import cached_distances, distances_run
+from explorer.state.cache import distances_run, strategy_context
 
 OnEvent = Callable[[dict], None]
 
@@ -30,6 +30,23 @@ def _phase(store, run_id: int, on_event: OnEvent, text: str) -> None:
     event = {"kind": "phase", "phase": text}
     store.add_event(run_id, event)
     on_event(event)
+
+
+def _context(loaded: LoadedModel, settings: SweepSettings, store, run_id: int, on_event: OnEvent, pruning: bool):
+    """What the sweep's strategies choose from, computed once (or fetched) on the sweep's text,
+    with a phase line for each part (none when every point is the unpruned n = 0)."""
+    strategies = settings.strategies if pruning else ()
+    if DISTANCES in needs_of(strategies) and not distances_run(store, loaded, settings.text, settings.sim_samples, settings.seq_len):
+        _phase(store, run_id, on_event, "no similarity heatmap cached for these settings: computing it first")
+    return strategy_context(loaded, strategies, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size,
+                            store, lambda text: _phase(store, run_id, on_event, f"choosing layers: {text}"))
+
+
+def _layers(block: LayerSet) -> dict:
+    """What a point records of its set beyond start and n: every index, when it is not one block."""
+    if block.contiguous:
+        return {}
+    return {"layers": list(block.removed), "attention": list(block.attention), "mlp": list(block.mlp)}
 
 
 def run_sweep(
@@ -59,14 +76,7 @@ def run_sweep(
             store.add_event(run_id, {**{k: v for k, v in point.items() if k != "time"}, "resumed": True})
     if done:
         _phase(store, run_id, on_event, f"resuming: {len(done)} points already measured")
-    similarity = None
-    if "similarity" in settings.strategies and max(sizes) > 0:
-        if not distances_run(store, loaded, settings.text, settings.sim_samples, settings.seq_len):
-            _phase(store, run_id, on_event, "no similarity heatmap cached for these settings: computing it first")
-        sim_id, similarity, _ = cached_distances(
-            loaded, settings.text, settings.sim_samples, settings.seq_len, settings.batch_size, store
-        )
-        _phase(store, run_id, on_event, f"using the similarity heatmap of run {sim_id}")
+    context = _context(loaded, settings, store, run_id, on_event, max(sizes) > 0)
     repairs = [r for r in REPAIR_AXIS if r == "none" or r == settings.repair or (r == "lora" and settings.heal_steps)]
     total = len(sizes) * len(settings.strategies) * len(repairs)
     store.add_event(run_id, {"kind": "plan", "points": total, "sizes": sizes, "num_layers": num_layers})
@@ -74,31 +84,30 @@ def run_sweep(
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     base_loss = next((p["val_loss"] for (_, n, repair), p in done.items() if n == 0 and repair == "none"), None)
     unpruned = next((p.get("predictions") for (_, n, repair), p in done.items() if n == 0 and repair == "none"), None)
-    wanted: dict[tuple[int, int], list[Key]] = {}  # block (start, n) -> the missing points it gives
-    blocks: dict[tuple[int, int], Block] = {}
+    wanted: dict[LayerSet, list[Key]] = {}  # layer set -> the missing points it gives (equal sets: one measurement)
     for n in sizes:
         for strategy in settings.strategies:
-            block = strategy_block(strategy, n, num_layers, similarity)
+            block = choose_layers(strategy, n, context)
             for repair in repairs:
                 if (strategy, n, repair) in done:
                     continue
                 if repair == "linear" and not linear_applies(settings, block):
-                    _phase(store, run_id, on_event, f"{strategy} n={n}: no linear repair for a block at layer 0 (no kept layer before it)")
+                    why = "a block at layer 0 (no kept layer before it)" if block.contiguous else "a set that is not one block"
+                    _phase(store, run_id, on_event, f"{strategy} n={n}: no linear repair for {why}")
                     continue
-                blocks.setdefault((block.start, block.n), block)
-                wanted.setdefault((block.start, block.n), []).append((strategy, n, repair))
+                wanted.setdefault(block, []).append((strategy, n, repair))
     waiting: list[dict] = []  # measured, waiting for the baseline loss
     cancelled = "The sweep was cancelled; {} points are saved and a restart resumes."
     executor = executor or functools.partial(measure_locally, reuse=reuse, timings=timings)
-    for block, measured, seconds in executor(loaded, list(blocks.values()), settings, should_stop):
+    for block, measured, seconds in executor(loaded, list(wanted), settings, should_stop):
         bookkeeping = time.perf_counter()
-        for index, (strategy, n, repair) in enumerate(wanted.pop((block.start, block.n))):
+        for index, (strategy, n, repair) in enumerate(wanted.pop(block)):
             if index and should_stop():  # asked once per point: the executor asked before the block's first
                 raise SweepCancelled(cancelled.format(len(done)))
             metrics = {k: v for k, v in measured[repair].items() if k not in ("kind", "step", "merged")}
             waiting.append({
                 "kind": "point", "strategy": strategy, "n": n, "fraction": n / num_layers, "healed": repair == "lora",
-                "repair": repair, "start": block.start, "num_layers": num_layers, **metrics,
+                "repair": repair, "start": block.start, "num_layers": num_layers, **_layers(block), **metrics,
                 "seconds": seconds if index == 0 else 0.0, "shared": index > 0,
                 "fingerprint": loaded.fingerprint,
             })

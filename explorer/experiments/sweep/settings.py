@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from explorer.analysis.strategies import STRATEGIES
+from explorer.analysis.strategies import PAPER_STRATEGIES, STRATEGIES
 from explorer.core.errors import ExplorerError
 from explorer.core.options import SHARED, setting
 from explorer.evaluation.degeneration import DegenerationSettings
@@ -28,8 +28,8 @@ class SweepSettings:
     """Everything that determines a sweep's points; equal settings (and weights) resume each other."""
 
     model: str = setting("embedded", "the model", cli=SHARED)
-    strategies: tuple[str, ...] = setting(STRATEGIES, "comma-separated strategies to compare, of similarity, simple and top-cut",
-                                          label="Strategies")
+    strategies: tuple[str, ...] = setting(PAPER_STRATEGIES, f"comma-separated strategies to compare, of {', '.join(STRATEGIES)}"
+                                          " (attention-drop and mlp-drop: n counts sub-layers of that kind)", label="Strategies")
     fractions: tuple[float, ...] | None = setting(  # None = every `stride`-th n
         None, "comma-separated fractions of layers to drop, each in [0, 1)", label="Fractions of layers dropped, each in [0, 1)",
         parse=lambda text: parse_fractions(text), exclusive="points")
@@ -59,7 +59,8 @@ class SweepSettings:
     text: str = setting("embedded", "text for the heatmap, the held-out loss and healing: 'embedded', 'c4' or a "
                         ".txt/.jsonl/.parquet file", flag="--text-file", label="Text for heatmap, held-out loss and healing")
     val_samples: int = setting(16, "held-out documents for the loss", label="Held-out samples")
-    sim_samples: int = setting(32, "calibration samples for the heatmap", flag="--samples", label="Heatmap samples")
+    sim_samples: int = setting(32, "calibration samples for the heatmap and what other strategies need", flag="--samples",
+                               label="Heatmap samples")
     seq_len: int = setting(128, "tokens per sample", label="Tokens per sample")
     batch_size: int = setting(8, "samples per forward pass", label="Batch size")
     device: str | None = setting(None, "the device", cli=SHARED)

@@ -17,8 +17,8 @@ import plotly.graph_objects as go
 
 from explorer.analysis.bootstrap import STABLE_FROM, Bootstrap
 from explorer.analysis.similarity import SimilarityResult
-from explorer.lm.blocks import Block
-from explorer.views.figures.style import LEGEND_ABOVE, MARGIN, interval_bars, title
+from explorer.lm.blocks import Block, LayerSet
+from explorer.views.figures.style import GREY, LEGEND_ABOVE, MARGIN, STRATEGY_COLORS, interval_bars, title
 
 YAxis = Literal["n", "fraction"]
 
@@ -124,6 +124,21 @@ def _markers(frame: pd.DataFrame, num_layers: int, y_axis: YAxis, name: str, siz
     return _points(frame, num_layers, y_axis, name=name, marker=dict(size=size, **marker))
 
 
+def _chosen_layers(name: str, sets: list[LayerSet], num_layers: int, y_axis: YAxis, size: int) -> go.Scatter:
+    """One strategy's choices for every n, drawn in row n at each layer it removes (so a set that is
+    not one block shows as its scattered layers). No customdata: a click on them selects nothing."""
+    xs, ys, notes = [], [], []
+    for layers in sets:
+        for l in layers.removed:
+            xs.append(l)
+            ys.append(layers.n / num_layers if y_axis == "fraction" else layers.n)
+            notes.append(f"n = {layers.n}: {name} removes layers {layers.span}")
+    return go.Scatter(x=xs, y=ys, mode="markers", name=f"{name}: layers it removes (row n)", text=notes,
+                      hovertemplate="%{text}<extra></extra>", selected=FULL_OPACITY, unselected=FULL_OPACITY,
+                      marker=dict(symbol="diamond", size=size, color=STRATEGY_COLORS.get(name, GREY),
+                                  line=dict(color="white", width=1)))
+
+
 def _axes(fig: go.Figure, num_layers: int, y_axis: YAxis) -> None:
     """Ranges pinned to the cell edges, so cell (l, n) sits at a known pixel and squares tile exactly."""
     cells_per_y_unit = num_layers if y_axis == "fraction" else 1
@@ -139,13 +154,14 @@ def _axes(fig: go.Figure, num_layers: int, y_axis: YAxis) -> None:
 
 def heatmap_figure(
     result: SimilarityResult, selected: tuple[int, int] | None = None, y_axis: YAxis = "n",
-    scaled: bool = False, boot: Bootstrap | None = None,
+    scaled: bool = False, boot: Bootstrap | None = None, chosen: dict[str, list[LayerSet]] | None = None,
 ) -> go.Figure:
     """Angular distance by (first layer l, block size n); best blocks, lower cells that would remove
     the final layer, and the simple block marked.
 
     `selected` is (l, n) of the picked block, outlined in red. `scaled` colours each row rescaled
     to [0, 1] (the paper's figure style); `boot` adds intervals and stability to the hover.
+    `chosen` maps other strategies to their set for each n, drawn as the layers each removes.
     """
     L = result.num_layers
     cell = cell_pixels(L)
@@ -160,9 +176,11 @@ def heatmap_figure(
         fig.add_trace(_markers(frame[frame.is_unrestricted_min], L, y_axis,
                                "row minimum removing the final layer (not chosen)", max(5, cell * 2 // 3),
                                symbol="circle-open", color="red", line=dict(width=2)))
+    for name, sets in (chosen or {}).items():
+        fig.add_trace(_chosen_layers(name, sets, L, y_axis, max(4, cell // 2)))
     if selected is not None:
-        chosen = frame[(frame.l == selected[0]) & (frame.n == selected[1])]
-        fig.add_trace(_markers(chosen, L, y_axis, "selected block", cell + 2, symbol="square-open",
+        picked = frame[(frame.l == selected[0]) & (frame.n == selected[1])]
+        fig.add_trace(_markers(picked, L, y_axis, "selected block", cell + 2, symbol="square-open",
                                color="red", line=dict(width=3)))
     _axes(fig, L, y_axis)
     fig.update_layout(

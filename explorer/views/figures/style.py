@@ -11,6 +11,9 @@ from plotly.subplots import make_subplots
 
 # plotly's default (D3) colours, named so a strategy, metric, mode or run keeps its colour on every page
 BLUE, ORANGE, GREEN, RED, PURPLE, GREY, DARK = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#7f7f7f", "#2b2b2b"
+BROWN, PINK, OLIVE, CYAN = "#8c564b", "#e377c2", "#bcbd22", "#17becf"
+STRATEGY_COLORS = {"similarity": BLUE, "simple": ORANGE, "top-cut": GREEN, "block-influence": RED, "iterative-loss": PURPLE,
+                   "iterative-angular": BROWN, "attention-drop": PINK, "mlp-drop": OLIVE}  # one colour per strategy, every page
 
 MARGIN = dict(l=60, r=20, t=60, b=50)  # a titled plot with its legend below
 PANEL_MARGIN = dict(t=40, b=40, l=40, r=20)  # two subplots whose titles name them

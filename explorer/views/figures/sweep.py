@@ -14,16 +14,15 @@ import plotly.graph_objects as go
 
 from explorer.evaluation.accuracy import question_count
 from explorer.experiments.sweep import curve_name, first_at_chance, point_repair
-from explorer.views.figures.style import BLUE, GREEN, GREY, LEGEND_BELOW, MARGIN, ORANGE, rgba, title
+from explorer.views.figures.style import GREY, LEGEND_BELOW, MARGIN, STRATEGY_COLORS, rgba, title
 
-STRATEGY_COLORS = {"similarity": BLUE, "simple": ORANGE, "top-cut": GREEN}
 REPAIR_DASHES = {"none": "solid", "linear": "dot", "lora": "dash"}  # one line per (strategy, repair)
 POINT_COLUMNS = [
     "strategy", "healed", "repair", "n", "fraction", "start", "num_layers", "task", "accuracy", "ci_low", "ci_high",
     "n_questions", "chance", "agreement", "agreement_ci_low", "agreement_ci_high", "val_loss", "val_loss_se", "normalized_loss",
     "normalized_loss_se", "speedup", "ideal_speedup", "speedup_bound", "seconds", "shared", "gen_task", "gen_accuracy", "gen_ci_low", "gen_ci_high",
-    "repetition_4", "distinct_2", "reference_logprob",
-]
+    "repetition_4", "distinct_2", "reference_logprob", "layers", "attention", "mlp",
+]  # layers / attention / mlp: the indices of a point whose set is not one block (explorer.experiments.sweep.run)
 
 
 def points_frame(points: list[dict]) -> pd.DataFrame:
@@ -84,7 +83,8 @@ def _curves(frame: pd.DataFrame):
 def _layout(fig: go.Figure, text: str, y_title: str, x_max: float | None = None, **yaxis) -> go.Figure:
     """`x_max`: the largest fraction the sweep will measure, so a live plot's axis is the whole sweep's
     from its first point on and does not stretch as points arrive."""
-    xaxis = dict(title="fraction of layers dropped n / L", tickformat=".0%", rangemode="tozero")
+    xaxis = dict(title="fraction dropped n / L (of layers; of that kind's sub-layers for attention-drop, mlp-drop)",
+                 tickformat=".0%", rangemode="tozero")
     if x_max:
         xaxis["range"] = [-0.02, x_max + 0.02]
     fig.update_layout(
