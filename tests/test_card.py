@@ -147,3 +147,18 @@ def test_healed_card_has_the_recipe_and_evaluations_with_n(tiny_llama_dir, tmp_p
     args = parser.parse_args(command[4:])
     assert HealConfig(**given(HealConfig, args)).to_json() == record["heal"]
     assert (args.start, args.n, args.model) == (1, 2, str(tiny_llama_dir))
+
+
+def test_the_cards_command_remakes_a_layer_set(tiny_llama_dir, tmp_path):
+    """A set that is not one block (layers 0 and 2, layer 1's MLP) is named in the card's command by
+    its indices, and the command run again saves the same weights and the same record."""
+    first = tmp_path / "first"
+    done = _cli("prune", "--model", str(tiny_llama_dir), "--layers", "0,2", "--mlp", "1", "--out", str(first))
+    assert done.returncode == 0, done.stderr
+    command = _command((first / "README.md").read_text())
+    assert shlex.join(command).count("--layers 0,2 --mlp 1") == 1 and "--start" not in command
+    again = tmp_path / "again"
+    assert (done := _cli(*command[3:-1], str(again))).returncode == 0, done.stderr
+    a, b = load_file(first / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((again / "run.json").read_text())["block"] == json.loads((first / "run.json").read_text())["block"]

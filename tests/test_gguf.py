@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from explorer.core.errors import ExplorerError
 from explorer.export.gguf import GGUF_FILE, check_convertible, convert_model, export_gguf, prune_gguf
-from explorer.lm.blocks import check_block
+from explorer.lm.blocks import check_block, check_layer_set
 from explorer.lm.models import EMBEDDED_FILE, LoadedModel, embedded_gguf_path
 from explorer.surgery.prune import prune_block
 
@@ -293,3 +293,18 @@ def test_cli_export_gguf_converts_a_folder_without_a_block(tiny_llama, tiny_llam
     ids = tiny_llama.tokenizer(TEXT, return_tensors="pt").input_ids
     expected = _logits(prune_block(tiny_llama, 1, 1).loaded.model, ids)
     torch.testing.assert_close(_logits(_from_gguf(out), ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_any_set_of_whole_layers_is_cut_and_sub_layers_are_refused(tmp_path, tiny_llama):
+    """A non-contiguous set loses exactly its blocks (kept ones renumbered in order, per-layer arrays cut
+    to theirs); a set that skips sub-layers cannot be a GGUF, said in one sentence, nothing written."""
+    source, out = tmp_path / "synthetic.gguf", tmp_path / "set.gguf"
+    _synthetic_gguf(source)
+    prune_gguf(source, out, [0, 2])
+    fields = _fields(out)
+    assert fields["llama.block_count"] == 2 and fields["llama.attention.head_count_kv"] == [2, 4]  # blocks 1 and 3
+    tensors = {t.name: t.data for t in gguf.GGUFReader(out).tensors}
+    assert tensors["blk.0.attn_norm.weight"].tolist() == [1.0] * 8 and tensors["blk.1.attn_norm.weight"].tolist() == [3.0] * 8
+    with pytest.raises(ExplorerError, match="GGUF holds whole layers only"):
+        export_gguf(str(source), tmp_path / "sub.gguf", check_layer_set([], 4, attention=[1]), tiny_llama)
+    assert not (tmp_path / "sub.gguf").exists()

@@ -25,14 +25,16 @@ from explorer.evaluation.speed import (
     prompts,
     weight_bytes,
 )
+from explorer.experiments.speed import compared_models, drop_record, dropped_layers
 from explorer.experiments.sweep import SweepSettings, profile_parts, run_sweep, start_sweep
 from explorer.export.folder import save_prune
+from explorer.lm.blocks import check_block, check_layer_set
 from explorer.lm.forward import inference
-from explorer.lm.layers import decoder_layers
+from explorer.lm.layers import decoder_layers, pruned_view
 from explorer.state.store import Store
 from explorer.surgery.prune import prune_block
 from explorer.views.figures.sweep import pareto_front, points_frame, speed_figure
-from explorer.views.speed import speed_frame, speed_lines
+from explorer.views.speed import describe_drop, speed_frame, speed_lines
 
 TINY = SpeedSettings(prompt_tokens=6, new_tokens=4, batch_sizes=(1, 3), repeats=2)
 
@@ -242,3 +244,19 @@ def test_lockstep_times_every_model_on_the_same_work(tiny_llama):
     assert set(spent) == set(models)
     assert all(set(times) == {"prefill", "decode", "prefill_cpu", "decode_cpu"} for times in spent.values())
     assert all(times["decode"] > 0 and times["prefill"] > 0 and times["decode_cpu"] >= 0 for times in spent.values())
+
+
+def test_a_speed_run_times_any_set_as_the_model_without_it(tiny_llama):
+    """What a speed run drops is stored as a block's start and n, or any set's layers and sub-layers; the
+    timed "pruned" model is the weight-sharing view without exactly that set (its logits, by hand)."""
+    sets = [check_block(1, 2, 4), check_layer_set([0, 2], 4), check_layer_set([1], 4, attention=[0], mlp=[2])]
+    records = [drop_record(layers) for layers in sets]
+    assert records[0] == {"start": 1, "n": 2} and records[2] == {"removed": [1], "attention": [0], "mlp": [2]}
+    assert describe_drop(records[2]) == "layers 1 and the attention of 0 and the MLP of 2"
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    for layers, record in zip(sets, records):
+        assert dropped_layers(record, 4) == layers
+        timed = compared_models(tiny_llama, record, None)["pruned"]
+        with torch.no_grad():
+            expected = pruned_view(tiny_llama, layers).model(input_ids=ids).logits
+            torch.testing.assert_close(timed.model(input_ids=ids).logits, expected)
