@@ -7,6 +7,8 @@ benchmarks/results/NAME.json and a markdown table on stdout.
 import argparse
 import os
 import platform
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -40,6 +42,27 @@ def timed(run: Callable[[], T]) -> tuple[float, float, T]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start, time.process_time() - start_cpu, value
+
+
+def alternated(name: str, runs: dict[str, Callable[[], T]], questions: int, repeats: int) -> tuple[dict, dict[str, T]]:
+    """Time `runs` ("ours" and "lm_eval") `repeats` times each, alternating which goes first so neither
+    always finds the caches the other warmed; (medians, ratio and questions per second; each run's
+    last output, to check they agree)."""
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    cpu: dict[str, list[float]] = {key: [] for key in runs}
+    outputs: dict[str, T] = {}
+    order = list(runs.items())
+    for repeat in range(repeats):
+        for key, run in order if repeat % 2 == 0 else order[::-1]:
+            seconds, cpu_seconds, outputs[key] = timed(run)
+            times[key].append(seconds)
+            cpu[key].append(cpu_seconds)
+            print(f"  {name} {key} run {len(times[key])}: {seconds:.2f} s ({cpu_seconds:.2f} s CPU)", file=sys.stderr, flush=True)
+    median = {key: statistics.median(t) for key, t in times.items()}
+    median_cpu = {key: statistics.median(t) for key, t in cpu.items()}
+    return {"questions": questions, "times_s": times, "cpu_times_s": cpu, "median_s": median, "median_cpu_s": median_cpu,
+            "questions_per_s": {key: questions / s for key, s in median.items()},
+            "speedup": median["lm_eval"] / median["ours"], "cpu_speedup": median_cpu["lm_eval"] / median_cpu["ours"]}, outputs
 
 
 def environment(device: object) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks import arguments, environment, report, timed
+from benchmarks import alternated, arguments, environment, report
 from explorer.evaluation.evaluate import run_task
 from explorer.evaluation.lmeval import run_lmeval
 from explorer.evaluation.tasks import get_task
@@ -73,35 +72,18 @@ def _pair(model: torch.nn.Module, ours: Callable[[int], list[str]], theirs: Call
           repeats: int, name: str) -> dict:
     """Warm both up, then alternate who goes first; medians, ratio, work done and whether every text agrees."""
     ours(WARM_UP), theirs(WARM_UP)
-    times: dict[str, list[float]] = {"ours": [], "lm_eval": []}
-    cpu: dict[str, list[float]] = {"ours": [], "lm_eval": []}
-    work = {key: {"forward_calls": 0, "positions": 0} for key in times}
-    texts: dict[str, list[str]] = {}
-    for repeat in range(repeats):
-        order = [("ours", ours), ("lm_eval", theirs)]
-        for key, run in order if repeat % 2 == 0 else order[::-1]:
-            counts = {"forward_calls": 0, "positions": 0}
-            with counting(model, counts):
-                seconds, cpu_seconds, texts[key] = timed(lambda: run(questions))
-            work[key] = counts
-            times[key].append(seconds)
-            cpu[key].append(cpu_seconds)
-            print(f"  {name} {key} run {len(times[key])}: {seconds:.2f} s ({cpu_seconds:.2f} s CPU)", file=sys.stderr, flush=True)
-    median = {key: statistics.median(t) for key, t in times.items()}
-    median_cpu = {key: statistics.median(t) for key, t in cpu.items()}
-    return {
-        "questions": questions,
-        "times_s": times,
-        "cpu_times_s": cpu,
-        "median_s": median,
-        "questions_per_s": {key: questions / s for key, s in median.items()},
-        "speedup": median["lm_eval"] / median["ours"],
-        "cpu_speedup": median_cpu["lm_eval"] / median_cpu["ours"],
-        "goal": GOAL,
-        "work": work,
-        "same_outputs": texts["ours"] == texts["lm_eval"],
-        "differing_outputs": sum(a != b for a, b in zip(texts["ours"], texts["lm_eval"])),
-    }
+    work: dict[str, dict[str, int]] = {}
+
+    def counted(key: str, run: Callable[[int], list[str]]) -> Callable[[], list[str]]:
+        def go() -> list[str]:
+            work[key] = {"forward_calls": 0, "positions": 0}
+            with counting(model, work[key]):
+                return run(questions)
+        return go
+
+    result, texts = alternated(name, {"ours": counted("ours", ours), "lm_eval": counted("lm_eval", theirs)}, questions, repeats)
+    return {**result, "goal": GOAL, "work": work, "same_outputs": texts["ours"] == texts["lm_eval"],
+            "differing_outputs": sum(a != b for a, b in zip(texts["ours"], texts["lm_eval"]))}
 
 
 def measure(args: argparse.Namespace) -> dict:

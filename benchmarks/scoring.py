@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks import arguments, environment, report, timed
+from benchmarks import alternated, arguments, environment, report, timed
 from explorer.evaluation.evaluate import run_task
 from explorer.evaluation.lmeval import run_lmeval
 from explorer.evaluation.tasks import get_task
@@ -56,31 +55,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _pair(name: str, ours: Callable[[], list[str]], theirs: Callable[[], list[str]], questions: int, repeats: int) -> dict:
     """Warm up both, then alternate who goes first; returns medians, ratio and the agreement."""
     timed(ours), timed(theirs)
-    times: dict[str, list[float]] = {"ours": [], "lm_eval": []}
-    cpu: dict[str, list[float]] = {"ours": [], "lm_eval": []}
-    picks: dict[str, list[str]] = {}
-    for repeat in range(repeats):
-        order = [("ours", ours), ("lm_eval", theirs)]
-        for key, run in order if repeat % 2 == 0 else order[::-1]:
-            seconds, cpu_seconds, picks[key] = timed(run)
-            times[key].append(seconds)
-            cpu[key].append(cpu_seconds)
-            print(f"  {name} {key} run {len(times[key])}: {seconds:.2f} s ({cpu_seconds:.2f} s CPU)", file=sys.stderr, flush=True)
-    median = {key: statistics.median(t) for key, t in times.items()}
-    median_cpu = {key: statistics.median(t) for key, t in cpu.items()}
-    return {
-        "questions": questions,
-        "times_s": times,
-        "cpu_times_s": cpu,
-        "median_s": median,
-        "median_cpu_s": median_cpu,
-        "questions_per_s": {key: questions / s for key, s in median.items()},
-        "speedup": median["lm_eval"] / median["ours"],
-        "cpu_speedup": median_cpu["lm_eval"] / median_cpu["ours"],
-        "goal": GOALS[name],
-        "same_predictions": picks["ours"] == picks["lm_eval"],
-        "disagreements": sum(a != b for a, b in zip(picks["ours"], picks["lm_eval"])),
-    }
+    result, picks = alternated(name, {"ours": ours, "lm_eval": theirs}, questions, repeats)
+    return {**result, "goal": GOALS[name], "same_predictions": picks["ours"] == picks["lm_eval"],
+            "disagreements": sum(a != b for a, b in zip(picks["ours"], picks["lm_eval"]))}
 
 
 def measure(args: argparse.Namespace) -> dict:

@@ -15,6 +15,7 @@ from explorer.lm.models import load_model
 from explorer.surgery.heal import HealConfig, prune_and_heal
 from explorer.views.figures.heal import heal_figure
 from explorer.views.generations import prompt_lines, repair_verdict, side_by_side
+from tests.screen import small_prune_page
 
 
 def test_eval_prints_and_writes_the_generated_answers(tiny_llama_dir, tmp_path, capsys):
@@ -74,14 +75,8 @@ def test_repair_verdict_says_when_the_repair_hurts():
 def test_prune_page_pane_and_verdict(embedded):
     """The page in-process (AppTest): prune with a linear repair, read the verdict, then generate two
     prompts side by side with every model."""
-    from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("../app.py", default_timeout=300)
-    at.run()
-    at.switch_page("pages/prune_heal.py").run()
-    at.number_input(key="ph_limit").set_value(4)
-    at.number_input(key="ph_val").set_value(2)
-    at.number_input(key="ph_seq").set_value(64)
+    at = small_prune_page()
     at.radio(key="ph_repair").set_value("linear")
     at.button(key="ph_prune").click().run()
     assert not at.exception and not at.error

@@ -11,9 +11,9 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 from streamlit import config
-from streamlit.testing.v1 import AppTest
 
 from explorer.core.policy import ALLOW_PUSH
+from tests.screen import small_prune_page
 
 
 @pytest.fixture()
@@ -31,12 +31,7 @@ def _closed_port() -> int:
 
 def test_export_box_saves_a_gguf_and_pushes_only_when_allowed(embedded, served_room, monkeypatch):
     monkeypatch.delenv(ALLOW_PUSH, raising=False)
-    at = AppTest.from_file("../app.py", default_timeout=300)
-    at.run()
-    at.switch_page("pages/prune_heal.py").run()
-    at.number_input(key="ph_limit").set_value(4)
-    at.number_input(key="ph_val").set_value(2)
-    at.number_input(key="ph_seq").set_value(64)
+    at = small_prune_page()
     at.number_input(key="ph_start").set_value(20)
     at.number_input(key="ph_n").set_value(5)
     at.button(key="ph_prune").click().run()

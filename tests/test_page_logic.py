@@ -12,7 +12,6 @@ from explorer.lm.blocks import check_block
 from explorer.lm.layers import decoder_layers, parameter_count
 from explorer.state.store import Run
 from explorer.surgery.prune import prune_block, removed_parameters
-from explorer.views.figures.sweep import chance_caption
 from explorer.views.forms.similarity import SOURCES, kept_result, shown_result, similarity_widgets
 from explorer.views.forms.sweep import MODES, WIDGETS, widget_values
 from explorer.views.runs import similarity_caption, similarity_label, source_name, sweep_label
@@ -91,16 +90,8 @@ def test_sweep_widgets_round_trip():
     assert chosen["sw_mode"] == MODES[1] and chosen["sw_fractions"] == "0, 0.25"
 
 
-def test_sweep_label_and_chance_caption():
+def test_sweep_label():
     assert sweep_label(_run("sweep", {"task": "quiz"}, status="running")) == "#7 · running · quiz"
-    def point(strategy: str, n: int, ci_low: float, healed: bool = False) -> dict:
-        return {"strategy": strategy, "healed": healed, "n": n, "fraction": n / 10, "ci_low": ci_low, "chance": 0.25}
-
-    points = [point("simple", 0, 0.6), point("simple", 3, 0.2), point("similarity", 3, 0.5, healed=True)]
-    assert chance_caption(points) == (
-        "Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
-        "**similarity healed**: above chance at every point measured; "
-        "**simple**: at chance from 30% of layers dropped (n = 3)")
 
 
 def test_heal_form_values_round_trip():

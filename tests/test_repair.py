@@ -17,6 +17,7 @@ from explorer.lm.layers import decoder_layers
 from explorer.lm.models import LoadedModel
 from explorer.surgery.repair import RepairConfig, collect_stats, down_projection, fit_block, fit_blocks, fold, repair_block, solve
 from tests.families import FAMILIES, tiny_family_model
+from tests.screen import small_prune_page
 
 FOLDABLE = [f for f in FAMILIES if f not in ("gemma2", "gemma3_text")]
 
@@ -190,14 +191,8 @@ def test_heal_repairs_linearly_before_healing(tiny_llama_dir, tmp_path):
 
 def test_prune_heal_page_shows_the_linear_repair_beside_the_pruned_model(embedded):
     """The page in-process (Streamlit AppTest): choose "linear" beside Prune, see the three models side by side."""
-    from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("../app.py", default_timeout=300)
-    at.run()
-    at.switch_page("pages/prune_heal.py").run()
-    at.number_input(key="ph_limit").set_value(4)
-    at.number_input(key="ph_val").set_value(2)
-    at.number_input(key="ph_seq").set_value(64)
+    at = small_prune_page()
     at.radio(key="ph_repair").set_value("linear")
     at.button(key="ph_prune").click().run()
     assert not at.exception and not at.error

@@ -32,18 +32,6 @@ def points_frame(points: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["strategy", "repair", "n"], kind="stable").reset_index(drop=True)
 
 
-def chance_caption(points: list[dict]) -> str:
-    """Where each curve (strategy, repair) first reaches chance, under the accuracy plot."""
-    lines = []
-    for strategy, repair in sorted({(p["strategy"], point_repair(p)) for p in points}):
-        hit = first_at_chance(points, strategy, repair)
-        name = curve_name(strategy, repair)
-        lines.append(f"**{name}**: at chance from {hit['fraction']:.0%} of layers dropped (n = {hit['n']})" if hit
-                     else f"**{name}**: above chance at every point measured")
-    return ("Accuracy first reaches chance (first point whose 95% interval contains chance or lies below it): "
-            + "; ".join(lines))
-
-
 def curve_story(points: list[dict]) -> str:
     """What each accuracy curve does, in words computed from its points (never a fixed script): the
     unpruned accuracy with its n, how far the curve holds (each point's 95% interval still overlaps
