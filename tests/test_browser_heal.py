@@ -42,8 +42,8 @@ def step_reached(page) -> int:
 def test_prune_then_heal_live(app_url, page, embedded):
     page.goto(app_url)
     page.get_by_role("link", name=re.compile("Prune & heal")).click()
-    page.get_by_label("Block size n", exact=True).wait_for()
-    set_number(page, "Block size n", 4)
+    page.get_by_label("Layers n", exact=True).wait_for()
+    set_number(page, "Layers n", 4)
     set_number(page, "First layer l", 20)
     wait_idle(page)
     page.get_by_text("Healing and evaluation settings").click()

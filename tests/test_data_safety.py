@@ -95,7 +95,7 @@ def test_similarity_on_a_full_disk_is_one_sentence_and_no_half_file(tmp_path, fu
 def heal_run_with_folder(store: Store, tiny_llama, folder: Path) -> int:
     """A CLI heal's run whose --out folder also holds the user's own files."""
     pruned = prune_block(tiny_llama, 1, 1)
-    record = {"kind": "heal", "model": "tiny", "block": {"start": 1, "n": 1, "num_layers": 4}}
+    record = {"kind": "heal", "model": "tiny", "block": {"start": 1, "n": 1, "num_layers": 4}, "heal": HealConfig().to_json()}
     save_model(pruned.loaded, folder, "tiny", pruned.block, record)
     run_id = store.create_run("heal", "tiny", {"model": {"source": "tiny"}, "start": 1, "n": 1, "heal": HealConfig().to_json()})
     store.update_run(run_id, status="done", result={**record, "folder": str(folder)})

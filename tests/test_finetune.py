@@ -20,6 +20,7 @@ from explorer.lm.layers import pruned_view
 from explorer.lm.models import LoadedModel
 from explorer.surgery.finetune import FinetuneConfig, build_classifier, encode_task, measure, train
 from tests.families import tiny_family_model
+from tests.screen import seen
 from tests.test_classification import pang_lee_rows
 
 FAMILIES = ("gpt2", "opt")
@@ -193,21 +194,29 @@ def test_label_word_missing_from_the_vocabulary(polarity):
 def test_page_draws_a_finished_run_and_explains_bad_input(tiny_models, polarity):
     """The page reads the store only: a finished run draws its curve and table; a form asking to
     finetune with no training split shows one sentence instead of starting a job."""
-    from streamlit.testing.v1 import AppTest
 
     from explorer.state.store import Store
 
     store = Store()
-    settings = ClassifySettings(model="tiny", data_file=str(polarity), train=8, keep=(1, 3), modes=("icl", "head-ft"),
-                                finetune={"steps": 1}, limit=4)
-    run_id = store.create_run("classify", "tiny", settings.to_json())
+    settings = ClassifySettings(model="embedded", data_file=str(polarity), train=8, keep=(1, 3), modes=("icl", "head-ft"),
+                                finetune={"steps": 1}, limit=4)  # stored as the page's model's run: a fresh page opens on it
+    run_id = store.create_run("classify", "embedded", settings.to_json())
     with store.running(run_id) as run:
         run.result = run_classify(tiny_models["gpt2"], settings, store, run_id)
+    try:
+        _page_checks(run_id)
+    finally:  # later page tests open on the store's runs: leave none behind
+        store.delete_run(run_id)
+
+
+def _page_checks(run_id: int) -> None:
+    from streamlit.testing.v1 import AppTest
+
     at = AppTest.from_file("../app.py", default_timeout=120)
     at.run()
     at.switch_page("pages/classify.py").run()
     assert not at.exception and not at.error
-    assert len(at.get("plotly_chart")) == 1 and any("train 8, test 4" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 1 and any("train 8, test 4" in seen(c.value) for c in at.caption)
     at.number_input(key="cl_train").set_value(0).run()
-    assert [e.value for e in at.error] == [
+    assert [seen(e.value) for e in at.error] == [
         "sst2 has no training examples for prompt-ft/head-ft: hold some out (train N, e.g. 80) or use mode icl only."]

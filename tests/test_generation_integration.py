@@ -15,7 +15,7 @@ from explorer.lm.models import load_model
 from explorer.surgery.heal import HealConfig, prune_and_heal
 from explorer.views.figures.heal import heal_figure
 from explorer.views.generations import prompt_lines, repair_verdict, side_by_side
-from tests.screen import small_prune_page
+from tests.screen import seen, small_prune_page
 
 
 def test_eval_prints_and_writes_the_generated_answers(tiny_llama_dir, tmp_path, capsys):
@@ -80,7 +80,7 @@ def test_prune_page_pane_and_verdict(embedded):
     at.radio(key="ph_repair").set_value("linear")
     at.button(key="ph_prune").click().run()
     assert not at.exception and not at.error
-    verdicts = [m.value for m in [*at.warning, *at.caption] if "linear repair" in m.value and "held-out loss" in m.value]
+    verdicts = [seen(m.value) for m in [*at.warning, *at.caption] if "linear repair" in seen(m.value) and "held-out loss" in seen(m.value)]
     assert len(verdicts) == 1
     at.text_area(key="ph_gen_prompts").set_value("The capital of France is\nOnce upon a time")
     at.button(key="ph_gen").click().run()
@@ -127,6 +127,6 @@ def test_sweep_page_draws_the_generative_curve_and_the_verdicts(embedded):
         assert (at.number_input(key="sw_gen_limit").value, at.number_input(key="sw_continuations").value) == (5, 2)
         captions = " | ".join(c.value for c in at.caption)
         assert "**simple**: from 20% (n = 6)" in captions  # the generative floor
-        assert any("made the held-out loss worse, 4.180 -> 4.300" in w.value for w in at.warning)
+        assert any("made the held-out loss worse, 4.180 -> 4.300" in seen(w.value) for w in at.warning)
     finally:
         store.delete_run(run_id)

@@ -114,7 +114,7 @@ def test_direct_prune_refusals(tmp_path):
     source = tmp_path / "synthetic.gguf"
     _synthetic_gguf(source)
     for out, start, n, message in [(source, 1, 1, "is the input model itself"), (tmp_path / "x.bin", 1, 1, "ending in .gguf"),
-                                   (tmp_path / "x.gguf", 2, 3, "does not fit"), (tmp_path / "x.gguf", 3, 1, "final layer")]:
+                                   (tmp_path / "x.gguf", 2, 3, "No layer 4 in a 4-layer model"), (tmp_path / "x.gguf", 3, 1, "final layer")]:
         with pytest.raises(ExplorerError, match=message):
             prune_gguf(source, out, range(start, start + n))
     _synthetic_gguf(other := tmp_path / "gemma2.gguf", arch="gemma2")
@@ -262,7 +262,7 @@ def test_cli_prune_writes_gguf_beside_the_folder_and_converts_a_repaired_model(t
     ids = tiny_llama.tokenizer(TEXT, return_tensors="pt").input_ids
     torch.testing.assert_close(_logits(_from_gguf(out), ids), _logits(saved, ids), atol=1e-5, rtol=1e-5)
     _one_error(_cli("prune", "--model", str(tiny_llama_dir), "--start", "1", "--n", "1", "--out", str(tiny_llama_dir)),
-               "is the model being exported itself")
+               "writing there would overwrite the model being pruned")
     gpt2 = tmp_path / "gpt2"
     AutoModelForCausalLM.from_config(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(gpt2)
     _one_error(_cli("prune", "--model", str(gpt2), "--start", "0", "--n", "1", "--out", str(tmp_path / "never"),

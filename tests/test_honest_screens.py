@@ -20,7 +20,9 @@ from explorer.evaluation.accuracy import question_count, with_n
 from explorer.export.folder import save_model
 from explorer.lm.models import embedded_ready
 from explorer.state.store import Store
+from explorer.surgery.heal import HealConfig
 from explorer.surgery.prune import prune_block
+from explorer.surgery.repair import RepairConfig, repair_record
 from explorer.views.figures.sweep import accuracy_figure, curve_story, loss_figure
 from explorer.views.preview import comparison_frame
 from explorer.views.progress import estimate_text, heal_estimate, point_estimate, rate_estimate
@@ -118,8 +120,8 @@ def test_the_live_sweeps_x_axis_spans_the_plan_from_its_first_point():
 def test_mergekit_yaml_of_a_repaired_or_healed_model_is_labelled(tmp_path, tiny_llama):
     pruned = prune_block(tiny_llama, 1, 1)
     plain_prune = save_model(pruned.loaded, tmp_path / "p", "tiny", pruned.block, {"kind": "prune", "repair": {"method": "none"}})
-    repaired = save_model(pruned.loaded, tmp_path / "r", "tiny", pruned.block, {"kind": "prune", "repair": {"method": "linear"}})
-    healed = save_model(pruned.loaded, tmp_path / "h", "tiny", pruned.block, {"kind": "heal"})
+    repaired = save_model(pruned.loaded, tmp_path / "r", "tiny", pruned.block, {"kind": "prune", "repair": repair_record(RepairConfig(), None)})
+    healed = save_model(pruned.loaded, tmp_path / "h", "tiny", pruned.block, {"kind": "heal", "heal": HealConfig().to_json()})
     assert "NOTE" not in (plain_prune / "mergekit.yaml").read_text()
     assert "WITHOUT its repair: the saved model is linearly repaired" in (repaired / "mergekit.yaml").read_text()
     assert "the saved model is LoRA-healed" in (healed / "mergekit.yaml").read_text()
@@ -181,7 +183,7 @@ def test_the_prune_comparison_is_a_run_that_reattaches_and_the_repair_is_done(em
     at.radio(key="ph_repair").set_value("linear").run()
     at.button(key="ph_prune").click().run()
     assert not at.exception, at.exception
-    [preview] = Store().list_runs("preview")
+    preview = Store().list_runs("preview")[0]  # the newest: other tests' comparisons may be in the store
     assert preview.status == "done" and list(preview.result["rows"]) == ["unpruned", "pruned", "linear repair"]
     assert any(b.label == "mergekit YAML (unrepaired slice)" for b in at.get("download_button"))
     assert at.dataframe[0].value["questions (n)"].tolist() == [4, 4, 4]

@@ -66,7 +66,7 @@ def test_ffn_adapters_sit_only_on_the_feed_forward_modules(tiny_llama):
     assert config.targets == "ffn" and config.alpha == config.rank == 2
     assert adapted_modules(training_model(tiny_llama, config)) == {"gate_proj", "up_proj", "down_proj"}
     assert {"q_proj", "o_proj", "down_proj"} <= adapted_modules(training_model(tiny_llama, HealConfig(quantize=False)))
-    with pytest.raises(Exception, match="Unknown LoRA targets"):
+    with pytest.raises(Exception, match="Unknown training targets"):
         HealConfig(targets="attention").check()
 
 

@@ -13,7 +13,8 @@ from explorer.state.store import Run
 from explorer.views.generations import DEFAULT_PROMPTS, generative_scores, prompt_lines, repair_verdict, side_by_side
 from explorer.views.preview import rebuilt_preview
 from explorer.views.text import plain
-from pages import cached_model, get_store, user_errors
+from pages import get_store, user_errors
+from pages.panels.model import cached_model
 
 TABLE_KEY, SCORES_KEY = "ph_gen_table", "ph_gen_scores"
 

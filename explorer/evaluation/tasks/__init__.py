@@ -72,7 +72,8 @@ def get_task(name: str, **options) -> Task:
         signature.bind(**options)
     except TypeError as exc:  # an option this task does not take, e.g. mmlu_dir for a quiz
         raise ExplorerError(f"Task '{name}' does not take these options ({', '.join(options)}): {exc}.") from exc
-    return factory(**{key: _typed(name, key, signature.parameters[key].annotation, value) for key, value in options.items()})
+    return factory(**{key: _typed(name, key, signature.parameters[key].annotation, value) if key in signature.parameters
+                      else value for key, value in options.items()})  # **options passed on are typed where they land
 
 
 NUMBERS = {int: "a whole number", float: "a number"}
