@@ -105,6 +105,23 @@ def _txt_documents(path: Path, max_chars: int) -> Iterator[str]:
         yield text
 
 
+def jsonl_records(path: str | Path, what: str, fields: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """Every line of a JSON Lines file of `what` (e.g. "GSM8K") as (where, row), each row an object with
+    text `fields`; a missing or empty file, or a line without them, is one sentence naming the line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ExplorerError(f"{what} file not found: {path}.")
+    records = []
+    for number, row in jsonl_values(path, str(path)):
+        where = f"{path} line {number}"
+        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in fields):
+            raise ExplorerError(f"{where}: each line needs the text fields {', '.join(fields[:-1])} and {fields[-1]}.")
+        records.append((where, row))
+    if not records:
+        raise ExplorerError(f"{path} holds no {what} rows.")
+    return records
+
+
 def jsonl_values(path: Path, name: str) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) for each non-blank line of a JSON Lines file; a line that is not
     JSON fails with its number, the file shown as `name`."""

@@ -15,7 +15,7 @@ from explorer.core.errors import ExplorerError
 from explorer.evaluation.lmeval import lmeval_folder, run_lmeval, template, write_config, write_jsonl
 from explorer.evaluation.questions import QuestionResult
 from explorer.evaluation.tasks import register
-from explorer.lm.data import check_hub_dataset, jsonl_values
+from explorer.lm.data import check_hub_dataset, jsonl_records
 from explorer.lm.models import LoadedModel
 
 LABELS = ("no", "yes")
@@ -58,18 +58,8 @@ def _boolq_label(value, where: str) -> int:
 def read_boolq(path: str | Path) -> list[dict]:
     """A BoolQ JSONL (question, passage, answer per line, as Google's BoolQ release ships it),
     checked line by line; rows come back with a 0/1 `label` as lm-eval's boolq expects."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ExplorerError(f"BoolQ file not found: {path}.")
-    rows = []
-    for number, row in jsonl_values(path, str(path)):
-        where = f"{path} line {number}"
-        if not isinstance(row, dict) or not all(key in row for key in ("question", "passage", "answer")):
-            raise ExplorerError(f"{where}: each line needs the fields question, passage and answer.")
-        rows.append({"question": str(row["question"]), "passage": str(row["passage"]), "label": _boolq_label(row["answer"], where)})
-    if not rows:
-        raise ExplorerError(f"{path} holds no BoolQ questions.")
-    return rows
+    return [{"question": row["question"], "passage": row["passage"], "label": _boolq_label(row.get("answer"), where)}
+            for where, row in jsonl_records(path, "BoolQ", ("question", "passage"))]
 
 
 def write_boolq_task(path: str | Path, folder: Path | None = None) -> str:

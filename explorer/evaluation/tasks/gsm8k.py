@@ -20,7 +20,7 @@ from explorer.evaluation.answers import FINAL_ANSWER, extract_number
 from explorer.evaluation.tasks import register
 from explorer.evaluation.tasks.arith import demonstration, gsm8k_prompt
 from explorer.evaluation.tasks.generative import GenerationTask, Prompted
-from explorer.lm.data import jsonl_values, load_hub_dataset
+from explorer.lm.data import jsonl_records, load_hub_dataset
 from explorer.lm.generate import Decoding
 
 HUB_DATASET = "openai/gsm8k"
@@ -30,20 +30,10 @@ DEFAULT_SHOTS = 5
 
 def read_gsm8k(path: str | Path) -> list[dict]:
     """The problems of a GSM8K JSONL, checked line by line: a question and an answer ending in '#### N'."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ExplorerError(f"GSM8K file not found: {path}.")
-    rows = []
-    for number, row in jsonl_values(path, str(path)):
-        where = f"{path} line {number}"
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-            raise ExplorerError(f"{where}: each line needs the text fields question and answer.")
-        if not FINAL_ANSWER.search(row["answer"]):
-            raise ExplorerError(f"{where}: the answer has no final line '#### N' (GSM8K's format).")
-        rows.append({"question": row["question"], "answer": row["answer"]})
-    if not rows:
-        raise ExplorerError(f"{path} holds no GSM8K problems.")
-    return rows
+    records = jsonl_records(path, "GSM8K", ("question", "answer"))
+    if missing := next((where for where, row in records if not FINAL_ANSWER.search(row["answer"])), None):
+        raise ExplorerError(f"{missing}: the answer has no final line '#### N' (GSM8K's format).")
+    return [{"question": row["question"], "answer": row["answer"]} for _, row in records]
 
 
 class GSM8KTask(GenerationTask):
