@@ -8,9 +8,10 @@ of 4 x 128 tokens, LoRA rank 8 on every linear projection, lr 3e-4) except what 
   self:         next-token loss on the unpruned model's own greedy continuations (self data),
   last-layers:  full fine-tuning of the last 3 layers and the LM head, next-token loss.
 Each heal runs in its own process (`--one`), so its peak resident memory (ru_maxrss) is its own;
-the unpruned model's evaluation and the self data are made once, first, in a shared store (the
-generation is timed there), so every arm's wall and CPU time is the heal alone: pruning, the
-evaluation of the pruned model, training, merging and the evaluation of the healed model.
+the unpruned model's evaluation is made once, first, in a shared store; the first self heal makes
+the self data there (its time includes that generation, reported apart as well), so every other
+arm's wall and CPU time is the heal alone: pruning, the evaluation of the pruned model, training,
+merging and the evaluation of the healed model.
 
 Reported per run: the fraction of the held-out loss damage recovered, (L_pruned - L_healed) /
 (L_pruned - L_unpruned); quiz accuracy by likelihood with its 95% Wilson interval and n; wall and
