@@ -85,7 +85,7 @@ def test_prune_page_pane_and_verdict(embedded):
     at.text_area(key="ph_gen_prompts").set_value("The capital of France is\nOnce upon a time")
     at.button(key="ph_gen").click().run()
     assert not at.exception and not at.error
-    table = at.dataframe[-1].value
+    [table] = [d.value for d in at.dataframe if list(d.value.columns)[:1] == ["prompt"]]
     assert list(table.columns) == ["prompt", "unpruned", "pruned", "linear repair"]
     assert table.unpruned.iloc[0] == generate(embedded, ["The capital of France is"], Decoding(max_new_tokens=32))[0].text
     at.number_input(key="ph_gen_limit").set_value(3)

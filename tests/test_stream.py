@@ -17,10 +17,11 @@ from explorer.cli import main
 from explorer.core.errors import ExplorerError
 from explorer.evaluation.evaluate import run_task, validation_loss
 from explorer.evaluation.scoring import loglikelihoods
-from explorer.lm.data import make_samples
+from explorer.lm.data import EMBEDDED, make_samples
 from explorer.lm.models import embedded_folder, embedded_gguf_path, load_model
 from explorer.lm.stream import StreamedModel, fits_in_memory, open_for_analysis, open_streamed, unsupported_reason
 from explorer.surgery.prune import prune_block
+from explorer.views.forms.similarity import SOURCES
 from tests.families import FAMILIES, tiny_family_model
 
 TOL = 1e-5
@@ -189,6 +190,7 @@ def test_similarity_page_streams(embedded):
     at.run()
     at.switch_page("pages/similarity.py").run()
     at.toggle(key="sim_stream").set_value(True).run()
+    at.radio(key="sim_source").set_value(next(k for k, v in SOURCES.items() if v == EMBEDDED)).run()  # a fresh page opens on the newest heatmap's text
     at.number_input(key="sim_samples").set_value(3)
     at.number_input(key="sim_seq_len").set_value(24)
     at = at.button(key="sim_run").click().run()
