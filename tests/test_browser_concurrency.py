@@ -31,6 +31,7 @@ def open_similarity(page, app_url: str) -> None:
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_tabs_pressing_run_at_once_all_get_one_shared_run(app_url, browser, page):
     assert not runs_for_these_settings()

@@ -38,6 +38,7 @@ def step_reached(page) -> int:
     return int(re.search(r"step (\d+) / \d+", text).group(1))
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_prune_then_heal_live(app_url, page, embedded):
     page.goto(app_url)

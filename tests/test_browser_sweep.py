@@ -58,6 +58,7 @@ def watch(page, timeout: float = 480) -> list[tuple[str, int, int, int]]:
     pytest.fail(f"The sweep did not finish in {timeout} s; saw {seen[-3:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_sweep_points_arrive_live_and_runs_page_exports_csv(app_url, page, embedded):
     page.goto(app_url)  # through the app's navigation: a page URL opened cold bypasses st.navigation

@@ -72,6 +72,7 @@ def test_repair_verdict_says_when_the_repair_hurts():
     assert repair_verdict({"pruned": {"val_loss": 1.0}}, "embedded") is None
 
 
+@pytest.mark.slow
 def test_prune_page_pane_and_verdict(embedded):
     """The page in-process (AppTest): prune with a linear repair, read the verdict, then generate two
     prompts side by side with every model."""

@@ -47,6 +47,7 @@ def embedded_reader() -> gguf.GGUFReader:
     return gguf.GGUFReader(embedded_gguf_path())
 
 
+@pytest.mark.slow
 def test_direct_prune_copies_the_kept_tensors_and_computes_the_pruned_model(embedded, embedded_reader, tmp_path):
     """The embedded Q4_1 GGUF without layers 20-24: every kept tensor byte-identical to the source's
     under its new number, every other key unchanged, and transformers' GGUF loader (which dequantizes
@@ -147,6 +148,7 @@ def _random_model(config) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_converted_model_reloads_with_the_same_logits(family, embedded, tmp_path):
     """f32: transformers' GGUF loader gives the very model back (q/k rows permuted for llama.cpp's
@@ -179,6 +181,7 @@ def test_half_precision_gguf_equals_the_model_rounded_to_it(dtype, torch_type, e
     assert not torch.allclose(_logits(rounded, ids), _logits(model, ids), atol=1e-5)  # the rounding is visible
 
 
+@pytest.mark.slow
 def test_pruned_embedded_converts_with_its_own_tokenizer(embedded, embedded_reader, tmp_path):
     """A repaired or healed embedded model is converted; it carries the source GGUF's tokenizer keys
     unchanged, and reloads with the pruned model's logits (9 query heads sharing 3 key/value heads)."""
@@ -191,6 +194,7 @@ def test_pruned_embedded_converts_with_its_own_tokenizer(embedded, embedded_read
     torch.testing.assert_close(_logits(_from_gguf(tmp_path / "copied.gguf"), ids), _logits(pruned.model, ids), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tokenizer_built_from_hugging_face_files_tokenizes_alike(embedded, embedded_reader, tmp_path):
     """Without a source GGUF the tokenizer is built from the model's own (byte-level BPE): the same
     tokens and merges as the embedded GGUF's, and transformers rebuilds a tokenizer that agrees."""
@@ -236,6 +240,7 @@ def _one_error(done: subprocess.CompletedProcess, message: str) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_export_gguf_prunes_a_gguf_and_refuses_to_overwrite_it(tmp_path):
     out = tmp_path / "pruned.gguf"
     done = _cli("export-gguf", "--model", "embedded", "--start", "20", "--n", "5", "--out", str(out))
@@ -247,6 +252,7 @@ def test_cli_export_gguf_prunes_a_gguf_and_refuses_to_overwrite_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.gguf"]
 
 
+@pytest.mark.slow
 def test_cli_prune_writes_gguf_beside_the_folder_and_converts_a_repaired_model(tiny_llama, tiny_llama_dir, tmp_path):
     """prune --gguf on a Hugging Face folder (converted, f32 here) and with --repair: the GGUF holds the
     saved model's weights; run.json and the card say so; the llama.cpp line is printed."""
@@ -284,6 +290,7 @@ def test_page_save_with_gguf_writes_it_into_the_folder(embedded, tmp_path, monke
     assert not (folder / GGUF_FILE).exists() and "gguf" not in json.loads((folder / "run.json").read_text())
 
 
+@pytest.mark.slow
 def test_cli_export_gguf_converts_a_folder_without_a_block(tiny_llama, tiny_llama_dir, tmp_path):
     """export-gguf on a saved folder (a healed one, say) converts it; --n removes a block on the way."""
     out = tmp_path / "tiny.gguf"

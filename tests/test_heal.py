@@ -55,6 +55,7 @@ def test_lora_targets_are_every_linear_projection_in_the_layers(embedded):
     assert lora_targets(embedded.model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
+@pytest.mark.slow
 def test_lora_learns_leaves_base_untouched_and_merges_exactly(embedded):
     pruned = prune_block(embedded, 20, 4).loaded
     pruned_snapshot = {k: v.clone() for k, v in pruned.model.state_dict().items()}
@@ -190,6 +191,7 @@ def test_nan_loss_and_empty_data_are_explained(tiny_llama, tmp_path):
         heal(pruned, HealConfig(**{**TINY, "source": str(empty)}))
 
 
+@pytest.mark.slow
 def test_cli_heal_writes_a_reloadable_model(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -177,6 +177,7 @@ def small_evaluation(at: AppTest) -> None:
     at.number_input(key="ph_n").set_value(2).run()
 
 
+@pytest.mark.slow
 def test_the_prune_comparison_is_a_run_that_reattaches_and_the_repair_is_done(embedded):
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
     at.run()

@@ -108,6 +108,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "explorer", "prune", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_prunes_a_set_and_a_strategy_choice(tiny_llama_dir, tmp_path):
     done = _cli("--model", str(tiny_llama_dir), "--layers", "0,2", "--mlp", "1", "--out", str(tmp_path / "set"))
     assert done.returncode == 0, done.stderr

@@ -146,6 +146,7 @@ def test_unsupported_architecture_names_what_it_found(tmp_path):
         load_model(str(tmp_path), device="cpu")
 
 
+@pytest.mark.slow
 def test_embedded_gguf_file_equals_cached_embedded_model(embedded):
     """Loading the shipped .gguf directly (the ~20 s dequantization) gives the same model as the
     safetensors copy the embedded source caches."""
@@ -158,6 +159,7 @@ def test_embedded_gguf_file_equals_cached_embedded_model(embedded):
         torch.testing.assert_close(direct.model(prompt).logits, embedded.model(prompt).logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_embedded_source_reads_the_gguf_when_its_copy_cannot_be_written(embedded, tmp_path, full_disk):
     """On a full disk the dequantized copy fails to save: the embedded source falls back to the
     shipped GGUF (slower, same model) and leaves no partial copy behind."""

@@ -120,6 +120,7 @@ def test_bad_input_gets_one_sentence(tiny_llama):
         repair_block(LoadedModel(broken, tiny_llama.tokenizer, "broken", "broken"), 1, 2, config)
 
 
+@pytest.mark.slow
 def test_linear_repair_lowers_heldout_loss_on_the_embedded_model(embedded):
     """Fitted on the train split, scored on held-out documents (never used to fit)."""
     from explorer.evaluation.evaluate import validation_loss

@@ -87,6 +87,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_four_processes_create_a_new_store_at_once(tmp_path):
     import time
 
