@@ -92,7 +92,7 @@ def test_prune_page_pane_and_verdict(embedded):
     at.number_input(key="ph_gen_limit").set_value(3)
     at.button(key="ph_gen_score").click().run()
     assert not at.exception and not at.error
-    scores = at.dataframe[-1].value
+    [scores] = [d.value for d in at.dataframe if "accuracy by generation (quiz-capitals-gen)" in d.value.columns]
     assert list(scores.model) == ["unpruned", "pruned", "linear repair"]
     unpruned = run_task(embedded, "quiz-capitals-gen", 3)
     assert scores["accuracy by generation (quiz-capitals-gen)"].iloc[0].startswith(f"{unpruned.accuracy:.0%} [")
