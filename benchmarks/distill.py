@@ -14,7 +14,8 @@ arm's wall and CPU time is the heal alone: pruning, the evaluation of the pruned
 merging and the evaluation of the healed model.
 
 Reported per run: the fraction of the held-out loss damage recovered, (L_pruned - L_healed) /
-(L_pruned - L_unpruned); quiz accuracy by likelihood with its 95% Wilson interval and n; wall and
+(L_pruned - L_unpruned); quiz accuracy by likelihood and the same capitals answered by generation
+(--gen-task), each with its 95% Wilson interval and n; wall and
 CPU seconds; peak RSS and its excess over the RSS right after loading. The kl arm's excess over
 the nll arm's is the teacher's cost: the removed layers (kept, not copied: the student trains on
 the teacher's own weights) and the teacher's logits, set against those two sizes.
@@ -62,13 +63,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--starts", default=None, help="comma-separated first layers, one per n (default: the similarity "
                                                          "blocks, computed on 32 embedded documents x 128 tokens)")
     parser.add_argument("--generation-batch", type=int, default=16, help="prompts continued at once for the self data")
+    parser.add_argument("--gen-task", default="quiz-capitals-gen", help="generation task scored beside the quiz ('' for none)")
+    parser.add_argument("--gen-limit", type=int, default=None, help="its questions per evaluation (default: --questions)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one heal, as JSON on stdout
     return parser.parse_args(argv)
 
 
 def heal_config(args: argparse.Namespace, arm: str) -> HealConfig:
     return HealConfig(steps=args.steps, seq_len=args.seq_len, eval_every=args.steps, eval_limit=args.questions, val_samples=args.val_samples,
-                      eval_batch_size=args.generation_batch, quantize=False, **ARMS[arm])
+                      eval_batch_size=args.generation_batch, quantize=False, gen_task=args.gen_task or None,
+                      gen_limit=args.gen_limit or args.questions, **ARMS[arm])
 
 
 def rss_bytes() -> int:
@@ -88,7 +92,7 @@ def one(args: argparse.Namespace) -> dict:
                              reference=lambda unpruned, resolved: cached_quick_eval(unpruned, resolved, store),
                              make_self_data=lambda unpruned, resolved: cached_self_data(unpruned, resolved, store))
     seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-    metrics = {name: {k: v for k, v in m.items() if k != "predictions"} for name, m in outcome.metrics.items()}
+    metrics = {name: {k: v for k, v in m.items() if k not in ("predictions", "gen_predictions")} for name, m in outcome.metrics.items()}
     return {**job, "metrics": metrics, "seconds": seconds, "cpu_seconds": cpu, "loaded_rss": loaded_rss,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "self_data": outcome.self_data}
 
@@ -123,7 +127,8 @@ def run_one(args: argparse.Namespace, job: dict) -> dict:
     command = [sys.executable, "-m", "benchmarks", "distill", "--model", args.model, "--steps", str(args.steps),
                "--seq-len", str(args.seq_len),
                "--questions", str(args.questions), "--val-samples", str(args.val_samples),
-               "--generation-batch", str(args.generation_batch), "--one", json.dumps(job)]
+               "--generation-batch", str(args.generation_batch), "--gen-task", args.gen_task,
+               "--gen-limit", str(args.gen_limit or args.questions), "--one", json.dumps(job)]
     if args.device:
         command += ["--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "EXPLORER_TORCH_THREADS": str(args.threads or 1)})
@@ -154,7 +159,17 @@ def measure(args: argparse.Namespace) -> dict:
     config = heal_config(args, "nll")
     return {**shared, **environment(shared["device"]), "load_average_before": load_before, "steps": args.steps,
             "batch_size": config.batch_size, "seq_len": config.seq_len, "rank": config.rank, "lr": config.lr,
-            "questions": args.questions, "val_samples": args.val_samples, "workers": args.workers, "runs": runs}
+            "questions": args.questions, "gen_task": args.gen_task or None, "gen_limit": args.gen_limit or args.questions,
+            "val_samples": args.val_samples, "workers": args.workers, "runs": runs}
+
+
+def generated(metrics: dict, limit: int) -> str:
+    """The healed model's accuracy by generation, with the pruned and unpruned models' ("—" without a generation task)."""
+    healed = metrics["healed"]
+    if "gen_accuracy" not in healed:
+        return "—"
+    return (f"{healed['gen_accuracy']:.2f} [{healed['gen_ci_low']:.2f}, {healed['gen_ci_high']:.2f}], {limit} "
+            f"(pruned {metrics['after_pruning']['gen_accuracy']:.2f}, unpruned {metrics['before_pruning']['gen_accuracy']:.2f})")
 
 
 def table(result: dict) -> str:
@@ -165,8 +180,9 @@ def table(result: dict) -> str:
         f"except last-layers; {result['device']}, 1 thread per heal, {result['workers']} heal(s) at once, load "
         f"{result['load_average_before'][0]:.1f} before and {result['load_average_after'][0]:.1f} after (1-min average)",
         "",
-        "| n | block | arm | damage recovered | held-out loss (unpruned → pruned → healed) | quiz accuracy [95% CI], n | wall s | CPU s | peak RSS GiB | over loaded GiB |",
-        "|---:|---|---|---:|---|---|---:|---:|---:|---:|",
+        "| n | block | arm | damage recovered | held-out loss (unpruned → pruned → healed) | quiz accuracy [95% CI], n "
+        "| generated [95% CI], n | wall s | CPU s | peak RSS GiB | over loaded GiB |",
+        "|---:|---|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for run in result["runs"]:
         m = run["metrics"]
@@ -176,7 +192,7 @@ def table(result: dict) -> str:
             f"{m['before_pruning']['val_loss']:.3f} → {m['after_pruning']['val_loss']:.3f} → {healed['val_loss']:.3f} | "
             f"{healed['accuracy']:.2f} [{healed['ci_low']:.2f}, {healed['ci_high']:.2f}], {result['questions']} "
             f"(pruned {m['after_pruning']['accuracy']:.2f}, unpruned {m['before_pruning']['accuracy']:.2f}) | "
-            f"{run['seconds']:.0f} | {run['cpu_seconds']:.0f} | {run['peak_rss'] / gib:.2f} | {(run['peak_rss'] - run['loaded_rss']) / gib:.2f} |")
+            f"{generated(m, result['gen_limit'])} | {run['seconds']:.0f} | {run['cpu_seconds']:.0f} | {run['peak_rss'] / gib:.2f} | {(run['peak_rss'] - run['loaded_rss']) / gib:.2f} |")
     if result["generation"]:
         g = result["generation"]
         lines += ["", f"Self data, made once by the first self heal (inside its time) and reused by the others: "

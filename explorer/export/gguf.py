@@ -14,7 +14,7 @@ Two ways in, chosen by what the weights are:
   llama.cpp's converter keeps them), for the llama family only (see CONVERT_ARCHITECTURES).
 
 Both write to a scratch file beside the target and rename it in place, and neither overwrites
-its own input. The gguf package is imported inside the functions: only these exports need it.
+its own input.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Split in two so everything but the upload itself is checked here, where no hub i
 `push_plan` says exactly what would go where (repo id, files, bytes) and refuses a bad repo id or a
 missing file; `check_hub_ready` fails in a second, with one sentence, when the hub is switched off
 (HF_HUB_OFFLINE), no token is set, or the endpoint does not answer; `push` then makes the repo and
-uploads the plan's files in one commit. huggingface_hub is imported inside the functions: only a
-push needs it.
+uploads the plan's files in one commit.
 """
 
 from __future__ import annotations
