@@ -66,13 +66,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gen-task", default="quiz-capitals-gen", help="generation task scored beside the quiz ('' for none)")
     parser.add_argument("--gen-limit", type=int, default=None, help="its questions per evaluation (default: --questions)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one heal, as JSON on stdout
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.gen_limit = args.gen_limit or args.questions
+    return args
 
 
 def heal_config(args: argparse.Namespace, arm: str) -> HealConfig:
     return HealConfig(steps=args.steps, seq_len=args.seq_len, eval_every=args.steps, eval_limit=args.questions, val_samples=args.val_samples,
                       eval_batch_size=args.generation_batch, quantize=False, gen_task=args.gen_task or None,
-                      gen_limit=args.gen_limit or args.questions, **ARMS[arm])
+                      gen_limit=args.gen_limit, **ARMS[arm])
 
 
 def rss_bytes() -> int:
@@ -128,7 +130,7 @@ def run_one(args: argparse.Namespace, job: dict) -> dict:
                "--seq-len", str(args.seq_len),
                "--questions", str(args.questions), "--val-samples", str(args.val_samples),
                "--generation-batch", str(args.generation_batch), "--gen-task", args.gen_task,
-               "--gen-limit", str(args.gen_limit or args.questions), "--one", json.dumps(job)]
+               "--gen-limit", str(args.gen_limit), "--one", json.dumps(job)]
     if args.device:
         command += ["--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "EXPLORER_TORCH_THREADS": str(args.threads or 1)})
@@ -159,17 +161,18 @@ def measure(args: argparse.Namespace) -> dict:
     config = heal_config(args, "nll")
     return {**shared, **environment(shared["device"]), "load_average_before": load_before, "steps": args.steps,
             "batch_size": config.batch_size, "seq_len": config.seq_len, "rank": config.rank, "lr": config.lr,
-            "questions": args.questions, "gen_task": args.gen_task or None, "gen_limit": args.gen_limit or args.questions,
+            "questions": args.questions, "gen_task": args.gen_task or None, "gen_limit": args.gen_limit,
             "val_samples": args.val_samples, "workers": args.workers, "runs": runs}
 
 
-def generated(metrics: dict, limit: int) -> str:
-    """The healed model's accuracy by generation, with the pruned and unpruned models' ("—" without a generation task)."""
+def accuracy_cell(metrics: dict, questions: int, prefix: str = "") -> str:
+    """The healed model's accuracy with its interval and n, then the pruned and unpruned models'; `prefix`
+    "gen_" reads the generation task's ("—" when none was scored)."""
     healed = metrics["healed"]
-    if "gen_accuracy" not in healed:
+    if f"{prefix}accuracy" not in healed:
         return "—"
-    return (f"{healed['gen_accuracy']:.2f} [{healed['gen_ci_low']:.2f}, {healed['gen_ci_high']:.2f}], {limit} "
-            f"(pruned {metrics['after_pruning']['gen_accuracy']:.2f}, unpruned {metrics['before_pruning']['gen_accuracy']:.2f})")
+    return (f"{healed[prefix + 'accuracy']:.2f} [{healed[prefix + 'ci_low']:.2f}, {healed[prefix + 'ci_high']:.2f}], {questions} "
+            f"(pruned {metrics['after_pruning'][prefix + 'accuracy']:.2f}, unpruned {metrics['before_pruning'][prefix + 'accuracy']:.2f})")
 
 
 def table(result: dict) -> str:
@@ -190,9 +193,7 @@ def table(result: dict) -> str:
         lines.append(
             f"| {run['n']} | {run['start']}-{run['start'] + run['n'] - 1} | {run['arm']} | {recovered(m):.2f} | "
             f"{m['before_pruning']['val_loss']:.3f} → {m['after_pruning']['val_loss']:.3f} → {healed['val_loss']:.3f} | "
-            f"{healed['accuracy']:.2f} [{healed['ci_low']:.2f}, {healed['ci_high']:.2f}], {result['questions']} "
-            f"(pruned {m['after_pruning']['accuracy']:.2f}, unpruned {m['before_pruning']['accuracy']:.2f}) | "
-            f"{generated(m, result['gen_limit'])} | {run['seconds']:.0f} | {run['cpu_seconds']:.0f} | {run['peak_rss'] / gib:.2f} | {(run['peak_rss'] - run['loaded_rss']) / gib:.2f} |")
+            f"{accuracy_cell(m, result['questions'])} | {accuracy_cell(m, result['gen_limit'], 'gen_')} | {run['seconds']:.0f} | {run['cpu_seconds']:.0f} | {run['peak_rss'] / gib:.2f} | {(run['peak_rss'] - run['loaded_rss']) / gib:.2f} |")
     if result["generation"]:
         g = result["generation"]
         lines += ["", f"Self data, made once by the first self heal (inside its time) and reused by the others: "
